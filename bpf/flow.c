@@ -1,0 +1,471 @@
+// SPDX-License-Identifier: GPL-2.0
+//
+// flow.c counts per-flow L4 statistics at TC (ingress, egress) and XDP
+// (ingress) hooks. It never changes a packet: TC programs return
+// TC_ACT_UNSPEC (TCX_NEXT: go on with the next program, then the stack) and
+// the XDP program returns XDP_PASS.
+//
+// Counted once: a packet is counted where it enters the host through a
+// watched interface (TC or XDP ingress), or, if it entered through none, at
+// the egress of the watched interface it leaves by. The egress programs skip
+// packets whose skb_iif (the interface they arrived on) is in the watched
+// map; packets the host sends itself have skb_iif 0. flows/doc.go has the
+// whole rule.
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
+#include <linux/tcp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+char __license[] SEC("license") = "GPL";
+
+// flow_key is one direction of a flow. Addresses are IPv6; IPv4 is
+// IPv4-mapped (::ffff:a.b.c.d). Ports are in host byte order; for ICMP and
+// ICMPv6 sport is the type and dport the code.
+struct flow_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 pad;
+	__u16 vlan; // 802.1Q VLAN id, 0 if untagged
+};
+
+// point is where a flow direction was counted.
+enum point {
+	POINT_NONE = 0,    // only seen by the retransmit tracepoint
+	POINT_TC_INGRESS = 1,
+	POINT_TC_EGRESS = 2,
+	POINT_XDP = 3,
+};
+
+// flow_stats is what one CPU counted for one flow direction since the
+// last drain.
+struct flow_stats {
+	__u64 bytes;      // wire bytes: Ethernet header to end of payload, no FCS
+	__u64 packets;    // wire packets: a GSO skb counts gso_segs
+	__u64 first_ns;   // bpf_ktime_get_ns (CLOCK_MONOTONIC)
+	__u64 last_ns;
+	__u64 syn_rtt_ns; // on the SYN-ACK direction: SYN to SYN-ACK
+	__u32 ifindex;    // the interface where it was counted
+	__u32 retransmits;
+	__u16 tcp_flags;  // OR of the TCP flags (NS in bit 8)
+	__u8 point;       // enum point
+	__u8 pad[5];
+};
+
+// counter indexes the counters map.
+enum counter {
+	COUNTER_MAP_FULL_PACKETS = 0, // packets not counted: the flow map was full
+	COUNTER_MAP_FULL_BYTES,
+	COUNTER_NON_IP,    // frames that are neither IPv4 nor IPv6 (ARP, LLDP, …)
+	COUNTER_MALFORMED, // IP frames truncated or with a bad header length
+	COUNTER_MAX,
+};
+
+// Force BTF for the types that Go needs beyond map keys and values.
+const enum point *unused_point __attribute__((unused));
+const enum counter *unused_counter __attribute__((unused));
+
+#define MAX_FLOWS 65536 // Go sets max_entries from --max-flows
+
+// flows_a and flows_b: flow_key -> per-CPU flow_stats. A double buffer:
+// the programs write the half named by active_buf while Go drains the other,
+// so no increment is lost between a read and its delete. Not LRU: a full map
+// refuses new flows and counts what it refused (COUNTER_MAP_FULL_*), where an
+// LRU would silently evict a live flow's counts.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, MAX_FLOWS);
+	__type(key, struct flow_key);
+	__type(value, struct flow_stats);
+} flows_a SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, MAX_FLOWS);
+	__type(key, struct flow_key);
+	__type(value, struct flow_stats);
+} flows_b SEC(".maps");
+
+// watched: ifindex -> 1 for every interface whose ingress flowmap counts,
+// and for bridges whose ports it counts. Egress skips packets that arrived
+// on one of them: they were counted there.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} watched SEC(".maps");
+
+// handshakes: the key of a SYN -> when it was seen, until the SYN-ACK.
+// LRU, so that handshakes that never complete (scans) age out.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct flow_key);
+	__type(value, __u64);
+} handshakes SEC(".maps");
+
+// counters: enum counter -> per-CPU count.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, COUNTER_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+// active_buf selects the half of the double buffer the programs write:
+// 0 for flows_a, 1 for flows_b. Go flips it before each drain.
+__u32 active_buf = 0;
+
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_ACK 0x10
+
+struct vlan_hdr {
+	__be16 tci;
+	__be16 proto;
+};
+
+// packet is what parse found in one frame.
+struct packet {
+	struct flow_key key;
+	__u32 hdr_len; // L2 to L4 header bytes: repeated in every GSO segment
+	__u16 tcp_flags;
+};
+
+static __always_inline void bump(__u32 idx, __u64 n)
+{
+	__u64 *c = bpf_map_lookup_elem(&counters, &idx);
+	if (c)
+		*c += n;
+}
+
+// parse_l4 fills ports, flags and header length from the L4 header at l4.
+// A truncated L4 header leaves the ports 0: the packet is still counted,
+// under its addresses and protocol, and as malformed.
+static __always_inline void parse_l4(struct packet *p, void *l4, void *data, void *data_end)
+{
+	switch (p->key.proto) {
+	case IPPROTO_TCP: {
+		struct tcphdr *th = l4;
+		if ((void *)(th + 1) > data_end)
+			goto truncated;
+		p->key.sport = bpf_ntohs(th->source);
+		p->key.dport = bpf_ntohs(th->dest);
+		// Byte 13 holds CWR..FIN, the low bit of byte 12 is NS.
+		__u8 *fl = (__u8 *)th + 12;
+		p->tcp_flags = ((__u16)(fl[0] & 1) << 8) | fl[1];
+		p->hdr_len = (l4 - data) + th->doff * 4;
+		return;
+	}
+	case IPPROTO_UDP: {
+		__be16 *ports = l4;
+		if ((void *)(ports + 4) > data_end)
+			goto truncated;
+		p->key.sport = bpf_ntohs(ports[0]);
+		p->key.dport = bpf_ntohs(ports[1]);
+		p->hdr_len = (l4 - data) + 8;
+		return;
+	}
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6: {
+		__u8 *tc = l4;
+		if ((void *)(tc + 4) > data_end)
+			goto truncated;
+		p->key.sport = tc[0];
+		p->key.dport = tc[1];
+		p->hdr_len = l4 - data;
+		return;
+	}
+	default:
+		p->hdr_len = l4 - data;
+		return;
+	}
+truncated:
+	p->hdr_len = l4 - data;
+	bump(COUNTER_MALFORMED, 1);
+}
+
+// parse reads Ethernet, one optional 802.1Q/802.1ad tag, IPv4 or IPv6 and
+// the L4 header. It returns 0 when the packet has a flow to count.
+static __always_inline int parse(void *data, void *data_end, struct packet *p)
+{
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end) {
+		bump(COUNTER_NON_IP, 1);
+		return -1;
+	}
+	__be16 proto = eth->h_proto;
+	void *nh = eth + 1;
+	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
+		struct vlan_hdr *vh = nh;
+		if ((void *)(vh + 1) > data_end) {
+			bump(COUNTER_MALFORMED, 1);
+			return -1;
+		}
+		p->key.vlan = bpf_ntohs(vh->tci) & 0x0fff;
+		proto = vh->proto;
+		nh = vh + 1;
+	}
+
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = nh;
+		if ((void *)(ip + 1) > data_end || ip->ihl < 5) {
+			bump(COUNTER_MALFORMED, 1);
+			return -1;
+		}
+		p->key.saddr[10] = 0xff;
+		p->key.saddr[11] = 0xff;
+		__builtin_memcpy(&p->key.saddr[12], &ip->saddr, 4);
+		p->key.daddr[10] = 0xff;
+		p->key.daddr[11] = 0xff;
+		__builtin_memcpy(&p->key.daddr[12], &ip->daddr, 4);
+		p->key.proto = ip->protocol;
+		void *l4 = nh + ip->ihl * 4;
+		// A fragment after the first has no L4 header: count it under
+		// its addresses and protocol, ports 0.
+		if (ip->frag_off & bpf_htons(0x1fff)) {
+			p->hdr_len = l4 - data;
+			return 0;
+		}
+		parse_l4(p, l4, data, data_end);
+		return 0;
+	}
+
+	if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = nh;
+		if ((void *)(ip6 + 1) > data_end) {
+			bump(COUNTER_MALFORMED, 1);
+			return -1;
+		}
+		__builtin_memcpy(p->key.saddr, &ip6->saddr, 16);
+		__builtin_memcpy(p->key.daddr, &ip6->daddr, 16);
+		__u8 next = ip6->nexthdr;
+		void *l4 = ip6 + 1;
+		// Skip up to three extension headers: hop-by-hop, routing and
+		// destination options share the (next, len in 8 octets - 1) form;
+		// a fragment header is 8 bytes.
+#pragma unroll
+		for (int i = 0; i < 3; i++) {
+			if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING &&
+			    next != IPPROTO_DSTOPTS && next != IPPROTO_FRAGMENT)
+				break;
+			__u8 *ext = l4;
+			if ((void *)(ext + 2) > data_end) {
+				bump(COUNTER_MALFORMED, 1);
+				p->key.proto = next;
+				p->hdr_len = l4 - data;
+				return 0;
+			}
+			__u32 len = next == IPPROTO_FRAGMENT ? 8 : ((__u32)ext[1] + 1) * 8;
+			next = ext[0];
+			l4 += len;
+		}
+		p->key.proto = next;
+		parse_l4(p, l4, data, data_end);
+		return 0;
+	}
+
+	bump(COUNTER_NON_IP, 1);
+	return -1;
+}
+
+static __always_inline void *active_flows(void)
+{
+	return active_buf ? (void *)&flows_b : (void *)&flows_a;
+}
+
+// account adds one frame (or GSO aggregate) to its flow in the active map.
+// It looks up first and adds in place; it inserts only on a miss.
+static __always_inline void account(struct flow_key *key, __u64 bytes, __u64 packets,
+				    __u16 flags, __u64 rtt, __u32 retrans, __u32 ifindex,
+				    __u8 point)
+{
+	void *flows = active_flows();
+	__u64 now = bpf_ktime_get_ns();
+	struct flow_stats *s = bpf_map_lookup_elem(flows, key);
+	if (!s) {
+		struct flow_stats n = {
+			.bytes = bytes,
+			.packets = packets,
+			.first_ns = packets ? now : 0,
+			.last_ns = packets ? now : 0,
+			.syn_rtt_ns = rtt,
+			.ifindex = ifindex,
+			.retransmits = retrans,
+			.tcp_flags = flags,
+			.point = point,
+		};
+		long err = bpf_map_update_elem(flows, key, &n, BPF_NOEXIST);
+		if (err == 0)
+			return;
+		// -EEXIST: another CPU inserted the key since our lookup.
+		s = bpf_map_lookup_elem(flows, key);
+		if (!s) {
+			bump(COUNTER_MAP_FULL_PACKETS, packets);
+			bump(COUNTER_MAP_FULL_BYTES, bytes);
+			return;
+		}
+	}
+	// Each CPU has its own slot: the first packet on this CPU starts it.
+	// The retransmit tracepoint (packets 0) sees no interface or time.
+	if (packets) {
+		if (!s->point) {
+			s->ifindex = ifindex;
+			s->point = point;
+		}
+		if (!s->first_ns)
+			s->first_ns = now;
+		s->last_ns = now;
+	}
+	s->bytes += bytes;
+	s->packets += packets;
+	s->tcp_flags |= flags;
+	s->retransmits += retrans;
+	if (rtt)
+		s->syn_rtt_ns = rtt;
+}
+
+// handshake returns the SYN to SYN-ACK time when p is a SYN-ACK whose SYN
+// was seen, and remembers the time of a SYN.
+static __always_inline __u64 handshake(struct packet *p)
+{
+	if (p->key.proto != IPPROTO_TCP)
+		return 0;
+	__u16 f = p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK);
+	if (f == TCP_FLAG_SYN) {
+		// A retransmitted SYN restarts the clock: the RTT is that of
+		// the SYN that was answered.
+		__u64 now = bpf_ktime_get_ns();
+		bpf_map_update_elem(&handshakes, &p->key, &now, BPF_ANY);
+		return 0;
+	}
+	if (f != (TCP_FLAG_SYN | TCP_FLAG_ACK))
+		return 0;
+	struct flow_key rev = {
+		.sport = p->key.dport,
+		.dport = p->key.sport,
+		.proto = p->key.proto,
+		.vlan = p->key.vlan,
+	};
+	__builtin_memcpy(rev.saddr, p->key.daddr, 16);
+	__builtin_memcpy(rev.daddr, p->key.saddr, 16);
+	__u64 *syn = bpf_map_lookup_elem(&handshakes, &rev);
+	if (!syn)
+		return 0;
+	__u64 rtt = bpf_ktime_get_ns() - *syn;
+	bpf_map_delete_elem(&handshakes, &rev);
+	return rtt ? rtt : 1;
+}
+
+static __always_inline void count_frame(void *data, void *data_end, __u64 len, __u32 segs,
+					__u16 vlan_meta, __u32 ifindex, __u8 point)
+{
+	struct packet p = {};
+	if (parse(data, data_end, &p))
+		return;
+	// A VLAN tag taken off into skb metadata by the driver.
+	if (!p.key.vlan)
+		p.key.vlan = vlan_meta;
+	if (segs < 1)
+		segs = 1;
+	// A GSO skb carries its headers once; on the wire each segment has them.
+	__u64 bytes = len + (__u64)(segs - 1) * p.hdr_len;
+	account(&p.key, bytes, segs, p.tcp_flags, handshake(&p), 0, ifindex, point);
+}
+
+static __always_inline void count_skb(struct __sk_buff *skb, __u8 point)
+{
+	__u16 vlan = skb->vlan_present ? (skb->vlan_tci & 0x0fff) : 0;
+	count_frame((void *)(long)skb->data, (void *)(long)skb->data_end, skb->len,
+		    skb->gso_segs, vlan, skb->ifindex, point);
+}
+
+SEC("tc")
+int tc_ingress(struct __sk_buff *skb)
+{
+	count_skb(skb, POINT_TC_INGRESS);
+	return TC_ACT_UNSPEC;
+}
+
+SEC("tc")
+int tc_egress(struct __sk_buff *skb)
+{
+	// ingress_ifindex is skb_iif: 0 for packets this host sends itself.
+	__u32 iif = skb->ingress_ifindex;
+	if (iif && bpf_map_lookup_elem(&watched, &iif))
+		return TC_ACT_UNSPEC;
+	count_skb(skb, POINT_TC_EGRESS);
+	return TC_ACT_UNSPEC;
+}
+
+SEC("xdp")
+int xdp_ingress(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	count_frame(data, data_end, data_end - data, 1, 0, ctx->ingress_ifindex, POINT_XDP);
+	return XDP_PASS;
+}
+
+// The fields of struct sock that tcp_retransmit reads, relocated by CO-RE
+// against the running kernel's BTF.
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+struct sock_common {
+	union {
+		struct {
+			__be32 skc_daddr;
+			__be32 skc_rcv_saddr;
+		};
+	};
+	union {
+		struct {
+			__be16 skc_dport;
+			__u16 skc_num;
+		};
+	};
+	unsigned short skc_family;
+	struct in6_addr skc_v6_daddr;
+	struct in6_addr skc_v6_rcv_saddr;
+};
+struct sock {
+	struct sock_common __sk_common;
+};
+#pragma clang attribute pop
+
+#define AF_INET 2
+#define AF_INET6 10
+
+// tcp_retransmit counts a retransmitted segment of a local socket on the
+// flow direction it belongs to (local address and port to remote).
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(tcp_retransmit, const struct sock *sk)
+{
+	struct flow_key key = {.proto = IPPROTO_TCP};
+	unsigned short family = sk->__sk_common.skc_family;
+	if (family == AF_INET) {
+		key.saddr[10] = key.saddr[11] = 0xff;
+		key.daddr[10] = key.daddr[11] = 0xff;
+		__be32 s = sk->__sk_common.skc_rcv_saddr, d = sk->__sk_common.skc_daddr;
+		__builtin_memcpy(&key.saddr[12], &s, 4);
+		__builtin_memcpy(&key.daddr[12], &d, 4);
+	} else if (family == AF_INET6) {
+		__builtin_memcpy(key.saddr, &sk->__sk_common.skc_v6_rcv_saddr, 16);
+		__builtin_memcpy(key.daddr, &sk->__sk_common.skc_v6_daddr, 16);
+	} else {
+		return 0;
+	}
+	key.sport = sk->__sk_common.skc_num;
+	key.dport = bpf_ntohs(sk->__sk_common.skc_dport);
+	account(&key, 0, 0, 0, 0, 1, 0, POINT_NONE);
+	return 0;
+}

@@ -1,0 +1,118 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/flowmap/flowmap/flows"
+	"github.com/flowmap/flowmap/server"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+)
+
+// globs is a comma-separated list of interface name globs.
+type globs []string
+
+func (g *globs) String() string { return strings.Join(*g, ",") }
+
+func (g *globs) Set(s string) error {
+	*g = nil
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*g = append(*g, p)
+		}
+	}
+	return nil
+}
+
+// agentFlags are the agent's settings, shared with the demo.
+type agentFlags struct {
+	cfg      flows.Config
+	listen   string
+	keep     int
+	logLevel slog.Level
+}
+
+func (a *agentFlags) register(fs *flag.FlagSet) {
+	a.cfg.Attach = flows.AttachAuto
+	fs.Var((*globs)(&a.cfg.Interfaces), "interfaces",
+		"comma-separated name globs of the interfaces to watch (default: veths with a peer in another namespace, bridges (through their ports), vxlan and geneve devices, and the default route's interface)")
+	fs.Var((*globs)(&a.cfg.XDP), "xdp",
+		"comma-separated name globs of watched interfaces whose ingress XDP counts instead of TC: native mode where the driver has it, generic otherwise (for NICs; on veths TC is faster)")
+	fs.Var(&a.cfg.Attach, "attach", "how to attach TC programs: tcx, clsact or auto (TCX where the kernel has it)")
+	fs.DurationVar(&a.cfg.Interval, "interval", 5*time.Second, "how often to drain the flow map")
+	fs.IntVar(&a.cfg.MaxFlows, "max-flows", 65536, "flow directions the flow map holds between two drains; more are counted as map-full")
+	fs.StringVar(&a.listen, "listen", "127.0.0.1:9477", "address to serve the HTTP API and /metrics on")
+	fs.IntVar(&a.keep, "keep", 12, "intervals of flows kept for /api/v1/flows?last=N")
+	fs.TextVar(&a.logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
+}
+
+func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("flowmap agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var a agentFlags
+	a.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("agent: unexpected argument %q", fs.Arg(0))
+	}
+	if a.cfg.Interval < 100*time.Millisecond {
+		return fmt.Errorf("agent: --interval=%s: want at least 100ms", a.cfg.Interval)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: a.logLevel}))
+	return agent(ctx, a, log, nil)
+}
+
+// agent runs the datapath and the HTTP server until ctx is done. Each
+// batch also goes to each, if not nil.
+func agent(ctx context.Context, a agentFlags, log *slog.Logger, each func(flows.Batch)) error {
+	a.cfg.Logger = log.With("component", "flows")
+	dp, err := flows.New(a.cfg)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := dp.Close(); err != nil {
+			log.Error("detach", "err", err)
+		}
+		log.Info("detached")
+	}()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(flows.NewCollector(dp), collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	srv := server.New(a.keep, dp.Ready, reg, log.With("component", "server"))
+
+	g, ctx := errgroup.WithContext(ctx)
+	batches := make(chan flows.Batch, 1)
+	g.Go(func() error {
+		return dp.Run(ctx, batches)
+	})
+	g.Go(func() error {
+		for {
+			select {
+			case b := <-batches:
+				srv.Add(b)
+				if each != nil {
+					each(b)
+				}
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	})
+	g.Go(func() error { return srv.Serve(ctx, a.listen) })
+	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}

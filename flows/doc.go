@@ -1,0 +1,48 @@
+// Package flows loads flowmap's eBPF programs, attaches them to network
+// interfaces as they come and go, and drains their per-flow counters into
+// [Record]s, one [Batch] per interval.
+//
+// # Where a packet is counted
+//
+// A packet between two containers on one host passes the sender's host-side
+// veth (ingress), maybe a bridge, and the receiver's host-side veth (egress).
+// Each flow is reported once per host, with exact counts, by this rule:
+//
+//   - A packet is counted where it enters the host through a watched
+//     interface: TC ingress, or XDP on interfaces given to --xdp.
+//   - A packet that entered through no watched interface (the host sent it
+//     itself, or it came in on an interface flowmap does not watch) is
+//     counted at the TC egress of the watched interface it leaves by.
+//   - The egress program tells the two apart by skb_iif, the interface the
+//     packet arrived on (0 for packets the host sends), looked up in the
+//     kernel map of watched interfaces.
+//   - Bridges get no program of their own: each frame that reaches a bridge
+//     came through one of its ports, and flowmap watches every port of a
+//     bridge it watches. A bridge's index is in the watched map all the same,
+//     so that a packet the host routes on after it came up through the
+//     bridge (a container talking to the outside) is not counted again at the
+//     egress NIC.
+//   - A veth whose peer is in the host's own namespace is not watched: both
+//     of its ends would count the same packet.
+//
+// So a container-to-container packet is counted at the sender's veth
+// ingress; host-to-container at the container's veth egress; outside to
+// container at the NIC (ingress); container to outside at the container's
+// veth. Where a flow is counted tells who is behind each end: the interface
+// of an ingress count is the source's, that of an egress count the
+// destination's ([Record.SrcIf], [Record.DstIf]).
+//
+// Known limit: a flow that the host NATs (a container reaching the outside
+// through masquerade) is counted before the translation on its way out and
+// after it on its way in, so its two directions carry different tuples and
+// are reported as two one-way records until conntrack joins them.
+//
+// # What is counted
+//
+// Bytes are wire bytes: from the Ethernet header to the end of the payload,
+// without preamble or FCS. A GSO or GRO skb of n segments counts n packets,
+// and its headers n times. Per direction: bytes, packets, the OR of TCP
+// flags, first and last seen; per TCP connection: the time from SYN to
+// SYN-ACK where flowmap counted both, and the segments that local sockets
+// retransmitted (the tcp_retransmit_skb tracepoint).
+package flows

@@ -1,0 +1,288 @@
+package flows
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/cilium/ebpf"
+	lru "github.com/hashicorp/golang-lru/v2"
+	"golang.org/x/sys/unix"
+)
+
+// drainGrace is how long a drain waits after flipping the double buffer
+// before it reads the half the programs wrote until then: a program that
+// read the old active_buf finishes its update well within it (they run in
+// softirq or with migration disabled, for microseconds).
+const drainGrace = 20 * time.Millisecond
+
+// drainBatch is how many entries one batch syscall reads. It must exceed
+// the longest hash bucket, or the kernel answers ENOSPC.
+const drainBatch = 4096
+
+// direction is one flow direction summed over the CPUs.
+type direction struct {
+	Direction
+	first, last uint64 // CLOCK_MONOTONIC ns; 0 if only a retransmit was seen
+	rtt         uint64
+}
+
+// drainer empties the inactive half of the double-buffered flow map.
+type drainer struct {
+	halves [2]*ebpf.Map
+	active *ebpf.Variable
+	cur    uint32 // the half the programs write now
+	ncpu   int
+	keys   []bpfFlowKey
+	vals   []bpfFlowStats // drainBatch × ncpu
+	// clients remembers the client direction of connections whose
+	// handshake was seen, so that later intervals orient them alike.
+	clients *lru.Cache[bpfFlowKey, struct{}]
+}
+
+func newDrainer(objs *bpfObjects, maxFlows int) (*drainer, error) {
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, fmt.Errorf("count possible CPUs: %w", err)
+	}
+	clients, err := lru.New[bpfFlowKey, struct{}](maxFlows)
+	if err != nil {
+		return nil, fmt.Errorf("client cache of %d: %w", maxFlows, err)
+	}
+	d := &drainer{
+		halves:  [2]*ebpf.Map{objs.FlowsA, objs.FlowsB},
+		active:  objs.ActiveBuf,
+		ncpu:    ncpu,
+		keys:    make([]bpfFlowKey, drainBatch),
+		vals:    make([]bpfFlowStats, drainBatch*ncpu),
+		clients: clients,
+	}
+	return d, d.active.Get(&d.cur)
+}
+
+// drain flips the buffer and returns what the programs counted in the
+// half they wrote until now, summed over CPUs, and empties that half.
+func (d *drainer) drain() (map[bpfFlowKey]*direction, error) {
+	old := d.cur
+	if err := d.active.Set(1 - old); err != nil {
+		return nil, fmt.Errorf("flip flow map: %w", err)
+	}
+	d.cur = 1 - old
+	time.Sleep(drainGrace)
+
+	m := d.halves[old]
+	out := make(map[bpfFlowKey]*direction)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookupAndDelete(&cursor, d.keys, d.vals, nil)
+		for i := range n {
+			d.add(out, d.keys[i], d.vals[i*d.ncpu:(i+1)*d.ncpu])
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return out, nil
+		}
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			return out, d.drainEach(m, out)
+		}
+		if err != nil {
+			return out, fmt.Errorf("drain %s: %w", m, err)
+		}
+	}
+}
+
+// drainEach is drain for kernels without batch operations (before 5.6).
+// The half is not written meanwhile, so reading then deleting loses nothing.
+func (d *drainer) drainEach(m *ebpf.Map, out map[bpfFlowKey]*direction) error {
+	var (
+		key  bpfFlowKey
+		vals []bpfFlowStats
+		keys []bpfFlowKey
+	)
+	it := m.Iterate()
+	for it.Next(&key, &vals) {
+		d.add(out, key, vals)
+		keys = append(keys, key)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("iterate %s: %w", m, err)
+	}
+	for _, k := range keys {
+		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete from %s: %w", m, err)
+		}
+	}
+	return nil
+}
+
+func (d *drainer) add(out map[bpfFlowKey]*direction, k bpfFlowKey, percpu []bpfFlowStats) {
+	dir := out[k]
+	if dir == nil {
+		dir = &direction{}
+		out[k] = dir
+	}
+	for _, v := range percpu {
+		dir.Bytes += v.Bytes
+		dir.Packets += v.Packets
+		dir.Retransmits += v.Retransmits
+		dir.TCPFlags |= v.TcpFlags
+		if v.Point != 0 && dir.Point == 0 {
+			dir.Point = Point(v.Point)
+			dir.Ifindex = int(v.Ifindex)
+		}
+		if v.FirstNs != 0 && (dir.first == 0 || v.FirstNs < dir.first) {
+			dir.first = v.FirstNs
+		}
+		dir.last = max(dir.last, v.LastNs)
+		dir.rtt = max(dir.rtt, v.SynRttNs)
+	}
+}
+
+// icmpReply pairs ICMP and ICMPv6 query types with their reply types.
+var icmpReply = map[Proto]map[uint16]uint16{
+	ProtoICMP:   {8: 0, 0: 8, 13: 14, 14: 13}, // echo, timestamp
+	ProtoICMPv6: {128: 129, 129: 128},         // echo
+}
+
+// reverse returns the key of the other direction. For ICMP, whose ports
+// are type and code, that is the reply type of a query and the query type
+// of a reply; other ICMP types keep their type.
+func reverse(k bpfFlowKey) bpfFlowKey {
+	k.Saddr, k.Daddr = k.Daddr, k.Saddr
+	if types, ok := icmpReply[Proto(k.Proto)]; ok {
+		if t, ok := types[k.Sport]; ok {
+			k.Sport = t
+		}
+		return k
+	}
+	k.Sport, k.Dport = k.Dport, k.Sport
+	return k
+}
+
+const (
+	tcpSYN = 0x02
+	tcpACK = 0x10
+)
+
+// isClient reports whether k is the client's direction of its flow: the
+// one that sent the SYN, the ICMP echo request, or else the one whose
+// destination port is the lower (the server's well-known port).
+func (d *drainer) isClient(k bpfFlowKey, dir, rev *direction) bool {
+	if _, ok := d.clients.Get(k); ok {
+		return true
+	}
+	if _, ok := d.clients.Get(reverse(k)); ok {
+		return false
+	}
+	switch Proto(k.Proto) {
+	case ProtoTCP:
+		if dir != nil && dir.TCPFlags&(tcpSYN|tcpACK) == tcpSYN {
+			d.clients.Add(k, struct{}{})
+			return true
+		}
+		if rev != nil && rev.TCPFlags&(tcpSYN|tcpACK) == tcpSYN {
+			d.clients.Add(reverse(k), struct{}{})
+			return false
+		}
+	case ProtoICMP, ProtoICMPv6:
+		// The query's direction is the client's; a reply's is not.
+		switch k.Sport {
+		case 0, 14, 129:
+			return false
+		}
+		return true
+	}
+	if k.Dport != k.Sport {
+		return k.Dport < k.Sport
+	}
+	if rev != nil && rev.first != 0 && dir.first != 0 {
+		return dir.first <= rev.first
+	}
+	return true
+}
+
+// records joins the two directions of each flow into a Record. ifaces
+// names the interfaces by index; wall turns monotonic ns into a time.
+func (d *drainer) records(dirs map[bpfFlowKey]*direction, ifaces func(int) Interface, wall func(uint64) time.Time) []Record {
+	recs := make([]Record, 0, len(dirs))
+	done := make(map[bpfFlowKey]bool, len(dirs))
+	for k, dir := range dirs {
+		if done[k] {
+			continue
+		}
+		rk := reverse(k)
+		rev := dirs[rk]
+		done[k], done[rk] = true, true
+		if !d.isClient(k, dir, rev) {
+			if rev == nil {
+				// A one-way flow seen from its server side (a reply
+				// whose request was counted in another interval).
+				rev, dir = dir, nil
+			} else {
+				dir, rev = rev, dir
+			}
+			k, rk = rk, k
+		}
+		var fwd, back direction
+		if dir != nil {
+			fwd = *dir
+		}
+		if rev != nil {
+			back = *rev
+		}
+		r := Record{
+			Src:          addr(k.Saddr),
+			Dst:          addr(k.Daddr),
+			Proto:        Proto(k.Proto),
+			SrcPort:      k.Sport,
+			DstPort:      k.Dport,
+			VLAN:         k.Vlan,
+			Forward:      fwd.Direction,
+			Reverse:      back.Direction,
+			HandshakeRTT: time.Duration(max(fwd.rtt, back.rtt)),
+			SrcIf:        Interface{PeerNetNSID: -1},
+			DstIf:        Interface{PeerNetNSID: -1},
+		}
+		first, last := fwd.first, max(fwd.last, back.last)
+		if first == 0 || (back.first != 0 && back.first < first) {
+			first = back.first
+		}
+		if first != 0 {
+			r.FirstSeen, r.LastSeen = wall(first), wall(last)
+		}
+		// An ingress count is at the sender's interface, an egress count
+		// at the receiver's.
+		for _, c := range []struct {
+			dir      Direction
+			src, dst *Interface
+		}{{fwd.Direction, &r.SrcIf, &r.DstIf}, {back.Direction, &r.DstIf, &r.SrcIf}} {
+			switch {
+			case c.dir.Ifindex == 0:
+			case c.dir.Point.Ingress() && c.src.Index == 0:
+				*c.src = ifaces(c.dir.Ifindex)
+			case c.dir.Point == PointTCEgress && c.dst.Index == 0:
+				*c.dst = ifaces(c.dir.Ifindex)
+			}
+		}
+		recs = append(recs, r)
+	}
+	return recs
+}
+
+// addr turns an IPv6 or IPv4-mapped key address into an address.
+func addr(b [16]byte) netip.Addr {
+	return netip.AddrFrom16(b).Unmap()
+}
+
+// monoClock turns CLOCK_MONOTONIC ns into wall-clock times.
+func monoClock() (func(uint64) time.Time, error) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return nil, fmt.Errorf("read CLOCK_MONOTONIC: %w", err)
+	}
+	now := time.Now()
+	mono := uint64(ts.Nano())
+	return func(ns uint64) time.Time {
+		return now.Add(-time.Duration(int64(mono) - int64(ns)))
+	}, nil
+}

@@ -1,0 +1,71 @@
+package flows
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Collector exports a Datapath's own counters to Prometheus.
+type Collector struct {
+	d *Datapath
+}
+
+// NewCollector returns a collector of d's Stats.
+func NewCollector(d *Datapath) *Collector { return &Collector{d: d} }
+
+var (
+	descAttached = prometheus.NewDesc("flowmap_attached_interfaces",
+		"Interfaces with flowmap's programs attached.", nil, nil)
+	descBridges = prometheus.NewDesc("flowmap_watched_bridges",
+		"Bridges watched through their ports.", nil, nil)
+	descAttachErrors = prometheus.NewDesc("flowmap_attach_errors_total",
+		"Attaches to an interface that failed.", nil, nil)
+	descEntries = prometheus.NewDesc("flowmap_flow_map_entries",
+		"Flow directions in the flow map at the last drain.", nil, nil)
+	descCapacity = prometheus.NewDesc("flowmap_flow_map_capacity",
+		"Flow directions the flow map holds between two drains.", nil, nil)
+	descFullPackets = prometheus.NewDesc("flowmap_flow_map_full_packets_total",
+		"Packets not counted because the flow map was full.", nil, nil)
+	descFullBytes = prometheus.NewDesc("flowmap_flow_map_full_bytes_total",
+		"Bytes not counted because the flow map was full.", nil, nil)
+	descDrain = prometheus.NewDesc("flowmap_drain_duration_seconds",
+		"Time to drain the flow map, grace period included.", nil, nil)
+	descDrainErrors = prometheus.NewDesc("flowmap_drain_errors_total",
+		"Drains of the flow map that failed.", nil, nil)
+	descFlows = prometheus.NewDesc("flowmap_flows_total",
+		"Flow records handed out, one per flow and interval.", nil, nil)
+	descFrames = prometheus.NewDesc("flowmap_frames_skipped_total",
+		"Frames the programs saw but could not count as a flow, by reason.", []string{"reason"}, nil)
+	descLeftovers = prometheus.NewDesc("flowmap_leftover_filters_removed",
+		"clsact filters of a dead agent removed at start.", nil, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descAttached, descBridges, descAttachErrors, descEntries,
+		descCapacity, descFullPackets, descFullBytes, descDrain, descDrainErrors, descFlows,
+		descFrames, descLeftovers} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	s := c.d.Stats()
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge(descAttached, float64(s.Attached))
+	gauge(descBridges, float64(s.Bridges))
+	counter(descAttachErrors, s.AttachErrors)
+	gauge(descEntries, float64(s.LastEntries))
+	gauge(descCapacity, float64(s.MaxFlows))
+	counter(descFullPackets, s.MapFullPackets)
+	counter(descFullBytes, s.MapFullBytes)
+	ch <- prometheus.MustNewConstSummary(descDrain, s.Drains, s.DrainSeconds, nil)
+	counter(descDrainErrors, s.DrainErrors)
+	counter(descFlows, s.Flows)
+	counter(descFrames, s.NonIP, "non_ip")
+	counter(descFrames, s.Malformed, "malformed")
+	gauge(descLeftovers, float64(s.LeftoversPurged))
+}
