@@ -1,0 +1,57 @@
+// Package enrich names the ends of flows: it keeps an inventory of who is
+// behind each address (network namespaces and their processes, containers,
+// Kubernetes pods, services and workloads, the cloud instance, user-named
+// CIDRs) and resolves each end of a flows.Record to an Endpoint from
+// bounded caches, so that the hot path never calls a runtime.
+package enrich
+
+import (
+	"net/netip"
+
+	"github.com/flowmap/flowmap/flows"
+)
+
+// Kind is what an endpoint is.
+type Kind string
+
+// The kinds of endpoint.
+const (
+	KindContainer Kind = "container"
+	KindPod       Kind = "pod"
+	KindHost      Kind = "host"
+	KindService   Kind = "service"
+	KindExternal  Kind = "external"
+	KindUnknown   Kind = "unknown"
+)
+
+// Endpoint is one end of a flow, as the inventory knows it.
+type Endpoint struct {
+	Kind Kind `json:"kind"`
+	// ID is stable for the endpoint's life: a container id, a pod UID, a
+	// host name, a CIDR, or the address itself for an unknown one.
+	ID   string `json:"id"`
+	Name string `json:"name"`
+	// Namespace is the Kubernetes namespace, where there is one.
+	Namespace string `json:"namespace,omitempty"`
+	// Workload owns the endpoint (a Deployment, StatefulSet, DaemonSet,
+	// Job, CronJob, or a compose service), of WorkloadKind.
+	Workload     string            `json:"workload,omitempty"`
+	WorkloadKind string            `json:"workload_kind,omitempty"`
+	Node         string            `json:"node,omitempty"`
+	Labels       map[string]string `json:"labels,omitempty"`
+	Image        string            `json:"image,omitempty"`
+	// NetNS and PIDNS are the inode numbers of the endpoint's network and
+	// PID namespaces, where known.
+	NetNS uint64       `json:"netns,omitempty"`
+	PIDNS uint64       `json:"pidns,omitempty"`
+	Addrs []netip.Addr `json:"addrs,omitempty"`
+	// Source is the inventory source that named the endpoint.
+	Source string `json:"source,omitempty"`
+}
+
+// Flow is a flow record with both ends named.
+type Flow struct {
+	flows.Record
+	SrcEndpoint Endpoint `json:"src_endpoint"`
+	DstEndpoint Endpoint `json:"dst_endpoint"`
+}
