@@ -531,3 +531,15 @@ var probeInsns = asm.Instructions{
 	asm.Mov.Imm(asm.R0, -1),
 	asm.Return(),
 }
+
+// Programs returns the loaded programs by their C names (tc_ingress,
+// tc_egress, xdp_ingress, tcp_retransmit), for benchmarks that read their
+// run-time statistics.
+func (d *Datapath) Programs() map[string]*ebpf.Program {
+	return map[string]*ebpf.Program{
+		bpfProgTcIngress:     d.objs.TcIngress,
+		bpfProgTcEgress:      d.objs.TcEgress,
+		bpfProgXdpIngress:    d.objs.XdpIngress,
+		bpfProgTcpRetransmit: d.objs.TcpRetransmit,
+	}
+}
