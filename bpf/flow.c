@@ -56,7 +56,7 @@ struct flow_stats {
 	__u64 syn_rtt_ns; // on the SYN-ACK direction: SYN to SYN-ACK
 	__u32 ifindex;    // the interface where it was counted
 	__u32 retransmits;
-	__u16 tcp_flags;  // OR of the TCP flags (NS in bit 8)
+	__u16 tcp_flags;  // OR of the TCP flags (NS in bit 8; FLAG_SYN_ONLY, FLAG_SYN_ACK)
 	__u8 point;       // enum point
 	__u8 pad[5];
 };
@@ -130,6 +130,12 @@ __u32 active_buf = 0;
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_ACK 0x10
 
+// Flags of our own above the TCP header's nine: the OR of a direction's
+// flags cannot tell a SYN without ACK (the client's) from SYN and ACK in
+// different segments.
+#define FLAG_SYN_ONLY 0x200 // a SYN without ACK: this direction opened the connection
+#define FLAG_SYN_ACK 0x400  // a SYN with ACK: this direction accepted it
+
 struct vlan_hdr {
 	__be16 tci;
 	__be16 proto;
@@ -164,6 +170,8 @@ static __always_inline void parse_l4(struct packet *p, void *l4, void *data, voi
 		// Byte 13 holds CWR..FIN, the low bit of byte 12 is NS.
 		__u8 *fl = (__u8 *)th + 12;
 		p->tcp_flags = ((__u16)(fl[0] & 1) << 8) | fl[1];
+		if (fl[1] & TCP_FLAG_SYN)
+			p->tcp_flags |= (fl[1] & TCP_FLAG_ACK) ? FLAG_SYN_ACK : FLAG_SYN_ONLY;
 		p->hdr_len = (l4 - data) + th->doff * 4;
 		return;
 	}

@@ -159,14 +159,21 @@ func reverse(k bpfFlowKey) bpfFlowKey {
 	return k
 }
 
+// The flags that flow.c adds above the TCP header's nine.
 const (
-	tcpSYN = 0x02
-	tcpACK = 0x10
+	FlagSYNOnly = 0x200 // a SYN without ACK: the direction opened the connection
+	FlagSYNACK  = 0x400 // a SYN with ACK: the direction accepted it
 )
 
-// isClient reports whether k is the client's direction of its flow: the
-// one that sent the SYN, the ICMP echo request, or else the one whose
-// destination port is the lower (the server's well-known port).
+// isClient reports whether k is the client's direction of its flow, and
+// remembers the answer so that later intervals orient the flow alike:
+//   - TCP: the direction that sent a SYN without ACK, or was answered by a
+//     SYN-ACK;
+//   - ICMP: the query's direction (echo request, timestamp request);
+//   - else the direction towards the one port outside the ephemeral range
+//     (32768 and up, Linux's default), as in 41234 → 53;
+//   - else the direction seen first, when both were seen;
+//   - else the direction towards the lower port.
 func (d *drainer) isClient(k bpfFlowKey, dir, rev *direction) bool {
 	if _, ok := d.clients.Get(k); ok {
 		return true
@@ -174,31 +181,48 @@ func (d *drainer) isClient(k bpfFlowKey, dir, rev *direction) bool {
 	if _, ok := d.clients.Get(reverse(k)); ok {
 		return false
 	}
+	client, sure := guessClient(k, dir, rev)
+	if sure {
+		if client {
+			d.clients.Add(k, struct{}{})
+		} else {
+			d.clients.Add(reverse(k), struct{}{})
+		}
+	}
+	return client
+}
+
+// ephemeralPorts is where Linux picks client ports by default.
+const ephemeralPorts = 32768
+
+// guessClient is isClient without memory; sure is false for the guess by
+// port number alone, which a later interval may improve on.
+func guessClient(k bpfFlowKey, dir, rev *direction) (client, sure bool) {
 	switch Proto(k.Proto) {
 	case ProtoTCP:
-		if dir != nil && dir.TCPFlags&(tcpSYN|tcpACK) == tcpSYN {
-			d.clients.Add(k, struct{}{})
-			return true
+		if dir != nil && (dir.TCPFlags&FlagSYNOnly != 0 || rev != nil && rev.TCPFlags&FlagSYNACK != 0) {
+			return true, true
 		}
-		if rev != nil && rev.TCPFlags&(tcpSYN|tcpACK) == tcpSYN {
-			d.clients.Add(reverse(k), struct{}{})
-			return false
+		if rev != nil && (rev.TCPFlags&FlagSYNOnly != 0 || dir != nil && dir.TCPFlags&FlagSYNACK != 0) {
+			return false, true
 		}
 	case ProtoICMP, ProtoICMPv6:
-		// The query's direction is the client's; a reply's is not.
 		switch k.Sport {
-		case 0, 14, 129:
-			return false
+		case 0, 14, 129: // replies
+			return false, true
 		}
-		return true
+		return true, true
+	}
+	if (k.Sport >= ephemeralPorts) != (k.Dport >= ephemeralPorts) {
+		return k.Sport >= ephemeralPorts, true
+	}
+	if dir != nil && rev != nil && dir.first != 0 && rev.first != 0 && dir.first != rev.first {
+		return dir.first < rev.first, true
 	}
 	if k.Dport != k.Sport {
-		return k.Dport < k.Sport
+		return k.Dport < k.Sport, false
 	}
-	if rev != nil && rev.first != 0 && dir.first != 0 {
-		return dir.first <= rev.first
-	}
-	return true
+	return true, false
 }
 
 // records joins the two directions of each flow into a Record. ifaces

@@ -37,8 +37,10 @@ type Record struct {
 
 // Direction is what was counted one way.
 type Direction struct {
-	Bytes       uint64 `json:"bytes"`
-	Packets     uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+	Packets uint64 `json:"packets"`
+	// TCPFlags is the OR of the TCP flags (FIN 0x1 … CWR 0x80, NS 0x100),
+	// with FlagSYNOnly and FlagSYNACK.
 	TCPFlags    uint16 `json:"tcp_flags,omitempty"`
 	Retransmits uint32 `json:"retransmits,omitempty"`
 	// Point and Ifindex say where this direction was counted.

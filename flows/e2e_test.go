@@ -1,0 +1,447 @@
+package flows_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/flowmap/flowmap/flows"
+	"github.com/flowmap/flowmap/internal/sandbox"
+	"github.com/flowmap/flowmap/internal/testenv"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// e2eSubnet keeps this package's sandboxes apart from other packages'
+// tests, which may run at the same time.
+var e2eSubnet = netip.MustParsePrefix("203.0.113.128/25")
+
+// collector runs a datapath and keeps every batch it sends.
+type collector struct {
+	dp      *flows.Datapath
+	mu      sync.Mutex
+	batches []flows.Batch
+}
+
+// runDatapath starts a datapath on the sandbox's interfaces, waits until
+// it is attached, and stops and closes it when t ends.
+func runDatapath(t *testing.T, cfg flows.Config) *collector {
+	t.Helper()
+	if cfg.Interval == 0 {
+		cfg.Interval = 300 * time.Millisecond
+	}
+	dp, err := flows.New(cfg)
+	if err != nil {
+		t.Fatalf("flows.New: %v", err)
+	}
+	c := &collector{dp: dp}
+	ctx, cancel := context.WithCancel(context.Background())
+	out := make(chan flows.Batch)
+	done := make(chan error, 1)
+	go func() { done <- dp.Run(ctx, out) }()
+	go func() {
+		for b := range out {
+			c.mu.Lock()
+			c.batches = append(c.batches, b)
+			c.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Errorf("Run = %v, want context.Canceled", err)
+		}
+		close(out)
+		if err := dp.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	waitFor(t, 5*time.Second, "datapath ready", func() bool { return dp.Ready() == nil })
+	return c
+}
+
+// flows returns every flow seen so far, merged across batches, after one
+// more drain.
+func (c *collector) flows(t *testing.T) []flows.Record {
+	t.Helper()
+	c.mu.Lock()
+	n := len(c.batches)
+	c.mu.Unlock()
+	waitFor(t, 5*time.Second, "another drain", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return len(c.batches) > n+1
+	})
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return flows.Merge(c.batches...).Records
+}
+
+func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// find returns the records between two addresses on a protocol and
+// server port, in either orientation.
+func find(recs []flows.Record, a, b netip.Addr, proto flows.Proto, port uint16) []flows.Record {
+	var out []flows.Record
+	for _, r := range recs {
+		if r.Proto != proto {
+			continue
+		}
+		if (r.Src == a && r.Dst == b && r.DstPort == port) || (r.Src == b && r.Dst == a && r.SrcPort == port) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// sendTCP sends n bytes over a connection made by dial to a listener on to, and returns the server
+// port once b has read them all, and the bytes the sender retransmitted
+// (segments dropped on a busy machine are sent, and counted, twice).
+func sendTCP(t *testing.T, dial func(network, addr string) (net.Conn, error), to *sandbox.Host, dst netip.Addr, n int) (uint16, uint64) {
+	t.Helper()
+	network := "tcp4"
+	if dst.Is6() {
+		network = "tcp6"
+	}
+	ln, err := to.Listen(network, net.JoinHostPort(dst.String(), "0"))
+	if err != nil {
+		t.Fatalf("listen on %s: %v", to.Name, err)
+	}
+	defer ln.Close()
+	got := make(chan int64, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- -1
+			return
+		}
+		defer c.Close()
+		m, _ := io.Copy(io.Discard, c)
+		got <- m
+	}()
+	conn, err := dial(network, ln.Addr().String())
+	if err != nil {
+		t.Fatalf("dial %s: %v", ln.Addr(), err)
+	}
+	if _, err := conn.Write(make([]byte, n)); err != nil {
+		t.Fatalf("write %d bytes: %v", n, err)
+	}
+	if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatalf("close write: %v", err)
+	}
+	if m := <-got; m != int64(n) {
+		t.Fatalf("server read %d bytes, want %d", m, n)
+	}
+	retrans := retransmitted(t, conn.(*net.TCPConn))
+	conn.Close()
+	return uint16(ln.Addr().(*net.TCPAddr).Port), retrans
+}
+
+// retransmitted returns the bytes a connection retransmitted (TCP_INFO).
+func retransmitted(t *testing.T, c *net.TCPConn) uint64 {
+	t.Helper()
+	raw, err := c.SyscallConn()
+	if err != nil {
+		t.Fatalf("raw conn: %v", err)
+	}
+	var (
+		info *unix.TCPInfo
+		ierr error
+	)
+	raw.Control(func(fd uintptr) { info, ierr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) })
+	if ierr != nil {
+		t.Fatalf("TCP_INFO: %v", ierr)
+	}
+	return info.Bytes_retrans
+}
+
+// Wire overheads per packet: Ethernet 14, IPv4 20 or IPv6 40, TCP 20 with
+// 12 bytes of timestamp options.
+const (
+	tcp4Overhead = 14 + 20 + 32
+	tcp6Overhead = 14 + 40 + 32
+	udp4Overhead = 14 + 20 + 8
+	mss4         = 1500 - 20 - 32
+)
+
+func within(got, want uint64, frac float64) bool {
+	d := float64(got) - float64(want)
+	return d <= frac*float64(want) && -d <= frac*float64(want)
+}
+
+// TestEndToEnd runs the datapath on a sandbox of namespaces on a bridge
+// and checks that flows between them are reported once, oriented client to
+// server, with the bytes that were sent, and with the interfaces behind
+// each end.
+func TestEndToEnd(t *testing.T) {
+	testenv.MustBeRoot(t)
+	testenv.MustHaveBTF(t)
+	if err := sandbox.Cleanup("fmf"); err != nil {
+		t.Fatalf("remove leftovers: %v", err)
+	}
+	sb := sandbox.NewT(t, sandbox.Options{Prefix: "fmf", Subnet: e2eSubnet, IPv6: true})
+	a := mustHost(t, sb, "a")
+	b := mustHost(t, sb, "b")
+	c := runDatapath(t, flows.Config{Interfaces: []string{"fmf-*"}})
+
+	const tcpBytes = 4<<20 + 12345
+	tcpPort, tcpRetrans := sendTCP(t, a.Dial, b, b.Addr, tcpBytes)
+	tcp6Port, tcp6Retrans := sendTCP(t, a.Dial, b, b.Addr6, 1<<20)
+	udpPort, udpN := exchangeUDP(t, a, b, 100, 1000, 500)
+	// The test process is on the host: its packets enter through no
+	// watched interface and are counted at b's veth egress.
+	hostPort, hostRetrans := sendTCP(t, net.Dial, b, b.Addr, 256<<10)
+
+	// A namespace made while the datapath runs is attached and seen.
+	late := mustHost(t, sb, "late")
+	waitFor(t, 2*time.Second, "the late host's veth attached", func() bool {
+		for _, i := range c.dp.Attached() {
+			if i.Index == late.HostIfIndex {
+				return true
+			}
+		}
+		return false
+	})
+	latePort, _ := sendTCP(t, late.Dial, a, a.Addr, 64<<10)
+
+	recs := c.flows(t)
+
+	t.Run("tcp", func(t *testing.T) {
+		r := one(t, find(recs, a.Addr, b.Addr, flows.ProtoTCP, tcpPort))
+		checkEnds(t, r, a.Addr, b.Addr, a, b)
+		sent := tcpBytes + tcpRetrans
+		minPkts := sent / mss4
+		if r.Forward.Packets < minPkts || r.Forward.Packets > minPkts*105/100+20 {
+			t.Errorf("forward packets = %d, want about %d (wire packets, not GSO skbs)", r.Forward.Packets, minPkts)
+		}
+		if want := sent + r.Forward.Packets*tcp4Overhead; !within(r.Forward.Bytes, want, 0.01) {
+			t.Errorf("forward bytes = %d, want %d ±1%% (%d payload, %d retransmitted, %d packets × %d)", r.Forward.Bytes, want, tcpBytes, tcpRetrans, r.Forward.Packets, tcp4Overhead)
+		}
+		if tcpRetrans > 0 && r.Forward.Retransmits == 0 {
+			t.Errorf("forward retransmits = 0; the sender retransmitted %d bytes", tcpRetrans)
+		}
+		if want := r.Reverse.Packets * tcp4Overhead; r.Reverse.Packets == 0 || !within(r.Reverse.Bytes, want, 0.05) {
+			t.Errorf("reverse = %d bytes in %d packets, want ACKs of about %d bytes each", r.Reverse.Bytes, r.Reverse.Packets, tcp4Overhead)
+		}
+		if r.Forward.TCPFlags&0x03 != 0x03 || r.Reverse.TCPFlags&0x12 != 0x12 {
+			t.Errorf("tcp flags = %#x forward, %#x reverse; want SYN and FIN forward, SYN-ACK reverse", r.Forward.TCPFlags, r.Reverse.TCPFlags)
+		}
+		if r.HandshakeRTT <= 0 || r.HandshakeRTT > time.Second {
+			t.Errorf("handshake RTT = %s, want between 0 and 1s", r.HandshakeRTT)
+		}
+		if r.FirstSeen.IsZero() || r.LastSeen.Before(r.FirstSeen) || time.Since(r.FirstSeen) > time.Minute {
+			t.Errorf("first, last seen = %s, %s: want recent and ordered", r.FirstSeen, r.LastSeen)
+		}
+	})
+	t.Run("tcp6", func(t *testing.T) {
+		r := one(t, find(recs, a.Addr6, b.Addr6, flows.ProtoTCP, tcp6Port))
+		checkEnds(t, r, a.Addr6, b.Addr6, a, b)
+		if want := 1<<20 + tcp6Retrans + r.Forward.Packets*tcp6Overhead; !within(r.Forward.Bytes, want, 0.01) {
+			t.Errorf("forward bytes = %d, want %d ±1%%", r.Forward.Bytes, want)
+		}
+	})
+	t.Run("udp", func(t *testing.T) {
+		r := one(t, find(recs, a.Addr, b.Addr, flows.ProtoUDP, udpPort))
+		checkEnds(t, r, a.Addr, b.Addr, a, b)
+		if r.Forward.Packets != uint64(udpN) || r.Forward.Bytes != uint64(udpN*(1000+udp4Overhead)) {
+			t.Errorf("forward = %d packets, %d bytes; want %d, %d", r.Forward.Packets, r.Forward.Bytes, udpN, udpN*(1000+udp4Overhead))
+		}
+		if r.Reverse.Packets != uint64(udpN) || r.Reverse.Bytes != uint64(udpN*(500+udp4Overhead)) {
+			t.Errorf("reverse = %d packets, %d bytes; want %d, %d", r.Reverse.Packets, r.Reverse.Bytes, udpN, udpN*(500+udp4Overhead))
+		}
+	})
+	t.Run("host to namespace", func(t *testing.T) {
+		r := one(t, find(recs, sb.Addr(), b.Addr, flows.ProtoTCP, hostPort))
+		if r.Src != sb.Addr() || r.Dst != b.Addr {
+			t.Fatalf("flow %s → %s, want %s → %s", r.Src, r.Dst, sb.Addr(), b.Addr)
+		}
+		if r.Forward.Point != flows.PointTCEgress || r.DstIf.Name != b.HostIf || r.SrcIf.Index != 0 {
+			t.Errorf("counted at %s, src if %q, dst if %q; want tc-egress, none, %q", r.Forward.Point, r.SrcIf.Name, r.DstIf.Name, b.HostIf)
+		}
+		if want := 256<<10 + hostRetrans + r.Forward.Packets*tcp4Overhead; !within(r.Forward.Bytes, want, 0.01) {
+			t.Errorf("forward bytes = %d, want %d ±1%%", r.Forward.Bytes, want)
+		}
+	})
+	t.Run("late namespace", func(t *testing.T) {
+		r := one(t, find(recs, late.Addr, a.Addr, flows.ProtoTCP, latePort))
+		checkEnds(t, r, late.Addr, a.Addr, late, a)
+	})
+}
+
+func mustHost(t *testing.T, sb *sandbox.Net, name string) *sandbox.Host {
+	t.Helper()
+	h, err := sb.AddHost(name)
+	if err != nil {
+		t.Fatalf("add host %s: %v", name, err)
+	}
+	return h
+}
+
+func one(t *testing.T, recs []flows.Record) flows.Record {
+	t.Helper()
+	if len(recs) != 1 {
+		t.Fatalf("got %d records of the flow, want exactly 1: %+v", len(recs), recs)
+	}
+	return recs[0]
+}
+
+// checkEnds checks the orientation and the interfaces behind each end.
+func checkEnds(t *testing.T, r flows.Record, src, dst netip.Addr, client, server *sandbox.Host) {
+	t.Helper()
+	if r.Src != src || r.Dst != dst {
+		t.Errorf("flow %s → %s, want %s → %s (client to server)", r.Src, r.Dst, src, dst)
+	}
+	if r.SrcIf.Name != client.HostIf || r.DstIf.Name != server.HostIf {
+		t.Errorf("interfaces %q → %q, want %q → %q", r.SrcIf.Name, r.DstIf.Name, client.HostIf, server.HostIf)
+	}
+	if r.SrcIf.PeerNetNSID < 0 || r.SrcIf.PeerIndex != client.PeerIfIndex {
+		t.Errorf("src peer netnsid %d, ifindex %d; want a namespace id and %d", r.SrcIf.PeerNetNSID, r.SrcIf.PeerIndex, client.PeerIfIndex)
+	}
+	if r.Forward.Point != flows.PointTCIngress || r.Reverse.Point != flows.PointTCIngress {
+		t.Errorf("counted at %s, %s; want tc-ingress both ways (where each packet entered the host)", r.Forward.Point, r.Reverse.Point)
+	}
+}
+
+// exchangeUDP sends n datagrams of size req from a to b, each answered
+// with one of size resp, and returns b's port and how many round trips
+// completed.
+func exchangeUDP(t *testing.T, a, b *sandbox.Host, n, req, resp int) (uint16, int) {
+	t.Helper()
+	srv, err := b.ListenPacket("udp4", net.JoinHostPort(b.Addr.String(), "0"))
+	if err != nil {
+		t.Fatalf("listen udp on b: %v", err)
+	}
+	defer srv.Close()
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			_, from, err := srv.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			srv.WriteTo(make([]byte, resp), from)
+		}
+	}()
+	conn, err := a.Dial("udp4", srv.LocalAddr().String())
+	if err != nil {
+		t.Fatalf("dial udp from a: %v", err)
+	}
+	defer conn.Close()
+	buf := make([]byte, 2048)
+	for i := range n {
+		if _, err := conn.Write(make([]byte, req)); err != nil {
+			t.Fatalf("udp write %d: %v", i, err)
+		}
+		conn.SetReadDeadline(time.Now().Add(time.Second))
+		if m, err := conn.Read(buf); err != nil || m != resp {
+			t.Fatalf("udp reply %d: %d bytes, %v; want %d", i, m, err, resp)
+		}
+	}
+	return uint16(srv.LocalAddr().(*net.UDPAddr).Port), n
+}
+
+// TestDetach checks that Close leaves no program, filter or qdisc behind,
+// in both attach modes.
+func TestDetach(t *testing.T) {
+	testenv.MustBeRoot(t)
+	testenv.MustHaveBTF(t)
+	for _, mode := range []flows.AttachMode{flows.AttachTCX, flows.AttachClsact} {
+		t.Run(string(mode), func(t *testing.T) {
+			prefix := "fmd" + string(mode[0])
+			if err := sandbox.Cleanup(prefix); err != nil {
+				t.Fatalf("remove leftovers: %v", err)
+			}
+			sb := sandbox.NewT(t, sandbox.Options{Prefix: prefix, Subnet: e2eSubnet})
+			a := mustHost(t, sb, "a")
+			b := mustHost(t, sb, "b")
+			dp, err := flows.New(flows.Config{Interfaces: []string{prefix + "-*"}, Attach: mode, Interval: time.Hour})
+			if err != nil {
+				t.Fatalf("flows.New: %v", err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- dp.Run(ctx, make(chan flows.Batch, 1)) }()
+			waitFor(t, 5*time.Second, "datapath ready", func() bool { return dp.Ready() == nil })
+			for _, h := range []*sandbox.Host{a, b} {
+				if n := programsOn(t, h.HostIfIndex, mode); n != 2 {
+					t.Errorf("%s: %d programs attached, want 2 (ingress and egress)", h.HostIf, n)
+				}
+			}
+			cancel()
+			<-done
+			if err := dp.Close(); err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+			for _, h := range []*sandbox.Host{a, b} {
+				if n := programsOn(t, h.HostIfIndex, mode); n != 0 {
+					t.Errorf("%s: %d programs left after Close, want 0", h.HostIf, n)
+				}
+				if q := clsactOn(t, h.HostIfIndex); q {
+					t.Errorf("%s: clsact qdisc left after Close", h.HostIf)
+				}
+			}
+			if err := dp.Close(); err != nil {
+				t.Errorf("second Close = %v, want nil", err)
+			}
+		})
+	}
+}
+
+// programsOn counts flowmap's TC programs on an interface.
+func programsOn(t *testing.T, ifindex int, mode flows.AttachMode) int {
+	t.Helper()
+	n := 0
+	if mode == flows.AttachClsact {
+		l, err := netlink.LinkByIndex(ifindex)
+		if err != nil {
+			t.Fatalf("link %d: %v", ifindex, err)
+		}
+		for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+			fs, _ := netlink.FilterList(l, parent)
+			n += len(fs)
+		}
+		return n
+	}
+	for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+		res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: at})
+		if err != nil {
+			t.Fatalf("query %s programs on %d: %v", at, ifindex, err)
+		}
+		n += len(res.Programs)
+	}
+	return n
+}
+
+func clsactOn(t *testing.T, ifindex int) bool {
+	t.Helper()
+	l, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		t.Fatalf("link %d: %v", ifindex, err)
+	}
+	qs, err := netlink.QdiscList(l)
+	if err != nil {
+		t.Fatalf("qdiscs of %d: %v", ifindex, err)
+	}
+	for _, q := range qs {
+		if q.Type() == "clsact" {
+			return true
+		}
+	}
+	return false
+}
