@@ -1,0 +1,314 @@
+package main
+
+import (
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/flowmap/flowmap/internal/sandbox"
+	"github.com/flowmap/flowmap/internal/testenv"
+	"github.com/flowmap/flowmap/server"
+	"github.com/vishvananda/netlink"
+)
+
+// cmdSubnet keeps this package's sandboxes apart from other packages'.
+var cmdSubnet = netip.MustParsePrefix("198.51.100.64/27")
+
+// buildFlowmap builds the binary once per test.
+func buildFlowmap(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "flowmap")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// agentProc is a running `flowmap agent`.
+type agentProc struct {
+	cmd  *exec.Cmd
+	addr string
+	done chan error
+}
+
+func startAgent(t *testing.T, bin string, args ...string) *agentProc {
+	t.Helper()
+	addr := freePort(t)
+	cmd := exec.Command(bin, append([]string{"agent", "--listen", addr, "--interval", "200ms"}, args...)...)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start agent: %v", err)
+	}
+	p := &agentProc{cmd: cmd, addr: addr, done: make(chan error, 1)}
+	go func() { p.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-p.done
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return p
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent not ready after 10s: %v", err)
+		}
+		select {
+		case err := <-p.done:
+			t.Fatalf("agent exited before it was ready: %v", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// stop sends sig and waits for the agent to exit.
+func (p *agentProc) stop(t *testing.T, sig syscall.Signal) error {
+	t.Helper()
+	p.cmd.Process.Signal(sig)
+	select {
+	case err := <-p.done:
+		p.done <- err // for the cleanup
+		return err
+	case <-time.After(10 * time.Second):
+		t.Fatalf("agent still running 10s after %s", sig)
+		return nil
+	}
+}
+
+func (p *agentProc) get(t *testing.T, path string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + p.addr + path)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s: %s", path, resp.Status, b)
+	}
+	return string(b)
+}
+
+// TestAgent runs the agent binary on a sandbox: it serves the flows it
+// counts and its metrics, and SIGTERM leaves nothing attached.
+func TestAgent(t *testing.T) {
+	testenv.MustBeRoot(t)
+	testenv.MustHaveBTF(t)
+	testenv.MustHaveCommand(t, "go")
+	if err := sandbox.Cleanup("fma"); err != nil {
+		t.Fatal(err)
+	}
+	sb := sandbox.NewT(t, sandbox.Options{Prefix: "fma", Subnet: cmdSubnet})
+	a, b := addHost(t, sb, "a"), addHost(t, sb, "b")
+	bin := buildFlowmap(t)
+	p := startAgent(t, bin, "--interfaces", "fma-*")
+
+	if got := p.get(t, "/healthz"); strings.TrimSpace(got) != "ok" {
+		t.Errorf("/healthz = %q, want ok", got)
+	}
+	port := sendTo(t, a, b, 100_000)
+	var rec *struct{ fwd, back uint64 }
+	deadline := time.Now().Add(5 * time.Second)
+	for rec == nil && time.Now().Before(deadline) {
+		var doc server.FlowsDoc
+		if err := json.Unmarshal([]byte(p.get(t, "/api/v1/flows?last=12")), &doc); err != nil {
+			t.Fatalf("decode /api/v1/flows: %v", err)
+		}
+		if doc.Version != server.FlowsVersion {
+			t.Errorf("version = %d, want %d", doc.Version, server.FlowsVersion)
+		}
+		for _, r := range doc.Flows {
+			if r.Src == a.Addr && r.Dst == b.Addr && r.DstPort == port {
+				rec = &struct{ fwd, back uint64 }{r.Forward.Bytes, r.Reverse.Bytes}
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if rec == nil {
+		t.Fatalf("flow %s → %s:%d not in /api/v1/flows after 5s", a.Addr, b.Addr, port)
+	}
+	if rec.fwd < 100_000 || rec.fwd > 110_000 {
+		t.Errorf("flow bytes = %d, want 100000 of payload plus headers", rec.fwd)
+	}
+	metrics := p.get(t, "/metrics")
+	for _, want := range []string{"flowmap_attached_interfaces 2", "flowmap_watched_bridges 1", "flowmap_flow_map_capacity 65536", "flowmap_drain_duration_seconds_count", "flowmap_flow_map_full_packets_total 0"} {
+		if !strings.Contains(metrics, want+"\n") && !strings.Contains(metrics, want+" ") {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if err := p.stop(t, syscall.SIGTERM); err != nil {
+		t.Errorf("agent exit after SIGTERM: %v, want 0", err)
+	}
+	for _, h := range []*sandbox.Host{a, b} {
+		if n := tcxPrograms(t, h.HostIfIndex); n != 0 {
+			t.Errorf("%s: %d TCX programs left after SIGTERM", h.HostIf, n)
+		}
+	}
+}
+
+// TestAgentRestartAfterKill: clsact filters outlive a killed agent; the
+// next agent removes them, and SIGTERM leaves no filter or qdisc.
+func TestAgentRestartAfterKill(t *testing.T) {
+	testenv.MustBeRoot(t)
+	testenv.MustHaveBTF(t)
+	testenv.MustHaveCommand(t, "go")
+	if err := sandbox.Cleanup("fmk"); err != nil {
+		t.Fatal(err)
+	}
+	sb := sandbox.NewT(t, sandbox.Options{Prefix: "fmk", Subnet: cmdSubnet})
+	a := addHost(t, sb, "a")
+	bin := buildFlowmap(t)
+
+	p := startAgent(t, bin, "--interfaces", "fmk-*", "--attach", "clsact")
+	if n := clsactFilters(t, a.HostIfIndex); n != 2 {
+		t.Fatalf("%d clsact filters on %s, want 2", n, a.HostIf)
+	}
+	p.stop(t, syscall.SIGKILL)
+	if n := clsactFilters(t, a.HostIfIndex); n != 2 {
+		t.Fatalf("%d clsact filters on %s after SIGKILL, want the dead agent's 2", n, a.HostIf)
+	}
+
+	p = startAgent(t, bin, "--interfaces", "fmk-*", "--attach", "clsact")
+	if n := clsactFilters(t, a.HostIfIndex); n != 2 {
+		t.Errorf("%d clsact filters on %s after restart, want 2 (the dead agent's removed)", n, a.HostIf)
+	}
+	if err := p.stop(t, syscall.SIGTERM); err != nil {
+		t.Errorf("agent exit after SIGTERM: %v, want 0", err)
+	}
+	if n := clsactFilters(t, a.HostIfIndex); n != 0 {
+		t.Errorf("%d clsact filters on %s after SIGTERM, want 0", n, a.HostIf)
+	}
+	if hasClsact(t, a.HostIfIndex) {
+		t.Errorf("clsact qdisc left on %s after SIGTERM", a.HostIf)
+	}
+}
+
+func TestAgentFlags(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"attach", []string{"agent", "--attach", "bogus"}, `attach mode "bogus"`},
+		{"interval", []string{"agent", "--interval", "1ms"}, "--interval=1ms"},
+		{"extra", []string{"agent", "extra"}, `unexpected argument "extra"`},
+		{"command", []string{"nope"}, `unknown command "nope"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := run(t.Context(), tc.args, io.Discard, io.Discard)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("run(%q) = %v, want an error with %q", tc.args, err, tc.want)
+			}
+		})
+	}
+}
+
+func addHost(t *testing.T, sb *sandbox.Net, name string) *sandbox.Host {
+	t.Helper()
+	h, err := sb.AddHost(name)
+	if err != nil {
+		t.Fatalf("add host %s: %v", name, err)
+	}
+	return h
+}
+
+// sendTo sends n bytes from a to a listener on b and returns its port.
+func sendTo(t *testing.T, a, b *sandbox.Host, n int) uint16 {
+	t.Helper()
+	ln, err := b.Listen("tcp4", net.JoinHostPort(b.Addr.String(), "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c, err := ln.Accept()
+		if err == nil {
+			io.Copy(io.Discard, c)
+			c.Close()
+		}
+	}()
+	c, err := a.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write(make([]byte, n)); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	<-done
+	return uint16(ln.Addr().(*net.TCPAddr).Port)
+}
+
+func tcxPrograms(t *testing.T, ifindex int) int {
+	t.Helper()
+	n := 0
+	for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+		res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: at})
+		if err != nil {
+			t.Fatalf("query %s on %d: %v", at, ifindex, err)
+		}
+		n += len(res.Programs)
+	}
+	return n
+}
+
+func clsactFilters(t *testing.T, ifindex int) int {
+	t.Helper()
+	l, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		t.Fatalf("link %d: %v", ifindex, err)
+	}
+	n := 0
+	for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+		fs, _ := netlink.FilterList(l, parent)
+		n += len(fs)
+	}
+	return n
+}
+
+func hasClsact(t *testing.T, ifindex int) bool {
+	t.Helper()
+	l, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		t.Fatalf("link %d: %v", ifindex, err)
+	}
+	qs, err := netlink.QdiscList(l)
+	if err != nil {
+		t.Fatalf("qdiscs of %d: %v", ifindex, err)
+	}
+	for _, q := range qs {
+		if q.Type() == "clsact" {
+			return true
+		}
+	}
+	return false
+}
+
