@@ -173,7 +173,8 @@ const (
 //   - else the direction towards the one port outside the ephemeral range
 //     (32768 and up, Linux's default), as in 41234 → 53;
 //   - else the direction seen first, when both were seen;
-//   - else the direction towards the lower port.
+//   - else, for a flow seen one way, the direction seen (until a later
+//     interval knows better); else the direction towards the lower port.
 func (d *drainer) isClient(k bpfFlowKey, dir, rev *direction) bool {
 	if _, ok := d.clients.Get(k); ok {
 		return true
@@ -219,10 +220,11 @@ func guessClient(k bpfFlowKey, dir, rev *direction) (client, sure bool) {
 	if dir != nil && rev != nil && dir.first != 0 && rev.first != 0 && dir.first != rev.first {
 		return dir.first < rev.first, true
 	}
-	if k.Dport != k.Sport {
-		return k.Dport < k.Sport, false
+	if rev == nil || dir == nil {
+		// One way only: the side that speaks is the likelier client.
+		return dir != nil, false
 	}
-	return true, false
+	return k.Dport < k.Sport, false
 }
 
 // records joins the two directions of each flow into a Record. ifaces

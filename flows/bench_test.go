@@ -1,0 +1,150 @@
+package flows
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+)
+
+// benchDirections is the size of the synthetic flow map: a busy node's
+// drain.
+const benchDirections = 10_000
+
+// benchCPUs is how many per-CPU values each drained entry holds.
+const benchCPUs = 8
+
+// benchKey returns the key of flow i's client direction: TCP, UDP and ICMP
+// echo in the proportions 6:3:1, between 256 clients and 64 servers.
+func benchKey(i int) bpfFlowKey {
+	var k bpfFlowKey
+	src := netip.AddrFrom4([4]byte{198, 51, 100, byte(i % 256)}).As16()
+	dst := netip.AddrFrom4([4]byte{203, 0, 113, byte(i % 64)}).As16()
+	k.Saddr, k.Daddr = src, dst
+	switch i % 10 {
+	case 0:
+		k.Proto = uint8(ProtoICMP)
+		k.Sport = 8 // echo request, code 0
+	case 1, 2, 3:
+		k.Proto = uint8(ProtoUDP)
+		k.Sport, k.Dport = uint16(32768+i%28000), 53
+	default:
+		k.Proto = uint8(ProtoTCP)
+		k.Sport, k.Dport = uint16(32768+i%28000), 443
+	}
+	return k
+}
+
+// benchDirs returns n flow directions as drain leaves them: both
+// directions of n/2 flows, a third of the TCP ones with their handshake.
+func benchDirs(n int) map[bpfFlowKey]*direction {
+	dirs := make(map[bpfFlowKey]*direction, n)
+	for i := 0; len(dirs) < n; i++ {
+		k := benchKey(i)
+		fwd := &direction{Direction: Direction{Bytes: 1500, Packets: 10, Point: PointTCIngress, Ifindex: 2 + i%32},
+			first: uint64(i), last: uint64(i) + 1000}
+		rev := &direction{Direction: Direction{Bytes: 64000, Packets: 50, Point: PointTCEgress, Ifindex: 2 + i%32},
+			first: uint64(i) + 10, last: uint64(i) + 2000}
+		if k.Proto == uint8(ProtoTCP) {
+			fwd.TCPFlags, rev.TCPFlags = tcpACK, tcpACK
+			if i%3 == 0 {
+				fwd.TCPFlags |= tcpSYN
+				rev.TCPFlags |= tcpSYN
+				rev.rtt = 50_000
+			}
+		}
+		dirs[k], dirs[reverse(k)] = fwd, rev
+	}
+	return dirs
+}
+
+func benchDrainer(b *testing.B) *drainer {
+	clients, err := lru.New[bpfFlowKey, struct{}](65536)
+	if err != nil {
+		b.Fatalf("lru.New: %v", err)
+	}
+	return &drainer{ncpu: benchCPUs, clients: clients}
+}
+
+// BenchmarkDrainerAdd sums the per-CPU values of 10k drained entries, as
+// drain does with each batch the kernel returns.
+func BenchmarkDrainerAdd(b *testing.B) {
+	d := benchDrainer(b)
+	keys := make([]bpfFlowKey, benchDirections)
+	for i := range keys {
+		keys[i] = benchKey(i)
+	}
+	vals := make([]bpfFlowStats, benchCPUs)
+	for c := range vals {
+		vals[c] = bpfFlowStats{Bytes: 1500, Packets: 1, FirstNs: uint64(c + 1), LastNs: uint64(c + 2),
+			Ifindex: 3, TcpFlags: tcpACK, Point: uint8(PointTCIngress)}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		out := make(map[bpfFlowKey]*direction, len(keys))
+		for _, k := range keys {
+			d.add(out, k, vals)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*benchDirections), "ns/entry")
+}
+
+// BenchmarkRecords joins a drain of 10k flow directions into records.
+func BenchmarkRecords(b *testing.B) {
+	d := benchDrainer(b)
+	dirs := benchDirs(benchDirections)
+	ifaces := func(idx int) Interface {
+		return Interface{Index: idx, Name: fmt.Sprintf("veth%d", idx), Kind: "veth", PeerNetNSID: idx}
+	}
+	now := time.Now()
+	wall := func(ns uint64) time.Time { return now.Add(time.Duration(ns)) }
+	b.ReportAllocs()
+	var recs []Record
+	for b.Loop() {
+		recs = d.records(dirs, ifaces, wall)
+	}
+	if got, want := len(recs), benchDirections/2; got != want {
+		b.Fatalf("records of %d directions: got %d records, want %d", benchDirections, got, want)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*benchDirections), "ns/direction")
+}
+
+// BenchmarkMerge sums a minute of 5s batches (12) of 5k flows each, of
+// which half recur in every batch and half are new.
+func BenchmarkMerge(b *testing.B) {
+	const (
+		batches = 12
+		flows   = benchDirections / 2
+	)
+	d := benchDrainer(b)
+	ifaces := func(idx int) Interface { return Interface{Index: idx, PeerNetNSID: -1} }
+	start := time.Now()
+	var in []Batch
+	for i := range batches {
+		dirs := make(map[bpfFlowKey]*direction, benchDirections)
+		for j := range flows {
+			n := j
+			if j%2 == 1 {
+				n = flows + i*flows + j // new in this batch
+			}
+			k := benchKey(n)
+			dirs[k] = &direction{Direction: Direction{Bytes: 1500, Packets: 10, Point: PointTCIngress, Ifindex: 3}, first: 1, last: 2}
+			dirs[reverse(k)] = &direction{Direction: Direction{Bytes: 900, Packets: 9, Point: PointTCEgress, Ifindex: 4}, first: 1, last: 2}
+		}
+		t := start.Add(time.Duration(i) * 5 * time.Second)
+		wall := func(ns uint64) time.Time { return t.Add(time.Duration(ns)) }
+		in = append(in, Batch{Start: t, End: t.Add(5 * time.Second), Records: d.records(dirs, ifaces, wall)})
+	}
+	b.ReportAllocs()
+	var out Batch
+	for b.Loop() {
+		out = Merge(in...)
+	}
+	// Keys wrap at 256 clients and 28000 ports; count what Merge saw.
+	if len(out.Records) == 0 || len(out.Records) > batches*flows {
+		b.Fatalf("Merge of %d batches of %d: got %d records", batches, flows, len(out.Records))
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*batches*flows), "ns/record")
+}
