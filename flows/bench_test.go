@@ -16,6 +16,9 @@ const benchDirections = 10_000
 // benchCPUs is how many per-CPU values each drained entry holds.
 const benchCPUs = 8
 
+// benchACK is the TCP header's ACK flag.
+const benchACK = 0x10
+
 // benchKey returns the key of flow i's client direction: TCP, UDP and ICMP
 // echo in the proportions 6:3:1, between 256 clients and 64 servers.
 func benchKey(i int) bpfFlowKey {
@@ -48,10 +51,10 @@ func benchDirs(n int) map[bpfFlowKey]*direction {
 		rev := &direction{Direction: Direction{Bytes: 64000, Packets: 50, Point: PointTCEgress, Ifindex: 2 + i%32},
 			first: uint64(i) + 10, last: uint64(i) + 2000}
 		if k.Proto == uint8(ProtoTCP) {
-			fwd.TCPFlags, rev.TCPFlags = tcpACK, tcpACK
+			fwd.TCPFlags, rev.TCPFlags = benchACK, benchACK
 			if i%3 == 0 {
-				fwd.TCPFlags |= tcpSYN
-				rev.TCPFlags |= tcpSYN
+				fwd.TCPFlags |= FlagSYNOnly
+				rev.TCPFlags |= FlagSYNACK
 				rev.rtt = 50_000
 			}
 		}
@@ -79,7 +82,7 @@ func BenchmarkDrainerAdd(b *testing.B) {
 	vals := make([]bpfFlowStats, benchCPUs)
 	for c := range vals {
 		vals[c] = bpfFlowStats{Bytes: 1500, Packets: 1, FirstNs: uint64(c + 1), LastNs: uint64(c + 2),
-			Ifindex: 3, TcpFlags: tcpACK, Point: uint8(PointTCIngress)}
+			Ifindex: 3, TcpFlags: benchACK, Point: uint8(PointTCIngress)}
 	}
 	b.ReportAllocs()
 	for b.Loop() {

@@ -1,0 +1,266 @@
+// Command datapath is `make bench` for flowmap's datapath: it measures what
+// the agent's BPF programs cost the traffic they count.
+//
+// Between two namespaces on a bridge (internal/sandbox) it runs two loads,
+// a bulk TCP stream and a stream of 64-byte UDP packets (iperf3), under
+// seven modes: no programs; flowmap's programs, as the agent attaches them,
+// with TC ingress (TCX), generic XDP or native XDP ingress, and TCX egress,
+// on both host-side veths; and in the same hooks the floor programs of
+// bpf/floor.c, which only bump a per-CPU counter. Modes are interleaved in
+// rounds, their order rotated each round, so that the machine's other work
+// spreads over all of them. For each load and mode it prints the median
+// throughput received, the median ratio to no programs in the same round,
+// and each program's cost per run from the kernel's run-time statistics
+// (kernel.bpf_stats_enabled), then the programs' cost on a 64-byte frame
+// under BPF_PROG_TEST_RUN.
+//
+// Targets, from the issue: a throughput ratio of at least 0.97 on both
+// loads, and on the small packets at most the floor + 40 ns per run. A
+// missed target is printed as MISSED; the exit status is non-zero only on
+// errors, as timing never decides a test.
+//
+// It needs root and the commands iperf3 and ip.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+
+	"github.com/flowmap/flowmap/internal/sandbox"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// bench is one run's setup.
+type bench struct {
+	log      *slog.Logger
+	prefix   string
+	interval time.Duration
+	floor    *bpfObjects
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("datapath", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		rounds   = fs.Int("rounds", 5, "rounds of every load and mode")
+		duration = fs.Duration("duration", 2*time.Second, "length of one measurement, in whole seconds (iperf3 -t)")
+		interval = fs.Duration("interval", time.Second, "the agent's drain interval")
+		prefix   = fs.String("prefix", "fmb", "name prefix of the sandbox's namespaces and links")
+		subnet   = fs.String("subnet", "198.51.100.240/28", "sandbox subnet, in a documentation range")
+		verbose  = fs.Bool("v", false, "log every measurement and the datapath's lifecycle")
+	)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *rounds < 1 {
+		return fmt.Errorf("rounds %d: want at least 1", *rounds)
+	}
+	sub, err := netip.ParsePrefix(*subnet)
+	if err != nil {
+		return fmt.Errorf("parse subnet: %w", err)
+	}
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	if err := prerequisites(); err != nil {
+		return err
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return fmt.Errorf("remove memlock limit: %w", err)
+	}
+	// Run-time statistics stay on while the closer is open: until the
+	// test runs, which are timed without them.
+	st, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		return fmt.Errorf("enable bpf run-time statistics: %w", err)
+	}
+	statsOn := true
+	stopStats := func() error {
+		if !statsOn {
+			return nil
+		}
+		statsOn = false
+		return st.Close()
+	}
+	defer stopStats()
+
+	floor, err := loadFloor()
+	if err != nil {
+		return err
+	}
+	defer floor.Close()
+	b := &bench{log: log, prefix: *prefix, interval: *interval, floor: floor}
+
+	// A run killed before it could clean up left these.
+	if err := sandbox.Cleanup(*prefix); err != nil {
+		return fmt.Errorf("remove leftovers of sandbox %s: %w", *prefix, err)
+	}
+	sb, err := sandbox.New(sandbox.Options{Prefix: *prefix, Subnet: sub})
+	if err != nil {
+		return fmt.Errorf("create sandbox: %w", err)
+	}
+	defer func() {
+		if err := sb.Close(); err != nil {
+			log.Error("close sandbox", "err", err)
+		}
+	}()
+	ha, err := sb.AddHost("a")
+	if err != nil {
+		return err
+	}
+	hb, err := sb.AddHost("b")
+	if err != nil {
+		return err
+	}
+	srv, err := startIperfServer(ctx, hb)
+	if err != nil {
+		return err
+	}
+	defer srv.stop()
+
+	ifindexes := []int{ha.HostIfIndex, hb.HostIfIndex}
+	res := newResults(*rounds)
+	start := time.Now()
+	for r := range *rounds {
+		for _, l := range loads {
+			for i := range modes {
+				m := modes[(i+r)%len(modes)]
+				s, err := b.once(ctx, l, m, ha, hb, ifindexes, *duration)
+				if err != nil {
+					return fmt.Errorf("round %d, %s, %s: %w", r+1, l, m, err)
+				}
+				res.add(l, m, r, s)
+				log.Debug("measured", "round", r+1, "load", l, "mode", m, "throughput", s.throughput,
+					"unit", l.unit(), "ingress_ns", s.ingressNs, "egress_ns", s.egressNs)
+			}
+		}
+		log.Info("round done", "round", r+1, "of", *rounds, "elapsed", time.Since(start).Round(time.Second))
+	}
+
+	if err := stopStats(); err != nil {
+		return fmt.Errorf("disable bpf run-time statistics: %w", err)
+	}
+	trs, err := testRuns(floor, ha.Addr, hb.Addr, 5)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "flowmap datapath bench: %d rounds of %v, veths %s and %s, bridge %s, %d CPUs\n\n",
+		*rounds, *duration, ha.HostIf, hb.HostIf, sb.BridgeName(), ncpu())
+	res.print(stdout)
+	fmt.Fprintln(stdout)
+	printTestRuns(stdout, trs)
+	return nil
+}
+
+// prerequisites names what the machine lacks to run the bench.
+func prerequisites() error {
+	var errs []error
+	if os.Geteuid() != 0 {
+		errs = append(errs, errors.New("bench needs root: run as root (uid 0)"))
+	}
+	for cmd, pkg := range map[string]string{"iperf3": "iperf3", "ip": "iproute2"} {
+		if _, err := exec.LookPath(cmd); err != nil {
+			errs = append(errs, fmt.Errorf("bench needs command %q: %w (on Debian: apt-get install %s)", cmd, err, pkg))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// once measures load l under mode m: it attaches m, runs the load, reads the
+// programs' run-time statistics, and detaches.
+func (b *bench) once(ctx context.Context, l load, m mode, ha, hb *sandbox.Host, ifindexes []int, d time.Duration) (sample, error) {
+	var s sample
+	f, err := foreign(ifindexes)
+	if err != nil {
+		return s, err
+	}
+	if len(f) > 0 {
+		s.foreign = true
+		b.log.Warn("another process has programs on the bench's veths: this round is slowed in every mode", "found", f)
+	}
+	a, err := b.attach(ctx, m, ifindexes)
+	if err != nil {
+		return s, err
+	}
+	in0, eg0, err := a.stats()
+	if err == nil {
+		s.throughput, err = measure(ctx, l, ha, hb, d)
+	}
+	var in1, eg1 ebpf.ProgramStats
+	if err == nil {
+		in1, eg1, err = a.stats()
+	}
+	if cerr := a.close(); cerr != nil {
+		err = errors.Join(err, fmt.Errorf("detach %s: %w", m, cerr))
+	}
+	if err != nil {
+		return s, err
+	}
+	s.ingressNs, s.ingressRuns = perRun(in0, in1)
+	s.egressNs, s.egressRuns = perRun(eg0, eg1)
+	if a.counted != nil {
+		s.counted = a.counted()
+	}
+	return s, nil
+}
+
+// stats reads the run-time statistics of a's programs; zero without them.
+func (a *attached) stats() (in, eg ebpf.ProgramStats, err error) {
+	for _, p := range []struct {
+		prog *ebpf.Program
+		dst  *ebpf.ProgramStats
+	}{{a.ingress, &in}, {a.egress, &eg}} {
+		if p.prog == nil {
+			continue
+		}
+		s, err := p.prog.Stats()
+		if err != nil {
+			return in, eg, fmt.Errorf("read program statistics: %w", err)
+		}
+		*p.dst = *s
+	}
+	return in, eg, nil
+}
+
+// perRun returns the ns per run, and the runs, between two readings.
+func perRun(before, after ebpf.ProgramStats) (float64, uint64) {
+	runs := after.RunCount - before.RunCount
+	if runs == 0 {
+		return 0, 0
+	}
+	return float64(after.Runtime-before.Runtime) / float64(runs), runs
+}
+
+func ncpu() int {
+	n, err := ebpf.PossibleCPU()
+	if err != nil {
+		return 0
+	}
+	return n
+}

@@ -1,0 +1,142 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+)
+
+// Targets from the issue.
+const (
+	minRatio     = 0.97 // throughput with the agent over without, both loads
+	maxOverFloor = 40.0 // ns per run above the floor's, on small packets
+)
+
+// sample is one measurement of one load under one mode.
+type sample struct {
+	throughput  float64 // in the load's unit
+	ingressNs   float64 // ns per run of the ingress program
+	egressNs    float64
+	ingressRuns uint64
+	egressRuns  uint64
+	counted     uint64 // packets the agent reported
+	foreign     bool   // another process had programs on the veths
+}
+
+// results holds every sample by load, mode and round.
+type results struct {
+	rounds  int
+	samples map[load]map[mode][]sample
+}
+
+func newResults(rounds int) *results {
+	r := &results{rounds: rounds, samples: map[load]map[mode][]sample{}}
+	for _, l := range loads {
+		r.samples[l] = map[mode][]sample{}
+		for _, m := range modes {
+			r.samples[l][m] = make([]sample, rounds)
+		}
+	}
+	return r
+}
+
+func (r *results) add(l load, m mode, round int, s sample) { r.samples[l][m][round] = s }
+
+// summary is a load and mode over all rounds: medians.
+type summary struct {
+	throughput, ratio   float64
+	ingressNs, egressNs float64
+	foreign             int
+}
+
+func (r *results) summarize(l load, m mode) summary {
+	var s summary
+	var thr, ratio, in, eg []float64
+	base := r.samples[l][mode{hook: hookNone}]
+	for i, x := range r.samples[l][m] {
+		thr = append(thr, x.throughput)
+		if base[i].throughput > 0 {
+			ratio = append(ratio, x.throughput/base[i].throughput)
+		}
+		if x.ingressRuns > 0 {
+			in = append(in, x.ingressNs)
+		}
+		if x.egressRuns > 0 {
+			eg = append(eg, x.egressNs)
+		}
+		if x.foreign {
+			s.foreign++
+		}
+	}
+	s.throughput, s.ratio = median(thr), median(ratio)
+	s.ingressNs, s.egressNs = median(in), median(eg)
+	return s
+}
+
+func (r *results) print(w io.Writer) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "load\tmode\tmedian throughput\tratio vs none\tingress ns/run\tegress ns/run\tfloor ingress\tfloor egress\ttarget met\t")
+	foreign := 0
+	for _, l := range loads {
+		for _, m := range modes {
+			s := r.summarize(l, m)
+			foreign += s.foreign
+			ratio, in, eg, fin, feg, target := "-", "-", "-", "-", "-", "-"
+			if m.hook != hookNone {
+				ratio = fmt.Sprintf("%.3f", s.ratio)
+				in, eg = fmt.Sprintf("%.1f", s.ingressNs), fmt.Sprintf("%.1f", s.egressNs)
+			}
+			if m.agent {
+				f := r.summarize(l, mode{hook: m.hook})
+				fin, feg = fmt.Sprintf("%.1f", f.ingressNs), fmt.Sprintf("%.1f", f.egressNs)
+				target = verdict(l, s, f)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%.3f %s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
+				l, m, s.throughput, l.unit(), ratio, in, eg, fin, feg, target)
+		}
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "\nTargets: ratio >= %.2f on both loads; on %s, each program at most its floor + %.0f ns/run.\n",
+		minRatio, loadUDP64, maxOverFloor)
+	fmt.Fprintln(w, "Throughput is what the server received: TCP payload, or UDP datagrams of", udpPayload, "payload bytes.")
+	fmt.Fprintln(w, "ns/run are medians over rounds of the kernel's run-time statistics, which add their own clock")
+	fmt.Fprintln(w, "reads to every run, the floor's too. Native XDP on a veth turns off TSO (GSO) on its peer, so")
+	fmt.Fprintln(w, "the TCP stream is cut into MTU segments before the programs see it: compare with its floor.")
+	if foreign > 0 {
+		fmt.Fprintf(w, "WARNING: in %d measurements another process had programs on the bench's veths.\n", foreign)
+	}
+}
+
+// verdict says whether the agent s met the targets, given its floor f.
+func verdict(l load, s, f summary) string {
+	var missed []string
+	if s.ratio < minRatio {
+		missed = append(missed, fmt.Sprintf("ratio %.3f < %.2f", s.ratio, minRatio))
+	}
+	if l == loadUDP64 {
+		if s.ingressNs > f.ingressNs+maxOverFloor {
+			missed = append(missed, fmt.Sprintf("ingress floor+%.0f ns", s.ingressNs-f.ingressNs))
+		}
+		if s.egressNs > f.egressNs+maxOverFloor {
+			missed = append(missed, fmt.Sprintf("egress floor+%.0f ns", s.egressNs-f.egressNs))
+		}
+	}
+	if len(missed) == 0 {
+		return "yes"
+	}
+	return "MISSED: " + strings.Join(missed, ", ")
+}
+
+func printTestRuns(w io.Writer, trs []testRun) {
+	fmt.Fprintf(w, "BPF_PROG_TEST_RUN, one 64-byte UDP frame, %d runs, median of 5 (no hook, no run-time statistics):\n", testRunRepeat)
+	if b, err := os.ReadFile("/proc/sys/kernel/bpf_stats_enabled"); err == nil && strings.TrimSpace(string(b)) != "0" {
+		fmt.Fprintln(w, "(another process has kernel.bpf_stats_enabled on: these include its clock reads)")
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	for _, t := range trs {
+		fmt.Fprintf(tw, "%s\t%.1f ns/run\t\n", t.name, t.ns)
+	}
+	tw.Flush()
+}
