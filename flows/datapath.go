@@ -144,15 +144,18 @@ func prerequisites() error {
 	if _, err := btf.LoadKernelSpec(); err != nil {
 		return fmt.Errorf("%w: kernel BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF): %v", ErrPrerequisite, err)
 	}
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return fmt.Errorf("%w: raise RLIMIT_MEMLOCK for BPF maps (needs CAP_SYS_RESOURCE on kernels before 5.11): %v", ErrPrerequisite, err)
-	}
-	// Probe by loading the smallest program of the kind we need.
+	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; raising it
+	// needs CAP_SYS_RESOURCE. Without the rights to load programs it fails
+	// too, so the probe below names the missing rights first.
+	memErr := rlimit.RemoveMemlock()
 	if err := probeTC(); err != nil {
 		if errors.Is(err, unix.EPERM) {
 			return fmt.Errorf("%w: permission to load BPF programs: run as root or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON: %v", ErrPrerequisite, err)
 		}
 		return fmt.Errorf("%w: TC BPF programs (kernel 5.8 or newer): %v", ErrPrerequisite, err)
+	}
+	if memErr != nil {
+		return fmt.Errorf("%w: raise RLIMIT_MEMLOCK for BPF maps (needs CAP_SYS_RESOURCE on kernels before 5.11): %v", ErrPrerequisite, memErr)
 	}
 	return nil
 }

@@ -159,12 +159,6 @@ func reverse(k bpfFlowKey) bpfFlowKey {
 	return k
 }
 
-// TCP header flags.
-const (
-	tcpSYN = 0x02
-	tcpACK = 0x10
-)
-
 // The flags that flow.c adds above the TCP header's nine.
 const (
 	FlagSYNOnly = 0x200 // a SYN without ACK: the direction opened the connection

@@ -210,15 +210,16 @@ func TestEndToEnd(t *testing.T) {
 
 	// A namespace made while the datapath runs is attached and seen.
 	late := mustHost(t, sb, "late")
-	waitFor(t, 2*time.Second, "the late host's veth attached", func() bool {
-		for _, i := range c.dp.Attached() {
-			if i.Index == late.HostIfIndex {
-				return true
-			}
-		}
-		return false
-	})
+	waitFor(t, time.Second, "the late host's veth attached", func() bool { return attached(c.dp, late.HostIfIndex) })
 	latePort, _ := sendTCP(t, late.Dial, a, a.Addr, 64<<10)
+
+	// A vanished interface is released.
+	gone := mustHost(t, sb, "gone")
+	waitFor(t, 2*time.Second, "the gone host's veth attached", func() bool { return attached(c.dp, gone.HostIfIndex) })
+	if err := netlink.LinkDel(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: gone.HostIf}}); err != nil {
+		t.Fatalf("delete %s: %v", gone.HostIf, err)
+	}
+	waitFor(t, 2*time.Second, "the deleted veth released", func() bool { return !attached(c.dp, gone.HostIfIndex) })
 
 	recs := c.flows(t)
 
@@ -282,6 +283,15 @@ func TestEndToEnd(t *testing.T) {
 		r := one(t, find(recs, late.Addr, a.Addr, flows.ProtoTCP, latePort))
 		checkEnds(t, r, late.Addr, a.Addr, late, a)
 	})
+}
+
+func attached(dp *flows.Datapath, ifindex int) bool {
+	for _, i := range dp.Attached() {
+		if i.Index == ifindex {
+			return true
+		}
+	}
+	return false
 }
 
 func mustHost(t *testing.T, sb *sandbox.Net, name string) *sandbox.Host {

@@ -162,6 +162,11 @@ func TestAgent(t *testing.T) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
+	check := exec.Command(testenv.MustHaveCommand(t, "promtool"), "check", "metrics")
+	check.Stdin = strings.NewReader(metrics)
+	if out, err := check.CombinedOutput(); err != nil {
+		t.Errorf("promtool check metrics: %v\n%s", err, out)
+	}
 	if err := p.stop(t, syscall.SIGTERM); err != nil {
 		t.Errorf("agent exit after SIGTERM: %v, want 0", err)
 	}
@@ -206,6 +211,33 @@ func TestAgentRestartAfterKill(t *testing.T) {
 	}
 	if hasClsact(t, a.HostIfIndex) {
 		t.Errorf("clsact qdisc left on %s after SIGTERM", a.HostIf)
+	}
+}
+
+// TestAgentNotRoot: without the privileges to load BPF programs the agent
+// says what it lacks.
+func TestAgentNotRoot(t *testing.T) {
+	testenv.MustBeRoot(t) // to drop to nobody
+	testenv.MustHaveCommand(t, "go")
+	// t.TempDir's parent is closed to other users: copy the binary out.
+	dir, err := os.MkdirTemp("", "flowmap-nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	bin := filepath.Join(dir, "flowmap")
+	if out, err := exec.Command("cp", buildFlowmap(t), bin).CombinedOutput(); err != nil {
+		t.Fatalf("copy binary: %v\n%s", err, out)
+	}
+	cmd := exec.Command(bin, "agent", "--listen", freePort(t))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		t.Fatalf("agent as nobody exited 0, want an error\n%s", out)
+	}
+	if want := "run as root or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON"; !strings.Contains(string(out), want) {
+		t.Errorf("agent as nobody said %q, want it to say %q", out, want)
 	}
 }
 
