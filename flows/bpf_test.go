@@ -232,7 +232,6 @@ func monoNow(t testing.TB) uint64 {
 type hook struct {
 	name  string
 	prog  *ebpf.Program
-	ctx   []byte // nil: no context
 	ret   uint32
 	point bpfPoint
 }
@@ -244,9 +243,9 @@ func testHooks(t testing.TB, objs *bpfObjects) []hook {
 	unspec := int32(netlink.TC_ACT_UNSPEC) // -1: the program's return value as a uint32
 	tcUnspec := uint32(unspec)
 	return []hook{
-		{"tc_ingress", objs.TcIngress, nil, tcUnspec, bpfPointPOINT_TC_INGRESS},
-		{"tc_egress", objs.TcEgress, nil, tcUnspec, bpfPointPOINT_TC_EGRESS},
-		{"xdp_ingress", objs.XdpIngress, nil, kernelEnum(t, "xdp_action", "XDP_PASS"), bpfPointPOINT_XDP},
+		{"tc_ingress", objs.TcIngress, tcUnspec, bpfPointPOINT_TC_INGRESS},
+		{"tc_egress", objs.TcEgress, tcUnspec, bpfPointPOINT_TC_EGRESS},
+		{"xdp_ingress", objs.XdpIngress, kernelEnum(t, "xdp_action", "XDP_PASS"), bpfPointPOINT_XDP},
 	}
 }
 
@@ -254,9 +253,10 @@ func testHooks(t testing.TB, objs *bpfObjects) []hook {
 // hook should and leaves the frame as it was.
 func (h hook) run(t testing.TB, frame []byte) {
 	t.Helper()
-	h.runCtx(t, frame, h.ctx)
+	h.runCtx(t, frame, nil)
 }
 
+// runCtx is run with a context (from progContext); nil is none.
 func (h hook) runCtx(t testing.TB, frame, ctx []byte) {
 	t.Helper()
 	opts := ebpf.RunOptions{Data: frame, DataOut: make([]byte, len(frame)+256)}
@@ -493,6 +493,7 @@ type parseCase struct {
 	xdpOnly  bool // the skb test run refuses the frame
 }
 
+// one is the flow map after one frame of k with these TCP header flags.
 func one(k bpfFlowKey, frame []byte, flags uint16) map[bpfFlowKey]flowSum {
 	return map[bpfFlowKey]flowSum{k: {Bytes: uint64(len(frame)), Packets: 1, TCPFlags: segFlags(flags)}}
 }
