@@ -1,0 +1,514 @@
+// Package topology holds the graph of flows between endpoints over time,
+// and its exports: JSON (json.go), Graphviz (dot.go), Grafana's node graph
+// (nodegraph.go) and Prometheus (prometheus.go).
+//
+// A [Graph] keeps each edge (client endpoint → server endpoint, protocol,
+// server port) at the finest level the inventory names, in time buckets
+// that cover the last hour; a [Snapshot] rolls them up to a [Level] over a
+// window on demand, and every export is written from one snapshot. Memory
+// is bounded: past [Options.MaxEdges] edges, new ones are counted in one
+// overflow edge, and an edge leaves the graph with the last bucket it is in.
+//
+// # Buckets
+//
+// Flows are folded into the bucket of the time they are added at: 10s
+// buckets for the last minute, merged into 1m buckets up to 15 minutes
+// old, merged into 5m buckets up to an hour old, then dropped. A window is
+// the buckets that end inside it, so it is exact to the width of its
+// oldest bucket: the last 1m is 1m to 1m10s, 5m and 15m are to the
+// minute, 1h is 1h to 1h05m. Snapshot.Window says the span covered.
+package topology
+
+import (
+	"sort"
+	"sync"
+	"time"
+	"unsafe"
+
+	"github.com/flowmap/flowmap/enrich"
+	"github.com/flowmap/flowmap/flows"
+)
+
+// tiers are the bucket widths and how long buckets of each width are
+// kept before they are merged into the next (or dropped, past the last).
+var tiers = [...]struct{ width, until time.Duration }{
+	{10 * time.Second, time.Minute},
+	{time.Minute, 15 * time.Minute},
+	{5 * time.Minute, time.Hour},
+}
+
+// DefaultMaxEdges is the edge cap of a graph whose Options leave it zero.
+const DefaultMaxEdges = 50000
+
+// Options configures a Graph.
+type Options struct {
+	// MaxEdges caps the edges kept, at the finest level; flows of new
+	// edges past it are counted in one edge between two endpoints of kind
+	// "overflow". Zero means DefaultMaxEdges.
+	MaxEdges int
+}
+
+// Graph is the flows of the last hour between endpoints, in time buckets.
+// Its methods are safe for concurrent use.
+type Graph struct {
+	mu       sync.Mutex
+	maxEdges int
+
+	eps     []endpoint // interned endpoints, by index
+	epIndex map[epKey]uint32
+	epFree  []uint32
+
+	edges    []edge
+	index    map[edgeKey]uint32
+	edgeFree []uint32
+	overflow int32 // index of the overflow edge, -1 before there is one
+
+	buckets []*bucket // oldest first
+	cur     *bucket   // the bucket flows are folded into, nil after it was merged
+	seq     uint32
+	start   int64 // when the first flow was added, unix ns
+
+	flows         uint64 // flows folded
+	overflowFlows uint64 // of which into the overflow edge
+}
+
+type epKey struct {
+	kind enrich.Kind
+	id   string
+}
+
+type endpoint struct {
+	ep   enrich.Endpoint
+	refs int32 // edges that name it
+}
+
+type edgeKey struct {
+	src, dst uint32 // endpoint indexes
+	port     uint16
+	proto    flows.Proto
+}
+
+type edge struct {
+	key         edgeKey
+	seq         uint32 // the newest bucket it has an entry in
+	slot        int32  // its entry in that bucket
+	first, last int64  // when it was first and last added to, unix ns
+}
+
+// counts are an edge's flows in one bucket.
+type counts struct {
+	bytes   [2]uint64 // forward (client to server), reverse
+	packets [2]uint64
+	rttSum  uint64 // ns
+	edge    uint32
+	conns   uint32
+	retrans [2]uint32
+	rttN    uint32
+	rttMax  uint32 // ns, saturated at 4.29s
+}
+
+type bucket struct {
+	start, end int64 // unix ns
+	seq        uint32
+	tier       int
+	entries    []counts
+}
+
+// New returns an empty graph.
+func New(opts Options) *Graph {
+	if opts.MaxEdges <= 0 {
+		opts.MaxEdges = DefaultMaxEdges
+	}
+	return &Graph{
+		maxEdges: opts.MaxEdges,
+		epIndex:  map[epKey]uint32{},
+		index:    map[edgeKey]uint32{},
+		overflow: -1,
+	}
+}
+
+// Add folds flows into the graph's bucket for time t. Flows are added in
+// time order: one added before the newest bucket counts in the newest.
+func (g *Graph) Add(t time.Time, fs ...enrich.Flow) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	now := t.UnixNano()
+	if g.start == 0 {
+		g.start = now
+	}
+	if g.cur == nil || now >= g.cur.end {
+		g.compact(now)
+		w := int64(tiers[0].width)
+		g.seq++
+		g.cur = &bucket{start: now - now%w, end: now - now%w + w, seq: g.seq}
+		if n := len(g.buckets); n > 0 {
+			// The last bucket's size is a fair guess at the next one's.
+			g.cur.entries = make([]counts, 0, len(g.buckets[n-1].entries))
+		}
+		g.buckets = append(g.buckets, g.cur)
+	}
+	for i := range fs {
+		g.fold(now, &fs[i])
+	}
+}
+
+func (g *Graph) fold(now int64, f *enrich.Flow) {
+	g.flows++
+	k := edgeKey{port: f.DstPort, proto: f.Proto}
+	k.src = g.intern(&f.SrcEndpoint)
+	k.dst = g.intern(&f.DstEndpoint)
+	i, ok := g.index[k]
+	if !ok {
+		i = g.newEdge(k, now)
+	}
+	e := &g.edges[i]
+	e.last = now
+	cur := g.cur
+	if e.seq != cur.seq {
+		e.seq = cur.seq
+		e.slot = int32(len(cur.entries))
+		cur.entries = append(cur.entries, counts{edge: i})
+	}
+	c := &cur.entries[e.slot]
+	c.bytes[0] += f.Forward.Bytes
+	c.bytes[1] += f.Reverse.Bytes
+	c.packets[0] += f.Forward.Packets
+	c.packets[1] += f.Reverse.Packets
+	c.retrans[0] += f.Forward.Retransmits
+	c.retrans[1] += f.Reverse.Retransmits
+	if opened(&f.Record) {
+		c.conns++
+	}
+	if rtt := f.HandshakeRTT; rtt > 0 {
+		c.rttN++
+		c.rttSum += uint64(rtt)
+		c.rttMax = max(c.rttMax, uint32(min(rtt, 1<<32-1)))
+	}
+}
+
+// opened reports whether the record's client opened its connection in it.
+func opened(r *flows.Record) bool {
+	return r.Proto == flows.ProtoTCP && r.Forward.TCPFlags&flows.FlagSYNOnly != 0
+}
+
+// newEdge adds the edge k, or returns the overflow edge past the cap.
+func (g *Graph) newEdge(k edgeKey, now int64) uint32 {
+	if len(g.index) >= g.maxEdges {
+		g.overflowFlows++
+		g.eps[k.src].refs++ // undone by the release below
+		g.eps[k.dst].refs++
+		g.release(k.src)
+		g.release(k.dst)
+		if g.overflow >= 0 {
+			return uint32(g.overflow)
+		}
+		o := &enrich.Endpoint{Kind: KindOverflow, ID: "overflow", Name: "overflow"}
+		k = edgeKey{src: g.intern(o), dst: g.intern(o)}
+	}
+	e := edge{key: k, seq: 0, first: now}
+	var i uint32
+	if n := len(g.edgeFree); n > 0 {
+		i = g.edgeFree[n-1]
+		g.edgeFree = g.edgeFree[:n-1]
+		g.edges[i] = e
+	} else {
+		i = uint32(len(g.edges))
+		g.edges = append(g.edges, e)
+	}
+	g.eps[k.src].refs++
+	g.eps[k.dst].refs++
+	if g.eps[k.src].ep.Kind == KindOverflow {
+		g.overflow = int32(i)
+	} else {
+		g.index[k] = i
+	}
+	return i
+}
+
+// intern returns ep's index, keeping its latest version, which may name
+// it better than the first.
+func (g *Graph) intern(ep *enrich.Endpoint) uint32 {
+	if i, ok := g.epIndex[epKey{ep.Kind, ep.ID}]; ok {
+		if g.eps[i].ep.Name != ep.Name || g.eps[i].ep.Workload != ep.Workload {
+			g.eps[i].ep = *ep
+		}
+		return i
+	}
+	var i uint32
+	if n := len(g.epFree); n > 0 {
+		i = g.epFree[n-1]
+		g.epFree = g.epFree[:n-1]
+		g.eps[i] = endpoint{ep: *ep}
+	} else {
+		i = uint32(len(g.eps))
+		g.eps = append(g.eps, endpoint{ep: *ep})
+	}
+	g.epIndex[epKey{ep.Kind, ep.ID}] = i
+	return i
+}
+
+// release drops an endpoint's reference, and the endpoint with its last.
+// A newly interned endpoint has no references until an edge takes one.
+func (g *Graph) release(i uint32) {
+	p := &g.eps[i]
+	if p.refs--; p.refs > 0 {
+		return
+	}
+	delete(g.epIndex, epKey{p.ep.Kind, p.ep.ID})
+	*p = endpoint{}
+	g.epFree = append(g.epFree, i)
+}
+
+// compact merges and drops the buckets that aged out of their tier by now.
+func (g *Graph) compact(now int64) {
+	out := g.buckets[:0]
+	for _, b := range g.buckets {
+		for b != nil && b.end <= now-int64(tiers[b.tier].until) {
+			if b == g.cur {
+				g.cur = nil
+			}
+			if b.tier == len(tiers)-1 {
+				g.drop(b)
+				b = nil
+				break
+			}
+			// Merge into the next tier's bucket that holds its start: the
+			// last one kept, if it is that one.
+			w := int64(tiers[b.tier+1].width)
+			start := b.start - b.start%w
+			if n := len(out); n > 0 && out[n-1].tier == b.tier+1 && out[n-1].start == start {
+				merge(out[n-1], b)
+				b = nil
+				break
+			}
+			b.tier++
+			b.start, b.end = start, start+w
+		}
+		if b != nil {
+			out = append(out, b)
+		}
+	}
+	clear(g.buckets[len(out):])
+	g.buckets = out
+}
+
+// merge adds the entries of src into dst, which is older.
+func merge(dst, src *bucket) {
+	slots := make(map[uint32]int, len(dst.entries))
+	for i := range dst.entries {
+		slots[dst.entries[i].edge] = i
+	}
+	for _, c := range src.entries {
+		i, ok := slots[c.edge]
+		if !ok {
+			dst.entries = append(dst.entries, c)
+			continue
+		}
+		d := &dst.entries[i]
+		for j := range 2 {
+			d.bytes[j] += c.bytes[j]
+			d.packets[j] += c.packets[j]
+			d.retrans[j] += c.retrans[j]
+		}
+		d.conns += c.conns
+		d.rttN += c.rttN
+		d.rttSum += c.rttSum
+		d.rttMax = max(d.rttMax, c.rttMax)
+	}
+	dst.seq = max(dst.seq, src.seq)
+}
+
+// drop forgets a bucket, and the edges that are in no newer one.
+func (g *Graph) drop(b *bucket) {
+	for _, c := range b.entries {
+		e := &g.edges[c.edge]
+		if e.seq > b.seq {
+			continue
+		}
+		if int32(c.edge) == g.overflow {
+			g.overflow = -1
+		} else {
+			delete(g.index, e.key)
+		}
+		g.release(e.key.src)
+		g.release(e.key.dst)
+		*e = edge{}
+		g.edgeFree = append(g.edgeFree, c.edge)
+	}
+}
+
+// Stats are a graph's size.
+type Stats struct {
+	Endpoints int `json:"endpoints"`
+	Edges     int `json:"edges"`
+	Buckets   int `json:"buckets"`
+	// Entries are the edges' counts in buckets: an edge has one in each
+	// bucket it was added to.
+	Entries int `json:"entries"`
+	// Bytes estimates the memory the graph holds: its tables at their
+	// capacity, without what endpoints share with the inventory.
+	Bytes         int64  `json:"bytes"`
+	Flows         uint64 `json:"flows"`
+	OverflowFlows uint64 `json:"overflow_flows"`
+}
+
+// Map sizes: a Swiss table slot per entry, with its control byte, at a
+// load of 7/8 just after growing and 7/16 just before.
+const mapLoad = 0.65
+
+// Stats returns the graph's size.
+func (g *Graph) Stats() Stats {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	s := Stats{
+		Endpoints:     len(g.epIndex),
+		Edges:         len(g.index),
+		Buckets:       len(g.buckets),
+		Flows:         g.flows,
+		OverflowFlows: g.overflowFlows,
+	}
+	if g.overflow >= 0 {
+		s.Edges++
+	}
+	b := float64(cap(g.eps))*float64(unsafe.Sizeof(endpoint{})) +
+		float64(len(g.epIndex))*float64(unsafe.Sizeof(epKey{})+4+1)/mapLoad +
+		float64(cap(g.edges))*float64(unsafe.Sizeof(edge{})) +
+		float64(len(g.index))*float64(unsafe.Sizeof(edgeKey{})+4+1)/mapLoad +
+		float64(cap(g.epFree)+cap(g.edgeFree))*4
+	for _, bk := range g.buckets {
+		s.Entries += len(bk.entries)
+		b += float64(cap(bk.entries))*float64(unsafe.Sizeof(counts{})) + float64(unsafe.Sizeof(bucket{}))
+	}
+	for i := range g.eps {
+		b += float64(len(g.eps[i].ep.ID))
+	}
+	s.Bytes = int64(b)
+	return s
+}
+
+// Snapshot rolls the graph up to level over the window that ends at now:
+// the buckets that end after now-window.
+func (g *Graph) Snapshot(now time.Time, level Level, window time.Duration) *Snapshot {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	end := now.UnixNano()
+	g.compact(end)
+	s := &Snapshot{Version: Version, Level: level, Window: Window{Name: windowName(window), End: now.UTC()}}
+	cutoff := end - int64(window)
+	start := cutoff
+	type rollKey struct {
+		src, dst int32
+		port     uint16
+		proto    flows.Proto
+	}
+	nodes := map[string]int32{}
+	nodeOfEP := make([]int32, len(g.eps))
+	for i := range nodeOfEP {
+		nodeOfEP[i] = -1
+	}
+	node := func(ep uint32) int32 {
+		if n := nodeOfEP[ep]; n >= 0 {
+			return n
+		}
+		n := nodeOf(&g.eps[ep].ep, level)
+		i, ok := nodes[n.ID]
+		if !ok {
+			i = int32(len(s.Nodes))
+			nodes[n.ID] = i
+			s.Nodes = append(s.Nodes, n)
+		} else {
+			s.Nodes[i].join(&n)
+		}
+		nodeOfEP[ep] = i
+		return i
+	}
+	type rolled struct {
+		Edge
+		rttSum uint64
+	}
+	var edges []rolled
+	idx := map[rollKey]int{}
+	first := true
+	for _, b := range g.buckets {
+		if b.end <= cutoff {
+			continue
+		}
+		if first {
+			start, first = b.start, false
+		}
+		for _, c := range b.entries {
+			e := &g.edges[c.edge]
+			k := rollKey{src: node(e.key.src), dst: node(e.key.dst), port: e.key.port, proto: e.key.proto}
+			i, ok := idx[k]
+			if !ok {
+				i = len(edges)
+				idx[k] = i
+				edges = append(edges, rolled{Edge: Edge{
+					Source: s.Nodes[k.src].ID, Target: s.Nodes[k.dst].ID, Protocol: k.proto, Port: k.port,
+					FirstSeen: time.Unix(0, e.first).UTC(), LastSeen: time.Unix(0, e.last).UTC(),
+				}})
+			}
+			r := &edges[i]
+			r.Forward.Bytes += c.bytes[0]
+			r.Reverse.Bytes += c.bytes[1]
+			r.Forward.Packets += c.packets[0]
+			r.Reverse.Packets += c.packets[1]
+			r.Forward.Retransmits += uint64(c.retrans[0])
+			r.Reverse.Retransmits += uint64(c.retrans[1])
+			r.Connections += uint64(c.conns)
+			if c.rttN > 0 {
+				if r.RTT == nil {
+					r.RTT = &RTT{}
+				}
+				r.RTT.Samples += uint64(c.rttN)
+				r.rttSum += c.rttSum
+				r.RTT.Max = max(r.RTT.Max, time.Duration(c.rttMax))
+			}
+			if t := time.Unix(0, e.first).UTC(); t.Before(r.FirstSeen) {
+				r.FirstSeen = t
+			}
+			if t := time.Unix(0, e.last).UTC(); t.After(r.LastSeen) {
+				r.LastSeen = t
+			}
+		}
+	}
+	// The span starts at the bucket boundary before the cutoff, in the
+	// tier that buckets of the window's age are in.
+	w := int64(tiers[len(tiers)-1].width)
+	for _, t := range tiers {
+		if window <= t.until {
+			w = int64(t.width)
+			break
+		}
+	}
+	start = min(start, cutoff-cutoff%w)
+	if g.start != 0 && g.start <= end {
+		start = max(start, g.start)
+	}
+	s.Window.Start = time.Unix(0, start).UTC()
+	s.Edges = make([]Edge, len(edges))
+	for i := range edges {
+		s.Edges[i] = edges[i].Edge
+		if r := s.Edges[i].RTT; r != nil {
+			r.Mean = time.Duration(edges[i].rttSum / r.Samples)
+		}
+		s.Edges[i].ID = edgeID(&s.Edges[i])
+	}
+	if s.Nodes == nil {
+		s.Nodes = []Node{}
+	}
+	sort.Slice(s.Nodes, func(i, j int) bool { return s.Nodes[i].ID < s.Nodes[j].ID })
+	sort.Slice(s.Edges, func(i, j int) bool { return s.Edges[i].ID < s.Edges[j].ID })
+	return s
+}
+
+// join merges what another endpoint says of the node it shares with n:
+// where they differ (a namespace on two hosts), n says nothing.
+func (n *Node) join(o *Node) {
+	if n.Host != o.Host {
+		n.Host = ""
+	}
+	if n.Namespace != o.Namespace {
+		n.Namespace = ""
+	}
+}

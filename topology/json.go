@@ -1,0 +1,139 @@
+package topology
+
+import (
+	_ "embed"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/flowmap/flowmap/enrich"
+	"github.com/flowmap/flowmap/flows"
+)
+
+// Version is the version of the JSON document, raised when a field changes
+// meaning or goes away (not when one is added).
+const Version = 1
+
+// Schema is the JSON Schema (draft 2020-12) of the JSON document, with
+// every field described.
+//
+//go:embed schema.json
+var Schema []byte
+
+// Snapshot is the graph at one level over one window: the document every
+// export is written from, and the JSON document itself.
+type Snapshot struct {
+	Version int    `json:"version"`
+	Level   Level  `json:"level"`
+	Window  Window `json:"window"`
+	Nodes   []Node `json:"nodes"`
+	Edges   []Edge `json:"edges"`
+}
+
+// Window is the span a snapshot covers.
+type Window struct {
+	// Name is the window asked for: 1m, 5m, 15m or 1h.
+	Name string `json:"name"`
+	// Start and End are what the buckets cover: Start is the oldest
+	// bucket's start, or when the graph began if that is later.
+	Start time.Time `json:"start"`
+	End   time.Time `json:"end"`
+}
+
+// Seconds returns the window's span in seconds, at least 1.
+func (w Window) Seconds() float64 { return max(w.End.Sub(w.Start).Seconds(), 1) }
+
+// Node is an endpoint, or the endpoints rolled up into it.
+type Node struct {
+	// ID is unique in the snapshot and stable: "<kind>:<key>", such as
+	// "workload:shop/web" or "external:203.0.113.10".
+	ID           string       `json:"id"`
+	Kind         enrich.Kind  `json:"kind"`
+	Name         string       `json:"name"`
+	Namespace    string       `json:"namespace,omitempty"`
+	Workload     string       `json:"workload,omitempty"`
+	WorkloadKind string       `json:"workload_kind,omitempty"`
+	Host         string       `json:"host,omitempty"`
+	Addrs        []netip.Addr `json:"addrs,omitempty"`
+}
+
+// Edge is the flows from a client node to a server node on one protocol and
+// server port, summed over the window.
+type Edge struct {
+	ID       string      `json:"id"`
+	Source   string      `json:"source"`
+	Target   string      `json:"target"`
+	Protocol flows.Proto `json:"protocol"`
+	Port     uint16      `json:"port"`
+	// Forward is client to server, Reverse server to client.
+	Forward     Traffic `json:"forward"`
+	Reverse     Traffic `json:"reverse"`
+	Connections uint64  `json:"connections"`
+	RTT         *RTT    `json:"rtt,omitempty"`
+	// FirstSeen and LastSeen are the first and last time flows of the edge
+	// were added, in or before the window.
+	FirstSeen time.Time `json:"first_seen"`
+	LastSeen  time.Time `json:"last_seen"`
+	// L7 is what the L7 parsers saw, where they looked.
+	L7 *L7 `json:"l7,omitempty"`
+}
+
+// Traffic is what went one way.
+type Traffic struct {
+	Bytes       uint64 `json:"bytes"`
+	Packets     uint64 `json:"packets"`
+	Retransmits uint64 `json:"retransmits"`
+}
+
+// RTT is the TCP handshakes' round-trip times (SYN to SYN-ACK).
+type RTT struct {
+	Samples uint64        `json:"samples"`
+	Mean    time.Duration `json:"mean_ns"`
+	Max     time.Duration `json:"max_ns"`
+}
+
+// L7 are an edge's application-level requests, for the L7 parsers to fill.
+type L7 struct {
+	// Protocol is the application protocol: http, grpc, dns, …
+	Protocol string `json:"protocol"`
+	Requests uint64 `json:"requests"`
+	// Errors are the requests that failed: HTTP 5xx, gRPC status not OK,
+	// DNS SERVFAIL.
+	Errors uint64 `json:"errors"`
+	// Duration is the requests' total time to response.
+	Duration time.Duration `json:"duration_ns"`
+}
+
+// Bytes returns the bytes both ways.
+func (e *Edge) Bytes() uint64 { return e.Forward.Bytes + e.Reverse.Bytes }
+
+// edgeID names an edge uniquely in its snapshot.
+func edgeID(e *Edge) string {
+	return e.Source + " -> " + e.Target + " " + e.Protocol.String() + "/" + strconv.Itoa(int(e.Port))
+}
+
+// WriteJSON writes the snapshot as the JSON document that Schema describes.
+func WriteJSON(w io.Writer, s *Snapshot) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(s); err != nil {
+		return fmt.Errorf("write graph json: %w", err)
+	}
+	return nil
+}
+
+// ReadJSON reads what WriteJSON wrote. It fails on a document of another
+// version.
+func ReadJSON(r io.Reader) (*Snapshot, error) {
+	var s Snapshot
+	if err := json.NewDecoder(r).Decode(&s); err != nil {
+		return nil, fmt.Errorf("read graph json: %w", err)
+	}
+	if s.Version != Version {
+		return nil, fmt.Errorf("read graph json: version %d, want %d", s.Version, Version)
+	}
+	return &s, nil
+}

@@ -1,0 +1,204 @@
+package topology
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"strings"
+)
+
+// NodeGraph is a snapshot as the two data frames that Grafana's node graph
+// panel reads, one row an object: Nodes (id, title, subtitle, mainstat,
+// secondarystat, arc__*, detail__*) and Edges (id, source, target, mainstat,
+// secondarystat, thickness, detail__*). See
+// https://grafana.com/docs/grafana/latest/panels-visualizations/visualizations/node-graph/#data-api
+//
+// The Infinity data source reads each array as a frame (format "Nodes -
+// Node Graph" and "Edges - Node Graph"); the Node Graph API data source
+// reads the whole document, with NodeGraphFields.
+type NodeGraph struct {
+	Nodes []NodeGraphNode `json:"nodes"`
+	Edges []NodeGraphEdge `json:"edges"`
+}
+
+// NodeGraphNode is a row of the nodes frame.
+type NodeGraphNode struct {
+	ID       string `json:"id"`
+	Title    string `json:"title"`
+	Subtitle string `json:"subtitle"`
+	// MainStat is the bytes per second the node sent and received.
+	MainStat float64 `json:"mainstat"`
+	// SecondaryStat is the TCP connections per second it opened or took.
+	SecondaryStat float64 `json:"secondarystat"`
+	// ArcSent and ArcReceived are the shares of its bytes it sent and
+	// received: they add up to 1 (an idle node's are 0 and 1).
+	ArcSent         float64 `json:"arc__sent"`
+	ArcReceived     float64 `json:"arc__received"`
+	DetailKind      string  `json:"detail__kind"`
+	DetailNamespace string  `json:"detail__namespace"`
+	DetailHost      string  `json:"detail__host"`
+	DetailAddrs     string  `json:"detail__addrs"`
+}
+
+// NodeGraphEdge is a row of the edges frame.
+type NodeGraphEdge struct {
+	ID     string `json:"id"`
+	Source string `json:"source"`
+	Target string `json:"target"`
+	// MainStat is the bytes per second both ways.
+	MainStat float64 `json:"mainstat"`
+	// SecondaryStat is the TCP connections opened per second.
+	SecondaryStat float64 `json:"secondarystat"`
+	// Thickness is 1 to 6, by the log of the edge's bytes to the most any
+	// edge has.
+	Thickness          float64 `json:"thickness"`
+	DetailProtocol     string  `json:"detail__protocol"`
+	DetailPort         int     `json:"detail__port"`
+	DetailBytesForward uint64  `json:"detail__bytes_forward"`
+	DetailBytesReverse uint64  `json:"detail__bytes_reverse"`
+	DetailConnections  uint64  `json:"detail__connections"`
+	DetailRTTMean      float64 `json:"detail__rtt_mean_seconds"`
+}
+
+// Field is a node graph frame's field as the Node Graph API data source
+// lists it on /api/graph/fields.
+type Field struct {
+	Name        string `json:"field_name"`
+	Type        string `json:"type"` // string or number
+	DisplayName string `json:"displayName,omitempty"`
+	Color       string `json:"color,omitempty"`
+}
+
+// NodeGraphFields are the fields of the nodes and edges frames, in the
+// Node Graph API data source's form.
+type NodeGraphFields struct {
+	Nodes []Field `json:"nodes_fields"`
+	Edges []Field `json:"edges_fields"`
+}
+
+// Fields returns the frames' fields.
+func Fields() NodeGraphFields {
+	return NodeGraphFields{
+		Nodes: []Field{
+			{Name: "id", Type: "string"},
+			{Name: "title", Type: "string"},
+			{Name: "subtitle", Type: "string"},
+			{Name: "mainstat", Type: "number", DisplayName: "bytes/s"},
+			{Name: "secondarystat", Type: "number", DisplayName: "connections/s"},
+			{Name: "arc__sent", Type: "number", DisplayName: "sent", Color: "blue"},
+			{Name: "arc__received", Type: "number", DisplayName: "received", Color: "green"},
+			{Name: "detail__kind", Type: "string", DisplayName: "kind"},
+			{Name: "detail__namespace", Type: "string", DisplayName: "namespace"},
+			{Name: "detail__host", Type: "string", DisplayName: "host"},
+			{Name: "detail__addrs", Type: "string", DisplayName: "addresses"},
+		},
+		Edges: []Field{
+			{Name: "id", Type: "string"},
+			{Name: "source", Type: "string"},
+			{Name: "target", Type: "string"},
+			{Name: "mainstat", Type: "number", DisplayName: "bytes/s"},
+			{Name: "secondarystat", Type: "number", DisplayName: "connections/s"},
+			{Name: "thickness", Type: "number"},
+			{Name: "detail__protocol", Type: "string", DisplayName: "protocol"},
+			{Name: "detail__port", Type: "number", DisplayName: "port"},
+			{Name: "detail__bytes_forward", Type: "number", DisplayName: "bytes client to server"},
+			{Name: "detail__bytes_reverse", Type: "number", DisplayName: "bytes server to client"},
+			{Name: "detail__connections", Type: "number", DisplayName: "connections"},
+			{Name: "detail__rtt_mean_seconds", Type: "number", DisplayName: "handshake RTT (mean, s)"},
+		},
+	}
+}
+
+// ToNodeGraph returns the snapshot as node graph frames. Rates are per
+// second of the span the snapshot covers.
+func ToNodeGraph(s *Snapshot) *NodeGraph {
+	secs := s.Window.Seconds()
+	ng := &NodeGraph{Nodes: make([]NodeGraphNode, len(s.Nodes)), Edges: make([]NodeGraphEdge, len(s.Edges))}
+	type sums struct{ sent, received, conns uint64 }
+	byNode := make(map[string]*sums, len(s.Nodes))
+	for i := range s.Nodes {
+		byNode[s.Nodes[i].ID] = &sums{}
+	}
+	var most uint64
+	for i := range s.Edges {
+		most = max(most, s.Edges[i].Bytes())
+	}
+	for i := range s.Edges {
+		e := &s.Edges[i]
+		if src := byNode[e.Source]; src != nil {
+			src.sent += e.Forward.Bytes
+			src.received += e.Reverse.Bytes
+			src.conns += e.Connections
+		}
+		if dst := byNode[e.Target]; dst != nil && e.Target != e.Source {
+			dst.sent += e.Reverse.Bytes
+			dst.received += e.Forward.Bytes
+			dst.conns += e.Connections
+		}
+		thick := 1.0
+		if most > 0 {
+			thick += 5 * math.Log1p(float64(e.Bytes())) / math.Log1p(float64(most))
+		}
+		ge := NodeGraphEdge{
+			ID: e.ID, Source: e.Source, Target: e.Target,
+			MainStat:           round(float64(e.Bytes()) / secs),
+			SecondaryStat:      round(float64(e.Connections) / secs),
+			Thickness:          round(thick),
+			DetailProtocol:     e.Protocol.String(),
+			DetailPort:         int(e.Port),
+			DetailBytesForward: e.Forward.Bytes,
+			DetailBytesReverse: e.Reverse.Bytes,
+			DetailConnections:  e.Connections,
+		}
+		if e.RTT != nil {
+			ge.DetailRTTMean = e.RTT.Mean.Seconds()
+		}
+		ng.Edges[i] = ge
+	}
+	for i := range s.Nodes {
+		n := &s.Nodes[i]
+		m := byNode[n.ID]
+		gn := NodeGraphNode{
+			ID: n.ID, Title: n.Name, Subtitle: subtitle(n),
+			MainStat:      round(float64(m.sent+m.received) / secs),
+			SecondaryStat: round(float64(m.conns) / secs),
+			ArcReceived:   1,
+			DetailKind:    string(n.Kind), DetailNamespace: n.Namespace, DetailHost: n.Host,
+		}
+		if t := m.sent + m.received; t > 0 {
+			gn.ArcSent = round(float64(m.sent) / float64(t))
+			gn.ArcReceived = round(1 - gn.ArcSent)
+		}
+		addrs := make([]string, len(n.Addrs))
+		for j, a := range n.Addrs {
+			addrs[j] = a.String()
+		}
+		gn.DetailAddrs = strings.Join(addrs, " ")
+		ng.Nodes[i] = gn
+	}
+	return ng
+}
+
+// subtitle says what a node is and where.
+func subtitle(n *Node) string {
+	s := string(n.Kind)
+	if n.Namespace != "" && n.Kind != KindNamespace {
+		s += " in " + n.Namespace
+	}
+	return s
+}
+
+// round keeps 4 decimals, so that documents do not differ in the last
+// bits of a division.
+func round(f float64) float64 { return math.Round(f*1e4) / 1e4 }
+
+// WriteNodeGraph writes the snapshot's node graph frames as JSON.
+func WriteNodeGraph(w io.Writer, s *Snapshot) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(ToNodeGraph(s)); err != nil {
+		return fmt.Errorf("write node graph: %w", err)
+	}
+	return nil
+}

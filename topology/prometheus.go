@@ -1,0 +1,256 @@
+package topology
+
+import (
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/flowmap/flowmap/enrich"
+	"github.com/flowmap/flowmap/flows"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Defaults of MetricsOptions.
+const (
+	DefaultMetricsLevel    = LevelWorkload
+	DefaultMetricsMaxEdges = 500
+	DefaultMetricsIdle     = time.Hour
+)
+
+// RTTBuckets are the upper bounds, in seconds, of the handshake RTT
+// histogram: from a veth pair's tens of microseconds to a far region's
+// hundreds of milliseconds.
+var RTTBuckets = []float64{50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1}
+
+// MetricsOptions configures Metrics.
+type MetricsOptions struct {
+	// Level is the level of the src and dst labels; "" is
+	// DefaultMetricsLevel.
+	Level Level
+	// MaxEdges caps the label sets (src, dst, protocol, port): flows of
+	// further ones are counted in the series whose labels are all
+	// "overflow". Each edge has 2+2 byte and packet series, 1 connection
+	// series and len(RTTBuckets)+3 histogram series. Zero is
+	// DefaultMetricsMaxEdges.
+	MaxEdges int
+	// Idle is how long an edge's series stay after its last flow; then they
+	// go, and make room under MaxEdges. Zero is DefaultMetricsIdle.
+	Idle time.Duration
+}
+
+// Metrics counts flows by edge at one level, for Prometheus. It is a
+// prometheus.Collector; its methods are safe for concurrent use.
+type Metrics struct {
+	level    Level
+	maxEdges int
+	idle     time.Duration
+
+	mu            sync.Mutex
+	series        map[seriesKey]*series
+	overflow      *series
+	overflowFlows uint64
+	labels        map[epKey]nodeLabels // cache of nodeOf's labels
+	swept         time.Time
+}
+
+type nodeLabels struct{ kind, namespace, name string }
+
+type seriesKey struct {
+	src, dst nodeLabels
+	proto    flows.Proto
+	port     uint16
+}
+
+type series struct {
+	bytes, packets [2]uint64
+	conns          uint64
+	rtt            []uint64 // per bucket of RTTBuckets, not cumulative
+	rttN           uint64
+	rttSum         float64
+	last           time.Time
+}
+
+// NewMetrics returns a collector of flow series.
+func NewMetrics(opts MetricsOptions) *Metrics {
+	if opts.Level == "" {
+		opts.Level = DefaultMetricsLevel
+	}
+	if opts.MaxEdges <= 0 {
+		opts.MaxEdges = DefaultMetricsMaxEdges
+	}
+	if opts.Idle <= 0 {
+		opts.Idle = DefaultMetricsIdle
+	}
+	return &Metrics{level: opts.Level, maxEdges: opts.MaxEdges, idle: opts.Idle,
+		series: map[seriesKey]*series{}, labels: map[epKey]nodeLabels{}}
+}
+
+// Add counts flows seen at time t.
+func (m *Metrics) Add(t time.Time, fs ...enrich.Flow) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if t.Sub(m.swept) >= time.Minute {
+		m.sweep(t)
+	}
+	for i := range fs {
+		f := &fs[i]
+		k := seriesKey{src: m.nodeLabels(&f.SrcEndpoint), dst: m.nodeLabels(&f.DstEndpoint), proto: f.Proto, port: f.DstPort}
+		s := m.series[k]
+		if s == nil {
+			if len(m.series) >= m.maxEdges {
+				m.overflowFlows++
+				if m.overflow == nil {
+					m.overflow = &series{rtt: make([]uint64, len(RTTBuckets))}
+				}
+				s = m.overflow
+			} else {
+				s = &series{rtt: make([]uint64, len(RTTBuckets))}
+				m.series[k] = s
+			}
+		}
+		s.last = t
+		s.bytes[0] += f.Forward.Bytes
+		s.bytes[1] += f.Reverse.Bytes
+		s.packets[0] += f.Forward.Packets
+		s.packets[1] += f.Reverse.Packets
+		if opened(&f.Record) {
+			s.conns++
+		}
+		if f.HandshakeRTT > 0 {
+			v := f.HandshakeRTT.Seconds()
+			s.rttN++
+			s.rttSum += v
+			for j, ub := range RTTBuckets {
+				if v <= ub {
+					s.rtt[j]++
+					break
+				}
+			}
+		}
+	}
+}
+
+// nodeLabels returns the labels of the node ep is part of, from a cache
+// bounded to a few times the series cap.
+func (m *Metrics) nodeLabels(ep *enrich.Endpoint) nodeLabels {
+	k := epKey{ep.Kind, ep.ID}
+	if l, ok := m.labels[k]; ok {
+		return l
+	}
+	if len(m.labels) >= 4*m.maxEdges {
+		clear(m.labels)
+	}
+	n := nodeOf(ep, m.level)
+	l := nodeLabels{kind: string(n.Kind), namespace: n.Namespace, name: n.Name}
+	m.labels[k] = l
+	return l
+}
+
+// sweep drops the series idle since before now-idle.
+func (m *Metrics) sweep(now time.Time) {
+	m.swept = now
+	for k, s := range m.series {
+		if now.Sub(s.last) > m.idle {
+			delete(m.series, k)
+		}
+	}
+	// The endpoints behind the labels may have been renamed.
+	clear(m.labels)
+}
+
+var (
+	flowLabels = []string{"src_kind", "src_namespace", "src", "dst_kind", "dst_namespace", "dst", "proto", "port"}
+	bytesDesc  = prometheus.NewDesc("flowmap_flow_bytes_total",
+		"Wire bytes of the flows from src (the client) to dst (the server) on the server's port: direction forward is client to server, reverse server to client.",
+		append(flowLabels[:len(flowLabels):len(flowLabels)], "direction"), nil)
+	packetsDesc = prometheus.NewDesc("flowmap_flow_packets_total",
+		"Packets of the flows from src (the client) to dst (the server) on the server's port, by direction.",
+		append(flowLabels[:len(flowLabels):len(flowLabels)], "direction"), nil)
+	connsDesc = prometheus.NewDesc("flowmap_tcp_connections_total",
+		"TCP connections src opened to dst (SYNs seen).", flowLabels, nil)
+	rttDesc = prometheus.NewDesc("flowmap_tcp_handshake_rtt_seconds",
+		"Round-trip time of TCP handshakes from src to dst, SYN to SYN-ACK.", flowLabels, nil)
+	seriesEdgesDesc = prometheus.NewDesc("flowmap_flow_series_edges",
+		"Edges (label sets src, dst, proto, port) with flow series, at most the cap.", nil, nil)
+	seriesCapDesc = prometheus.NewDesc("flowmap_flow_series_max_edges",
+		"The cap on edges with flow series: flows past it count in the series labelled overflow.", nil, nil)
+	overflowDesc = prometheus.NewDesc("flowmap_flow_overflow_flows_total",
+		"Flows counted in the overflow series, for their edge was past the cap.", nil, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{bytesDesc, packetsDesc, connsDesc, rttDesc, seriesEdgesDesc, seriesCapDesc, overflowDesc} {
+		ch <- d
+	}
+}
+
+var overflowLabels = []string{"overflow", "overflow", "overflow", "overflow", "overflow", "overflow", "overflow", "overflow"}
+
+// Collect implements prometheus.Collector.
+func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ch <- prometheus.MustNewConstMetric(seriesEdgesDesc, prometheus.GaugeValue, float64(len(m.series)))
+	ch <- prometheus.MustNewConstMetric(seriesCapDesc, prometheus.GaugeValue, float64(m.maxEdges))
+	ch <- prometheus.MustNewConstMetric(overflowDesc, prometheus.CounterValue, float64(m.overflowFlows))
+	for k, s := range m.series {
+		collectSeries(ch, s, []string{k.src.kind, k.src.namespace, k.src.name, k.dst.kind, k.dst.namespace, k.dst.name,
+			k.proto.String(), strconv.Itoa(int(k.port))})
+	}
+	if m.overflow != nil {
+		collectSeries(ch, m.overflow, overflowLabels)
+	}
+}
+
+func collectSeries(ch chan<- prometheus.Metric, s *series, lv []string) {
+	dir := func(d string) []string { return append(lv[:len(lv):len(lv)], d) }
+	ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(s.bytes[0]), dir("forward")...)
+	ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(s.bytes[1]), dir("reverse")...)
+	ch <- prometheus.MustNewConstMetric(packetsDesc, prometheus.CounterValue, float64(s.packets[0]), dir("forward")...)
+	ch <- prometheus.MustNewConstMetric(packetsDesc, prometheus.CounterValue, float64(s.packets[1]), dir("reverse")...)
+	if lv[6] != flows.ProtoTCP.String() && lv[6] != "overflow" {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(connsDesc, prometheus.CounterValue, float64(s.conns), lv...)
+	buckets := make(map[float64]uint64, len(RTTBuckets))
+	var n uint64
+	for j, ub := range RTTBuckets {
+		n += s.rtt[j]
+		buckets[ub] = n
+	}
+	ch <- prometheus.MustNewConstHistogram(rttDesc, s.rttN, s.rttSum, buckets, lv...)
+}
+
+// GraphCollector exports a graph's size.
+type GraphCollector struct{ g *Graph }
+
+// NewGraphCollector returns a collector of g's size.
+func NewGraphCollector(g *Graph) *GraphCollector { return &GraphCollector{g} }
+
+var (
+	graphEndpointsDesc = prometheus.NewDesc("flowmap_graph_endpoints", "Endpoints in the graph.", nil, nil)
+	graphEdgesDesc     = prometheus.NewDesc("flowmap_graph_edges", "Edges in the graph, at the finest level, with the overflow edge.", nil, nil)
+	graphEntriesDesc   = prometheus.NewDesc("flowmap_graph_bucket_entries", "Edges' counts in the graph's time buckets.", nil, nil)
+	graphBytesDesc     = prometheus.NewDesc("flowmap_graph_memory_bytes", "Estimate of the memory the graph holds.", nil, nil)
+	graphFlowsDesc     = prometheus.NewDesc("flowmap_graph_flows_total", "Flows folded into the graph.", nil, nil)
+	graphOverflowDesc  = prometheus.NewDesc("flowmap_graph_overflow_flows_total", "Flows folded into the graph's overflow edge, past its edge cap.", nil, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (c *GraphCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{graphEndpointsDesc, graphEdgesDesc, graphEntriesDesc, graphBytesDesc, graphFlowsDesc, graphOverflowDesc} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *GraphCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.g.Stats()
+	ch <- prometheus.MustNewConstMetric(graphEndpointsDesc, prometheus.GaugeValue, float64(s.Endpoints))
+	ch <- prometheus.MustNewConstMetric(graphEdgesDesc, prometheus.GaugeValue, float64(s.Edges))
+	ch <- prometheus.MustNewConstMetric(graphEntriesDesc, prometheus.GaugeValue, float64(s.Entries))
+	ch <- prometheus.MustNewConstMetric(graphBytesDesc, prometheus.GaugeValue, float64(s.Bytes))
+	ch <- prometheus.MustNewConstMetric(graphFlowsDesc, prometheus.CounterValue, float64(s.Flows))
+	ch <- prometheus.MustNewConstMetric(graphOverflowDesc, prometheus.CounterValue, float64(s.OverflowFlows))
+}
