@@ -51,7 +51,7 @@ enum point {
 struct flow_stats {
 	__u64 bytes;      // wire bytes: Ethernet header to end of payload, no FCS
 	__u64 packets;    // wire packets: a GSO skb counts gso_segs
-	__u64 first_ns;   // bpf_ktime_get_ns (CLOCK_MONOTONIC)
+	__u64 first_ns;   // bpf_ktime_get_coarse_ns (CLOCK_MONOTONIC_COARSE)
 	__u64 last_ns;
 	__u64 syn_rtt_ns; // on the SYN-ACK direction: SYN to SYN-ACK
 	__u32 ifindex;    // the interface where it was counted
@@ -274,6 +274,22 @@ static __always_inline int parse(void *data, void *data_end, struct packet *p)
 				p->hdr_len = l4 - data;
 				return 0;
 			}
+			if (next == IPPROTO_FRAGMENT) {
+				if ((void *)(ext + 4) > data_end) {
+					bump(COUNTER_MALFORMED, 1);
+					p->key.proto = next;
+					p->hdr_len = l4 - data;
+					return 0;
+				}
+				// A fragment after the first has no L4 header: count
+				// it under its addresses and protocol, ports 0, as
+				// for IPv4.
+				if ((((__u16)ext[2] << 8) | ext[3]) & 0xfff8) {
+					p->key.proto = ext[0];
+					p->hdr_len = (l4 + 8) - data;
+					return 0;
+				}
+			}
 			__u32 len = next == IPPROTO_FRAGMENT ? 8 : ((__u32)ext[1] + 1) * 8;
 			next = ext[0];
 			l4 += len;
@@ -292,14 +308,14 @@ static __always_inline void *active_flows(void)
 	return active_buf ? (void *)&flows_b : (void *)&flows_a;
 }
 
-// account adds one frame (or GSO aggregate) to its flow in the active map.
+// account adds one frame (or GSO aggregate) to its flow in the active map,
+// seen at now (0 for the retransmit tracepoint, which counts no packet).
 // It looks up first and adds in place; it inserts only on a miss.
-static __always_inline void account(struct flow_key *key, __u64 bytes, __u64 packets,
-				    __u16 flags, __u64 rtt, __u32 retrans, __u32 ifindex,
-				    __u8 point)
+static __always_inline void account(struct flow_key *key, __u64 now, __u64 bytes,
+				    __u64 packets, __u16 flags, __u64 rtt, __u32 retrans,
+				    __u32 ifindex, __u8 point)
 {
 	void *flows = active_flows();
-	__u64 now = bpf_ktime_get_ns();
 	struct flow_stats *s = bpf_map_lookup_elem(flows, key);
 	if (!s) {
 		struct flow_stats n = {
@@ -388,7 +404,11 @@ static __always_inline void count_frame(void *data, void *data_end, __u64 len, _
 		segs = 1;
 	// A GSO skb carries its headers once; on the wire each segment has them.
 	__u64 bytes = len + (__u64)(segs - 1) * p.hdr_len;
-	account(&p.key, bytes, segs, p.tcp_flags, handshake(&p), 0, ifindex, point);
+	// First and last seen need no more than a tick's precision, and the
+	// coarse clock costs a fraction of the precise one (a clocksource read,
+	// slower still in a VM). The handshake RTT uses the precise clock.
+	account(&p.key, bpf_ktime_get_coarse_ns(), bytes, segs, p.tcp_flags, handshake(&p), 0,
+		ifindex, point);
 }
 
 static __always_inline void count_skb(struct __sk_buff *skb, __u8 point)
@@ -474,6 +494,6 @@ int BPF_PROG(tcp_retransmit, const struct sock *sk)
 	}
 	key.sport = sk->__sk_common.skc_num;
 	key.dport = bpf_ntohs(sk->__sk_common.skc_dport);
-	account(&key, 0, 0, 0, 0, 1, 0, POINT_NONE);
+	account(&key, 0, 0, 0, 0, 0, 1, 0, POINT_NONE);
 	return 0;
 }

@@ -217,8 +217,19 @@ func loopbackIndex(t testing.TB) uint32 {
 	return uint32(lo.Index)
 }
 
+// coarseNow is CLOCK_MONOTONIC_COARSE in nanoseconds, the clock of
+// bpf_ktime_get_coarse_ns, which stamps first and last seen.
+func coarseNow(t testing.TB) uint64 {
+	t.Helper()
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts); err != nil {
+		t.Fatalf("read CLOCK_MONOTONIC_COARSE: %v", err)
+	}
+	return uint64(ts.Nano())
+}
+
 // monoNow is CLOCK_MONOTONIC in nanoseconds, the clock of
-// bpf_ktime_get_ns.
+// bpf_ktime_get_ns, which times handshakes.
 func monoNow(t testing.TB) uint64 {
 	t.Helper()
 	var ts unix.Timespec
@@ -422,7 +433,7 @@ func sumFlows(t testing.TB, m *ebpf.Map) map[bpfFlowKey]flowSum {
 
 // checkFlows compares a flow map with want field by field, and checks that
 // every direction was first and last seen between before and after
-// (CLOCK_MONOTONIC).
+// (CLOCK_MONOTONIC_COARSE).
 func checkFlows(t testing.TB, m *ebpf.Map, want map[bpfFlowKey]flowSum, before, after uint64) {
 	t.Helper()
 	got := sumFlows(t, m)
@@ -619,6 +630,11 @@ func parseCases(t *testing.T) []parseCase {
 		fragHdr, udpL(50004, 4500), payloadL(40))
 	add("udp6 three extension headers", f, one(flowKey(b6, a6, 50004, 4500, layers.IPProtocolUDP, 0), f, 0), nil)
 
+	// A later IPv6 fragment (offset 1480): ports 0, as for IPv4.
+	laterFrag := gopacket.Payload{byte(layers.IPProtocolUDP), 0, 0x05, 0xc8, 0xde, 0xad, 0xbe, 0xef}
+	f = buildFrame(t, ethL(layers.EthernetTypeIPv6), ip6L(a6, b6, layers.IPProtocolIPv6Fragment), laterFrag, payloadL(100))
+	add("udp6 later fragment", f, one(flowKey(a6, b6, 0, 0, layers.IPProtocolUDP, 0), f, 0), nil)
+
 	f = buildFrame(t, ethL(layers.EthernetTypeDot1Q), vlanL(100, layers.EthernetTypeIPv4),
 		ip4L(a4, c4, layers.IPProtocolUDP), udpL(1234, 5678), payloadL(40))
 	add("udp4 802.1Q", f, one(flowKey(a4, c4, 1234, 5678, layers.IPProtocolUDP, 100), f, 0), nil)
@@ -699,9 +715,9 @@ func TestBPFParse(t *testing.T) {
 			}
 			t.Run(h.name+"/"+tc.name, func(t *testing.T) {
 				resetObjects(t, objs)
-				before := monoNow(t)
+				before := coarseNow(t)
 				h.run(t, tc.frame)
-				after := monoNow(t)
+				after := coarseNow(t)
 				want := map[bpfFlowKey]flowSum{}
 				for k, w := range tc.want {
 					w.Point, w.Ifindex = h.point, lo
@@ -846,9 +862,9 @@ func TestBPFGSO(t *testing.T) {
 				frame := buildFrame(t, append(tc.layers, payloadL(tc.payload))...)
 				hdrLen := uint64(len(frame) - tc.payload)
 				ctx := progContext(t, "__sk_buff", map[string]uint32{"gso_segs": tc.segs, "gso_size": mss})
-				before := monoNow(t)
+				before := coarseNow(t)
 				h.runCtx(t, frame, ctx)
-				after := monoNow(t)
+				after := coarseNow(t)
 				segs := uint64(max(tc.segs, 1))
 				want := flowSum{
 					Bytes:    uint64(len(frame)) + (segs-1)*hdrLen,
@@ -895,9 +911,9 @@ func TestBPFEgressSkip(t *testing.T) {
 				t.Fatalf("watch %d: %v", watchedIf, err)
 			}
 			ctx := progContext(t, "__sk_buff", map[string]uint32{"ingress_ifindex": tc.iif})
-			before := monoNow(t)
+			before := coarseNow(t)
 			tc.hook.runCtx(t, frame, ctx)
-			after := monoNow(t)
+			after := coarseNow(t)
 			want := map[bpfFlowKey]flowSum{}
 			if tc.counted {
 				want[key] = flowSum{Bytes: uint64(len(frame)), Packets: 1, TCPFlags: hdrACK, Point: tc.hook.point, Ifindex: lo}
@@ -926,13 +942,13 @@ func TestBPFDoubleBuffer(t *testing.T) {
 		}{{0, 1, 0}, {1, 1, 1}, {1, 1, 2}, {0, 2, 2}}
 		t.Run(h.name, func(t *testing.T) {
 			resetObjects(t, objs)
-			before := monoNow(t)
+			before := coarseNow(t)
 			for i, s := range steps {
 				if err := objs.ActiveBuf.Set(s.active); err != nil {
 					t.Fatalf("set active_buf to %d: %v", s.active, err)
 				}
 				h.run(t, frame)
-				after := monoNow(t)
+				after := coarseNow(t)
 				for _, half := range []struct {
 					m *ebpf.Map
 					n uint64
@@ -1101,7 +1117,7 @@ func TestBPFMapFull(t *testing.T) {
 			resetObjects(t, objs)
 			want := map[bpfFlowKey]flowSum{}
 			var fullPackets, fullBytes uint64
-			before := monoNow(t)
+			before := coarseNow(t)
 			// Seven flows of distinct sizes into four entries: the first four
 			// get them, the last three are refused and counted.
 			for i := range 7 {
@@ -1127,7 +1143,7 @@ func TestBPFMapFull(t *testing.T) {
 			h.runCtx(t, f, progContext(t, "__sk_buff", map[string]uint32{"gso_segs": segs, "gso_size": 500}))
 			fullPackets += segs
 			fullBytes += uint64(len(f)) + (segs-1)*uint64(len(f)-payload)
-			after := monoNow(t)
+			after := coarseNow(t)
 			checkFlows(t, objs.FlowsA, want, before, after)
 			checkCounters(t, objs, map[bpfCounter]uint64{
 				bpfCounterCOUNTER_MAP_FULL_PACKETS: fullPackets,
@@ -1137,11 +1153,11 @@ func TestBPFMapFull(t *testing.T) {
 			if err := objs.ActiveBuf.Set(uint32(1)); err != nil {
 				t.Fatalf("set active_buf to 1: %v", err)
 			}
-			before = monoNow(t)
+			before = coarseNow(t)
 			f, k = udp(20006, 70)
 			h.run(t, f)
 			checkFlows(t, objs.FlowsB, map[bpfFlowKey]flowSum{k: {Bytes: uint64(len(f)), Packets: 1, Point: h.point, Ifindex: lo}},
-				before, monoNow(t))
+				before, coarseNow(t))
 		})
 	}
 }
@@ -1202,7 +1218,7 @@ func TestBPFRepeated(t *testing.T) {
 			t.Run(h.name+"/"+tc.name, func(t *testing.T) {
 				resetObjects(t, objs)
 				want := map[bpfFlowKey]flowSum{}
-				before := monoNow(t)
+				before := coarseNow(t)
 				for i, f := range tc.frames {
 					h.run(t, f)
 					w := want[tc.keys[i]]
@@ -1212,7 +1228,7 @@ func TestBPFRepeated(t *testing.T) {
 					w.Point, w.Ifindex = h.point, lo
 					want[tc.keys[i]] = w
 				}
-				checkFlows(t, objs.FlowsA, want, before, monoNow(t))
+				checkFlows(t, objs.FlowsA, want, before, coarseNow(t))
 			})
 		}
 	}
@@ -1253,8 +1269,8 @@ func TestBPFRepeated(t *testing.T) {
 								return fmt.Errorf("pin to CPU %d: %w", onCPU[i], err)
 							}
 							var ts unix.Timespec
-							if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
-								return fmt.Errorf("read CLOCK_MONOTONIC: %w", err)
+							if err := unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts); err != nil {
+								return fmt.Errorf("read CLOCK_MONOTONIC_COARSE: %w", err)
 							}
 							starts[i] = uint64(ts.Nano())
 							ret, err := h.prog.Run(&ebpf.RunOptions{Data: f})
@@ -1271,7 +1287,7 @@ func TestBPFRepeated(t *testing.T) {
 				if err := <-errc; err != nil {
 					t.Fatal(err)
 				}
-				end := monoNow(t)
+				end := coarseNow(t)
 				var percpu []bpfFlowStats
 				if err := objs.FlowsA.Lookup(&up, &percpu); err != nil {
 					t.Fatalf("flows_a[%s]: %v", keyString(up), err)
