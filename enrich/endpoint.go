@@ -22,9 +22,15 @@ const (
 	KindService   Kind = "service"
 	KindExternal  Kind = "external"
 	KindUnknown   Kind = "unknown"
+	// KindNetNS is a network namespace in which no source found a
+	// container: one made by `ip netns add`, or by a runtime no source
+	// knows. Its Name is the namespace's name under /run/netns, if any.
+	KindNetNS Kind = "netns"
 )
 
-// Endpoint is one end of a flow, as the inventory knows it.
+// Endpoint is one end of a flow, as the inventory knows it. Endpoints that
+// the inventory hands out share their Labels and Addrs with its caches:
+// callers must not modify them.
 type Endpoint struct {
 	Kind Kind `json:"kind"`
 	// ID is stable for the endpoint's life: a container id, a pod UID, a

@@ -1,0 +1,169 @@
+package enrich
+
+import (
+	"maps"
+	"net/netip"
+	"slices"
+	"sort"
+)
+
+// record is what one source knows of one endpoint.
+type record struct {
+	ep Endpoint
+	// keys join this record with other sources' records of the same
+	// endpoint, besides its network namespace and addresses.
+	keys []joinKey
+	// nsids are the ids under which the host's namespace knows the
+	// endpoint's network namespace (set by the netns source).
+	nsids []int
+	prio  int
+}
+
+// joinKey is something that only one endpoint has.
+type joinKey struct {
+	kind byte // one of the key* constants
+	s    string
+	n    uint64
+	a    netip.Addr
+}
+
+const (
+	keyContainer = iota + 1 // s: a container id, as runtimes write it (64 hex digits)
+	keyPodUID               // s: a pod's UID
+	keyNetNS                // n: a network namespace's inode
+	keyAddr                 // a: an address the endpoint owns
+	keyHost                 // this machine
+)
+
+func containerKey(id string) joinKey { return joinKey{kind: keyContainer, s: id} }
+func podKey(uid string) joinKey      { return joinKey{kind: keyPodUID, s: uid} }
+func hostKey() joinKey               { return joinKey{kind: keyHost} }
+
+// group is the records of one endpoint, by priority.
+type group []record
+
+// join groups records that share a key: a container id, a pod UID, a
+// network namespace or an address.
+func join(recs []record) []group {
+	parent := make([]int, len(recs))
+	for i := range parent {
+		parent[i] = i
+	}
+	var find func(int) int
+	find = func(i int) int {
+		for parent[i] != i {
+			parent[i] = parent[parent[i]]
+			i = parent[i]
+		}
+		return i
+	}
+	first := make(map[joinKey]int)
+	union := func(k joinKey, i int) {
+		if j, ok := first[k]; ok {
+			ri, rj := find(i), find(j)
+			if ri != rj {
+				parent[ri] = rj
+			}
+			return
+		}
+		first[k] = i
+	}
+	for i, r := range recs {
+		for _, k := range r.keys {
+			union(k, i)
+		}
+		if r.ep.NetNS != 0 {
+			union(joinKey{kind: keyNetNS, n: r.ep.NetNS}, i)
+		}
+		for _, a := range r.ep.Addrs {
+			union(joinKey{kind: keyAddr, a: a}, i)
+		}
+	}
+	byRoot := make(map[int]group)
+	var roots []int
+	for i, r := range recs {
+		root := find(i)
+		if _, ok := byRoot[root]; !ok {
+			roots = append(roots, root)
+		}
+		byRoot[root] = append(byRoot[root], r)
+	}
+	groups := make([]group, 0, len(roots))
+	for _, root := range roots {
+		g := byRoot[root]
+		sort.SliceStable(g, func(i, j int) bool { return g[i].prio < g[j].prio })
+		groups = append(groups, g)
+	}
+	return groups
+}
+
+// endpoint merges the group's records: the most trusted source that says
+// what the endpoint is (not merely a namespace or unknown) gives its kind,
+// id and source; each other field comes from the most trusted source that
+// has it; labels and addresses are the union.
+func (g group) endpoint() Endpoint {
+	if len(g) == 1 {
+		return g[0].ep
+	}
+	primary := 0
+	for i, r := range g {
+		if r.ep.Kind != KindNetNS && r.ep.Kind != KindUnknown && r.ep.Kind != "" {
+			primary = i
+			break
+		}
+	}
+	ep := g[primary].ep
+	first := func(get func(*Endpoint) string) string {
+		if v := get(&ep); v != "" {
+			return v
+		}
+		for i := range g {
+			if v := get(&g[i].ep); v != "" {
+				return v
+			}
+		}
+		return ""
+	}
+	ep.Name = first(func(e *Endpoint) string { return e.Name })
+	ep.Namespace = first(func(e *Endpoint) string { return e.Namespace })
+	ep.Node = first(func(e *Endpoint) string { return e.Node })
+	ep.Image = first(func(e *Endpoint) string { return e.Image })
+	if ep.Workload == "" {
+		for _, r := range g {
+			if r.ep.Workload != "" {
+				ep.Workload, ep.WorkloadKind = r.ep.Workload, r.ep.WorkloadKind
+				break
+			}
+		}
+	}
+	var withLabels int
+	var addrs []netip.Addr
+	for _, r := range g {
+		if len(r.ep.Labels) > 0 {
+			withLabels++
+		}
+		if ep.NetNS == 0 {
+			ep.NetNS = r.ep.NetNS
+		}
+		if ep.PIDNS == 0 {
+			ep.PIDNS = r.ep.PIDNS
+		}
+		addrs = append(addrs, r.ep.Addrs...)
+	}
+	if withLabels > 1 {
+		labels := make(map[string]string)
+		for i := len(g) - 1; i >= 0; i-- { // the most trusted last, to win
+			maps.Copy(labels, g[i].ep.Labels)
+		}
+		ep.Labels = labels
+	} else {
+		for _, r := range g {
+			if len(r.ep.Labels) > 0 {
+				ep.Labels = r.ep.Labels
+			}
+		}
+	}
+	slices.SortFunc(addrs, func(a, b netip.Addr) int { return a.Compare(b) })
+	ep.Addrs = slices.Compact(addrs)
+	return ep
+}

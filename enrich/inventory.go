@@ -1,0 +1,572 @@
+package enrich
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+
+	"github.com/flowmap/flowmap/flows"
+)
+
+// Config selects the inventory's sources and bounds its caches. Every
+// source is optional; the host source (this machine's own addresses) is
+// always on.
+type Config struct {
+	// NetNS enables the network namespace source: the namespaces behind
+	// host-side veths, their processes and the container ids in their
+	// cgroups. It needs no runtime API.
+	NetNS bool
+	// NetNSDirs are directories of named namespaces (bind mounts), whose
+	// file names name a namespace that has no container; nil is
+	// ["/run/netns"].
+	NetNSDirs []string
+	// ProcRoot is where procfs is mounted; "" is "/proc".
+	ProcRoot string
+
+	// DockerSocket is the path of a Docker Engine API unix socket, as
+	// /run/docker.sock; "" disables the Docker source.
+	DockerSocket string
+	// PodmanSocket is the path of Podman's Docker-compatible API socket,
+	// as /run/podman/podman.sock; "" disables the Podman source.
+	PodmanSocket string
+
+	// CRISocket is the path of a CRI runtime's gRPC socket, as
+	// /run/containerd/containerd.sock or /run/crio/crio.sock; "" disables
+	// the CRI source.
+	CRISocket string
+
+	// Kubeconfig is the path of a kubeconfig file for the Kubernetes
+	// source; KubeInCluster uses the service account of the pod the agent
+	// runs in instead. Neither disables the source.
+	Kubeconfig    string
+	KubeInCluster bool
+
+	// Cloud enables the cloud metadata source: "auto" tries AWS, GCP and
+	// Azure, or name one of "aws", "gcp", "azure"; "" disables it.
+	Cloud string
+	// CloudEndpoint is the base URL of the metadata service; "" is
+	// http://169.254.169.254.
+	CloudEndpoint string
+	// CloudTimeout bounds each metadata request; 0 is 2s.
+	CloudTimeout time.Duration
+
+	// CIDRFile is the path of a file of CIDR → name lines (see
+	// ParseCIDRs); "" disables it. The file is read again when it changes.
+	CIDRFile string
+
+	// MaxEndpoints bounds each cache (addresses, namespaces, external
+	// addresses); 0 is 65536.
+	MaxEndpoints int
+	// Resync is how often sources that poll (network namespaces, the
+	// CIDR file, the host's addresses, CRI) look again, besides the
+	// events they follow; 0 is 30s.
+	Resync time.Duration
+	// Logger receives lifecycle logs and one line per bad input; nil
+	// discards them.
+	Logger *slog.Logger
+}
+
+// SourceStatus is how one source is doing, for /readyz.
+type SourceStatus struct {
+	Name string `json:"name"`
+	// Up is true while the source reaches what it reads.
+	Up bool `json:"up"`
+	// LastSync is when the source last published what it knows.
+	LastSync time.Time `json:"last_sync,omitzero"`
+	// Endpoints is how many endpoints the source knows.
+	Endpoints int `json:"endpoints"`
+	// LastError is the source's last error, "" when it has none.
+	LastError string `json:"last_error,omitempty"`
+	// Detail says more, as "not on a cloud".
+	Detail string `json:"detail,omitempty"`
+}
+
+// Inventory knows who is behind the addresses of flows. Sources publish
+// what they know; the inventory joins their records of one endpoint (by
+// container id, pod UID, network namespace and address) into one Endpoint
+// and indexes it in bounded caches, from which Resolve answers without a
+// call to any runtime. Its methods are safe for concurrent use.
+type Inventory struct {
+	cfg     Config
+	log     *slog.Logger
+	sources []*sourceState
+
+	// The caches Resolve reads. Only the merger writes to them.
+	// Keyed by the address's 16 bytes: netip.Addr hashes (zone handle
+	// and all) at twice the cost.
+	byAddr *lru.Cache[[16]byte, *Endpoint]
+	byNSID *lru.Cache[int, *Endpoint]
+	byNS   *lru.Cache[uint64, *Endpoint]
+	// ext caches the answers for addresses that no source owns, with the
+	// generation of the index they were made from.
+	ext *lru.Cache[extKey, *extEntry]
+	gen atomic.Uint64
+
+	cidrs atomic.Pointer[cidrTable]
+
+	mu      sync.Mutex
+	records map[string][]record // by source
+	dirty   chan struct{}
+	running bool
+
+	// Merger state: the keys written to the caches by the last merge.
+	prevAddr map[[16]byte]struct{}
+	prevNSID map[int]struct{}
+	prevNS   map[uint64]struct{}
+	known    atomic.Int64
+
+	resolved [resolvedKinds]atomic.Uint64
+}
+
+type extKey struct {
+	addr [16]byte
+	// local is set for an address behind a host-side veth: it is in a
+	// namespace of this host, not outside.
+	local bool
+}
+
+type extEntry struct {
+	gen uint64
+	ep  Endpoint
+}
+
+// source is one origin of endpoints. run publishes through s until ctx is
+// done, retrying what fails, and returns only then or on a configuration
+// error.
+type source interface {
+	run(ctx context.Context, s *sourceState) error
+}
+
+// The sources' priorities: when two sources name one endpoint, the lower
+// number's name, kind and id win.
+const (
+	prioKubernetes = iota
+	prioCRI
+	prioEngine
+	prioNetNS
+	prioHost
+	prioCloud
+	prioCIDR
+)
+
+// New returns an inventory of the sources cfg selects. It fails if a
+// source's configuration is unusable (an unreadable kubeconfig, an unknown
+// cloud); a socket that is not there yet is not an error. Run starts the
+// sources.
+func New(cfg Config) (*Inventory, error) {
+	if cfg.MaxEndpoints <= 0 {
+		cfg.MaxEndpoints = 65536
+	}
+	if cfg.Resync <= 0 {
+		cfg.Resync = 30 * time.Second
+	}
+	if cfg.ProcRoot == "" {
+		cfg.ProcRoot = "/proc"
+	}
+	if cfg.NetNSDirs == nil {
+		cfg.NetNSDirs = []string{"/run/netns"}
+	}
+	if cfg.CloudTimeout <= 0 {
+		cfg.CloudTimeout = 2 * time.Second
+	}
+	if cfg.CloudEndpoint == "" {
+		cfg.CloudEndpoint = "http://169.254.169.254"
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	inv := &Inventory{
+		cfg:     cfg,
+		log:     log,
+		records: make(map[string][]record),
+		dirty:   make(chan struct{}, 1),
+	}
+	var err error
+	if inv.byAddr, err = lru.New[[16]byte, *Endpoint](cfg.MaxEndpoints); err != nil {
+		return nil, fmt.Errorf("make address cache: %w", err)
+	}
+	if inv.byNSID, err = lru.New[int, *Endpoint](cfg.MaxEndpoints); err != nil {
+		return nil, fmt.Errorf("make namespace id cache: %w", err)
+	}
+	if inv.byNS, err = lru.New[uint64, *Endpoint](cfg.MaxEndpoints); err != nil {
+		return nil, fmt.Errorf("make namespace cache: %w", err)
+	}
+	if inv.ext, err = lru.New[extKey, *extEntry](cfg.MaxEndpoints); err != nil {
+		return nil, fmt.Errorf("make external cache: %w", err)
+	}
+	inv.cidrs.Store(&cidrTable{})
+
+	add := func(name string, prio int, src source) {
+		inv.sources = append(inv.sources, &sourceState{
+			inv:    inv,
+			name:   name,
+			prio:   prio,
+			src:    src,
+			log:    log.With("component", "enrich", "source", name),
+			status: SourceStatus{Name: name},
+			errs:   make(map[string]uint64),
+		})
+	}
+	add("host", prioHost, &hostSource{})
+	if cfg.NetNS {
+		add("netns", prioNetNS, &netnsSource{procRoot: cfg.ProcRoot, dirs: cfg.NetNSDirs, resync: cfg.Resync})
+	}
+	if cfg.DockerSocket != "" {
+		add("docker", prioEngine, newEngineSource(cfg.DockerSocket, cfg.ProcRoot))
+	}
+	if cfg.PodmanSocket != "" {
+		add("podman", prioEngine, newEngineSource(cfg.PodmanSocket, cfg.ProcRoot))
+	}
+	if cfg.CRISocket != "" {
+		add("cri", prioCRI, &criSource{socket: cfg.CRISocket, resync: cfg.Resync})
+	}
+	if cfg.Kubeconfig != "" || cfg.KubeInCluster {
+		ks, err := newKubeSource(cfg.Kubeconfig, cfg.KubeInCluster)
+		if err != nil {
+			return nil, err
+		}
+		add("kubernetes", prioKubernetes, ks)
+	}
+	if cfg.Cloud != "" {
+		cs, err := newCloudSource(cfg.Cloud, cfg.CloudEndpoint, cfg.CloudTimeout)
+		if err != nil {
+			return nil, err
+		}
+		add("cloud", prioCloud, cs)
+	}
+	if cfg.CIDRFile != "" {
+		add("cidr", prioCIDR, &cidrSource{path: cfg.CIDRFile, resync: cfg.Resync})
+	}
+	return inv, nil
+}
+
+// Run starts the sources and keeps the caches up to date with what they
+// publish, until ctx is done; then it returns ctx's error. A source that
+// fails is retried by itself, reported down in Status and counted, and
+// the others go on. Run may be called once.
+func (inv *Inventory) Run(ctx context.Context) error {
+	inv.mu.Lock()
+	if inv.running {
+		inv.mu.Unlock()
+		return errors.New("inventory already running")
+	}
+	inv.running = true
+	inv.mu.Unlock()
+
+	var wg sync.WaitGroup
+	for _, s := range inv.sources {
+		wg.Go(func() {
+			s.log.Info("source started")
+			err := s.src.run(ctx, s)
+			if err != nil && ctx.Err() == nil {
+				s.fail("stopped", err)
+			}
+			s.log.Info("source stopped")
+		})
+	}
+	inv.merge(ctx)
+	wg.Wait()
+	return ctx.Err()
+}
+
+// merge rebuilds the caches whenever a source publishes, at most every
+// mergeDelay, until ctx is done.
+func (inv *Inventory) merge(ctx context.Context) {
+	const mergeDelay = 20 * time.Millisecond
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-inv.dirty:
+		}
+		// Let a burst of publishes (a source's first sync, several
+		// containers started at once) land in one rebuild.
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(mergeDelay):
+		}
+		inv.rebuild()
+	}
+}
+
+// publish replaces what source name knows with recs.
+func (inv *Inventory) publish(name string, recs []record) {
+	inv.mu.Lock()
+	inv.records[name] = recs
+	inv.mu.Unlock()
+	select {
+	case inv.dirty <- struct{}{}:
+	default:
+	}
+}
+
+// rebuild joins the sources' records and writes the result to the caches.
+func (inv *Inventory) rebuild() {
+	inv.mu.Lock()
+	var all []record
+	names := make([]string, 0, len(inv.records))
+	for name := range inv.records {
+		names = append(names, name)
+	}
+	sort.Strings(names) // for a merge that does not depend on map order
+	for _, name := range names {
+		all = append(all, inv.records[name]...)
+	}
+	inv.mu.Unlock()
+
+	groups := join(all)
+	addrs := make(map[[16]byte]struct{})
+	nsids := make(map[int]struct{})
+	nss := make(map[uint64]struct{})
+	for _, g := range groups {
+		ep := new(g.endpoint())
+		for _, a := range ep.Addrs {
+			inv.byAddr.Add(a.As16(), ep)
+			addrs[a.As16()] = struct{}{}
+		}
+		if ep.NetNS != 0 {
+			inv.byNS.Add(ep.NetNS, ep)
+			nss[ep.NetNS] = struct{}{}
+		}
+		for _, r := range g {
+			for _, id := range r.nsids {
+				inv.byNSID.Add(id, ep)
+				nsids[id] = struct{}{}
+			}
+		}
+	}
+	for a := range inv.prevAddr {
+		if _, ok := addrs[a]; !ok {
+			inv.byAddr.Remove(a)
+		}
+	}
+	for id := range inv.prevNSID {
+		if _, ok := nsids[id]; !ok {
+			inv.byNSID.Remove(id)
+		}
+	}
+	for ns := range inv.prevNS {
+		if _, ok := nss[ns]; !ok {
+			inv.byNS.Remove(ns)
+		}
+	}
+	inv.prevAddr, inv.prevNSID, inv.prevNS = addrs, nsids, nss
+	inv.known.Store(int64(len(groups)))
+	// Answers cached for addresses no source owned may be stale now.
+	inv.gen.Add(1)
+}
+
+// The kinds of answer Resolve counts.
+const (
+	resolvedKnown = iota
+	resolvedLocal
+	resolvedExternal
+	resolvedKinds
+)
+
+// Resolve returns the endpoint behind addr, seen behind the host-side
+// interface iface (the zero Interface where there is none). It reads only
+// the caches: an address in a namespace that a source knows (through
+// iface's peer namespace, or the address itself) is that namespace's
+// endpoint; an address behind a veth that no source knows is KindUnknown;
+// any other address is KindExternal, named by the CIDR file where a line
+// covers it, else by itself.
+func (inv *Inventory) Resolve(addr netip.Addr, iface flows.Interface) Endpoint {
+	addr = addr.Unmap()
+	behindVeth := iface.Index != 0 && iface.PeerNetNSID >= 0
+	var nsEP *Endpoint
+	var haveNS bool
+	if behindVeth {
+		nsEP, haveNS = inv.byNSID.Get(iface.PeerNetNSID)
+		if haveNS && (len(nsEP.Addrs) == 0 || containsAddr(nsEP.Addrs, addr)) {
+			inv.resolved[resolvedKnown].Add(1)
+			return *nsEP
+		}
+	}
+	a16 := addr.As16()
+	if ep, ok := inv.byAddr.Get(a16); ok {
+		inv.resolved[resolvedKnown].Add(1)
+		return *ep
+	}
+	if haveNS {
+		// An address the namespace's endpoint does not list (it routes for
+		// others, or took the address after the last sync): still who is
+		// behind the veth.
+		inv.resolved[resolvedKnown].Add(1)
+		return *nsEP
+	}
+	key := extKey{addr: a16, local: behindVeth}
+	gen := inv.gen.Load()
+	if e, ok := inv.ext.Get(key); ok && e.gen == gen {
+		inv.count(e.ep.Kind)
+		return e.ep
+	}
+	ep := inv.unowned(addr, behindVeth)
+	inv.ext.Add(key, &extEntry{gen: gen, ep: ep})
+	inv.count(ep.Kind)
+	return ep
+}
+
+func (inv *Inventory) count(k Kind) {
+	if k == KindUnknown {
+		inv.resolved[resolvedLocal].Add(1)
+	} else {
+		inv.resolved[resolvedExternal].Add(1)
+	}
+}
+
+// unowned makes the endpoint of an address that no source owns.
+func (inv *Inventory) unowned(addr netip.Addr, local bool) Endpoint {
+	if !addr.IsValid() {
+		return Endpoint{Kind: KindUnknown, ID: "invalid", Name: "invalid"}
+	}
+	s := addr.String()
+	addrs := []netip.Addr{addr}
+	if local {
+		return Endpoint{Kind: KindUnknown, ID: s, Name: s, Addrs: addrs}
+	}
+	if c, ok := inv.cidrs.Load().lookup(addr); ok {
+		return Endpoint{Kind: KindExternal, ID: c.Prefix.String(), Name: c.Name, Addrs: addrs, Source: "cidr"}
+	}
+	return Endpoint{Kind: KindExternal, ID: s, Name: s, Addrs: addrs}
+}
+
+func containsAddr(addrs []netip.Addr, a netip.Addr) bool {
+	for _, b := range addrs {
+		if a == b {
+			return true
+		}
+	}
+	return false
+}
+
+// Enrich returns r with both ends resolved.
+func (inv *Inventory) Enrich(r flows.Record) Flow {
+	return Flow{
+		Record:      r,
+		SrcEndpoint: inv.Resolve(r.Src, r.SrcIf),
+		DstEndpoint: inv.Resolve(r.Dst, r.DstIf),
+	}
+}
+
+// Status returns each source's status, in the order they were configured.
+func (inv *Inventory) Status() []SourceStatus {
+	out := make([]SourceStatus, len(inv.sources))
+	for i, s := range inv.sources {
+		s.mu.Lock()
+		out[i] = s.status
+		s.mu.Unlock()
+	}
+	return out
+}
+
+// Known returns how many endpoints the inventory knows, all sources joined.
+func (inv *Inventory) Known() int { return int(inv.known.Load()) }
+
+// sourceState is a source's handle on the inventory: where it publishes
+// and reports how it is doing.
+type sourceState struct {
+	inv  *Inventory
+	name string
+	prio int
+	src  source
+	log  *slog.Logger
+
+	mu     sync.Mutex
+	status SourceStatus
+	errs   map[string]uint64 // by reason
+}
+
+// publish replaces what the source knows and marks it up.
+func (s *sourceState) publish(recs []record) {
+	for i := range recs {
+		recs[i].prio = s.prio
+		recs[i].ep.Source = s.name
+	}
+	s.synced(len(recs))
+	s.inv.publish(s.name, recs)
+}
+
+// synced marks the source up, knowing n endpoints.
+func (s *sourceState) synced(n int) {
+	s.mu.Lock()
+	first := s.status.LastSync.IsZero()
+	s.status.Up = true
+	s.status.LastSync = time.Now()
+	s.status.Endpoints = n
+	s.status.LastError = ""
+	s.mu.Unlock()
+	if first {
+		s.log.Info("source synced", "endpoints", n)
+	}
+}
+
+// fail marks the source down: it lost what it reads. It logs err and
+// counts it under reason. What the source published stays: the endpoints
+// it knew are likely still there.
+func (s *sourceState) fail(reason string, err error) {
+	s.mu.Lock()
+	wasUp := s.status.Up
+	s.status.Up = false
+	s.status.LastError = err.Error()
+	s.errs[reason]++
+	s.mu.Unlock()
+	if wasUp {
+		s.log.Warn("source down", "reason", reason, "err", err)
+	} else {
+		s.log.Debug("source still down", "reason", reason, "err", err)
+	}
+}
+
+// bad counts and logs a bad input that the source skipped, without
+// marking it down.
+func (s *sourceState) bad(reason string, err error) {
+	s.mu.Lock()
+	s.errs[reason]++
+	s.status.LastError = err.Error()
+	s.mu.Unlock()
+	s.log.Warn("bad input skipped", "reason", reason, "err", err)
+}
+
+// setDetail sets the source's status detail.
+func (s *sourceState) setDetail(d string) {
+	s.mu.Lock()
+	s.status.Detail = d
+	s.mu.Unlock()
+}
+
+// errors returns a copy of the source's error counts.
+func (s *sourceState) errors() map[string]uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := make(map[string]uint64, len(s.errs))
+	for k, v := range s.errs {
+		m[k] = v
+	}
+	return m
+}
+
+// backoff waits before retry number n (from 0) of a failed source: 250ms
+// doubling to 10s. It returns false if ctx ended first.
+func backoff(ctx context.Context, n int) bool {
+	d := 250 * time.Millisecond << min(n, 6)
+	d = min(d, 10*time.Second)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,274 @@
+package enrich
+
+import (
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/flowmap/flowmap/flows"
+)
+
+const (
+	cidA = "3f2a9c1b7e4d5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8"
+	cidB = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	uidA = "6c1f8b2e-4a5d-4e3f-9b2a-1c0d2e3f4a5b"
+)
+
+func addrs(ss ...string) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range ss {
+		out = append(out, netip.MustParseAddr(s))
+	}
+	return out
+}
+
+// newTestInventory returns an inventory with no sources running and the
+// given records published as each source would publish them.
+func newTestInventory(t testing.TB, bySource map[string][]record) *Inventory {
+	t.Helper()
+	inv, err := New(Config{})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	prio := map[string]int{"kubernetes": prioKubernetes, "cri": prioCRI, "docker": prioEngine,
+		"netns": prioNetNS, "host": prioHost, "cloud": prioCloud}
+	for name, recs := range bySource {
+		for i := range recs {
+			recs[i].prio = prio[name]
+			recs[i].ep.Source = name
+		}
+		inv.publish(name, recs)
+	}
+	inv.rebuild()
+	return inv
+}
+
+func TestResolve(t *testing.T) {
+	inv := newTestInventory(t, map[string][]record{
+		"docker": {{
+			ep:   Endpoint{Kind: KindContainer, ID: cidA, Name: "web", Image: "busybox", Labels: map[string]string{"app": "web"}, Addrs: addrs("198.51.100.2"), NetNS: 4026532001},
+			keys: []joinKey{containerKey(cidA)},
+		}},
+		"netns": {
+			{
+				ep:    Endpoint{Kind: KindContainer, ID: cidA, Name: cidA[:12], NetNS: 4026532001, PIDNS: 4026532002, Addrs: addrs("198.51.100.2", "2001:db8::2")},
+				keys:  []joinKey{containerKey(cidA)},
+				nsids: []int{3},
+			},
+			{
+				ep:    Endpoint{Kind: KindNetNS, ID: "netns:4026532009", Name: "lab", NetNS: 4026532009, Addrs: addrs("198.51.100.9")},
+				nsids: []int{7},
+			},
+		},
+		"kubernetes": {{
+			ep:   Endpoint{Kind: KindPod, ID: uidA, Name: "checkout-7d9f", Namespace: "shop", Workload: "checkout", WorkloadKind: "Deployment", Node: "n1", Addrs: addrs("198.51.100.20")},
+			keys: []joinKey{podKey(uidA), containerKey(cidB)},
+		}},
+		"cri": {{
+			ep:   Endpoint{Kind: KindPod, ID: uidA, Name: "checkout-7d9f", Namespace: "shop", Image: "shop/checkout:1.2", Labels: map[string]string{"io.kubernetes.pod.name": "checkout-7d9f"}, Addrs: addrs("198.51.100.20")},
+			keys: []joinKey{podKey(uidA), containerKey(cidB)},
+		}},
+	})
+	inv.setCIDRs(newCIDRTable([]CIDR{
+		{netip.MustParsePrefix("203.0.113.0/24"), "corp network"},
+		{netip.MustParsePrefix("203.0.113.10/32"), "payments lb"},
+	}))
+	veth := func(nsid int) flows.Interface {
+		return flows.Interface{Index: 42, Name: "vethx", Kind: "veth", PeerNetNSID: nsid}
+	}
+	tests := []struct {
+		name  string
+		addr  string
+		iface flows.Interface
+		want  Endpoint
+	}{
+		{
+			name: "container by address, docker and netns joined",
+			addr: "198.51.100.2",
+			want: Endpoint{Kind: KindContainer, ID: cidA, Name: "web", Image: "busybox", Labels: map[string]string{"app": "web"},
+				NetNS: 4026532001, PIDNS: 4026532002, Addrs: addrs("198.51.100.2", "2001:db8::2"), Source: "docker"},
+		},
+		{
+			name: "container by peer namespace",
+			addr: "2001:db8::2",
+			iface: veth(3),
+			want: Endpoint{Kind: KindContainer, ID: cidA, Name: "web", Image: "busybox", Labels: map[string]string{"app": "web"},
+				NetNS: 4026532001, PIDNS: 4026532002, Addrs: addrs("198.51.100.2", "2001:db8::2"), Source: "docker"},
+		},
+		{
+			name: "IPv4-mapped address",
+			addr: "::ffff:198.51.100.2",
+			want: Endpoint{Kind: KindContainer, ID: cidA, Name: "web", Image: "busybox", Labels: map[string]string{"app": "web"},
+				NetNS: 4026532001, PIDNS: 4026532002, Addrs: addrs("198.51.100.2", "2001:db8::2"), Source: "docker"},
+		},
+		{
+			name: "pod: kubernetes names, cri adds image and labels",
+			addr: "198.51.100.20",
+			want: Endpoint{Kind: KindPod, ID: uidA, Name: "checkout-7d9f", Namespace: "shop", Workload: "checkout", WorkloadKind: "Deployment",
+				Node: "n1", Image: "shop/checkout:1.2", Labels: map[string]string{"io.kubernetes.pod.name": "checkout-7d9f"},
+				Addrs: addrs("198.51.100.20"), Source: "kubernetes"},
+		},
+		{
+			name:  "named namespace without container",
+			addr:  "198.51.100.9",
+			iface: veth(7),
+			want:  Endpoint{Kind: KindNetNS, ID: "netns:4026532009", Name: "lab", NetNS: 4026532009, Addrs: addrs("198.51.100.9"), Source: "netns"},
+		},
+		{
+			name:  "address the namespace does not list is still behind its veth",
+			addr:  "198.51.100.99",
+			iface: veth(7),
+			want:  Endpoint{Kind: KindNetNS, ID: "netns:4026532009", Name: "lab", NetNS: 4026532009, Addrs: addrs("198.51.100.9"), Source: "netns"},
+		},
+		{
+			name:  "unknown namespace behind a veth",
+			addr:  "198.51.100.50",
+			iface: veth(11),
+			want:  Endpoint{Kind: KindUnknown, ID: "198.51.100.50", Name: "198.51.100.50", Addrs: addrs("198.51.100.50")},
+		},
+		{
+			name: "zero interface is not namespace id 0",
+			addr: "198.51.100.51",
+			want: Endpoint{Kind: KindExternal, ID: "198.51.100.51", Name: "198.51.100.51", Addrs: addrs("198.51.100.51")},
+		},
+		{
+			name: "external, longest CIDR",
+			addr: "203.0.113.10",
+			want: Endpoint{Kind: KindExternal, ID: "203.0.113.10/32", Name: "payments lb", Addrs: addrs("203.0.113.10"), Source: "cidr"},
+		},
+		{
+			name: "external, CIDR",
+			addr: "203.0.113.11",
+			want: Endpoint{Kind: KindExternal, ID: "203.0.113.0/24", Name: "corp network", Addrs: addrs("203.0.113.11"), Source: "cidr"},
+		},
+		{
+			name: "external, no CIDR",
+			addr: "2001:db8:ffff::1",
+			want: Endpoint{Kind: KindExternal, ID: "2001:db8:ffff::1", Name: "2001:db8:ffff::1", Addrs: addrs("2001:db8:ffff::1")},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for range 2 { // the second answer comes from the cache
+				got := inv.Resolve(netip.MustParseAddr(tt.addr), tt.iface)
+				if diff := endpointDiff(got, tt.want); diff != "" {
+					t.Fatalf("Resolve(%s, %+v):\n%s", tt.addr, tt.iface, diff)
+				}
+			}
+		})
+	}
+}
+
+// endpointDiff says how got differs from want, field by field.
+func endpointDiff(got, want Endpoint) string {
+	var b strings.Builder
+	check := func(field string, g, w any) {
+		if fmt.Sprint(g) != fmt.Sprint(w) {
+			fmt.Fprintf(&b, "\t%s = %v, want %v\n", field, g, w)
+		}
+	}
+	check("Kind", got.Kind, want.Kind)
+	check("ID", got.ID, want.ID)
+	check("Name", got.Name, want.Name)
+	check("Namespace", got.Namespace, want.Namespace)
+	check("Workload", got.Workload, want.Workload)
+	check("WorkloadKind", got.WorkloadKind, want.WorkloadKind)
+	check("Node", got.Node, want.Node)
+	check("Image", got.Image, want.Image)
+	if !maps.Equal(got.Labels, want.Labels) {
+		fmt.Fprintf(&b, "\tLabels = %v, want %v\n", got.Labels, want.Labels)
+	}
+	check("NetNS", got.NetNS, want.NetNS)
+	check("PIDNS", got.PIDNS, want.PIDNS)
+	if !slices.Equal(got.Addrs, want.Addrs) {
+		fmt.Fprintf(&b, "\tAddrs = %v, want %v\n", got.Addrs, want.Addrs)
+	}
+	check("Source", got.Source, want.Source)
+	return b.String()
+}
+
+func TestRebuildForgets(t *testing.T) {
+	inv := newTestInventory(t, map[string][]record{
+		"docker": {{ep: Endpoint{Kind: KindContainer, ID: cidA, Name: "web", Addrs: addrs("198.51.100.2")}}},
+	})
+	a := netip.MustParseAddr("198.51.100.2")
+	if got := inv.Resolve(a, flows.Interface{}); got.Name != "web" {
+		t.Fatalf("Resolve(%s).Name = %q, want %q", a, got.Name, "web")
+	}
+	inv.publish("docker", nil)
+	inv.rebuild()
+	if got := inv.Resolve(a, flows.Interface{}); got.Kind != KindExternal {
+		t.Fatalf("after the container went, Resolve(%s).Kind = %q, want %q", a, got.Kind, KindExternal)
+	}
+	// And back: the external answer cached before is not served.
+	inv.publish("docker", []record{{ep: Endpoint{Kind: KindContainer, ID: cidB, Name: "api", Addrs: addrs("198.51.100.2")}}})
+	inv.rebuild()
+	if got := inv.Resolve(a, flows.Interface{}); got.Name != "api" {
+		t.Fatalf("after a new container took the address, Resolve(%s).Name = %q, want %q", a, got.Name, "api")
+	}
+}
+
+func TestEnrich(t *testing.T) {
+	inv := newTestInventory(t, map[string][]record{
+		"docker": {
+			{ep: Endpoint{Kind: KindContainer, ID: cidA, Name: "client", Addrs: addrs("198.51.100.2")}},
+			{ep: Endpoint{Kind: KindContainer, ID: cidB, Name: "server", Addrs: addrs("198.51.100.3")}},
+		},
+	})
+	r := flows.Record{Src: netip.MustParseAddr("198.51.100.2"), Dst: netip.MustParseAddr("198.51.100.3"), Proto: flows.ProtoTCP, DstPort: 80}
+	f := inv.Enrich(r)
+	if f.SrcEndpoint.Name != "client" || f.DstEndpoint.Name != "server" {
+		t.Fatalf("Enrich: src %q, dst %q, want client, server", f.SrcEndpoint.Name, f.DstEndpoint.Name)
+	}
+	if f.Record != r {
+		t.Fatalf("Enrich changed the record: %+v, want %+v", f.Record, r)
+	}
+}
+
+// BenchmarkResolve resolves addresses that the caches hold, among 10000
+// endpoints: through the peer namespace, by address, and external ones
+// answered before. None may allocate.
+func BenchmarkResolve(b *testing.B) {
+	var recs []record
+	for i := range 10000 {
+		a := netip.AddrFrom4([4]byte{198, 51, byte(i >> 8), byte(i)})
+		recs = append(recs, record{
+			ep:    Endpoint{Kind: KindContainer, ID: fmt.Sprintf("%064x", i), Name: fmt.Sprintf("c%d", i), NetNS: uint64(4026531000 + i), Addrs: []netip.Addr{a}},
+			nsids: []int{i},
+		})
+	}
+	inv := newTestInventory(b, map[string][]record{"netns": recs})
+	inv.setCIDRs(newCIDRTable([]CIDR{{netip.MustParsePrefix("203.0.113.0/24"), "corp"}, {netip.MustParsePrefix("203.0.113.128/25"), "lab"}}))
+	known := netip.AddrFrom4([4]byte{198, 51, 10, 10})
+	external := netip.MustParseAddr("203.0.113.200")
+	bench := func(name string, addr netip.Addr, iface flows.Interface, want Kind) {
+		b.Run(name, func(b *testing.B) {
+			if got := inv.Resolve(addr, iface); got.Kind != want {
+				b.Fatalf("Resolve(%s).Kind = %q, want %q", addr, got.Kind, want)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				inv.Resolve(addr, iface)
+			}
+		})
+	}
+	bench("netns", known, flows.Interface{Index: 9, Kind: "veth", PeerNetNSID: 10*256 + 10}, KindContainer)
+	bench("addr", known, flows.Interface{}, KindContainer)
+	bench("external", external, flows.Interface{}, KindExternal)
+}
+
+func TestResolveAllocs(t *testing.T) {
+	inv := newTestInventory(t, map[string][]record{
+		"docker": {{ep: Endpoint{Kind: KindContainer, ID: cidA, Name: "web", Addrs: addrs("198.51.100.2")}}},
+	})
+	for _, a := range []string{"198.51.100.2", "203.0.113.7"} {
+		addr := netip.MustParseAddr(a)
+		inv.Resolve(addr, flows.Interface{})
+		if n := testing.AllocsPerRun(100, func() { inv.Resolve(addr, flows.Interface{}) }); n != 0 {
+			t.Errorf("Resolve(%s) allocates %v times, want 0", a, n)
+		}
+	}
+}

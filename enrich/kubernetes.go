@@ -1,0 +1,298 @@
+package enrich
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// kubeSource reads the Kubernetes API through client-go informers: pods
+// (address → pod, owner chain → workload), Services (cluster and load
+// balancer addresses → service), EndpointSlices (endpoints that are not
+// pods → their service) and Nodes (node addresses → node). ReplicaSets
+// and Jobs are watched to follow a pod's owners to its Deployment or
+// CronJob.
+type kubeSource struct {
+	config *rest.Config
+}
+
+func newKubeSource(kubeconfig string, inCluster bool) (*kubeSource, error) {
+	var cfg *rest.Config
+	var err error
+	if inCluster {
+		cfg, err = rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("load in-cluster kubernetes config: %w", err)
+		}
+	} else {
+		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("load kubeconfig %s: %w", kubeconfig, err)
+		}
+	}
+	cfg.UserAgent = "flowmap"
+	return &kubeSource{config: cfg}, nil
+}
+
+// kubeInformers are the informers the source reads from.
+type kubeInformers struct {
+	pods        cache.SharedIndexInformer
+	services    cache.SharedIndexInformer
+	slices      cache.SharedIndexInformer
+	nodes       cache.SharedIndexInformer
+	replicaSets cache.SharedIndexInformer
+	jobs        cache.SharedIndexInformer
+}
+
+func (k *kubeSource) run(ctx context.Context, s *sourceState) error {
+	client, err := kubernetes.NewForConfig(k.config)
+	if err != nil {
+		return fmt.Errorf("make kubernetes client: %w", err)
+	}
+	factory := informers.NewSharedInformerFactory(client, 0)
+	inf := kubeInformers{
+		pods:        factory.Core().V1().Pods().Informer(),
+		services:    factory.Core().V1().Services().Informer(),
+		slices:      factory.Discovery().V1().EndpointSlices().Informer(),
+		nodes:       factory.Core().V1().Nodes().Informer(),
+		replicaSets: factory.Apps().V1().ReplicaSets().Informer(),
+		jobs:        factory.Batch().V1().Jobs().Informer(),
+	}
+	changed := make(chan struct{}, 1)
+	notify := func() {
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+	}
+	handler := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { notify() },
+		UpdateFunc: func(any, any) { notify() },
+		DeleteFunc: func(any) { notify() },
+	}
+	for _, i := range []cache.SharedIndexInformer{inf.pods, inf.services, inf.slices, inf.nodes, inf.replicaSets, inf.jobs} {
+		// What we do not read need not stay in memory.
+		if err := i.SetTransform(stripManagedFields); err != nil {
+			return fmt.Errorf("set informer transform: %w", err)
+		}
+		if err := i.SetWatchErrorHandlerWithContext(func(_ context.Context, r *cache.Reflector, err error) {
+			// client-go retries by itself, resuming the watch where it can
+			// and listing again where it cannot.
+			s.fail("watch", fmt.Errorf("kubernetes watch %s: %w", r.TypeDescription(), err))
+		}); err != nil {
+			return fmt.Errorf("set watch error handler: %w", err)
+		}
+		if _, err := i.AddEventHandler(handler); err != nil {
+			return fmt.Errorf("add informer handler: %w", err)
+		}
+	}
+	factory.StartWithContext(ctx)
+	defer factory.Shutdown()
+	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
+		if !ok && ctx.Err() == nil {
+			return fmt.Errorf("sync kubernetes informer %v", typ)
+		}
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	host, _ := os.Hostname()
+	for {
+		s.publish(kubeRecords(inf, host))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		}
+		// Let a burst of changes (a rollout) land in one publish.
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func stripManagedFields(obj any) (any, error) {
+	if m, ok := obj.(metav1.ObjectMetaAccessor); ok {
+		m.GetObjectMeta().SetManagedFields(nil)
+		annotations := m.GetObjectMeta().GetAnnotations()
+		delete(annotations, "kubectl.kubernetes.io/last-applied-configuration")
+	}
+	return obj, nil
+}
+
+// kubeRecords makes the records of everything the informers hold; host is
+// this machine's name, to join its Node with the host source.
+func kubeRecords(inf kubeInformers, host string) []record {
+	var recs []record
+	for _, obj := range inf.pods.GetStore().List() {
+		p, ok := obj.(*corev1.Pod)
+		if !ok || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		recs = append(recs, podRecord(p, inf))
+	}
+	services := make(map[string]*corev1.Service) // by namespace/name
+	for _, obj := range inf.services.GetStore().List() {
+		svc, ok := obj.(*corev1.Service)
+		if !ok {
+			continue
+		}
+		services[svc.Namespace+"/"+svc.Name] = svc
+		ep := Endpoint{Kind: KindService, ID: string(svc.UID), Name: svc.Name, Namespace: svc.Namespace, Labels: svc.Labels}
+		ips := append(append([]string{}, svc.Spec.ClusterIPs...), svc.Spec.ExternalIPs...)
+		for _, in := range svc.Status.LoadBalancer.Ingress {
+			ips = append(ips, in.IP)
+		}
+		ep.Addrs = parseAddrs(ips)
+		if len(ep.Addrs) > 0 {
+			recs = append(recs, record{ep: ep})
+		}
+	}
+	for _, obj := range inf.slices.GetStore().List() {
+		es, ok := obj.(*discoveryv1.EndpointSlice)
+		if !ok {
+			continue
+		}
+		name := es.Labels[discoveryv1.LabelServiceName]
+		if name == "" {
+			continue
+		}
+		id := es.Namespace + "/" + name
+		var svcLabels map[string]string
+		if svc, ok := services[id]; ok {
+			id, svcLabels = string(svc.UID), svc.Labels
+		}
+		for _, e := range es.Endpoints {
+			if e.TargetRef != nil && e.TargetRef.Kind == "Pod" {
+				continue // the pod names it
+			}
+			// An endpoint that is not a pod (a database VM behind a
+			// selectorless service) is known only as its service's.
+			ep := Endpoint{Kind: KindService, ID: id, Name: name, Namespace: es.Namespace, Labels: svcLabels, Addrs: parseAddrs(e.Addresses)}
+			if len(ep.Addrs) > 0 {
+				recs = append(recs, record{ep: ep})
+			}
+		}
+	}
+	for _, obj := range inf.nodes.GetStore().List() {
+		n, ok := obj.(*corev1.Node)
+		if !ok {
+			continue
+		}
+		ep := Endpoint{Kind: KindHost, ID: n.Name, Name: n.Name, Node: n.Name, Labels: n.Labels}
+		var ips []string
+		for _, a := range n.Status.Addresses {
+			if a.Type == corev1.NodeInternalIP || a.Type == corev1.NodeExternalIP {
+				ips = append(ips, a.Address)
+			}
+		}
+		ep.Addrs = parseAddrs(ips)
+		rec := record{ep: ep}
+		if n.Name == host {
+			rec.keys = []joinKey{hostKey()}
+		}
+		recs = append(recs, rec)
+	}
+	return recs
+}
+
+// podRecord names a pod, its workload through its owners, and the
+// containers that the netns and CRI sources know by id.
+func podRecord(p *corev1.Pod, inf kubeInformers) record {
+	ep := Endpoint{
+		Kind:      KindPod,
+		ID:        string(p.UID),
+		Name:      p.Name,
+		Namespace: p.Namespace,
+		Node:      p.Spec.NodeName,
+		Labels:    p.Labels,
+	}
+	if len(p.Spec.Containers) > 0 {
+		ep.Image = p.Spec.Containers[0].Image
+	}
+	ep.Workload, ep.WorkloadKind = workload(p.Namespace, p.OwnerReferences, inf)
+	// A pod on the host's network has the node's addresses: they name the
+	// node, not the pod.
+	if !p.Spec.HostNetwork {
+		ips := make([]string, 0, len(p.Status.PodIPs))
+		for _, ip := range p.Status.PodIPs {
+			ips = append(ips, ip.IP)
+		}
+		if len(ips) == 0 && p.Status.PodIP != "" {
+			ips = append(ips, p.Status.PodIP)
+		}
+		ep.Addrs = parseAddrs(ips)
+	}
+	rec := record{ep: ep, keys: []joinKey{podKey(string(p.UID))}}
+	for _, st := range p.Status.ContainerStatuses {
+		// containerd://<id>, cri-o://<id>, docker://<id>
+		if _, id, ok := strings.Cut(st.ContainerID, "://"); ok && id != "" {
+			rec.keys = append(rec.keys, containerKey(id))
+		}
+	}
+	return rec
+}
+
+// workload follows a pod's controller up: ReplicaSet → Deployment, Job →
+// CronJob; StatefulSet, DaemonSet and others are their own. It returns
+// "" for a bare pod.
+func workload(ns string, owners []metav1.OwnerReference, inf kubeInformers) (name, kind string) {
+	ref := controllerOf(owners)
+	if ref == nil {
+		return "", ""
+	}
+	switch ref.Kind {
+	case "ReplicaSet":
+		if obj, ok, _ := inf.replicaSets.GetStore().GetByKey(ns + "/" + ref.Name); ok {
+			if rs, ok := obj.(*appsv1.ReplicaSet); ok {
+				if up := controllerOf(rs.OwnerReferences); up != nil {
+					return up.Name, up.Kind
+				}
+			}
+		}
+	case "Job":
+		if obj, ok, _ := inf.jobs.GetStore().GetByKey(ns + "/" + ref.Name); ok {
+			if job, ok := obj.(*batchv1.Job); ok {
+				if up := controllerOf(job.OwnerReferences); up != nil {
+					return up.Name, up.Kind
+				}
+			}
+		}
+	}
+	return ref.Name, ref.Kind
+}
+
+func controllerOf(owners []metav1.OwnerReference) *metav1.OwnerReference {
+	for i := range owners {
+		if owners[i].Controller != nil && *owners[i].Controller {
+			return &owners[i]
+		}
+	}
+	return nil
+}
+
+func parseAddrs(ss []string) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range ss {
+		if a, err := netip.ParseAddr(s); err == nil && !a.IsUnspecified() {
+			out = append(out, a.Unmap())
+		}
+	}
+	return out
+}
