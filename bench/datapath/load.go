@@ -104,21 +104,19 @@ type iperfResult struct {
 		SumReceived struct {
 			Seconds       float64 `json:"seconds"`
 			BitsPerSecond float64 `json:"bits_per_second"`
-			Packets       uint64  `json:"packets"`
-			LostPackets   uint64  `json:"lost_packets"`
 		} `json:"sum_received"`
 	} `json:"end"`
 	Error string `json:"error"`
 }
 
 // measure runs l from a to b for d and returns what b received: Gbit/s of
-// TCP payload, or millions of UDP packets per second.
+// TCP payload (iperf3), or millions of UDP packets per second (measureUDP).
 func measure(ctx context.Context, l load, a, b *sandbox.Host, d time.Duration) (float64, error) {
+	if l == loadUDP64 {
+		return measureUDP(ctx, a, b, d)
+	}
 	secs := strconv.Itoa(max(1, int(d.Round(time.Second)/time.Second)))
 	args := []string{"-c", b.Addr.String(), "-p", iperfPort, "-t", secs, "-J"}
-	if l == loadUDP64 {
-		args = append(args, "-u", "-l", strconv.Itoa(udpPayload), "-b", "0")
-	}
 	cmd := a.Command(ctx, "iperf3", args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -133,9 +131,6 @@ func measure(ctx context.Context, l load, a, b *sandbox.Host, d time.Duration) (
 	r := res.End.SumReceived
 	if r.Seconds <= 0 {
 		return 0, fmt.Errorf("iperf3 %s: no time received", strings.Join(args, " "))
-	}
-	if l == loadUDP64 {
-		return float64(r.Packets-r.LostPackets) / r.Seconds / 1e6, nil
 	}
 	return r.BitsPerSecond / 1e9, nil
 }

@@ -2,7 +2,7 @@
 // the agent's BPF programs cost the traffic they count.
 //
 // Between two namespaces on a bridge (internal/sandbox) it runs two loads,
-// a bulk TCP stream and a stream of 64-byte UDP packets (iperf3), under
+// a bulk TCP stream (iperf3) and a stream of 64-byte UDP packets (sendmmsg), under
 // seven modes: no programs; flowmap's programs, as the agent attaches them,
 // with TC ingress (TCX), generic XDP or native XDP ingress, and TCX egress,
 // on both host-side veths; and in the same hooks the floor programs of
@@ -56,6 +56,7 @@ func main() {
 // bench is one run's setup.
 type bench struct {
 	log      *slog.Logger
+	dpLog    *slog.Logger // the datapath's
 	prefix   string
 	interval time.Duration
 	floor    *bpfObjects
@@ -82,11 +83,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("parse subnet: %w", err)
 	}
-	level := slog.LevelInfo
+	// The datapath logs each attach at Info: thirty times a run.
+	level, dpLevel := slog.LevelInfo, slog.LevelWarn
 	if *verbose {
-		level = slog.LevelDebug
+		level, dpLevel = slog.LevelDebug, slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	dpLog := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: dpLevel})).With("component", "flows")
 
 	if err := prerequisites(); err != nil {
 		return err
@@ -115,7 +118,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer floor.Close()
-	b := &bench{log: log, prefix: *prefix, interval: *interval, floor: floor}
+	b := &bench{log: log, dpLog: dpLog, prefix: *prefix, interval: *interval, floor: floor}
 
 	// A run killed before it could clean up left these.
 	if err := sandbox.Cleanup(*prefix); err != nil {

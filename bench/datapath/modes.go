@@ -126,7 +126,7 @@ func (b *bench) attachAgent(ctx context.Context, m mode, ifindexes []int) (_ *at
 		Interfaces: []string{b.prefix + "-*"},
 		Attach:     flows.AttachTCX,
 		Interval:   b.interval,
-		Logger:     b.log.With("component", "flows"),
+		Logger:     b.dpLog,
 	}
 	switch m.hook {
 	case hookXDPNative:
