@@ -372,3 +372,11 @@ func TestMetrics(t *testing.T) {
 		t.Errorf("promtool check metrics %s: %v\n%s", path, err, out)
 	}
 }
+
+func TestTable(t *testing.T) {
+	var b bytes.Buffer
+	if err := WriteTable(&b, fixture().Snapshot(t0, LevelWorkload, time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "workload-1h.txt", b.Bytes())
+}

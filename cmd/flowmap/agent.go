@@ -38,6 +38,9 @@ type agentFlags struct {
 	listen   string
 	keep     int
 	logLevel slog.Level
+	graph    graphFlags
+	// names names the ends of flows; nil names them by address alone.
+	names namer
 }
 
 func (a *agentFlags) register(fs *flag.FlagSet) {
@@ -52,6 +55,7 @@ func (a *agentFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&a.listen, "listen", "127.0.0.1:9477", "address to serve the HTTP API and /metrics on")
 	fs.IntVar(&a.keep, "keep", 12, "intervals of flows kept for /api/v1/flows?last=N")
 	fs.TextVar(&a.logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
+	a.graph.register(fs)
 }
 
 func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -91,6 +95,7 @@ func agent(ctx context.Context, a agentFlags, log *slog.Logger, each func(flows.
 	reg.MustRegister(flows.NewCollector(dp), collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv := server.New(a.keep, dp.Ready, reg, log.With("component", "server"))
+	pipe := newPipeline(a.graph, a.names, reg, log.With("component", "topology"))
 
 	g, ctx := errgroup.WithContext(ctx)
 	batches := make(chan flows.Batch, 1)
@@ -102,6 +107,7 @@ func agent(ctx context.Context, a agentFlags, log *slog.Logger, each func(flows.
 			select {
 			case b := <-batches:
 				srv.Add(b)
+				pipe.add(b)
 				if each != nil {
 					each(b)
 				}
@@ -110,7 +116,9 @@ func agent(ctx context.Context, a agentFlags, log *slog.Logger, each func(flows.
 			}
 		}
 	})
-	g.Go(func() error { return srv.Serve(ctx, a.listen) })
+	g.Go(func() error {
+		return serveHTTP(ctx, a.listen, pipe.handler(srv.Handler()), log.With("component", "server"))
+	})
 	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}

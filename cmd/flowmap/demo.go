@@ -1,24 +1,27 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
-	"sort"
+	"path/filepath"
 	"strconv"
-	"strings"
-	"text/tabwriter"
+	"sync/atomic"
 	"time"
 
+	"github.com/flowmap/flowmap/enrich"
 	"github.com/flowmap/flowmap/flows"
 	"github.com/flowmap/flowmap/internal/sandbox"
+	"github.com/flowmap/flowmap/topology"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -26,10 +29,28 @@ import (
 // leftovers are found and removed by the next.
 const demoPrefix = "fmdemo"
 
+// The shop: each host a network namespace on the sandbox's bridge, its
+// role, Kubernetes-like namespace, and the port it serves.
+var shop = []struct {
+	name, ns string
+	port     int
+	addr     string // a documentation address of its own, for the outside
+}{
+	{name: "client", ns: "shoppers"},
+	{name: "web", ns: "shop", port: 80},
+	{name: "catalog", ns: "shop", port: 8080},
+	{name: "orders", ns: "shop", port: 8081},
+	{name: "db", ns: "shop", port: 5432},
+	{name: "cache", ns: "shop", port: 11211},
+	{name: "payments", port: 443, addr: "203.0.113.10/24"},
+}
+
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("flowmap demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	duration := fs.Duration("duration", 15*time.Second, "how long to drive traffic")
+	duration := fs.Duration("duration", 30*time.Second, "how long to drive traffic")
+	outDir := fs.String("out", ".", "directory to write topology.json, topology.dot and topology.svg in")
+	shoppers := fs.Int("shoppers", 4, "shoppers browsing at once")
 	var a agentFlags
 	a.register(fs)
 	if err := fs.Parse(args); err != nil {
@@ -41,113 +62,279 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := sandbox.Cleanup(demoPrefix); err != nil {
 		return fmt.Errorf("demo: remove an earlier demo's leftovers: %w", err)
 	}
+	fmt.Fprintf(stdout, "building a shop of %d network namespaces on a bridge…\n", len(shop))
 	sb, err := sandbox.New(sandbox.Options{Prefix: demoPrefix, Subnet: netip.MustParsePrefix("198.51.100.0/25")})
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
-	defer sb.Close()
+	defer func() {
+		if err := sb.Close(); err != nil {
+			fmt.Fprintf(stderr, "demo: clean up: %v\n", err)
+			return
+		}
+		fmt.Fprintf(stdout, "removed the sandbox (%s and its namespaces)\n", sb.BridgeName())
+	}()
 	hosts := map[string]*sandbox.Host{}
-	for _, name := range []string{"web", "api", "db", "client"} {
-		if hosts[name], err = sb.AddHost(name); err != nil {
+	for _, h := range shop {
+		if h.addr != "" {
+			hosts[h.name], err = sb.AddHostAddr(h.name, netip.MustParsePrefix(h.addr))
+		} else {
+			hosts[h.name], err = sb.AddHost(h.name)
+		}
+		if err != nil {
 			return fmt.Errorf("demo: %w", err)
 		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 	}
-	if hosts["outside"], err = sb.AddHostAddr("outside", netip.MustParsePrefix("203.0.113.10/24")); err != nil {
-		return fmt.Errorf("demo: %w", err)
+	for _, h := range shop {
+		where := "namespace " + h.ns
+		if h.ns == "" {
+			where = "outside"
+		}
+		port := ""
+		if h.port != 0 {
+			port = ":" + strconv.Itoa(h.port)
+		}
+		fmt.Fprintf(stdout, "  %-9s %s%s (%s, netns %s)\n", h.name, hosts[h.name].Addr, port, where, hosts[h.name].NetNS)
 	}
-	fmt.Fprintf(stdout, "sandbox: bridge %s, hosts:", sb.BridgeName())
-	for _, h := range sb.Hosts() {
-		fmt.Fprintf(stdout, " %s=%s", h.Name, h.Addr)
-	}
-	fmt.Fprintln(stdout)
 
 	a.cfg.Interfaces = []string{demoPrefix + "-*"}
 	if a.cfg.Interval == 5*time.Second {
 		a.cfg.Interval = time.Second
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: a.logLevel}))
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var batches []flows.Batch
-	g, gctx := errgroup.WithContext(ctx)
+	a.names = demoNamer(sb, hosts)
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: max(a.logLevel, slog.LevelWarn)}))
+	actx, stopAgent := context.WithCancel(ctx)
+	defer stopAgent()
+	g, gctx := errgroup.WithContext(actx)
+	g.Go(func() error { return agent(gctx, a, log, nil) })
+	base := "http://" + a.listen
+	var snap *topology.Snapshot
 	g.Go(func() error {
-		return agent(gctx, a, log, func(b flows.Batch) { batches = append(batches, b) })
-	})
-	g.Go(func() error {
-		defer cancel()
+		defer stopAgent()
 		if err := waitReady(gctx, a.listen); err != nil {
 			return err
 		}
-		return driveTraffic(gctx, hosts, *duration, a.cfg.Interval, stdout)
+		fmt.Fprintf(stdout, "agent: watching %s-* on %s, serving %s/api/v1/graph\n", demoPrefix, a.listen, base)
+		if err := driveShop(gctx, hosts, *shoppers, *duration, base, stdout); err != nil {
+			return err
+		}
+		// Two more intervals, so that the last calls are drained.
+		select {
+		case <-gctx.Done():
+			return gctx.Err()
+		case <-time.After(2*a.cfg.Interval + 100*time.Millisecond):
+		}
+		var err error
+		snap, err = fetchGraph(gctx, base, topology.LevelWorkload, "5m")
+		return err
 	})
 	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
 		return fmt.Errorf("demo: %w", err)
 	}
-	names := map[netip.Addr]string{sb.Addr(): "host"}
-	for _, h := range sb.Hosts() {
-		names[h.Addr] = h.Name
+	if snap == nil {
+		return ctx.Err()
 	}
-	printFlows(stdout, flows.Merge(batches...), names)
+	fmt.Fprintln(stdout)
+	if err := topology.WriteTable(stdout, snap); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout)
+	for _, f := range []struct{ name, format string }{
+		{"topology.json", "json"}, {"topology.dot", "dot"}, {"topology.svg", "svg"},
+	} {
+		var b bytes.Buffer
+		if err := writeGraph(ctx, &b, snap, f.format); err != nil {
+			if errors.Is(err, topology.ErrNoGraphviz) {
+				fmt.Fprintf(stdout, "skipped %s: %v\n", f.name, err)
+				continue
+			}
+			return fmt.Errorf("demo: %w", err)
+		}
+		path := filepath.Join(*outDir, f.name)
+		if err := os.WriteFile(path, b.Bytes(), 0o644); err != nil {
+			return fmt.Errorf("demo: %w", err)
+		}
+		fmt.Fprintf(stdout, "wrote %s\n", path)
+	}
 	return nil
 }
 
-// driveTraffic runs a tiny shop: web calls api, api calls db, a client
-// calls web, and web calls a service "outside". Each call is one TCP
-// connection with a request and a response of known sizes.
-func driveTraffic(ctx context.Context, h map[string]*sandbox.Host, d, interval time.Duration, stdout io.Writer) error {
-	type service struct {
-		host *sandbox.Host
-		port int
-		resp int
+// demoNamer names the shop's hosts as an inventory would name containers:
+// by role, in their namespace, on this machine.
+func demoNamer(sb *sandbox.Net, hosts map[string]*sandbox.Host) namer {
+	machine, _ := os.Hostname()
+	eps := map[netip.Addr]enrich.Endpoint{
+		sb.Addr(): {Kind: enrich.KindHost, ID: machine, Name: machine, Node: machine, Addrs: []netip.Addr{sb.Addr()}},
 	}
-	services := map[string]service{
-		"web":     {h["web"], 8080, 20 << 10},
-		"api":     {h["api"], 9000, 4 << 10},
-		"db":      {h["db"], 5432, 64 << 10},
-		"outside": {h["outside"], 443, 2 << 10},
-	}
-	for name, s := range services {
-		ln, err := s.host.Listen("tcp4", net.JoinHostPort(s.host.Addr.String(), strconv.Itoa(s.port)))
-		if err != nil {
-			return fmt.Errorf("listen on %s: %w", name, err)
+	for _, s := range shop {
+		h := hosts[s.name]
+		ep := enrich.Endpoint{Kind: enrich.KindNetNS, ID: h.NetNS, Name: s.name, Namespace: s.ns, Workload: s.name,
+			WorkloadKind: "Deployment", Node: machine, NetNS: h.NetNSInode, Addrs: []netip.Addr{h.Addr}, Source: "demo"}
+		if s.ns == "" {
+			ep = enrich.Endpoint{Kind: enrich.KindExternal, ID: h.Addr.String(), Name: s.name + ".example",
+				Addrs: []netip.Addr{h.Addr}, Source: "demo"}
 		}
-		defer ln.Close()
-		go serve(ln, s.resp)
+		eps[h.Addr] = ep
 	}
-	calls := []struct {
-		from, to string
-		req      int
-	}{
-		{"client", "web", 512}, {"web", "api", 1 << 10}, {"api", "db", 256}, {"web", "outside", 300},
+	fallback := addrNamer()
+	return func(r *flows.Record) enrich.Flow {
+		f := fallback(r)
+		if ep, ok := eps[r.Src]; ok {
+			f.SrcEndpoint = ep
+		}
+		if ep, ok := eps[r.Dst]; ok {
+			f.DstEndpoint = ep
+		}
+		return f
 	}
-	deadline := time.Now().Add(d)
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	var n int
-	last := time.Now()
-	for time.Now().Before(deadline) {
-		for _, c := range calls {
-			s := services[c.to]
-			if err := call(ctx, h[c.from], net.JoinHostPort(s.host.Addr.String(), strconv.Itoa(s.port)), c.req); err != nil {
-				return fmt.Errorf("call %s → %s: %w", c.from, c.to, err)
+}
+
+// driveShop runs the shop for d: shoppers browse web, which asks catalog
+// (cache over UDP, db on a miss) and, for one page in three, orders (db,
+// and payments outside). It prints progress, with what the agent sees.
+func driveShop(ctx context.Context, h map[string]*sandbox.Host, shoppers int, d time.Duration, agentURL string, stdout io.Writer) error {
+	addr := func(name string) string {
+		for _, s := range shop {
+			if s.name == name {
+				return net.JoinHostPort(h[name].Addr.String(), strconv.Itoa(s.port))
 			}
-			n++
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-tick.C:
-		}
-		if time.Since(last) >= time.Second {
-			last = time.Now()
-			fmt.Fprintf(stdout, "driving traffic: %d calls, %.0fs left\n", n, time.Until(deadline).Seconds())
-		}
+		panic("no host " + name)
 	}
-	fmt.Fprintf(stdout, "driving traffic: %d calls, done\n", n)
-	// Two more intervals, so that the last calls are drained.
-	select {
-	case <-ctx.Done():
-	case <-time.After(2 * interval):
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, ctx := errgroup.WithContext(ctx)
+	listen := func(name string) (net.Listener, error) {
+		ln, err := h[name].Listen("tcp4", addr(name))
+		if err != nil {
+			return nil, fmt.Errorf("listen on %s: %w", name, err)
+		}
+		context.AfterFunc(ctx, func() { ln.Close() })
+		return ln, nil
+	}
+	// Plain TCP servers: a request in, a response of resp bytes out.
+	for name, resp := range map[string]int{"db": 8 << 10, "payments": 1500} {
+		ln, err := listen(name)
+		if err != nil {
+			return err
+		}
+		g.Go(func() error { serveTCP(ln, resp); return nil })
+	}
+	pc, err := h["cache"].ListenPacket("udp4", addr("cache"))
+	if err != nil {
+		return fmt.Errorf("listen on cache: %w", err)
+	}
+	context.AfterFunc(ctx, func() { pc.Close() })
+	g.Go(func() error { serveCache(pc); return nil })
+
+	client := func(from string, keepAlive bool) *http.Client {
+		return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+			DialContext: h[from].DialContext, DisableKeepAlives: !keepAlive, MaxIdleConnsPerHost: 4}}
+	}
+	webOut := client("web", true)
+	handlers := map[string]http.HandlerFunc{
+		"web": func(w http.ResponseWriter, r *http.Request) {
+			if err := get(r.Context(), webOut, "http://"+addr("catalog")+"/item"); err != nil {
+				http.Error(w, err.Error(), http.StatusBadGateway)
+				return
+			}
+			if rand.IntN(3) == 0 {
+				if err := get(r.Context(), webOut, "http://"+addr("orders")+"/order"); err != nil {
+					http.Error(w, err.Error(), http.StatusBadGateway)
+					return
+				}
+			}
+			w.Write(make([]byte, 16<<10))
+		},
+		"catalog": func(w http.ResponseWriter, r *http.Request) {
+			hit, err := cacheGet(r.Context(), h["catalog"], addr("cache"))
+			if err == nil && !hit {
+				err = callTCP(r.Context(), h["catalog"], addr("db"), 200)
+			}
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadGateway)
+				return
+			}
+			w.Write(make([]byte, 2<<10))
+		},
+		"orders": func(w http.ResponseWriter, r *http.Request) {
+			err := callTCP(r.Context(), h["orders"], addr("db"), 600)
+			if err == nil {
+				err = callTCP(r.Context(), h["orders"], addr("payments"), 700)
+			}
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadGateway)
+				return
+			}
+			w.Write(make([]byte, 512))
+		},
+	}
+	for name, hf := range handlers {
+		ln, err := listen(name)
+		if err != nil {
+			return err
+		}
+		srv := &http.Server{Handler: hf, ReadHeaderTimeout: 5 * time.Second}
+		context.AfterFunc(ctx, func() { srv.Close() })
+		g.Go(func() error { srv.Serve(ln); return nil })
+	}
+
+	var pages, failed atomic.Int64
+	deadline := time.Now().Add(d)
+	for range shoppers {
+		g.Go(func() error {
+			c := client("client", false)
+			for time.Now().Before(deadline) && ctx.Err() == nil {
+				if err := get(ctx, c, "http://"+addr("web")+"/product/"+strconv.Itoa(rand.IntN(1000))); err != nil {
+					if ctx.Err() != nil {
+						return nil
+					}
+					failed.Add(1)
+				} else {
+					pages.Add(1)
+				}
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Duration(20+rand.IntN(60)) * time.Millisecond):
+				}
+			}
+			return nil
+		})
+	}
+	g.Go(func() error {
+		defer cancel() // the servers, once the shoppers are done
+		tick := time.NewTicker(5 * time.Second)
+		defer tick.Stop()
+		start := time.Now()
+		for time.Now().Before(deadline) {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-tick.C:
+			case <-time.After(time.Until(deadline)):
+			}
+			seen := ""
+			if s, err := fetchGraph(ctx, agentURL, topology.LevelWorkload, "1m"); err == nil {
+				var b uint64
+				for _, e := range s.Edges {
+					b += e.Bytes()
+				}
+				seen = fmt.Sprintf(", agent sees %d nodes, %d edges, %s in the last minute", len(s.Nodes), len(s.Edges), topology.Rate(float64(b)/s.Window.Seconds()))
+			}
+			fmt.Fprintf(stdout, "[%2.0fs/%.0fs] %d pages served, %d failed%s\n",
+				time.Since(start).Seconds(), d.Seconds(), pages.Load(), failed.Load(), seen)
+		}
+		return nil
+	})
+	err = g.Wait()
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	if p := pages.Load(); p == 0 {
+		return fmt.Errorf("no page served (%d failed)", failed.Load())
 	}
 	return nil
 }
@@ -171,8 +358,27 @@ func waitReady(ctx context.Context, addr string) error {
 	}
 }
 
-// serve answers each connection's request with resp bytes.
-func serve(ln net.Listener, resp int) {
+func get(ctx context.Context, c *http.Client, url string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("get %s: %s", url, resp.Status)
+	}
+	return nil
+}
+
+// serveTCP answers each connection's request with resp bytes.
+func serveTCP(ln net.Listener, resp int) {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -180,6 +386,7 @@ func serve(ln net.Listener, resp int) {
 		}
 		go func() {
 			defer c.Close()
+			c.SetDeadline(time.Now().Add(5 * time.Second))
 			buf := make([]byte, 64<<10)
 			if _, err := c.Read(buf); err != nil {
 				return
@@ -189,12 +396,14 @@ func serve(ln net.Listener, resp int) {
 	}
 }
 
-func call(ctx context.Context, from *sandbox.Host, addr string, req int) error {
+// callTCP opens a connection, sends req bytes and reads the response.
+func callTCP(ctx context.Context, from *sandbox.Host, addr string, req int) error {
 	c, err := from.DialContext(ctx, "tcp4", addr)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
 	if _, err := c.Write(make([]byte, req)); err != nil {
 		return err
 	}
@@ -202,56 +411,37 @@ func call(ctx context.Context, from *sandbox.Host, addr string, req int) error {
 	return err
 }
 
-// printFlows prints a table of flows by endpoint pair and server port.
-func printFlows(w io.Writer, b flows.Batch, names map[netip.Addr]string) {
-	type edge struct {
-		src, dst string
-		proto    flows.Proto
-		port     uint16
-	}
-	type sums struct {
-		conns           int
-		fwd, back, pkts uint64
-		rtt             time.Duration
-		srcIf, dstIf    string
-	}
-	name := func(a netip.Addr) string {
-		if n, ok := names[a]; ok {
-			return n
+// serveCache answers a get with a value, three times in four, or a miss.
+func serveCache(pc net.PacketConn) {
+	buf := make([]byte, 1500)
+	for {
+		_, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return
 		}
-		return a.String()
-	}
-	agg := map[edge]*sums{}
-	for _, r := range b.Records {
-		if r.Proto != flows.ProtoTCP {
-			continue
+		resp := make([]byte, 1024)
+		if rand.IntN(4) == 0 {
+			resp = []byte("END\r\n")
 		}
-		e := edge{name(r.Src), name(r.Dst), r.Proto, r.DstPort}
-		s := agg[e]
-		if s == nil {
-			s = &sums{srcIf: r.SrcIf.Name, dstIf: r.DstIf.Name}
-			agg[e] = s
-		}
-		s.conns++
-		s.fwd += r.Forward.Bytes
-		s.back += r.Reverse.Bytes
-		s.pkts += r.Forward.Packets + r.Reverse.Packets
-		s.rtt = max(s.rtt, r.HandshakeRTT)
+		pc.WriteTo(resp, from)
 	}
-	edges := make([]edge, 0, len(agg))
-	for e := range agg {
-		edges = append(edges, e)
+}
+
+// cacheGet asks the cache for a key over UDP, and says whether it had it.
+func cacheGet(ctx context.Context, from *sandbox.Host, addr string) (bool, error) {
+	c, err := from.DialContext(ctx, "udp4", addr)
+	if err != nil {
+		return false, err
 	}
-	sort.Slice(edges, func(i, j int) bool {
-		return agg[edges[i]].fwd+agg[edges[i]].back > agg[edges[j]].fwd+agg[edges[j]].back
-	})
-	fmt.Fprintf(w, "\nflows seen by the datapath from %s to %s (TCP):\n\n", b.Start.Format(time.TimeOnly), b.End.Format(time.TimeOnly))
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "CLIENT\tSERVER\tPORT\tCONNS\tBYTES →\tBYTES ←\tPACKETS\tMAX RTT\tCOUNTED AT")
-	for _, e := range edges {
-		s := agg[e]
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", e.src, e.dst, e.port, s.conns, s.fwd, s.back, s.pkts,
-			s.rtt.Round(time.Microsecond), strings.Trim(s.srcIf+" → "+s.dstIf, " →"))
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write([]byte("get item:" + strconv.Itoa(rand.IntN(1000)) + "\r\n")); err != nil {
+		return false, err
 	}
-	tw.Flush()
+	buf := make([]byte, 1500)
+	n, err := c.Read(buf)
+	if err != nil {
+		return false, err
+	}
+	return n > 5, nil
 }

@@ -2,7 +2,8 @@
 // outside from the kernel.
 //
 //	flowmap agent [flags]   run the daemon: count flows, serve them over HTTP
-//	flowmap demo [flags]    run the agent on a sandbox with traffic, print the flows
+//	flowmap graph [flags]   fetch the graph from an agent, write it as JSON, DOT, SVG, PNG or a table
+//	flowmap demo [flags]    run the agent on a sandbox shop with traffic, write its graph
 package main
 
 import (
@@ -20,8 +21,10 @@ const usage = `usage: flowmap <command> [flags]
 
 commands:
   agent   count flows on this host's interfaces and serve them over HTTP
-  demo    build a sandbox of network namespaces, drive traffic, run the
-          datapath on it and print the flows it saw
+  graph   fetch the graph from a running agent and write it as JSON, DOT,
+          SVG, PNG or a table
+  demo    build a sandbox shop of network namespaces, drive traffic, run the
+          agent on it, write topology.json, .dot and .svg and print the edges
 
 Run 'flowmap <command> -h' for a command's flags.
 `
@@ -44,6 +47,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch args[0] {
 	case "agent":
 		return runAgent(ctx, args[1:], stdout, stderr)
+	case "graph":
+		return runGraph(ctx, args[1:], stdout, stderr)
 	case "demo":
 		return runDemo(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":

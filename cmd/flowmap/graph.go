@@ -1,0 +1,98 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/flowmap/flowmap/topology"
+)
+
+func runGraph(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("flowmap graph", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	agentURL := fs.String("agent", "http://127.0.0.1:9477", "base URL of the agent's HTTP API")
+	level := topology.DefaultLevel
+	fs.Var(&level, "level", "container, pod, workload, namespace or host")
+	window := fs.String("window", "5m", "1m, 5m, 15m or 1h")
+	format := fs.String("format", "table", "json, dot, svg, png or table (svg and png need Graphviz's dot)")
+	out := fs.String("o", "", "file to write (default: standard output)")
+	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for the agent")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("graph: unexpected argument %q", fs.Arg(0))
+	}
+	if _, err := topology.ParseWindow(*window); err != nil {
+		return fmt.Errorf("graph: %w", err)
+	}
+	switch *format {
+	case "json", "dot", "svg", "png", "table":
+	default:
+		return fmt.Errorf("graph: format %q: want json, dot, svg, png or table", *format)
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	s, err := fetchGraph(ctx, *agentURL, level, *window)
+	if err != nil {
+		return fmt.Errorf("graph: %w", err)
+	}
+	var b bytes.Buffer
+	if err := writeGraph(ctx, &b, s, *format); err != nil {
+		return fmt.Errorf("graph: %w", err)
+	}
+	if *out == "" {
+		_, err = stdout.Write(b.Bytes())
+		return err
+	}
+	if err := os.WriteFile(*out, b.Bytes(), 0o644); err != nil {
+		return fmt.Errorf("graph: %w", err)
+	}
+	return nil
+}
+
+// fetchGraph gets the agent's graph at level over window, as JSON.
+func fetchGraph(ctx context.Context, base string, level topology.Level, window string) (*topology.Snapshot, error) {
+	u := strings.TrimSuffix(base, "/") + "/api/v1/graph?" + url.Values{
+		"level": {string(level)}, "window": {window}, "format": {"json"}}.Encode()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, fmt.Errorf("fetch %s: %w", u, err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("fetch graph: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+		return nil, fmt.Errorf("fetch %s: %s: %s", u, resp.Status, bytes.TrimSpace(msg))
+	}
+	s, err := topology.ReadJSON(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("fetch %s: %w", u, err)
+	}
+	return s, nil
+}
+
+// writeGraph writes the snapshot in format: json, dot, svg, png or table.
+func writeGraph(ctx context.Context, w io.Writer, s *topology.Snapshot, format string) error {
+	switch format {
+	case "json":
+		return topology.WriteJSON(w, s)
+	case "table":
+		return topology.WriteTable(w, s)
+	case "dot", "svg", "png":
+		return topology.Render(ctx, w, s, format)
+	}
+	return errors.New("unknown format " + format)
+}
