@@ -40,7 +40,7 @@ struct flow_key {
 
 // point is where a flow direction was counted.
 enum point {
-	POINT_NONE = 0,    // only seen by the retransmit tracepoint
+	POINT_NONE = 0,
 	POINT_TC_INGRESS = 1,
 	POINT_TC_EGRESS = 2,
 	POINT_XDP = 3,
@@ -51,8 +51,8 @@ enum point {
 struct flow_stats {
 	__u64 bytes;      // wire bytes: Ethernet header to end of payload, no FCS
 	__u64 packets;    // wire packets: a GSO skb counts gso_segs
-	__u64 first_ns;   // bpf_ktime_get_coarse_ns (CLOCK_MONOTONIC_COARSE)
-	__u64 last_ns;
+	__u64 first_ns;   // bpf_ktime_get_ns (CLOCK_MONOTONIC)
+	__u64 last_ns;    // the later of first_ns and bpf_ktime_get_coarse_ns
 	__u64 syn_rtt_ns; // on the SYN-ACK direction: SYN to SYN-ACK
 	__u32 ifindex;    // the interface where it was counted
 	__u32 retransmits;
@@ -308,24 +308,26 @@ static __always_inline void *active_flows(void)
 	return active_buf ? (void *)&flows_b : (void *)&flows_a;
 }
 
-// account adds one frame (or GSO aggregate) to its flow in the active map,
-// seen at now (0 for the retransmit tracepoint, which counts no packet).
-// It looks up first and adds in place; it inserts only on a miss.
+// account adds one frame (or GSO aggregate), seen at the coarse time now,
+// to its flow in the active map. It looks up first and adds in place; it
+// inserts only on a miss.
 static __always_inline void account(struct flow_key *key, __u64 now, __u64 bytes,
-				    __u64 packets, __u16 flags, __u64 rtt, __u32 retrans,
-				    __u32 ifindex, __u8 point)
+				    __u64 packets, __u16 flags, __u64 rtt, __u32 ifindex,
+				    __u8 point)
 {
 	void *flows = active_flows();
 	struct flow_stats *s = bpf_map_lookup_elem(flows, key);
 	if (!s) {
+		// A new flow: the precise clock, once, so that which direction
+		// of a flow came first is known (see the drain's orientation).
+		__u64 first = bpf_ktime_get_ns();
 		struct flow_stats n = {
 			.bytes = bytes,
 			.packets = packets,
-			.first_ns = packets ? now : 0,
-			.last_ns = packets ? now : 0,
+			.first_ns = first,
+			.last_ns = first,
 			.syn_rtt_ns = rtt,
 			.ifindex = ifindex,
-			.retransmits = retrans,
 			.tcp_flags = flags,
 			.point = point,
 		};
@@ -341,20 +343,17 @@ static __always_inline void account(struct flow_key *key, __u64 now, __u64 bytes
 		}
 	}
 	// Each CPU has its own slot: the first packet on this CPU starts it.
-	// The retransmit tracepoint (packets 0) sees no interface or time.
-	if (packets) {
-		if (!s->point) {
-			s->ifindex = ifindex;
-			s->point = point;
-		}
-		if (!s->first_ns)
-			s->first_ns = now;
-		s->last_ns = now;
+	if (!s->first_ns) {
+		s->first_ns = s->last_ns = bpf_ktime_get_ns();
+		s->ifindex = ifindex;
+		s->point = point;
 	}
+	// The coarse clock lags the precise one by up to a tick.
+	if (now > s->last_ns)
+		s->last_ns = now;
 	s->bytes += bytes;
 	s->packets += packets;
 	s->tcp_flags |= flags;
-	s->retransmits += retrans;
 	if (rtt)
 		s->syn_rtt_ns = rtt;
 }
@@ -404,11 +403,12 @@ static __always_inline void count_frame(void *data, void *data_end, __u64 len, _
 		segs = 1;
 	// A GSO skb carries its headers once; on the wire each segment has them.
 	__u64 bytes = len + (__u64)(segs - 1) * p.hdr_len;
-	// First and last seen need no more than a tick's precision, and the
-	// coarse clock costs a fraction of the precise one (a clocksource read,
-	// slower still in a VM). The handshake RTT uses the precise clock.
-	account(&p.key, bpf_ktime_get_coarse_ns(), bytes, segs, p.tcp_flags, handshake(&p), 0,
-		ifindex, point);
+	// Last seen needs no more than a tick's precision, and the coarse clock
+	// costs a fraction of the precise one (a clocksource read, slower
+	// still in a VM). First seen and the handshake RTT, taken once a flow,
+	// use the precise clock.
+	account(&p.key, bpf_ktime_get_coarse_ns(), bytes, segs, p.tcp_flags, handshake(&p), ifindex,
+		point);
 }
 
 static __always_inline void count_skb(struct __sk_buff *skb, __u8 point)
@@ -474,7 +474,10 @@ struct sock {
 #define AF_INET6 10
 
 // tcp_retransmit counts a retransmitted segment of a local socket on the
-// flow direction it belongs to (local address and port to remote).
+// flow direction it belongs to (local address and port to remote), if that
+// direction was counted since the last drain (the segment itself is
+// counted after the tracepoint, so a retransmit on a flow idle for a whole
+// interval is missed).
 SEC("tp_btf/tcp_retransmit_skb")
 int BPF_PROG(tcp_retransmit, const struct sock *sk)
 {
@@ -494,6 +497,11 @@ int BPF_PROG(tcp_retransmit, const struct sock *sk)
 	}
 	key.sport = sk->__sk_common.skc_num;
 	key.dport = bpf_ntohs(sk->__sk_common.skc_dport);
-	account(&key, 0, 0, 0, 0, 0, 1, 0, POINT_NONE);
+	// Only flows a watched interface counted: the tracepoint sees every
+	// socket of the machine, and must not fill the map with flows that
+	// no watched interface carries.
+	struct flow_stats *s = bpf_map_lookup_elem(active_flows(), &key);
+	if (s)
+		s->retransmits++;
 	return 0;
 }

@@ -432,8 +432,9 @@ func sumFlows(t testing.TB, m *ebpf.Map) map[bpfFlowKey]flowSum {
 }
 
 // checkFlows compares a flow map with want field by field, and checks that
-// every direction was first and last seen between before and after
-// (CLOCK_MONOTONIC_COARSE).
+// every direction was first and last seen between before and after:
+// before read from CLOCK_MONOTONIC_COARSE, which lags, after from
+// CLOCK_MONOTONIC (first seen is precise, last seen coarse).
 func checkFlows(t testing.TB, m *ebpf.Map, want map[bpfFlowKey]flowSum, before, after uint64) {
 	t.Helper()
 	got := sumFlows(t, m)
@@ -717,7 +718,7 @@ func TestBPFParse(t *testing.T) {
 				resetObjects(t, objs)
 				before := coarseNow(t)
 				h.run(t, tc.frame)
-				after := coarseNow(t)
+				after := monoNow(t)
 				want := map[bpfFlowKey]flowSum{}
 				for k, w := range tc.want {
 					w.Point, w.Ifindex = h.point, lo
@@ -864,7 +865,7 @@ func TestBPFGSO(t *testing.T) {
 				ctx := progContext(t, "__sk_buff", map[string]uint32{"gso_segs": tc.segs, "gso_size": mss})
 				before := coarseNow(t)
 				h.runCtx(t, frame, ctx)
-				after := coarseNow(t)
+				after := monoNow(t)
 				segs := uint64(max(tc.segs, 1))
 				want := flowSum{
 					Bytes:    uint64(len(frame)) + (segs-1)*hdrLen,
@@ -913,7 +914,7 @@ func TestBPFEgressSkip(t *testing.T) {
 			ctx := progContext(t, "__sk_buff", map[string]uint32{"ingress_ifindex": tc.iif})
 			before := coarseNow(t)
 			tc.hook.runCtx(t, frame, ctx)
-			after := coarseNow(t)
+			after := monoNow(t)
 			want := map[bpfFlowKey]flowSum{}
 			if tc.counted {
 				want[key] = flowSum{Bytes: uint64(len(frame)), Packets: 1, TCPFlags: hdrACK, Point: tc.hook.point, Ifindex: lo}
@@ -948,7 +949,7 @@ func TestBPFDoubleBuffer(t *testing.T) {
 					t.Fatalf("set active_buf to %d: %v", s.active, err)
 				}
 				h.run(t, frame)
-				after := coarseNow(t)
+				after := monoNow(t)
 				for _, half := range []struct {
 					m *ebpf.Map
 					n uint64
@@ -1143,7 +1144,7 @@ func TestBPFMapFull(t *testing.T) {
 			h.runCtx(t, f, progContext(t, "__sk_buff", map[string]uint32{"gso_segs": segs, "gso_size": 500}))
 			fullPackets += segs
 			fullBytes += uint64(len(f)) + (segs-1)*uint64(len(f)-payload)
-			after := coarseNow(t)
+			after := monoNow(t)
 			checkFlows(t, objs.FlowsA, want, before, after)
 			checkCounters(t, objs, map[bpfCounter]uint64{
 				bpfCounterCOUNTER_MAP_FULL_PACKETS: fullPackets,
@@ -1157,7 +1158,7 @@ func TestBPFMapFull(t *testing.T) {
 			f, k = udp(20006, 70)
 			h.run(t, f)
 			checkFlows(t, objs.FlowsB, map[bpfFlowKey]flowSum{k: {Bytes: uint64(len(f)), Packets: 1, Point: h.point, Ifindex: lo}},
-				before, coarseNow(t))
+				before, monoNow(t))
 		})
 	}
 }
@@ -1228,7 +1229,7 @@ func TestBPFRepeated(t *testing.T) {
 					w.Point, w.Ifindex = h.point, lo
 					want[tc.keys[i]] = w
 				}
-				checkFlows(t, objs.FlowsA, want, before, coarseNow(t))
+				checkFlows(t, objs.FlowsA, want, before, monoNow(t))
 			})
 		}
 	}
@@ -1255,7 +1256,9 @@ func TestBPFRepeated(t *testing.T) {
 				frames := [][]byte{tcp(cli, srv, 42000, 80, hdrSYN, 0), tcp(cli, srv, 42000, 80, hdrPSH|hdrACK, 500),
 					tcp(cli, srv, 42000, 80, hdrACK, 0)}
 				onCPU := []int{allowed[0], allowed[1], allowed[0]}
-				starts := make([]uint64, len(frames))
+				// starts[i] (coarse) is before frame i was counted, ends[i]
+				// (precise) after.
+				starts, ends := make([]uint64, len(frames)), make([]uint64, len(frames))
 				errc := make(chan error, 1)
 				go func() {
 					// The thread keeps its affinity: locked and never unlocked,
@@ -1280,6 +1283,10 @@ func TestBPFRepeated(t *testing.T) {
 							if ret != h.ret {
 								return fmt.Errorf("%s on CPU %d returned %#x, want %#x", h.name, onCPU[i], ret, h.ret)
 							}
+							if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+								return fmt.Errorf("read CLOCK_MONOTONIC: %w", err)
+							}
+							ends[i] = uint64(ts.Nano())
 						}
 						return nil
 					}()
@@ -1287,14 +1294,11 @@ func TestBPFRepeated(t *testing.T) {
 				if err := <-errc; err != nil {
 					t.Fatal(err)
 				}
-				end := coarseNow(t)
 				var percpu []bpfFlowStats
 				if err := objs.FlowsA.Lookup(&up, &percpu); err != nil {
 					t.Fatalf("flows_a[%s]: %v", keyString(up), err)
 				}
 				flags := []uint16{hdrSYN, hdrPSH | hdrACK, hdrACK}
-				// ends[i] is a time after frame i was counted.
-				ends := append(starts[1:len(starts):len(starts)], end)
 				// The first CPU counts frames 0 and 2, the second frame 1.
 				wantSlot := func(cpu int, idx ...int) {
 					t.Helper()

@@ -538,7 +538,7 @@ func TestMapFull(t *testing.T) {
 	}
 	s := c.dp.Stats()
 	if counted != maxFlows {
-		t.Errorf("counted %d packets in flows, want %d (the map's size)", counted, maxFlows)
+		t.Errorf("counted %d packets in flows, want %d (the map's size); flows: %+v", counted, maxFlows, b0.Records)
 	}
 	if counted+s.MapFullPackets != sockets {
 		t.Errorf("counted %d + map-full %d packets, want %d sent", counted, s.MapFullPackets, sockets)
