@@ -2,6 +2,7 @@ package enrich
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -70,7 +71,7 @@ func hostRecord() (record, error) {
 	if err != nil {
 		return record{}, fmt.Errorf("get host name: %w", err)
 	}
-	list, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	list, err := dump(func() ([]netlink.Addr, error) { return netlink.AddrList(nil, netlink.FAMILY_ALL) })
 	if err != nil {
 		return record{}, fmt.Errorf("list addresses: %w", err)
 	}
@@ -94,4 +95,19 @@ func ownAddrs(list []netlink.Addr) []netip.Addr {
 		out = append(out, ip)
 	}
 	return out
+}
+
+// dump retries a netlink dump that the kernel interrupted because what it
+// lists changed meanwhile (links and addresses come and go with
+// containers): the partial answer may miss what we look for.
+func dump[T any](f func() ([]T, error)) ([]T, error) {
+	var list []T
+	var err error
+	for range 5 {
+		list, err = f()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return list, err
+		}
+	}
+	return list, err
 }

@@ -92,8 +92,8 @@ func TestResolve(t *testing.T) {
 				NetNS: 4026532001, PIDNS: 4026532002, Addrs: addrs("198.51.100.2", "2001:db8::2"), Source: "docker"},
 		},
 		{
-			name: "container by peer namespace",
-			addr: "2001:db8::2",
+			name:  "container by peer namespace",
+			addr:  "2001:db8::2",
 			iface: veth(3),
 			want: Endpoint{Kind: KindContainer, ID: cidA, Name: "web", Image: "busybox", Labels: map[string]string{"app": "web"},
 				NetNS: 4026532001, PIDNS: 4026532002, Addrs: addrs("198.51.100.2", "2001:db8::2"), Source: "docker"},

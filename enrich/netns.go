@@ -108,7 +108,7 @@ type netnsInfo struct {
 // scan looks at every network namespace that a host-side veth leads to
 // and publishes one record for each.
 func (n *netnsSource) scan(s *sourceState) error {
-	links, err := netlink.LinkList()
+	links, err := dump(netlink.LinkList)
 	if err != nil {
 		return fmt.Errorf("list links: %w", err)
 	}
@@ -280,7 +280,7 @@ func nsLook(path string) (int, []netip.Addr, error) {
 		return nsid, nil, fmt.Errorf("open netlink in %s: %w", path, err)
 	}
 	defer h.Close()
-	list, err := h.AddrList(nil, netlink.FAMILY_ALL)
+	list, err := dump(func() ([]netlink.Addr, error) { return h.AddrList(nil, netlink.FAMILY_ALL) })
 	if err != nil {
 		return nsid, nil, fmt.Errorf("list addresses in %s: %w", path, err)
 	}

@@ -1,0 +1,252 @@
+package enrich_test
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flowmap/flowmap/enrich"
+	"github.com/flowmap/flowmap/flows"
+	"github.com/flowmap/flowmap/internal/dockertest"
+	"github.com/flowmap/flowmap/internal/testenv"
+)
+
+// container is a container the test started, as the engine reports it.
+type container struct {
+	name   string
+	id     string
+	addr   netip.Addr
+	labels map[string]string
+}
+
+func runContainer(t *testing.T, d *dockertest.Daemon, image, name string, labels map[string]string, cmd ...string) container {
+	t.Helper()
+	ctx := context.Background()
+	args := []string{"run", "-d", "--name", name}
+	for k, v := range labels {
+		args = append(args, "--label", k+"="+v)
+	}
+	args = append(append(args, image), cmd...)
+	id, err := d.Docker(ctx, args...)
+	if err != nil {
+		t.Fatalf("start container %s: %v", name, err)
+	}
+	out, err := d.Docker(ctx, "inspect", "--format", "{{json .NetworkSettings.Networks}}", id)
+	if err != nil {
+		t.Fatalf("inspect %s: %v", name, err)
+	}
+	var nets map[string]struct{ IPAddress string }
+	if err := json.Unmarshal([]byte(out), &nets); err != nil {
+		t.Fatalf("inspect %s: %v", name, err)
+	}
+	c := container{name: name, id: id, labels: labels}
+	for _, n := range nets {
+		if a, err := netip.ParseAddr(n.IPAddress); err == nil {
+			c.addr = a
+		}
+	}
+	if !c.addr.IsValid() || !d.Subnet.Contains(c.addr) {
+		t.Fatalf("container %s has address %v, want one in %v", name, c.addr, d.Subnet)
+	}
+	return c
+}
+
+// checkNamed fails t unless ep is c as the Docker API names it: by name,
+// image and labels.
+func checkNamed(t *testing.T, what string, ep enrich.Endpoint, c container, image string) {
+	t.Helper()
+	if ep.Kind != enrich.KindContainer || ep.ID != c.id || ep.Name != c.name || ep.Image != image {
+		t.Errorf("%s = %s %q name %q image %q, want container %q name %q image %q", what, ep.Kind, ep.ID, ep.Name, ep.Image, c.id, c.name, image)
+	}
+	for k, v := range c.labels {
+		if ep.Labels[k] != v {
+			t.Errorf("%s label %q = %q, want %q (labels %v)", what, k, ep.Labels[k], v, ep.Labels)
+		}
+	}
+	if ep.NetNS == 0 {
+		t.Errorf("%s has no network namespace", what)
+	}
+}
+
+// checkByID fails t unless ep is c as the netns source names it without
+// the engine: kind, full id and the short id as name.
+func checkByID(t *testing.T, what string, ep enrich.Endpoint, c container) {
+	t.Helper()
+	if ep.Kind != enrich.KindContainer || ep.ID != c.id || ep.Name != c.id[:12] || ep.Source != "netns" {
+		t.Errorf("%s = %s %q name %q from %q, want container %q name %q from netns", what, ep.Kind, ep.ID, ep.Name, ep.Source, c.id, c.id[:12])
+	}
+}
+
+// waitFlow reads batches until one has a flow from src to dst:port.
+func waitFlow(t *testing.T, batches <-chan flows.Batch, src, dst netip.Addr, port uint16, limit time.Duration) flows.Record {
+	t.Helper()
+	deadline := time.After(limit)
+	for {
+		select {
+		case b := <-batches:
+			for _, r := range b.Records {
+				if r.Src == src && r.Dst == dst && r.DstPort == port && r.Proto == flows.ProtoTCP {
+					return r
+				}
+			}
+		case <-deadline:
+			t.Fatalf("no flow %v → %v:%d within %v", src, dst, port, limit)
+		}
+	}
+}
+
+// waitNamed resolves addr until check accepts it, and returns how long it
+// took.
+func waitNamed(t *testing.T, inv *enrich.Inventory, addr netip.Addr, limit time.Duration, ok func(enrich.Endpoint) bool) (enrich.Endpoint, time.Duration) {
+	t.Helper()
+	start := time.Now()
+	for {
+		ep := inv.Resolve(addr, flows.Interface{})
+		if ok(ep) {
+			return ep, time.Since(start)
+		}
+		if time.Since(start) > limit {
+			return ep, time.Since(start)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(b)))
+	return len(b), nil
+}
+
+// TestDocker runs a real dockerd with two busybox containers, one fetching
+// from the other, watches their bridge with the real datapath, and checks
+// that the inventory names both ends of the flow by container name, image
+// and labels, and a container started while it runs within 2s; then, with
+// the engine's socket gone, that the netns source still names them.
+func TestDocker(t *testing.T) {
+	testenv.MustBeRoot(t)
+	testenv.MustHaveBTF(t)
+	testenv.MustHaveCommand(t, "busybox")
+	d := dockertest.StartT(t, dockertest.Options{Prefix: "fme"})
+	ctx := context.Background()
+	image, err := d.ImportBusybox(ctx, "fme-busybox:1")
+	if err != nil {
+		t.Fatalf("import busybox: %v", err)
+	}
+	srv := runContainer(t, d, image, "fme-srv", map[string]string{"tier": "db", "flowmap.test": "server"},
+		"httpd", "-f", "-p", "8080", "-h", "/www")
+	cli := runContainer(t, d, image, "fme-cli", map[string]string{"tier": "web"},
+		"sh", "-c", "while true; do wget -q -O /dev/null http://"+srv.addr.String()+":8080/; sleep 0.2; done")
+
+	dp, err := flows.New(flows.Config{Interfaces: []string{d.Bridge}, Interval: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatalf("flows.New: %v", err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	dctx, stop := context.WithCancel(ctx)
+	batches := make(chan flows.Batch, 16)
+	dpDone := make(chan error, 1)
+	go func() { dpDone <- dp.Run(dctx, batches) }()
+	t.Cleanup(func() { stop(); <-dpDone })
+
+	t.Run("engine", func(t *testing.T) {
+		inv := startInventory(t, enrich.Config{NetNS: true, DockerSocket: d.AgentSocket, Logger: testLogger(t)})
+		r := waitFlow(t, batches, cli.addr, srv.addr, 8080, 20*time.Second)
+		f := inv.Enrich(r)
+		checkNamed(t, "source", f.SrcEndpoint, cli, image)
+		checkNamed(t, "destination", f.DstEndpoint, srv, image)
+		if r.SrcIf.Index == 0 || r.SrcIf.PeerNetNSID < 0 {
+			t.Errorf("flow counted with SrcIf %+v, want the client's veth", r.SrcIf)
+		}
+
+		start := time.Now()
+		late := runContainer(t, d, image, "fme-late", map[string]string{"late": "yes"}, "sleep", "3600")
+		ep, _ := waitNamed(t, inv, late.addr, 2*time.Second, func(ep enrich.Endpoint) bool { return ep.Name == late.name })
+		// From before docker run: the engine's own start time included.
+		took := time.Since(start)
+		t.Logf("container started while running named %v after docker run began", took)
+		if took > 2*time.Second {
+			t.Errorf("container started while running named after %v, want within 2s", took)
+		}
+		checkNamed(t, "late container", ep, late, image)
+		start = time.Now()
+		if _, err := d.Docker(ctx, "rm", "-f", late.name); err != nil {
+			t.Fatalf("remove late container: %v", err)
+		}
+		waitNamed(t, inv, late.addr, 2*time.Second, func(ep enrich.Endpoint) bool { return ep.Kind == enrich.KindExternal })
+		if ep := inv.Resolve(late.addr, flows.Interface{}); ep.Kind != enrich.KindExternal {
+			t.Errorf("removed container's address resolves to %s %q, want external", ep.Kind, ep.Name)
+		} else {
+			t.Logf("removed container forgotten %v after docker rm began", time.Since(start))
+		}
+		for _, st := range inv.Status() {
+			if !st.Up || st.LastSync.IsZero() {
+				t.Errorf("source %s: up %v, last sync %v, want up and synced (%s)", st.Name, st.Up, st.LastSync, st.LastError)
+			}
+		}
+	})
+
+	t.Run("socket gone", func(t *testing.T) {
+		if err := os.Remove(d.AgentSocket); err != nil {
+			t.Fatalf("remove the agent's socket: %v", err)
+		}
+		inv := startInventory(t, enrich.Config{NetNS: true, DockerSocket: d.AgentSocket, Logger: testLogger(t)})
+		r := waitFlow(t, batches, cli.addr, srv.addr, 8080, 20*time.Second)
+		// The netns source syncs at start; give the merge a moment.
+		waitNamed(t, inv, srv.addr, 2*time.Second, func(ep enrich.Endpoint) bool { return ep.Kind == enrich.KindContainer })
+		f := inv.Enrich(r)
+		checkByID(t, "source", f.SrcEndpoint, cli)
+		checkByID(t, "destination", f.DstEndpoint, srv)
+
+		start := time.Now()
+		late := runContainer(t, d, image, "fme-late2", nil, "sleep", "3600")
+		ep, _ := waitNamed(t, inv, late.addr, 2*time.Second, func(ep enrich.Endpoint) bool { return ep.ID == late.id })
+		took := time.Since(start)
+		t.Logf("without the engine, container started while running named %v after docker run began", took)
+		if took > 2*time.Second {
+			t.Errorf("container started while running named after %v, want within 2s", took)
+		}
+		checkByID(t, "late container", ep, late)
+
+		var docker enrich.SourceStatus
+		for _, st := range inv.Status() {
+			if st.Name == "docker" {
+				docker = st
+			}
+		}
+		if docker.Up || !strings.Contains(docker.LastError, "agent.sock") {
+			t.Errorf("docker source: up %v, last error %q, want down with the socket in the error", docker.Up, docker.LastError)
+		}
+	})
+}
+
+// startInventory runs an inventory of cfg until the test ends.
+func startInventory(t *testing.T, cfg enrich.Config) *enrich.Inventory {
+	t.Helper()
+	inv, err := enrich.New(cfg)
+	if err != nil {
+		t.Fatalf("enrich.New: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- inv.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Errorf("inventory did not stop within 10s")
+		}
+	})
+	return inv
+}
