@@ -27,6 +27,10 @@ const (
 // svg and png are rendered by Graphviz's dot command: 501 without it.
 func Handler(g *Graph, log *slog.Logger) http.Handler {
 	h := &handler{g: g, log: log, now: time.Now}
+	return h.routes()
+}
+
+func (h *handler) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/graph", h.graph)
 	mux.HandleFunc("GET /api/v1/nodegraph/nodes", h.nodegraph(func(ng *NodeGraph) any { return ng.Nodes }))

@@ -135,7 +135,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return fmt.Errorf("demo: %w", err)
 	}
 	if snap == nil {
-		return ctx.Err()
+		return errors.New("demo: interrupted")
 	}
 	fmt.Fprintln(stdout)
 	if err := topology.WriteTable(stdout, snap); err != nil {
@@ -159,6 +159,9 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		fmt.Fprintf(stdout, "wrote %s\n", path)
 	}
+	fmt.Fprintf(stdout, "\nOpen topology.svg in a browser. On a host of your own, run `flowmap agent` and\n"+
+		"`flowmap graph --level workload --window 5m --format svg -o graph.svg` (deploy/ has a Grafana\n"+
+		"dashboard and a Prometheus config).\n")
 	return nil
 }
 

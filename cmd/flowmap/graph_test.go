@@ -243,7 +243,7 @@ func checkRules(t *testing.T, prom string) {
 				Groups []struct {
 					Rules []struct {
 						Name, Health, LastError string
-						LastEvaluation        time.Time
+						LastEvaluation          time.Time
 					}
 				}
 			}
