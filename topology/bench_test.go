@@ -135,3 +135,26 @@ func BenchmarkMetrics(b *testing.B) {
 	}
 	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "records/s")
 }
+
+// BenchmarkMemoryBusyHour folds 10,000 edges that each carry a flow in
+// every 5s interval of an hour, the worst case for the buckets (an entry
+// per edge in each of 6+14+9 buckets), and reports the heap per edge.
+func BenchmarkMemoryBusyHour(b *testing.B) {
+	const edges = 10000
+	fs := benchFlows(edges)
+	var perEdge float64
+	for b.Loop() {
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		g := New(Options{})
+		for i := range 720 {
+			g.Add(t0.Add(time.Duration(i)*5*time.Second), fs...)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		perEdge = float64(after.HeapAlloc-before.HeapAlloc) / edges
+		runtime.KeepAlive(g)
+	}
+	b.ReportMetric(perEdge, "B/edge")
+}
