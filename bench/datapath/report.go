@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 )
@@ -47,6 +48,7 @@ func (r *results) add(l load, m mode, round int, s sample) { r.samples[l][m][rou
 // summary is a load and mode over all rounds: medians.
 type summary struct {
 	throughput, ratio   float64
+	minRatio, maxRatio  float64 // over the rounds: how noisy the ratio is
 	ingressNs, egressNs float64
 	foreign             int
 }
@@ -71,21 +73,25 @@ func (r *results) summarize(l load, m mode) summary {
 		}
 	}
 	s.throughput, s.ratio = median(thr), median(ratio)
+	if len(ratio) > 0 {
+		s.minRatio, s.maxRatio = slices.Min(ratio), slices.Max(ratio)
+	}
 	s.ingressNs, s.egressNs = median(in), median(eg)
 	return s
 }
 
 func (r *results) print(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "load\tmode\tmedian throughput\tratio vs none\tingress ns/run\tegress ns/run\tfloor ingress\tfloor egress\ttarget met\t")
+	fmt.Fprintln(tw, "load\tmode\tmedian throughput\tratio vs none\tratio range\tingress ns/run\tegress ns/run\tfloor ingress\tfloor egress\ttarget met\t")
 	foreign := 0
 	for _, l := range loads {
 		for _, m := range modes {
 			s := r.summarize(l, m)
 			foreign += s.foreign
-			ratio, in, eg, fin, feg, target := "-", "-", "-", "-", "-", "-"
+			ratio, spread, in, eg, fin, feg, target := "-", "-", "-", "-", "-", "-", "-"
 			if m.hook != hookNone {
 				ratio = fmt.Sprintf("%.3f", s.ratio)
+				spread = fmt.Sprintf("%.2f-%.2f", s.minRatio, s.maxRatio)
 				in, eg = fmt.Sprintf("%.1f", s.ingressNs), fmt.Sprintf("%.1f", s.egressNs)
 			}
 			if m.agent {
@@ -93,14 +99,15 @@ func (r *results) print(w io.Writer) {
 				fin, feg = fmt.Sprintf("%.1f", f.ingressNs), fmt.Sprintf("%.1f", f.egressNs)
 				target = verdict(l, s, f)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%.3f %s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
-				l, m, s.throughput, l.unit(), ratio, in, eg, fin, feg, target)
+			fmt.Fprintf(tw, "%s\t%s\t%.3f %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
+				l, m, s.throughput, l.unit(), ratio, spread, in, eg, fin, feg, target)
 		}
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "\nTargets: ratio >= %.2f on both loads; on %s, each program at most its floor + %.0f ns/run.\n",
 		minRatio, loadUDP64, maxOverFloor)
 	fmt.Fprintln(w, "Throughput is what the server received: TCP payload, or UDP datagrams of", udpPayload, "payload bytes.")
+	fmt.Fprintln(w, "A floor's ratio, and the range over rounds, show how much the machine's other work moved the numbers.")
 	fmt.Fprintln(w, "ns/run are medians over rounds of the kernel's run-time statistics, which add their own clock")
 	fmt.Fprintln(w, "reads to every run, the floor's too. Native XDP on a veth turns off TSO (GSO) on its peer, so")
 	fmt.Fprintln(w, "the TCP stream is cut into MTU segments before the programs see it: compare with its floor.")
