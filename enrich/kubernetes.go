@@ -6,14 +6,17 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/informers"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
@@ -63,14 +66,50 @@ func (k *kubeSource) run(ctx context.Context, s *sourceState) error {
 	if err != nil {
 		return fmt.Errorf("make kubernetes client: %w", err)
 	}
-	factory := informers.NewSharedInformerFactory(client, 0)
+	core, apps, batch, disc := client.CoreV1(), client.AppsV1(), client.BatchV1(), client.DiscoveryV1()
 	inf := kubeInformers{
-		pods:        factory.Core().V1().Pods().Informer(),
-		services:    factory.Core().V1().Services().Informer(),
-		slices:      factory.Discovery().V1().EndpointSlices().Informer(),
-		nodes:       factory.Core().V1().Nodes().Informer(),
-		replicaSets: factory.Apps().V1().ReplicaSets().Informer(),
-		jobs:        factory.Batch().V1().Jobs().Informer(),
+		pods: newInformer(s, "pods", &corev1.Pod{},
+			func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				return core.Pods("").List(ctx, o)
+			},
+			func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				return core.Pods("").Watch(ctx, o)
+			}),
+		services: newInformer(s, "services", &corev1.Service{},
+			func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				return core.Services("").List(ctx, o)
+			},
+			func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				return core.Services("").Watch(ctx, o)
+			}),
+		slices: newInformer(s, "endpointslices", &discoveryv1.EndpointSlice{},
+			func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				return disc.EndpointSlices("").List(ctx, o)
+			},
+			func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				return disc.EndpointSlices("").Watch(ctx, o)
+			}),
+		nodes: newInformer(s, "nodes", &corev1.Node{},
+			func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				return core.Nodes().List(ctx, o)
+			},
+			func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				return core.Nodes().Watch(ctx, o)
+			}),
+		replicaSets: newInformer(s, "replicasets", &appsv1.ReplicaSet{},
+			func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				return apps.ReplicaSets("").List(ctx, o)
+			},
+			func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				return apps.ReplicaSets("").Watch(ctx, o)
+			}),
+		jobs: newInformer(s, "jobs", &batchv1.Job{},
+			func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				return batch.Jobs("").List(ctx, o)
+			},
+			func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				return batch.Jobs("").Watch(ctx, o)
+			}),
 	}
 	changed := make(chan struct{}, 1)
 	notify := func() {
@@ -85,6 +124,8 @@ func (k *kubeSource) run(ctx context.Context, s *sourceState) error {
 		DeleteFunc: func(any) { notify() },
 	}
 	for _, i := range []cache.SharedIndexInformer{inf.pods, inf.services, inf.slices, inf.nodes, inf.replicaSets, inf.jobs} {
+		// Lists and watches that fail (the API server is unreachable,
+		// refuses us) end the reflector's ListAndWatch: reported here.
 		// What we do not read need not stay in memory.
 		if err := i.SetTransform(stripManagedFields); err != nil {
 			return fmt.Errorf("set informer transform: %w", err)
@@ -100,15 +141,18 @@ func (k *kubeSource) run(ctx context.Context, s *sourceState) error {
 			return fmt.Errorf("add informer handler: %w", err)
 		}
 	}
-	factory.StartWithContext(ctx)
-	defer factory.Shutdown()
-	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
-		if !ok && ctx.Err() == nil {
-			return fmt.Errorf("sync kubernetes informer %v", typ)
-		}
+	all := []cache.SharedIndexInformer{inf.pods, inf.services, inf.slices, inf.nodes, inf.replicaSets, inf.jobs}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for _, i := range all {
+		wg.Go(func() { i.RunWithContext(ctx) })
 	}
-	if ctx.Err() != nil {
-		return nil
+	synced := make([]cache.InformerSynced, len(all))
+	for n, i := range all {
+		synced[n] = i.HasSynced
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		return nil // ctx is done
 	}
 	host, _ := os.Hostname()
 	for {
@@ -125,6 +169,35 @@ func (k *kubeSource) run(ctx context.Context, s *sourceState) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// newInformer makes an informer of what's objects, whose watches report
+// the errors the API server sends in them (a garbled event, a server
+// error): client-go logs those and watches again, but does not hand them
+// to the watch error handler.
+func newInformer(s *sourceState, what string, obj runtime.Object,
+	list cache.ListWithContextFunc, watchFn cache.WatchFuncWithContext) cache.SharedIndexInformer {
+	lw := &cache.ListWatch{
+		ListWithContextFunc: list,
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			w, err := watchFn(ctx, o)
+			if err != nil {
+				return nil, err
+			}
+			return watch.Filter(w, func(ev watch.Event) (watch.Event, bool) {
+				if ev.Type == watch.Error {
+					err := apierrors.FromObject(ev.Object)
+					// An expired resource version is routine: the
+					// reflector lists again.
+					if !apierrors.IsResourceExpired(err) && !apierrors.IsGone(err) {
+						s.bad("watch", fmt.Errorf("kubernetes watch %s: %w", what, err))
+					}
+				}
+				return ev, true
+			}), nil
+		},
+	}
+	return cache.NewSharedIndexInformer(lw, obj, 0, cache.Indexers{})
 }
 
 func stripManagedFields(obj any) (any, error) {
