@@ -117,7 +117,7 @@ func (c *cloudSource) run(ctx context.Context, s *sourceState) error {
 			<-ctx.Done()
 			return nil
 		case errors.Is(err, errBadAnswer):
-			s.bad("decode", err)
+			s.bad("bad_answer", err)
 		default:
 			s.setDetail("not on a cloud: " + err.Error())
 			s.publish(nil)
