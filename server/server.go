@@ -39,8 +39,15 @@ type Server struct {
 	gatherer prometheus.Gatherer
 	log      *slog.Logger
 
+	extra []route // mounted beside the server's own paths
+
 	mu      sync.Mutex
 	batches []flows.Batch // oldest first, at most keep
+}
+
+type route struct {
+	pattern string
+	h       http.Handler
 }
 
 // New returns a server that keeps the last keep batches. ready tells
@@ -71,9 +78,19 @@ func (s *Server) Flows(n int) FlowsDoc {
 	return FlowsDoc{Version: FlowsVersion, Start: m.Start, End: m.End, Intervals: len(bs), Flows: m.Records}
 }
 
+// Handle mounts h on pattern (as http.ServeMux reads it) beside the
+// server's own paths: the exports of later stages. Call it before Handler
+// or Serve.
+func (s *Server) Handle(pattern string, h http.Handler) {
+	s.extra = append(s.extra, route{pattern, h})
+}
+
 // Handler returns the HTTP handler of every endpoint.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
+	for _, r := range s.extra {
+		mux.Handle(r.pattern, r.h)
+	}
 	mux.HandleFunc("GET /api/v1/flows", s.serveFlows)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")

@@ -96,6 +96,7 @@ func agent(ctx context.Context, a agentFlags, log *slog.Logger, each func(flows.
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv := server.New(a.keep, dp.Ready, reg, log.With("component", "server"))
 	pipe := newPipeline(a.graph, a.names, reg, log.With("component", "topology"))
+	pipe.mount(srv)
 
 	g, ctx := errgroup.WithContext(ctx)
 	batches := make(chan flows.Batch, 1)
@@ -117,7 +118,7 @@ func agent(ctx context.Context, a agentFlags, log *slog.Logger, each func(flows.
 		}
 	})
 	g.Go(func() error {
-		return serveHTTP(ctx, a.listen, pipe.handler(srv.Handler()), log.With("component", "server"))
+		return srv.Serve(ctx, a.listen)
 	})
 	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
 		return err

@@ -343,4 +343,3 @@ func hasClsact(t *testing.T, ifindex int) bool {
 	}
 	return false
 }
-

@@ -1,19 +1,15 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"flag"
-	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
-	"time"
 
 	"github.com/flowmap/flowmap/enrich"
 	"github.com/flowmap/flowmap/flows"
+	"github.com/flowmap/flowmap/server"
 	"github.com/flowmap/flowmap/topology"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -73,14 +69,11 @@ func (p *pipeline) add(b flows.Batch) {
 	p.log.Debug("folded", "flows", len(fs))
 }
 
-// handler serves the graph's exports, and api's paths beside them.
-func (p *pipeline) handler(api http.Handler) http.Handler {
-	mux := http.NewServeMux()
+// mount serves the graph's exports from srv.
+func (p *pipeline) mount(srv *server.Server) {
 	g := topology.Handler(p.graph, p.log)
-	mux.Handle("/api/v1/graph", g)
-	mux.Handle("/api/v1/nodegraph/", g)
-	mux.Handle("/", api)
-	return mux
+	srv.Handle("/api/v1/graph", g)
+	srv.Handle("/api/v1/nodegraph/", g)
 }
 
 // addrNamer names each end by its address alone until the inventory does:
@@ -106,27 +99,4 @@ func addrNamer() namer {
 	return func(r *flows.Record) enrich.Flow {
 		return enrich.Flow{Record: *r, SrcEndpoint: end(r.Src), DstEndpoint: end(r.Dst)}
 	}
-}
-
-// serveHTTP serves h on addr until ctx is done.
-func serveHTTP(ctx context.Context, addr string, h http.Handler, log *slog.Logger) error {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", addr, err)
-	}
-	log.Info("listening", "addr", ln.Addr().String())
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("serve %s: %w", addr, err)
-	case <-ctx.Done():
-	}
-	shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(shut); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("shut down %s: %w", addr, err)
-	}
-	return nil
 }
