@@ -83,7 +83,8 @@ type SourceStatus struct {
 	LastSync time.Time `json:"last_sync,omitzero"`
 	// Endpoints is how many endpoints the source knows.
 	Endpoints int `json:"endpoints"`
-	// LastError is the source's last error, "" when it has none.
+	// LastError is the source's last error or bad input, "" if it had
+	// none; it stays after the source recovers, with Up telling.
 	LastError string `json:"last_error,omitempty"`
 	// Detail says more, as "not on a cloud".
 	Detail string `json:"detail,omitempty"`
@@ -504,7 +505,6 @@ func (s *sourceState) synced(n int) {
 	s.status.Up = true
 	s.status.LastSync = time.Now()
 	s.status.Endpoints = n
-	s.status.LastError = ""
 	s.mu.Unlock()
 	if first {
 		s.log.Info("source synced", "endpoints", n)

@@ -1,0 +1,198 @@
+package enrich_test
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/flowmap/flowmap/enrich"
+	"github.com/flowmap/flowmap/flows"
+)
+
+const (
+	goodID = "1111111111111111111111111111111111111111111111111111111111111111"
+	badID  = "2222222222222222222222222222222222222222222222222222222222222222"
+)
+
+func inspectJSON(id, name, ip string) string {
+	return fmt.Sprintf(`{"Id":%q,"Name":"/%s","Config":{"Image":"fme-busybox:1","Labels":{"role":%q}},
+"State":{"Running":true,"Pid":0},"NetworkSettings":{"Networks":{"bridge":{"IPAddress":%q}}}}`, id, name, name, ip)
+}
+
+// serveUnix serves h on a unix socket in a temporary directory.
+func serveUnix(t *testing.T, h http.Handler) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "engine.sock")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return path
+}
+
+// TestEngineBadInput runs the Docker source against engines that fail:
+// it must log, count, and keep naming what it knows.
+func TestEngineBadInput(t *testing.T) {
+	good := netip.MustParseAddr("198.51.100.70")
+	other := netip.MustParseAddr("198.51.100.71")
+	tests := []struct {
+		name   string
+		engine func(t *testing.T) string // returns the socket
+		reason string
+		named  bool // the good container is named
+	}{
+		{
+			name:   "unreachable",
+			engine: func(t *testing.T) string { return filepath.Join(t.TempDir(), "none.sock") },
+			reason: "connect",
+		},
+		{
+			name: "malformed list",
+			engine: func(t *testing.T) string {
+				mux := http.NewServeMux()
+				mux.HandleFunc("/containers/json", func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, `[{"Id": 5`) })
+				mux.HandleFunc("/events", func(w http.ResponseWriter, r *http.Request) { w.(http.Flusher).Flush(); <-r.Context().Done() })
+				return serveUnix(t, mux)
+			},
+			reason: "decode",
+		},
+		{
+			name: "server error",
+			engine: func(t *testing.T) string {
+				mux := http.NewServeMux()
+				mux.HandleFunc("/containers/json", func(w http.ResponseWriter, r *http.Request) {
+					http.Error(w, `{"message":"Internal Server Error"}`, http.StatusInternalServerError)
+				})
+				mux.HandleFunc("/events", func(w http.ResponseWriter, r *http.Request) { w.(http.Flusher).Flush(); <-r.Context().Done() })
+				return serveUnix(t, mux)
+			},
+			reason: "api",
+		},
+		{
+			name: "one malformed container",
+			engine: func(t *testing.T) string {
+				mux := http.NewServeMux()
+				mux.HandleFunc("/containers/json", func(w http.ResponseWriter, r *http.Request) {
+					fmt.Fprintf(w, `[{"Id":%q},{"Id":%q}]`, goodID, badID)
+				})
+				mux.HandleFunc("/containers/"+goodID+"/json", func(w http.ResponseWriter, r *http.Request) {
+					fmt.Fprint(w, inspectJSON(goodID, "good", good.String()))
+				})
+				mux.HandleFunc("/containers/"+badID+"/json", func(w http.ResponseWriter, r *http.Request) {
+					fmt.Fprint(w, `{"Id": "`+badID+`", "Config": "not an object"}`)
+				})
+				mux.HandleFunc("/events", func(w http.ResponseWriter, r *http.Request) { w.(http.Flusher).Flush(); <-r.Context().Done() })
+				return serveUnix(t, mux)
+			},
+			reason: "decode",
+			named:  true,
+		},
+		{
+			name: "dying",
+			engine: func(t *testing.T) string {
+				// The engine answers once, then its events stream dies
+				// mid-event and it answers nothing more.
+				var dead atomic.Bool
+				mux := http.NewServeMux()
+				mux.HandleFunc("/containers/json", func(w http.ResponseWriter, r *http.Request) {
+					if dead.Load() {
+						http.Error(w, "", http.StatusServiceUnavailable)
+						return
+					}
+					fmt.Fprintf(w, `[{"Id":%q}]`, goodID)
+				})
+				mux.HandleFunc("/containers/"+goodID+"/json", func(w http.ResponseWriter, r *http.Request) {
+					fmt.Fprint(w, inspectJSON(goodID, "good", good.String()))
+				})
+				mux.HandleFunc("/events", func(w http.ResponseWriter, r *http.Request) {
+					if dead.Load() {
+						http.Error(w, "", http.StatusServiceUnavailable)
+						return
+					}
+					w.(http.Flusher).Flush()
+					time.Sleep(200 * time.Millisecond) // after the list
+					fmt.Fprint(w, `{"Type":"container","Action":"sta`)
+					w.(http.Flusher).Flush()
+					dead.Store(true)
+					conn, _, _ := w.(http.Hijacker).Hijack()
+					conn.Close()
+				})
+				return serveUnix(t, mux)
+			},
+			reason: "events",
+			named:  true,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			inv := startInventory(t, enrich.Config{DockerSocket: tt.engine(t), Logger: testLogger(t)})
+			var n float64
+			for start := time.Now(); time.Since(start) < 3*time.Second && n == 0; time.Sleep(20 * time.Millisecond) {
+				n = errorCount(t, inv, "docker", tt.reason)
+			}
+			if n == 0 {
+				t.Fatalf("docker errors{reason=%q} = 0 after 3s, want at least 1 (status %+v)", tt.reason, inv.Status())
+			}
+			// The flow is reported with what is known.
+			f := inv.Enrich(flows.Record{Src: good, Dst: other, Proto: flows.ProtoTCP, DstPort: 80})
+			if tt.named {
+				if f.SrcEndpoint.Name != "good" || f.SrcEndpoint.Labels["role"] != "good" {
+					t.Errorf("source = %s %q labels %v, want container good", f.SrcEndpoint.Kind, f.SrcEndpoint.Name, f.SrcEndpoint.Labels)
+				}
+			} else if f.SrcEndpoint.Kind != enrich.KindExternal || f.SrcEndpoint.Name != good.String() {
+				t.Errorf("source = %s %q, want external %s", f.SrcEndpoint.Kind, f.SrcEndpoint.Name, good)
+			}
+			if f.DstEndpoint.Kind != enrich.KindExternal || f.DstEndpoint.Name != other.String() {
+				t.Errorf("destination = %s %q, want external %s", f.DstEndpoint.Kind, f.DstEndpoint.Name, other)
+			}
+			for _, st := range inv.Status() {
+				if st.Name == "docker" && st.LastError == "" {
+					t.Errorf("docker status %+v, want its last error", st)
+				}
+			}
+		})
+	}
+}
+
+// TestCIDRFile checks that the CIDR file names external addresses, that a
+// bad line is logged and counted while the others are kept, and that an
+// edit is read again.
+func TestCIDRFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cidrs")
+	if err := os.WriteFile(path, []byte("203.0.113.0/24 corp network\nnot-a-cidr oops\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	inv := startInventory(t, enrich.Config{CIDRFile: path, Resync: 100 * time.Millisecond, Logger: testLogger(t)})
+	addr := netip.MustParseAddr("203.0.113.9")
+	if ep, _ := waitNamed(t, inv, addr, 2*time.Second, func(ep enrich.Endpoint) bool { return ep.Name == "corp network" }); ep.Name != "corp network" || ep.ID != "203.0.113.0/24" || ep.Kind != enrich.KindExternal {
+		t.Fatalf("Resolve(%v) = %s %q %q, want external %q %q", addr, ep.Kind, ep.ID, ep.Name, "203.0.113.0/24", "corp network")
+	}
+	if n := errorCount(t, inv, "cidr", "parse"); n != 1 {
+		t.Errorf("cidr parse errors = %v, want 1", n)
+	}
+	if err := os.WriteFile(path+".new", []byte("203.0.113.0/25 lab\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path+".new", path); err != nil { // as editors and ConfigMaps replace files
+		t.Fatal(err)
+	}
+	if ep, took := waitNamed(t, inv, addr, 3*time.Second, func(ep enrich.Endpoint) bool { return ep.Name == "lab" }); ep.Name != "lab" {
+		t.Fatalf("after the edit, Resolve(%v).Name = %q after %v, want %q", addr, ep.Name, took, "lab")
+	}
+	if ep := inv.Resolve(netip.MustParseAddr("203.0.113.200"), flows.Interface{}); ep.Name != "203.0.113.200" {
+		t.Errorf("an address the edited file no longer covers is named %q, want its address", ep.Name)
+	}
+	if st := inv.Status(); !strings.Contains(fmt.Sprint(st), "cidr") {
+		t.Errorf("Status() = %+v, want a cidr source", st)
+	}
+}
