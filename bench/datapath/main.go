@@ -2,17 +2,17 @@
 // the agent's BPF programs cost the traffic they count.
 //
 // Between two namespaces on a bridge (internal/sandbox) it runs two loads,
-// a bulk TCP stream (iperf3) and a stream of 64-byte UDP packets (sendmmsg), under
-// seven modes: no programs; flowmap's programs, as the agent attaches them,
-// with TC ingress (TCX), generic XDP or native XDP ingress, and TCX egress,
-// on both host-side veths; and in the same hooks the floor programs of
-// bpf/floor.c, which only bump a per-CPU counter. Modes are interleaved in
-// rounds, their order rotated each round, so that the machine's other work
-// spreads over all of them. For each load and mode it prints the median
-// throughput received, the median ratio to no programs in the same round,
-// and each program's cost per run from the kernel's run-time statistics
-// (kernel.bpf_stats_enabled), then the programs' cost on a 64-byte frame
-// under BPF_PROG_TEST_RUN.
+// a bulk TCP stream (iperf3) and a stream of 64-byte UDP packets (a
+// batched Go sender), under seven modes: no programs; flowmap's programs,
+// as the agent attaches them, with TC ingress (TCX), generic XDP or native
+// XDP ingress, and TCX egress, on both host-side veths; and in the same
+// hooks the floor programs of bpf/floor.c, which only bump a per-CPU
+// counter. Modes are interleaved in rounds, their order rotated each round,
+// so that the machine's other work spreads over all of them. For each load
+// and mode it prints the median throughput received, the median ratio to
+// no programs in the same round, and each program's cost per run from the
+// kernel's run-time statistics (kernel.bpf_stats_enabled), then the
+// programs' cost on a 64-byte frame under BPF_PROG_TEST_RUN.
 //
 // Targets, from the issue: a throughput ratio of at least 0.97 on both
 // loads, and on the small packets at most the floor + 40 ns per run. A
