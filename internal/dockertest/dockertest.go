@@ -24,6 +24,8 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -33,6 +35,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -393,4 +396,75 @@ func unmountUnder(dir string) {
 	for i := len(points) - 1; i >= 0; i-- {
 		syscall.Unmount(points[i], syscall.MNT_DETACH)
 	}
+}
+
+// OCIArchive returns an OCI image layout, as a tar archive, of the busybox
+// root file system (see BusyboxRootFS) that runs cmd, named name (as
+// docker.io/library/fme-busybox:1): for runtimes that load images from a
+// file, as `ctr images import` and `podman load` do.
+func OCIArchive(name string, cmd []string) ([]byte, error) {
+	layer, err := BusyboxRootFS()
+	if err != nil {
+		return nil, err
+	}
+	digest := func(b []byte) string { return fmt.Sprintf("sha256:%x", sha256.Sum256(b)) }
+	config, err := json.Marshal(map[string]any{
+		"architecture": runtime.GOARCH,
+		"os":           "linux",
+		"config":       map[string]any{"Cmd": cmd},
+		"rootfs":       map[string]any{"type": "layers", "diff_ids": []string{digest(layer)}},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("make image config: %w", err)
+	}
+	manifest, err := json.Marshal(map[string]any{
+		"schemaVersion": 2,
+		"mediaType":     "application/vnd.oci.image.manifest.v1+json",
+		"config":        map[string]any{"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(config), "size": len(config)},
+		"layers":        []any{map[string]any{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest(layer), "size": len(layer)}},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("make image manifest: %w", err)
+	}
+	tag := name[strings.LastIndexByte(name, ':')+1:]
+	index, err := json.Marshal(map[string]any{
+		"schemaVersion": 2,
+		"manifests": []any{map[string]any{
+			"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest(manifest), "size": len(manifest),
+			"annotations": map[string]string{"io.containerd.image.name": name, "org.opencontainers.image.ref.name": tag},
+		}},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("make image index: %w", err)
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	now := time.Now()
+	files := []struct {
+		name string
+		body []byte
+	}{
+		{"oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`)},
+		{"index.json", index},
+		{"blobs/sha256/" + digest(layer)[7:], layer},
+		{"blobs/sha256/" + digest(config)[7:], config},
+		{"blobs/sha256/" + digest(manifest)[7:], manifest},
+	}
+	for _, dir := range []string{"blobs/", "blobs/sha256/"} {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: dir, Mode: 0o755, ModTime: now}); err != nil {
+			return nil, fmt.Errorf("write image archive: %w", err)
+		}
+	}
+	for _, f := range files {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: f.name, Mode: 0o644, Size: int64(len(f.body)), ModTime: now}); err != nil {
+			return nil, fmt.Errorf("write image archive: %w", err)
+		}
+		if _, err := tw.Write(f.body); err != nil {
+			return nil, fmt.Errorf("write image archive: %w", err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, fmt.Errorf("write image archive: %w", err)
+	}
+	return buf.Bytes(), nil
 }

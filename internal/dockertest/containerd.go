@@ -1,0 +1,269 @@
+package dockertest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/flowmap/flowmap/internal/testenv"
+)
+
+// Containerd is a running containerd with its CRI plugin, on a bridge of
+// its own made by the CNI bridge plugin, for tests of CRI clients: pods
+// are made through the CRI API (RunPodSandbox, CreateContainer), images
+// are loaded with ImportImage (the sandbox image is SandboxImage).
+//
+// Like Daemon it changes nothing outside what it creates: the CNI bridge
+// has no gateway (isGateway turns on the machine's IP forwarding) and no
+// masquerade, so pods reach each other over layer 2 and nothing else.
+type Containerd struct {
+	// Socket is the CRI (and containerd) gRPC socket.
+	Socket string
+	// Bridge is the CNI bridge, "<Prefix>-cni".
+	Bridge string
+	Subnet netip.Prefix
+	Dir    string
+
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error
+}
+
+// SandboxImage is the pod sandbox ("pause") image that StartContainerd
+// configures and loads: busybox sleeping.
+const SandboxImage = "docker.io/library/fme-pause:1"
+
+// StartContainerd starts containerd with the CRI plugin, loads
+// SandboxImage and waits until it answers. Close stops it and removes
+// what it made. Needs root, containerd, containerd-shim-runc-v2, ctr,
+// runc and the CNI plugins in /usr/lib/cni (Debian: containerd, runc,
+// containernetworking-plugins).
+func StartContainerd(ctx context.Context, opts Options) (*Containerd, error) {
+	if opts.Prefix == "" || len(opts.Prefix) > 11 {
+		return nil, fmt.Errorf("dockertest prefix %q: want 1 to 11 characters", opts.Prefix)
+	}
+	if !opts.Subnet.IsValid() {
+		return nil, errors.New("containerd needs a subnet")
+	}
+	bin, err := exec.LookPath("containerd")
+	if err != nil {
+		return nil, fmt.Errorf("find containerd: %w (on Debian: apt-get install containerd)", err)
+	}
+	dir, err := os.MkdirTemp("", "fmc-")
+	if err != nil {
+		return nil, fmt.Errorf("make containerd directory: %w", err)
+	}
+	c := &Containerd{
+		Socket: filepath.Join(dir, "containerd.sock"),
+		Bridge: opts.Prefix + "-cni",
+		Subnet: opts.Subnet.Masked(),
+		Dir:    dir,
+		done:   make(chan struct{}),
+	}
+	cniDir := filepath.Join(dir, "cni")
+	if err := os.MkdirAll(cniDir, 0o755); err != nil {
+		return nil, fmt.Errorf("make cni directory: %w", err)
+	}
+	conflist := fmt.Sprintf(`{"cniVersion":"0.4.0","name":%q,"plugins":[{"type":"bridge","bridge":%q,
+"isGateway":false,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":%q}]],"dataDir":%q}}]}`,
+		opts.Prefix, c.Bridge, c.Subnet.String(), filepath.Join(dir, "ipam"))
+	if err := os.WriteFile(filepath.Join(cniDir, "10-fm.conflist"), []byte(conflist), 0o644); err != nil {
+		return nil, fmt.Errorf("write cni config: %w", err)
+	}
+	config := fmt.Sprintf(`version = 2
+root = %[1]q
+state = %[2]q
+[grpc]
+  address = %[3]q
+[ttrpc]
+  address = "%[3]s.ttrpc"
+[debug]
+  level = "warn"
+[plugins."io.containerd.internal.v1.opt"]
+  path = %[4]q
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = %[5]q
+  disable_apparmor = true
+  # The CRI plugin gives sandboxes an oom_score_adj of -998; where the
+  # machine refuses a lower score than containerd's own (here: "failed to
+  # update /proc/self/oom_score_adj: permission denied"), runc fails.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "native"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = %[6]q
+    max_conf_num = 1
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), c.Socket, filepath.Join(dir, "opt"), SandboxImage, cniDir)
+	configPath := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(configPath, []byte(config), 0o644); err != nil {
+		return nil, fmt.Errorf("write containerd config: %w", err)
+	}
+	logf, err := os.Create(filepath.Join(dir, "containerd.log"))
+	if err != nil {
+		return nil, fmt.Errorf("make containerd log: %w", err)
+	}
+	defer logf.Close()
+	c.cmd = exec.Command(bin, "--config", configPath)
+	c.cmd.Stdout, c.cmd.Stderr = logf, logf
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := c.cmd.Start(); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("start containerd: %w", err)
+	}
+	go func() {
+		c.err = c.cmd.Wait()
+		close(c.done)
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		conn, err := net.Dial("unix", c.Socket)
+		if err == nil {
+			conn.Close()
+			break
+		}
+		select {
+		case <-c.done:
+			return nil, fmt.Errorf("containerd exited: %v: %s", c.err, tail(filepath.Join(dir, "containerd.log")))
+		case <-ctx.Done():
+			c.Close()
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			c.Close()
+			return nil, fmt.Errorf("containerd not ready after 30s: %s", tail(filepath.Join(dir, "containerd.log")))
+		}
+	}
+	if err := c.ImportImage(ctx, SandboxImage, []string{"/bin/sleep", "2147483647"}); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// StartContainerdT starts a Containerd that is closed when t ends, and
+// fails t if it cannot.
+func StartContainerdT(t testing.TB, opts Options) *Containerd {
+	t.Helper()
+	testenv.MustBeRoot(t)
+	for _, cmd := range []string{"containerd", "containerd-shim-runc-v2", "ctr", "runc", "/usr/lib/cni/bridge", "/usr/lib/cni/host-local", "/usr/lib/cni/loopback"} {
+		if _, err := exec.LookPath(cmd); err != nil {
+			t.Fatalf("test needs %s: %v (on Debian: apt-get install containerd runc containernetworking-plugins)", cmd, err)
+		}
+	}
+	c, err := StartContainerd(context.Background(), opts)
+	if err != nil {
+		t.Fatalf("start containerd: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("stop containerd: %v", err)
+		}
+	})
+	return c
+}
+
+// ImportImage loads the busybox image running cmd as name (a full
+// reference, docker.io/library/…) into the CRI plugin's namespace.
+func (c *Containerd) ImportImage(ctx context.Context, name string, cmd []string) error {
+	archive, err := OCIArchive(name, cmd)
+	if err != nil {
+		return err
+	}
+	ctr := exec.CommandContext(ctx, "ctr", "--address", c.Socket, "--namespace", "k8s.io", "images", "import", "-")
+	ctr.Stdin = bytes.NewReader(archive)
+	if out, err := ctr.CombinedOutput(); err != nil {
+		return fmt.Errorf("ctr images import %s: %w: %s", name, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// Close stops containerd: it first kills the shims and containers it left
+// (containerd does not stop them on exit), then removes the bridge and the
+// directory. Pods should be stopped and removed through CRI before, so
+// that CNI releases their namespaces (under /run/netns) and addresses.
+// Safe to call twice.
+func (c *Containerd) Close() error {
+	var errs []error
+	// Containers run under shims that outlive containerd: end them by
+	// the pids runc recorded, before containerd goes.
+	c.killContainers()
+	if c.cmd != nil && c.cmd.Process != nil {
+		select {
+		case <-c.done:
+		default:
+			c.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-c.done:
+			case <-time.After(15 * time.Second):
+				c.cmd.Process.Kill()
+				<-c.done
+			}
+		}
+	}
+	if c.Bridge != "" {
+		if err := (&Daemon{Bridge: c.Bridge}).removeBridge(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.Dir != "" {
+		unmountUnder(c.Dir)
+		if err := os.RemoveAll(c.Dir); err != nil {
+			errs = append(errs, fmt.Errorf("remove %s: %w", c.Dir, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// killContainers kills the shims and container processes whose state is
+// under c.Dir, by the pid files the runc shim writes.
+func (c *Containerd) killContainers() {
+	if c.Dir == "" {
+		return
+	}
+	var pids []int
+	filepath.WalkDir(filepath.Join(c.Dir, "state"), func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		if name := d.Name(); name == "init.pid" || name == "shim.pid" {
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return nil
+			}
+			var pid int
+			if _, err := fmt.Sscan(string(b), &pid); err == nil && pid > 1 {
+				pids = append(pids, pid)
+			}
+		}
+		return nil
+	})
+	for _, pid := range pids {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	if len(pids) > 0 {
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func tail(path string) string {
+	b, _ := os.ReadFile(path)
+	if len(b) > 2000 {
+		b = b[len(b)-2000:]
+	}
+	return strings.TrimSpace(string(b))
+}
