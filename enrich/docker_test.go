@@ -20,48 +20,58 @@ import (
 type container struct {
 	name   string
 	id     string
+	image  string
 	addr   netip.Addr
 	labels map[string]string
 }
 
-func runContainer(t *testing.T, d *dockertest.Daemon, image, name string, labels map[string]string, cmd ...string) container {
+// engine is a container engine under test: Docker or Podman.
+type engine struct {
+	cli     func(ctx context.Context, args ...string) (string, error)
+	runArgs []string // for docker run, as the network
+	rm      []string // the command that removes a running container at once
+	subnet  netip.Prefix
+}
+
+func runContainer(t *testing.T, e engine, image, name string, labels map[string]string, cmd ...string) container {
 	t.Helper()
 	ctx := context.Background()
-	args := []string{"run", "-d", "--name", name}
+	args := append([]string{"run", "-d", "--name", name}, e.runArgs...)
 	for k, v := range labels {
 		args = append(args, "--label", k+"="+v)
 	}
 	args = append(append(args, image), cmd...)
-	id, err := d.Docker(ctx, args...)
+	id, err := e.cli(ctx, args...)
 	if err != nil {
 		t.Fatalf("start container %s: %v", name, err)
 	}
-	out, err := d.Docker(ctx, "inspect", "--format", "{{json .NetworkSettings.Networks}}", id)
+	out, err := e.cli(ctx, "inspect", "--format", "{{.Config.Image}} {{json .NetworkSettings.Networks}}", id)
 	if err != nil {
 		t.Fatalf("inspect %s: %v", name, err)
 	}
+	img, out, _ := strings.Cut(out, " ")
 	var nets map[string]struct{ IPAddress string }
 	if err := json.Unmarshal([]byte(out), &nets); err != nil {
 		t.Fatalf("inspect %s: %v", name, err)
 	}
-	c := container{name: name, id: id, labels: labels}
+	c := container{name: name, id: id, image: img, labels: labels}
 	for _, n := range nets {
 		if a, err := netip.ParseAddr(n.IPAddress); err == nil {
 			c.addr = a
 		}
 	}
-	if !c.addr.IsValid() || !d.Subnet.Contains(c.addr) {
-		t.Fatalf("container %s has address %v, want one in %v", name, c.addr, d.Subnet)
+	if !c.addr.IsValid() || !e.subnet.Contains(c.addr) {
+		t.Fatalf("container %s has address %v, want one in %v", name, c.addr, e.subnet)
 	}
 	return c
 }
 
 // checkNamed fails t unless ep is c as the Docker API names it: by name,
 // image and labels.
-func checkNamed(t *testing.T, what string, ep enrich.Endpoint, c container, image string) {
+func checkNamed(t *testing.T, what string, ep enrich.Endpoint, c container) {
 	t.Helper()
-	if ep.Kind != enrich.KindContainer || ep.ID != c.id || ep.Name != c.name || ep.Image != image {
-		t.Errorf("%s = %s %q name %q image %q, want container %q name %q image %q", what, ep.Kind, ep.ID, ep.Name, ep.Image, c.id, c.name, image)
+	if ep.Kind != enrich.KindContainer || ep.ID != c.id || ep.Name != c.name || ep.Image != c.image || c.image == "" {
+		t.Errorf("%s = %s %q name %q image %q, want container %q name %q image %q", what, ep.Kind, ep.ID, ep.Name, ep.Image, c.id, c.name, c.image)
 	}
 	for k, v := range c.labels {
 		if ep.Labels[k] != v {
@@ -143,57 +153,16 @@ func TestDocker(t *testing.T) {
 	if err != nil {
 		t.Fatalf("import busybox: %v", err)
 	}
-	srv := runContainer(t, d, image, "fme-srv", map[string]string{"tier": "db", "flowmap.test": "server"},
+	e := engine{cli: d.Docker, rm: []string{"rm", "-f"}, subnet: d.Subnet}
+	srv := runContainer(t, e, image, "fme-srv", map[string]string{"tier": "db", "flowmap.test": "server"},
 		"httpd", "-f", "-p", "8080", "-h", "/www")
-	cli := runContainer(t, d, image, "fme-cli", map[string]string{"tier": "web"},
+	cli := runContainer(t, e, image, "fme-cli", map[string]string{"tier": "web"},
 		"sh", "-c", "while true; do wget -q -O /dev/null http://"+srv.addr.String()+":8080/; sleep 0.2; done")
 
-	dp, err := flows.New(flows.Config{Interfaces: []string{d.Bridge}, Interval: 500 * time.Millisecond})
-	if err != nil {
-		t.Fatalf("flows.New: %v", err)
-	}
-	t.Cleanup(func() { dp.Close() })
-	dctx, stop := context.WithCancel(ctx)
-	batches := make(chan flows.Batch, 16)
-	dpDone := make(chan error, 1)
-	go func() { dpDone <- dp.Run(dctx, batches) }()
-	t.Cleanup(func() { stop(); <-dpDone })
+	batches := watchBridge(t, d.Bridge)
 
 	t.Run("engine", func(t *testing.T) {
-		inv := startInventory(t, enrich.Config{NetNS: true, DockerSocket: d.AgentSocket, Logger: testLogger(t)})
-		r := waitFlow(t, batches, cli.addr, srv.addr, 8080, 20*time.Second)
-		f := inv.Enrich(r)
-		checkNamed(t, "source", f.SrcEndpoint, cli, image)
-		checkNamed(t, "destination", f.DstEndpoint, srv, image)
-		if r.SrcIf.Index == 0 || r.SrcIf.PeerNetNSID < 0 {
-			t.Errorf("flow counted with SrcIf %+v, want the client's veth", r.SrcIf)
-		}
-
-		start := time.Now()
-		late := runContainer(t, d, image, "fme-late", map[string]string{"late": "yes"}, "sleep", "3600")
-		ep, _ := waitNamed(t, inv, late.addr, 2*time.Second, func(ep enrich.Endpoint) bool { return ep.Name == late.name })
-		// From before docker run: the engine's own start time included.
-		took := time.Since(start)
-		t.Logf("container started while running named %v after docker run began", took)
-		if took > 2*time.Second {
-			t.Errorf("container started while running named after %v, want within 2s", took)
-		}
-		checkNamed(t, "late container", ep, late, image)
-		start = time.Now()
-		if _, err := d.Docker(ctx, "rm", "-f", late.name); err != nil {
-			t.Fatalf("remove late container: %v", err)
-		}
-		waitNamed(t, inv, late.addr, 2*time.Second, func(ep enrich.Endpoint) bool { return ep.Kind == enrich.KindExternal })
-		if ep := inv.Resolve(late.addr, flows.Interface{}); ep.Kind != enrich.KindExternal {
-			t.Errorf("removed container's address resolves to %s %q, want external", ep.Kind, ep.Name)
-		} else {
-			t.Logf("removed container forgotten %v after docker rm began", time.Since(start))
-		}
-		for _, st := range inv.Status() {
-			if !st.Up || st.LastSync.IsZero() {
-				t.Errorf("source %s: up %v, last sync %v, want up and synced (%s)", st.Name, st.Up, st.LastSync, st.LastError)
-			}
-		}
+		testEngineNames(t, e, enrich.Config{NetNS: true, DockerSocket: d.AgentSocket, Logger: testLogger(t)}, batches, image, cli, srv)
 	})
 
 	t.Run("socket gone", func(t *testing.T) {
@@ -209,10 +178,10 @@ func TestDocker(t *testing.T) {
 		checkByID(t, "destination", f.DstEndpoint, srv)
 
 		start := time.Now()
-		late := runContainer(t, d, image, "fme-late2", nil, "sleep", "3600")
+		late := runContainer(t, e, image, "fme-late2", nil, "sleep", "3600")
 		ep, _ := waitNamed(t, inv, late.addr, 2*time.Second, func(ep enrich.Endpoint) bool { return ep.ID == late.id })
 		took := time.Since(start)
-		t.Logf("without the engine, container started while running named %v after docker run began", took)
+		t.Logf("without the engine, container started while running named %v after run began", took)
 		if took > 2*time.Second {
 			t.Errorf("container started while running named after %v, want within 2s", took)
 		}
@@ -228,6 +197,65 @@ func TestDocker(t *testing.T) {
 			t.Errorf("docker source: up %v, last error %q, want down with the socket in the error", docker.Up, docker.LastError)
 		}
 	})
+}
+
+// testEngineNames checks that an inventory of cfg names both ends of the
+// flow from cli to srv by container name, image and labels, a container
+// started while it runs within 2s, and forgets a removed one.
+func testEngineNames(t *testing.T, e engine, cfg enrich.Config, batches <-chan flows.Batch, image string, cli, srv container) {
+	t.Helper()
+	ctx := context.Background()
+	inv := startInventory(t, cfg)
+	r := waitFlow(t, batches, cli.addr, srv.addr, 8080, 20*time.Second)
+	f := inv.Enrich(r)
+	checkNamed(t, "source", f.SrcEndpoint, cli)
+	checkNamed(t, "destination", f.DstEndpoint, srv)
+	if r.SrcIf.Index == 0 || r.SrcIf.PeerNetNSID < 0 {
+		t.Errorf("flow counted with SrcIf %+v, want the client's veth", r.SrcIf)
+	}
+
+	start := time.Now()
+	late := runContainer(t, e, image, "fme-late", map[string]string{"late": "yes"}, "sleep", "3600")
+	ep, _ := waitNamed(t, inv, late.addr, 2*time.Second, func(ep enrich.Endpoint) bool { return ep.Name == late.name })
+	// From before docker run: the engine's own start time included.
+	took := time.Since(start)
+	t.Logf("container started while running named %v after run began", took)
+	if took > 2*time.Second {
+		t.Errorf("container started while running named after %v, want within 2s", took)
+	}
+	checkNamed(t, "late container", ep, late)
+	start = time.Now()
+	if _, err := e.cli(ctx, append(e.rm, late.name)...); err != nil {
+		t.Fatalf("remove late container: %v", err)
+	}
+	waitNamed(t, inv, late.addr, 2*time.Second, func(ep enrich.Endpoint) bool { return ep.Kind == enrich.KindExternal })
+	if ep := inv.Resolve(late.addr, flows.Interface{}); ep.Kind != enrich.KindExternal {
+		t.Errorf("removed container's address resolves to %s %q, want external", ep.Kind, ep.Name)
+	} else {
+		t.Logf("removed container forgotten %v after rm began", time.Since(start))
+	}
+	for _, st := range inv.Status() {
+		if !st.Up || st.LastSync.IsZero() {
+			t.Errorf("source %s: up %v, last sync %v, want up and synced (%s)", st.Name, st.Up, st.LastSync, st.LastError)
+		}
+	}
+}
+
+// watchBridge runs the datapath on the ports of bridge until the test
+// ends, and returns its batches.
+func watchBridge(t *testing.T, bridge string) <-chan flows.Batch {
+	t.Helper()
+	dp, err := flows.New(flows.Config{Interfaces: []string{bridge}, Interval: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatalf("flows.New: %v", err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	ctx, stop := context.WithCancel(context.Background())
+	batches := make(chan flows.Batch, 16)
+	done := make(chan error, 1)
+	go func() { done <- dp.Run(ctx, batches) }()
+	t.Cleanup(func() { stop(); <-done })
+	return batches
 }
 
 // startInventory runs an inventory of cfg until the test ends.

@@ -216,7 +216,7 @@ func (c *Containerd) Close() error {
 		}
 	}
 	if c.Bridge != "" {
-		if err := (&Daemon{Bridge: c.Bridge}).removeBridge(); err != nil {
+		if err := delBridge(c.Bridge); err != nil {
 			errs = append(errs, err)
 		}
 	}

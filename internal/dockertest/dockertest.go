@@ -175,40 +175,49 @@ func StartT(t testing.TB, opts Options) *Daemon {
 }
 
 func (d *Daemon) makeBridge() error {
-	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: d.Bridge}}
+	return addBridge(d.Bridge, netip.PrefixFrom(d.Subnet.Addr().Next(), d.Subnet.Bits()))
+}
+
+func (d *Daemon) removeBridge() error { return delBridge(d.Bridge) }
+
+// addBridge adds the bridge name, up, with addr if it is valid.
+func addBridge(name string, addr netip.Prefix) error {
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}
 	if err := netlink.LinkAdd(br); err != nil {
 		if errors.Is(err, os.ErrExist) {
-			return fmt.Errorf("add bridge %s: %w (left by a crashed run? ip link del %s)", d.Bridge, err, d.Bridge)
+			return fmt.Errorf("add bridge %s: %w (left by a crashed run? ip link del %s)", name, err, name)
 		}
-		return fmt.Errorf("add bridge %s: %w", d.Bridge, err)
+		return fmt.Errorf("add bridge %s: %w", name, err)
 	}
-	gw := d.Subnet.Addr().Next()
-	addr, err := netlink.ParseAddr(netip.PrefixFrom(gw, d.Subnet.Bits()).String())
-	if err != nil {
-		d.removeBridge()
-		return fmt.Errorf("parse bridge address: %w", err)
-	}
-	if err := netlink.AddrAdd(br, addr); err != nil {
-		d.removeBridge()
-		return fmt.Errorf("address bridge %s: %w", d.Bridge, err)
+	if addr.IsValid() {
+		a, err := netlink.ParseAddr(addr.String())
+		if err != nil {
+			delBridge(name)
+			return fmt.Errorf("parse bridge address: %w", err)
+		}
+		if err := netlink.AddrAdd(br, a); err != nil {
+			delBridge(name)
+			return fmt.Errorf("address bridge %s: %w", name, err)
+		}
 	}
 	if err := netlink.LinkSetUp(br); err != nil {
-		d.removeBridge()
-		return fmt.Errorf("set bridge %s up: %w", d.Bridge, err)
+		delBridge(name)
+		return fmt.Errorf("set bridge %s up: %w", name, err)
 	}
 	return nil
 }
 
-func (d *Daemon) removeBridge() error {
-	l, err := netlink.LinkByName(d.Bridge)
+// delBridge deletes the link name, if it is there.
+func delBridge(name string) error {
+	l, err := netlink.LinkByName(name)
 	if err != nil {
 		if _, ok := err.(netlink.LinkNotFoundError); ok {
 			return nil
 		}
-		return fmt.Errorf("find bridge %s: %w", d.Bridge, err)
+		return fmt.Errorf("find bridge %s: %w", name, err)
 	}
 	if err := netlink.LinkDel(l); err != nil {
-		return fmt.Errorf("delete bridge %s: %w", d.Bridge, err)
+		return fmt.Errorf("delete bridge %s: %w", name, err)
 	}
 	return nil
 }

@@ -1,0 +1,239 @@
+package dockertest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/flowmap/flowmap/internal/testenv"
+)
+
+// Podman is a running `podman system service`: Podman's Docker-compatible
+// API on a socket of its own, with its own storage, run root and
+// containers.conf, and a CNI network Network on the bridge Bridge.
+//
+// The containers.conf sets what Podman needs to run here: runc, the
+// cgroupfs manager and file events (no systemd), and default ulimits below
+// the machine's hard limits (Podman's defaults, nofile and nproc at the
+// maximum, make runc fail with "error setting rlimit type 6"). The CNI
+// network, written by hand, has no firewall or portmap plugin, no
+// gateway and no masquerade, so the machine's firewall and forwarding
+// stay as they are.
+type Podman struct {
+	Socket  string
+	Bridge  string
+	Network string
+	Subnet  netip.Prefix
+	Dir     string
+
+	conf string
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error
+}
+
+// StartPodman starts Podman's API service and waits until it answers.
+// Needs root, podman, runc and the CNI plugins (Debian: podman, runc,
+// containernetworking-plugins).
+func StartPodman(ctx context.Context, opts Options) (*Podman, error) {
+	if opts.Prefix == "" || len(opts.Prefix) > 11 {
+		return nil, fmt.Errorf("dockertest prefix %q: want 1 to 11 characters", opts.Prefix)
+	}
+	if !opts.Subnet.IsValid() {
+		return nil, errors.New("podman needs a subnet")
+	}
+	bin, err := exec.LookPath("podman")
+	if err != nil {
+		return nil, fmt.Errorf("find podman: %w (on Debian: apt-get install podman)", err)
+	}
+	dir, err := os.MkdirTemp("", "fmp-")
+	if err != nil {
+		return nil, fmt.Errorf("make podman directory: %w", err)
+	}
+	p := &Podman{
+		Socket:  filepath.Join(dir, "podman.sock"),
+		Bridge:  opts.Prefix + "-pbr",
+		Network: opts.Prefix + "net",
+		Subnet:  opts.Subnet.Masked(),
+		Dir:     dir,
+		conf:    filepath.Join(dir, "containers.conf"),
+		done:    make(chan struct{}),
+	}
+	netDir := filepath.Join(dir, "net")
+	if err := os.MkdirAll(netDir, 0o755); err != nil {
+		return nil, fmt.Errorf("make network directory: %w", err)
+	}
+	conf := fmt.Sprintf(`[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = %q
+[network]
+network_backend = "cni"
+network_config_dir = %q
+`, filepath.Join(dir, "events.log"), netDir)
+	conflist := fmt.Sprintf(`{"cniVersion":"0.4.0","name":%q,"plugins":[{"type":"bridge","bridge":%q,
+"isGateway":false,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":%q}]],"dataDir":%q}}]}`,
+		p.Network, p.Bridge, p.Subnet.String(), filepath.Join(dir, "ipam"))
+	if err := os.WriteFile(p.conf, []byte(conf), 0o644); err != nil {
+		return nil, fmt.Errorf("write containers.conf: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(netDir, p.Network+".conflist"), []byte(conflist), 0o644); err != nil {
+		return nil, fmt.Errorf("write cni config: %w", err)
+	}
+	if err := addBridge(p.Bridge, netip.Prefix{}); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	logf, err := os.Create(filepath.Join(dir, "podman.log"))
+	if err != nil {
+		p.Close()
+		return nil, fmt.Errorf("make podman log: %w", err)
+	}
+	defer logf.Close()
+	p.cmd = exec.Command(bin, append(p.globalFlags(), "system", "service", "--time=0", "unix://"+p.Socket)...)
+	p.cmd.Env = append(os.Environ(), "CONTAINERS_CONF="+p.conf)
+	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := p.cmd.Start(); err != nil {
+		p.Close()
+		return nil, fmt.Errorf("start podman service: %w", err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	client := (&Daemon{}).Client(p.Socket)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://podman/_ping", nil)
+		if resp, err := client.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return p, nil
+			}
+		}
+		select {
+		case <-p.done:
+			return nil, fmt.Errorf("podman service exited: %v: %s", p.err, tail(filepath.Join(dir, "podman.log")))
+		case <-ctx.Done():
+			p.Close()
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			p.Close()
+			return nil, fmt.Errorf("podman service not ready after 60s: %s", tail(filepath.Join(dir, "podman.log")))
+		}
+	}
+}
+
+// StartPodmanT starts a Podman that is closed when t ends, and fails t if
+// it cannot.
+func StartPodmanT(t testing.TB, opts Options) *Podman {
+	t.Helper()
+	testenv.MustBeRoot(t)
+	for _, cmd := range []string{"podman", "runc", "conmon", "/usr/lib/cni/bridge", "/usr/lib/cni/host-local"} {
+		if _, err := exec.LookPath(cmd); err != nil {
+			t.Fatalf("test needs %s: %v (on Debian: apt-get install podman runc containernetworking-plugins)", cmd, err)
+		}
+	}
+	p, err := StartPodman(context.Background(), opts)
+	if err != nil {
+		t.Fatalf("start podman: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := p.Close(); err != nil {
+			t.Errorf("stop podman: %v", err)
+		}
+	})
+	return p
+}
+
+func (p *Podman) globalFlags() []string {
+	return []string{"--root", filepath.Join(p.Dir, "root"), "--runroot", filepath.Join(p.Dir, "run"),
+		"--storage-driver", "vfs", "--tmpdir", filepath.Join(p.Dir, "tmp")}
+}
+
+// Podman runs the podman command with the service's storage and
+// configuration, and returns its standard output, trimmed.
+func (p *Podman) Podman(ctx context.Context, args ...string) (string, error) {
+	return p.podman(ctx, nil, args...)
+}
+
+func (p *Podman) podman(ctx context.Context, stdin []byte, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, "podman", append(p.globalFlags(), args...)...)
+	cmd.Env = append(os.Environ(), "CONTAINERS_CONF="+p.conf)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("podman %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return strings.TrimSpace(stdout.String()), nil
+}
+
+// ImportBusybox makes the image name from the machine's busybox, as
+// Daemon.ImportBusybox does.
+func (p *Podman) ImportBusybox(ctx context.Context, name string) (string, error) {
+	rootfs, err := BusyboxRootFS()
+	if err != nil {
+		return "", err
+	}
+	if _, err := p.podman(ctx, rootfs, "import", "--change", `CMD ["/bin/sh"]`, "-", name); err != nil {
+		return "", err
+	}
+	return name, nil
+}
+
+// Close removes the containers (so that CNI releases their namespaces
+// and addresses), stops the service, and removes the bridge and the
+// directory. Safe to call twice.
+func (p *Podman) Close() error {
+	var errs []error
+	if p.cmd != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		if _, err := p.Podman(ctx, "rm", "--all", "--force", "--time", "0"); err != nil {
+			errs = append(errs, err)
+		}
+		cancel()
+		if p.cmd.Process != nil {
+			select {
+			case <-p.done:
+			default:
+				p.cmd.Process.Signal(syscall.SIGTERM)
+				select {
+				case <-p.done:
+				case <-time.After(15 * time.Second):
+					p.cmd.Process.Kill()
+					<-p.done
+				}
+			}
+		}
+		p.cmd = nil
+	}
+	if err := delBridge(p.Bridge); err != nil {
+		errs = append(errs, err)
+	}
+	if p.Dir != "" {
+		unmountUnder(p.Dir)
+		if err := os.RemoveAll(p.Dir); err != nil {
+			errs = append(errs, fmt.Errorf("remove %s: %w", p.Dir, err))
+		}
+	}
+	return errors.Join(errs...)
+}
