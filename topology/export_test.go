@@ -341,7 +341,7 @@ func contains(s []string, v string) bool {
 // golden /metrics, and checks it with promtool.
 func TestMetrics(t *testing.T) {
 	promtool := testenv.MustHaveCommand(t, "promtool")
-	m := NewMetrics(MetricsOptions{MaxEdges: 6})
+	m := NewMetrics(MetricsOptions{MaxEdges: 6, Node: "n1"})
 	for _, b := range fixtureFlows() {
 		m.Add(b.at, b.flows...)
 	}

@@ -1,5 +1,32 @@
 package topology
 
+// # Reporting once
+//
+// In a cluster, a flow between pods on two nodes is counted by the agents
+// of both (flows counts it once per host), so the flow series of the
+// agents, summed, would double it. Each agent therefore reports in its
+// series only the flows it is the one to report, by this rule:
+//
+//   - The client's node reports the flow when the client runs there: it is
+//     behind a watched interface of the node that is not an uplink (a pod or
+//     container on the node), or it is the node itself. reporter="client".
+//   - Otherwise the server's node reports it, when the server runs there and
+//     the client does not run on another node whose agent reports it (a pod,
+//     container or node of the cluster). reporter="server". So a flow from
+//     outside the cluster, or from a client no agent watches, is reported
+//     by the server's node.
+//   - A flow neither end of which runs on the node (routed through it) is not
+//     reported by it.
+//
+// Every series carries the reporting agent's node in the label node, and
+// flowmap_endpoint_info{node, kind, namespace, name} says on which node
+// each end of the series runs: one series per endpoint (at the metrics
+// level) that runs on the node and was in a reported flow. Where a
+// client's agent is down its flows go unreported until it is back: the
+// server's node does not stand in for it. The [Graph] and the agent's
+// own API keep every flow the host saw; the rule is only for the series,
+// which are summed across nodes.
+
 import (
 	"strconv"
 	"sync"
@@ -36,6 +63,41 @@ type MetricsOptions struct {
 	// Idle is how long an edge's series stay after its last flow; then they
 	// go, and make room under MaxEdges. Zero is DefaultMetricsIdle.
 	Idle time.Duration
+	// Node is the name of the node the agent runs on, the node label of
+	// every flow series.
+	Node string
+	// Ends says where the ends of a flow run, for the reporting rule (see
+	// the package comment). Nil takes every flow as this node's: the client
+	// as here when the flow has its interface (SrcIf), the server else.
+	Ends func(f *enrich.Flow) Ends
+}
+
+// Ends is where the ends of a flow run, as the agent that counted it sees
+// them.
+type Ends struct {
+	// ClientHere and ServerHere: the end runs on this node, behind one of
+	// its watched interfaces other than an uplink, or is the node itself.
+	ClientHere, ServerHere bool
+	// ClientElsewhere: the client runs on another node of the cluster,
+	// whose agent reports the flow.
+	ClientElsewhere bool
+}
+
+// Reporter is the side whose node reports a flow in the series: "client",
+// "server", or "" for a flow this node does not report.
+func (e Ends) Reporter() string {
+	switch {
+	case e.ClientHere:
+		return "client"
+	case e.ServerHere && !e.ClientElsewhere:
+		return "server"
+	}
+	return ""
+}
+
+func defaultEnds(f *enrich.Flow) Ends {
+	here := f.SrcIf.Index != 0
+	return Ends{ClientHere: here, ServerHere: !here}
 }
 
 // Metrics counts flows by edge at one level, for Prometheus. It is a
@@ -44,12 +106,16 @@ type Metrics struct {
 	level    Level
 	maxEdges int
 	idle     time.Duration
+	node     string
+	ends     func(*enrich.Flow) Ends
 
 	mu            sync.Mutex
 	series        map[seriesKey]*series
 	overflow      *series
 	overflowFlows uint64
-	labels        map[epKey]nodeLabels // cache of nodeOf's labels
+	labels        map[epKey]nodeLabels     // cache of nodeOf's labels
+	local         map[nodeLabels]time.Time // endpoints running here, last seen
+	skipped       uint64                   // flows another node reports
 	swept         time.Time
 }
 
@@ -59,6 +125,7 @@ type seriesKey struct {
 	src, dst nodeLabels
 	proto    flows.Proto
 	port     uint16
+	reporter string
 }
 
 type series struct {
@@ -81,8 +148,11 @@ func NewMetrics(opts MetricsOptions) *Metrics {
 	if opts.Idle <= 0 {
 		opts.Idle = DefaultMetricsIdle
 	}
-	return &Metrics{level: opts.Level, maxEdges: opts.MaxEdges, idle: opts.Idle,
-		series: map[seriesKey]*series{}, labels: map[epKey]nodeLabels{}}
+	if opts.Ends == nil {
+		opts.Ends = defaultEnds
+	}
+	return &Metrics{level: opts.Level, maxEdges: opts.MaxEdges, idle: opts.Idle, node: opts.Node, ends: opts.Ends,
+		series: map[seriesKey]*series{}, labels: map[epKey]nodeLabels{}, local: map[nodeLabels]time.Time{}}
 }
 
 // Add counts flows seen at time t.
@@ -94,7 +164,22 @@ func (m *Metrics) Add(t time.Time, fs ...enrich.Flow) {
 	}
 	for i := range fs {
 		f := &fs[i]
-		k := seriesKey{src: m.nodeLabels(&f.SrcEndpoint), dst: m.nodeLabels(&f.DstEndpoint), proto: f.Proto, port: f.DstPort}
+		ends := m.ends(f)
+		rep := ends.Reporter()
+		if rep == "" {
+			m.skipped++
+			continue
+		}
+		k := seriesKey{src: m.nodeLabels(&f.SrcEndpoint), dst: m.nodeLabels(&f.DstEndpoint), proto: f.Proto, port: f.DstPort, reporter: rep}
+		// The endpoints that run here, bounded as the series are.
+		for _, e := range []struct {
+			here bool
+			l    nodeLabels
+		}{{ends.ClientHere, k.src}, {ends.ServerHere, k.dst}} {
+			if _, ok := m.local[e.l]; e.here && (ok || len(m.local) < 2*m.maxEdges) {
+				m.local[e.l] = t
+			}
+		}
 		s := m.series[k]
 		if s == nil {
 			if len(m.series) >= m.maxEdges {
@@ -154,12 +239,17 @@ func (m *Metrics) sweep(now time.Time) {
 			delete(m.series, k)
 		}
 	}
+	for k, last := range m.local {
+		if now.Sub(last) > m.idle {
+			delete(m.local, k)
+		}
+	}
 	// The endpoints behind the labels may have been renamed.
 	clear(m.labels)
 }
 
 var (
-	flowLabels = []string{"src_kind", "src_namespace", "src", "dst_kind", "dst_namespace", "dst", "proto", "port"}
+	flowLabels = []string{"src_kind", "src_namespace", "src", "dst_kind", "dst_namespace", "dst", "proto", "port", "node", "reporter"}
 	bytesDesc  = prometheus.NewDesc("flowmap_flow_bytes_total",
 		"Wire bytes of the flows from src (the client) to dst (the server) on the server's port: direction forward is client to server, reverse server to client.",
 		append(flowLabels[:len(flowLabels):len(flowLabels)], "direction"), nil)
@@ -176,11 +266,16 @@ var (
 		"The cap on edges with flow series: flows past it count in the series labelled overflow.", nil, nil)
 	overflowDesc = prometheus.NewDesc("flowmap_flow_overflow_flows_total",
 		"Flows counted in the overflow series, for their edge was past the cap.", nil, nil)
+	skippedDesc = prometheus.NewDesc("flowmap_flow_other_reporter_flows_total",
+		"Flows this node counted but leaves to the client's node to report in the flow series (a client on another node of the cluster), or that neither end of runs here.", nil, nil)
+	endpointDesc = prometheus.NewDesc("flowmap_endpoint_info",
+		"Endpoints (at the level of the flow series) that run on this node and were in flows it reported within the idle time: 1 each.",
+		[]string{"kind", "namespace", "name", "node"}, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{bytesDesc, packetsDesc, connsDesc, rttDesc, seriesEdgesDesc, seriesCapDesc, overflowDesc} {
+	for _, d := range []*prometheus.Desc{bytesDesc, packetsDesc, connsDesc, rttDesc, seriesEdgesDesc, seriesCapDesc, overflowDesc, skippedDesc, endpointDesc} {
 		ch <- d
 	}
 }
@@ -194,12 +289,17 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(seriesEdgesDesc, prometheus.GaugeValue, float64(len(m.series)))
 	ch <- prometheus.MustNewConstMetric(seriesCapDesc, prometheus.GaugeValue, float64(m.maxEdges))
 	ch <- prometheus.MustNewConstMetric(overflowDesc, prometheus.CounterValue, float64(m.overflowFlows))
+	ch <- prometheus.MustNewConstMetric(skippedDesc, prometheus.CounterValue, float64(m.skipped))
+	for k := range m.local {
+		ch <- prometheus.MustNewConstMetric(endpointDesc, prometheus.GaugeValue, 1, k.kind, k.namespace, k.name, m.node)
+	}
 	for k, s := range m.series {
 		collectSeries(ch, s, []string{k.src.kind, k.src.namespace, k.src.name, k.dst.kind, k.dst.namespace, k.dst.name,
-			k.proto.String(), strconv.Itoa(int(k.port))})
+			k.proto.String(), strconv.Itoa(int(k.port)), m.node, k.reporter})
 	}
 	if m.overflow != nil {
-		collectSeries(ch, m.overflow, overflowLabels)
+		// Past the cap, one series whatever the reporter.
+		collectSeries(ch, m.overflow, append(overflowLabels[:len(overflowLabels):len(overflowLabels)], m.node, "overflow"))
 	}
 }
 

@@ -20,9 +20,12 @@ func runGraph(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs := flag.NewFlagSet("flowmap graph", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	agentURL := fs.String("agent", "http://127.0.0.1:9477", "base URL of the agent's HTTP API")
+	promURL := fs.String("prometheus", "",
+		"base URL of a Prometheus HTTP API (or Thanos, Mimir, VictoriaMetrics) that scrapes every agent: build the cluster's graph from their flow series instead of asking one agent")
+	selector := fs.String("selector", "", `with --prometheus, label matchers of the agents' series, as job="flowmap"`)
 	level := topology.DefaultLevel
 	fs.Var(&level, "level", "container, pod, workload, namespace or host")
-	window := fs.String("window", "5m", "1m, 5m, 15m or 1h")
+	window := fs.String("window", "5m", "1m, 5m, 15m or 1h; with --prometheus, any duration")
 	format := fs.String("format", "table", "json, dot, svg, png or table (svg and png need Graphviz's dot)")
 	out := fs.String("o", "", "file to write (default: standard output)")
 	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for the agent")
@@ -32,8 +35,12 @@ func runGraph(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if fs.NArg() > 0 {
 		return fmt.Errorf("graph: unexpected argument %q", fs.Arg(0))
 	}
-	if _, err := topology.ParseWindow(*window); err != nil {
-		return fmt.Errorf("graph: %w", err)
+	win, err := topology.ParseWindow(*window)
+	if err != nil && *promURL != "" {
+		win, err = time.ParseDuration(*window)
+	}
+	if err != nil || win <= 0 {
+		return fmt.Errorf("graph: window %q: want 1m, 5m, 15m or 1h (or, with --prometheus, a duration)", *window)
 	}
 	switch *format {
 	case "json", "dot", "svg", "png", "table":
@@ -42,7 +49,13 @@ func runGraph(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	s, err := fetchGraph(ctx, *agentURL, level, *window)
+	var s *topology.Snapshot
+	if *promURL != "" {
+		q := topology.PromQL{URL: *promURL, Selector: *selector}
+		s, err = q.Snapshot(ctx, time.Now(), level, win)
+	} else {
+		s, err = fetchGraph(ctx, *agentURL, level, *window)
+	}
 	if err != nil {
 		return fmt.Errorf("graph: %w", err)
 	}

@@ -1,0 +1,111 @@
+package topology
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flowmap/flowmap/enrich"
+	"github.com/flowmap/flowmap/flows"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// TestMetricsReportOnce runs the reporting rule over the two agents that
+// see a cross-node flow, and others: each flow is in the series of one
+// node, labelled with the side that reports it.
+func TestMetricsReportOnce(t *testing.T) {
+	a := enrich.Endpoint{Kind: enrich.KindUnknown, ID: "198.51.100.34", Name: "198.51.100.34"}
+	b := enrich.Endpoint{Kind: enrich.KindUnknown, ID: "198.51.100.42", Name: "198.51.100.42"}
+	f := flow(a, b, flows.ProtoTCP, 8080, 1000, 2000, 0)
+	for _, tc := range []struct {
+		name string
+		ends Ends
+		// want is the reporter label of the series, "" for none.
+		want string
+		// wantLocal are the endpoint_info names.
+		wantLocal []string
+	}{
+		{"client's node", Ends{ClientHere: true}, "client", []string{"198.51.100.34"}},
+		{"client's node, both here", Ends{ClientHere: true, ServerHere: true}, "client", []string{"198.51.100.34", "198.51.100.42"}},
+		{"server's node, client watched elsewhere", Ends{ServerHere: true, ClientElsewhere: true}, "", nil},
+		{"server's node, client outside", Ends{ServerHere: true}, "server", []string{"198.51.100.42"}},
+		{"routed through", Ends{}, "", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := NewMetrics(MetricsOptions{Level: LevelContainer, Node: "n1", Ends: func(*enrich.Flow) Ends { return tc.ends }})
+			m.Add(t0, f)
+			reg := prometheus.NewPedanticRegistry()
+			reg.MustRegister(m)
+			mfs, err := reg.Gather()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var reporters, local []string
+			var bytes float64
+			for _, mf := range mfs {
+				for _, mt := range mf.Metric {
+					l := map[string]string{}
+					for _, lp := range mt.Label {
+						l[lp.GetName()] = lp.GetValue()
+					}
+					switch mf.GetName() {
+					case "flowmap_flow_bytes_total":
+						if l["node"] != "n1" {
+							t.Errorf("series node = %q, want n1", l["node"])
+						}
+						if l["direction"] == "forward" {
+							reporters = append(reporters, l["reporter"])
+						}
+						bytes += mt.Counter.GetValue()
+					case "flowmap_endpoint_info":
+						local = append(local, l["name"])
+					}
+				}
+			}
+			wantBytes := 3000.0
+			if tc.want == "" {
+				wantBytes = 0
+				if reporters != nil {
+					t.Errorf("reporters %q, want no series", reporters)
+				}
+				if got := m.skipped; got != 1 {
+					t.Errorf("flows left to another node = %v, want 1", got)
+				}
+			} else if len(reporters) != 1 || reporters[0] != tc.want {
+				t.Errorf("reporters %q, want [%q]", reporters, tc.want)
+			}
+			if bytes != wantBytes {
+				t.Errorf("bytes in the series = %v, want %v", bytes, wantBytes)
+			}
+			if strings.Join(sorted(local), ",") != strings.Join(tc.wantLocal, ",") {
+				t.Errorf("endpoint_info names %q, want %q", local, tc.wantLocal)
+			}
+		})
+	}
+}
+
+// TestMetricsLocalIdle checks that endpoint_info forgets endpoints idle for
+// longer than Idle.
+func TestMetricsLocalIdle(t *testing.T) {
+	a := enrich.Endpoint{Kind: enrich.KindUnknown, ID: "198.51.100.34", Name: "198.51.100.34"}
+	b := enrich.Endpoint{Kind: enrich.KindUnknown, ID: "198.51.100.42", Name: "198.51.100.42"}
+	m := NewMetrics(MetricsOptions{Level: LevelContainer, Node: "n1", Idle: 5 * time.Minute,
+		Ends: func(*enrich.Flow) Ends { return Ends{ClientHere: true} }})
+	m.Add(t0, flow(a, b, flows.ProtoTCP, 80, 1, 1, 0))
+	m.Add(t0.Add(10*time.Minute), flow(b, a, flows.ProtoTCP, 80, 1, 1, 0))
+	if got, want := len(m.local), 1; got != want {
+		t.Errorf("%d local endpoints after a's idle time, want %d", got, want)
+	}
+}
+
+func sorted(s []string) []string {
+	s = append([]string(nil), s...)
+	for i := range s {
+		for j := i + 1; j < len(s); j++ {
+			if s[j] < s[i] {
+				s[i], s[j] = s[j], s[i]
+			}
+		}
+	}
+	return s
+}
