@@ -122,7 +122,6 @@ func (n *netnsSource) scan(s *sourceState) error {
 		s.publish(nil)
 		return nil
 	}
-	self, _ := nsInode(filepath.Join(n.procRoot, "self/ns/net"))
 	spaces := make(map[uint64]*netnsInfo)
 	get := func(ino uint64, path string) *netnsInfo {
 		ns, ok := spaces[ino]
@@ -143,7 +142,7 @@ func (n *netnsSource) scan(s *sourceState) error {
 		for _, e := range entries {
 			p := filepath.Join(dir, e.Name())
 			ino, err := nsInode(p)
-			if err != nil || ino == self {
+			if err != nil {
 				continue // not mounted, or gone
 			}
 			if ns := get(ino, p); ns.name == "" {
@@ -162,18 +161,23 @@ func (n *netnsSource) scan(s *sourceState) error {
 		}
 		p := filepath.Join(n.procRoot, e.Name(), "ns/net")
 		ino, err := nsInode(p)
-		if err != nil || ino == self {
+		if err != nil {
 			continue // exited, or a kernel thread
 		}
 		ns := get(ino, p)
 		ns.pids = append(ns.pids, pid)
 	}
 
+	// Our own namespace needs no skipping: no veth of ours has its peer
+	// there with a namespace id. (Nor could we tell it by
+	// /proc/self/ns/net: a thread of ours may have been switched.)
 	var recs []record
 	for _, ns := range spaces {
 		nsid, addrs, err := nsLook(ns.path)
 		if err != nil {
-			continue // the namespace went away since
+			// The namespace went away since, most likely.
+			s.log.Debug("look into network namespace", "netns", ns.inode, "path", ns.path, "err", err)
+			continue
 		}
 		if nsid < 0 || !peers[nsid] {
 			continue // no veth of ours leads there
