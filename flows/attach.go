@@ -38,6 +38,32 @@ func (m *AttachMode) Set(s string) error {
 
 func (m AttachMode) String() string { return string(m) }
 
+// XDPMode chooses where the XDP program runs.
+type XDPMode string
+
+// The XDP modes.
+const (
+	// XDPAuto runs in the driver where it has native XDP, generic otherwise.
+	XDPAuto XDPMode = "auto"
+	// XDPNative runs in the driver, and fails where it has no native XDP.
+	XDPNative XDPMode = "native"
+	// XDPGeneric runs in the stack, after the skb is built: slower, but on
+	// any interface, and it does not turn off a veth peer's TSO.
+	XDPGeneric XDPMode = "generic"
+)
+
+// Set parses a mode, for flag.Value.
+func (m *XDPMode) Set(s string) error {
+	switch XDPMode(s) {
+	case XDPAuto, XDPNative, XDPGeneric:
+		*m = XDPMode(s)
+		return nil
+	}
+	return fmt.Errorf("xdp mode %q: want auto, native or generic", s)
+}
+
+func (m XDPMode) String() string { return string(m) }
+
 // filterPrefix names flowmap's clsact filters, so that a later agent can
 // find and remove those of a dead one.
 const filterPrefix = "flowmap_"
@@ -54,7 +80,7 @@ type attachment struct {
 	// clsact filters, and whether flowmap made the qdisc they hang on.
 	filters []*netlink.BpfFilter
 	qdisc   bool
-	xdp     string // "native" or "generic" where XDP counts ingress
+	xdp     XDPMode // native or generic where XDP counts ingress
 }
 
 // attachTC attaches prog to the ingress or egress of ifindex, by TCX or
@@ -112,19 +138,26 @@ func (a *attachment) attachClsact(prog *ebpf.Program, ingress bool) error {
 	return nil
 }
 
-// attachXDP attaches prog to the interface's XDP hook: in the driver where
-// it has native XDP, generic otherwise.
-func (a *attachment) attachXDP(prog *ebpf.Program) error {
-	l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: a.iface.Index, Flags: link.XDPDriverMode})
-	if err == nil {
-		a.links, a.xdp = append(a.links, l), "native"
-		return nil
+// attachXDP attaches prog to the interface's XDP hook, in mode: for
+// XDPAuto in the driver where it has native XDP, generic otherwise.
+func (a *attachment) attachXDP(prog *ebpf.Program, mode XDPMode) error {
+	var nerr error
+	if mode != XDPGeneric {
+		l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: a.iface.Index, Flags: link.XDPDriverMode})
+		if err == nil {
+			a.links, a.xdp = append(a.links, l), XDPNative
+			return nil
+		}
+		if mode == XDPNative {
+			return fmt.Errorf("attach native xdp to %s: %w", a.iface.Name, err)
+		}
+		nerr = fmt.Errorf("native: %w; ", err)
 	}
-	l, gerr := link.AttachXDP(link.XDPOptions{Program: prog, Interface: a.iface.Index, Flags: link.XDPGenericMode})
-	if gerr != nil {
-		return fmt.Errorf("attach xdp to %s: native: %w; generic: %w", a.iface.Name, err, gerr)
+	l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: a.iface.Index, Flags: link.XDPGenericMode})
+	if err != nil {
+		return fmt.Errorf("attach xdp to %s: %wgeneric: %w", a.iface.Name, nerr, err)
 	}
-	a.links, a.xdp = append(a.links, l), "generic"
+	a.links, a.xdp = append(a.links, l), XDPGeneric
 	return nil
 }
 

@@ -47,9 +47,9 @@ func benchDirs(n int) map[bpfFlowKey]*direction {
 	for i := 0; len(dirs) < n; i++ {
 		k := benchKey(i)
 		fwd := &direction{Direction: Direction{Bytes: 1500, Packets: 10, Point: PointTCIngress, Ifindex: 2 + i%32},
-			first: uint64(i), last: uint64(i) + 1000}
+			first: uint64(i), lastJ: uint64(i) + 1000}
 		rev := &direction{Direction: Direction{Bytes: 64000, Packets: 50, Point: PointTCEgress, Ifindex: 2 + i%32},
-			first: uint64(i) + 10, last: uint64(i) + 2000}
+			first: uint64(i) + 10, lastJ: uint64(i) + 2000}
 		if k.Proto == uint8(ProtoTCP) {
 			fwd.TCPFlags, rev.TCPFlags = benchACK, benchACK
 			if i%3 == 0 {
@@ -81,7 +81,7 @@ func BenchmarkDrainerAdd(b *testing.B) {
 	}
 	vals := make([]bpfFlowStats, benchCPUs)
 	for c := range vals {
-		vals[c] = bpfFlowStats{Bytes: 1500, Packets: 1, FirstNs: uint64(c + 1), LastNs: uint64(c + 2),
+		vals[c] = bpfFlowStats{Bytes: 1500, Packets: 1, FirstNs: uint64(c + 1), LastJiffies: uint64(c + 2),
 			Ifindex: 3, TcpFlags: benchACK, Point: uint8(PointTCIngress)}
 	}
 	b.ReportAllocs()
@@ -104,12 +104,11 @@ func BenchmarkRecords(b *testing.B) {
 		known[idx] = Interface{Index: idx, Name: fmt.Sprintf("veth%d", idx), Kind: "veth", PeerNetNSID: idx}
 	}
 	ifaces := func(idx int) Interface { return known[idx] }
-	now := time.Now()
-	wall := func(ns uint64) time.Time { return now.Add(time.Duration(ns)) }
+	clk := clockReading{wall: time.Now(), ns: 1 << 40, j: 1 << 30, tick: 4 * time.Millisecond}
 	b.ReportAllocs()
 	var recs []Record
 	for b.Loop() {
-		recs = d.records(dirs, ifaces, wall)
+		recs = d.records(dirs, ifaces, clk)
 	}
 	if got, want := len(recs), benchDirections/2; got != want {
 		b.Fatalf("records of %d directions: got %d records, want %d", benchDirections, got, want)
@@ -136,12 +135,12 @@ func BenchmarkMerge(b *testing.B) {
 				n = flows + i*flows + j // new in this batch
 			}
 			k := benchKey(n)
-			dirs[k] = &direction{Direction: Direction{Bytes: 1500, Packets: 10, Point: PointTCIngress, Ifindex: 3}, first: 1, last: 2}
-			dirs[reverse(k)] = &direction{Direction: Direction{Bytes: 900, Packets: 9, Point: PointTCEgress, Ifindex: 4}, first: 1, last: 2}
+			dirs[k] = &direction{Direction: Direction{Bytes: 1500, Packets: 10, Point: PointTCIngress, Ifindex: 3}, first: 1, lastJ: 2}
+			dirs[reverse(k)] = &direction{Direction: Direction{Bytes: 900, Packets: 9, Point: PointTCEgress, Ifindex: 4}, first: 1, lastJ: 2}
 		}
 		t := start.Add(time.Duration(i) * 5 * time.Second)
-		wall := func(ns uint64) time.Time { return t.Add(time.Duration(ns)) }
-		in = append(in, Batch{Start: t, End: t.Add(5 * time.Second), Records: d.records(dirs, ifaces, wall)})
+		clk := clockReading{wall: t, ns: 1 << 40, j: 1 << 30, tick: 4 * time.Millisecond}
+		in = append(in, Batch{Start: t, End: t.Add(5 * time.Second), Records: d.records(dirs, ifaces, clk)})
 	}
 	b.ReportAllocs()
 	var out Batch

@@ -34,12 +34,23 @@ type bpfFlowKey struct {
 	Vlan  uint16
 }
 
+type bpfFlowKey4 struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Sport uint16
+	Dport uint16
+	Proto uint8
+	Pad   uint8
+	Vlan  uint16
+}
+
 type bpfFlowStats struct {
 	_           structs.HostLayout
 	Bytes       uint64
 	Packets     uint64
 	FirstNs     uint64
-	LastNs      uint64
+	LastJiffies uint64
 	SynRttNs    uint64
 	Ifindex     uint32
 	Retransmits uint32
@@ -62,15 +73,21 @@ const (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	bpfMapCounters       = "counters"
-	bpfMapFlowsA         = "flows_a"
-	bpfMapFlowsB         = "flows_b"
+	bpfMapFlows4A        = "flows4_a"
+	bpfMapFlows4B        = "flows4_b"
+	bpfMapFlows6A        = "flows6_a"
+	bpfMapFlows6B        = "flows6_b"
 	bpfMapHandshakes     = "handshakes"
 	bpfMapWatched        = "watched"
+	bpfMapWatchedHi      = "watched_hi"
+	bpfProgClockProbe    = "clock_probe"
 	bpfProgTcEgress      = "tc_egress"
 	bpfProgTcIngress     = "tc_ingress"
 	bpfProgTcpRetransmit = "tcp_retransmit"
 	bpfProgXdpIngress    = "xdp_ingress"
 	bpfVarActiveBuf      = "active_buf"
+	bpfVarProbeJiffies   = "probe_jiffies"
+	bpfVarProbeNs        = "probe_ns"
 	bpfVarUnusedCounter  = "unused_counter"
 	bpfVarUnusedPoint    = "unused_point"
 )
@@ -117,6 +134,7 @@ type bpfSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfProgramSpecs struct {
+	ClockProbe    *ebpf.ProgramSpec `ebpf:"clock_probe"`
 	TcEgress      *ebpf.ProgramSpec `ebpf:"tc_egress"`
 	TcIngress     *ebpf.ProgramSpec `ebpf:"tc_ingress"`
 	TcpRetransmit *ebpf.ProgramSpec `ebpf:"tcp_retransmit"`
@@ -128,10 +146,13 @@ type bpfProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
 	Counters   *ebpf.MapSpec `ebpf:"counters"`
-	FlowsA     *ebpf.MapSpec `ebpf:"flows_a"`
-	FlowsB     *ebpf.MapSpec `ebpf:"flows_b"`
+	Flows4A    *ebpf.MapSpec `ebpf:"flows4_a"`
+	Flows4B    *ebpf.MapSpec `ebpf:"flows4_b"`
+	Flows6A    *ebpf.MapSpec `ebpf:"flows6_a"`
+	Flows6B    *ebpf.MapSpec `ebpf:"flows6_b"`
 	Handshakes *ebpf.MapSpec `ebpf:"handshakes"`
 	Watched    *ebpf.MapSpec `ebpf:"watched"`
+	WatchedHi  *ebpf.MapSpec `ebpf:"watched_hi"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -139,6 +160,8 @@ type bpfMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
 	ActiveBuf     *ebpf.VariableSpec `ebpf:"active_buf"`
+	ProbeJiffies  *ebpf.VariableSpec `ebpf:"probe_jiffies"`
+	ProbeNs       *ebpf.VariableSpec `ebpf:"probe_ns"`
 	UnusedCounter *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedPoint   *ebpf.VariableSpec `ebpf:"unused_point"`
 }
@@ -164,19 +187,25 @@ func (o *bpfObjects) Close() error {
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
 	Counters   *ebpf.Map `ebpf:"counters"`
-	FlowsA     *ebpf.Map `ebpf:"flows_a"`
-	FlowsB     *ebpf.Map `ebpf:"flows_b"`
+	Flows4A    *ebpf.Map `ebpf:"flows4_a"`
+	Flows4B    *ebpf.Map `ebpf:"flows4_b"`
+	Flows6A    *ebpf.Map `ebpf:"flows6_a"`
+	Flows6B    *ebpf.Map `ebpf:"flows6_b"`
 	Handshakes *ebpf.Map `ebpf:"handshakes"`
 	Watched    *ebpf.Map `ebpf:"watched"`
+	WatchedHi  *ebpf.Map `ebpf:"watched_hi"`
 }
 
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.Counters,
-		m.FlowsA,
-		m.FlowsB,
+		m.Flows4A,
+		m.Flows4B,
+		m.Flows6A,
+		m.Flows6B,
 		m.Handshakes,
 		m.Watched,
+		m.WatchedHi,
 	)
 }
 
@@ -185,6 +214,8 @@ func (m *bpfMaps) Close() error {
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
 	ActiveBuf     *ebpf.Variable `ebpf:"active_buf"`
+	ProbeJiffies  *ebpf.Variable `ebpf:"probe_jiffies"`
+	ProbeNs       *ebpf.Variable `ebpf:"probe_ns"`
 	UnusedCounter *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedPoint   *ebpf.Variable `ebpf:"unused_point"`
 }
@@ -193,6 +224,7 @@ type bpfVariables struct {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfPrograms struct {
+	ClockProbe    *ebpf.Program `ebpf:"clock_probe"`
 	TcEgress      *ebpf.Program `ebpf:"tc_egress"`
 	TcIngress     *ebpf.Program `ebpf:"tc_ingress"`
 	TcpRetransmit *ebpf.Program `ebpf:"tcp_retransmit"`
@@ -201,6 +233,7 @@ type bpfPrograms struct {
 
 func (p *bpfPrograms) Close() error {
 	return _BpfClose(
+		p.ClockProbe,
 		p.TcEgress,
 		p.TcIngress,
 		p.TcpRetransmit,

@@ -75,7 +75,7 @@ var (
 	testMACB = net.HardwareAddr{0x02, 0xf1, 0x0f, 0x00, 0x00, 0x0b}
 )
 
-// loadTestObjects loads the programs and maps, with flows_a and flows_b
+// loadTestObjects loads the programs and maps, with each flow map
 // holding maxFlows entries (0 keeps the object's size), and closes them
 // when t ends.
 func loadTestObjects(t testing.TB, maxFlows uint32) *bpfObjects {
@@ -85,8 +85,9 @@ func loadTestObjects(t testing.TB, maxFlows uint32) *bpfObjects {
 		t.Fatalf("load embedded BPF: %v", err)
 	}
 	if maxFlows > 0 {
-		spec.Maps[bpfMapFlowsA].MaxEntries = maxFlows
-		spec.Maps[bpfMapFlowsB].MaxEntries = maxFlows
+		for _, m := range []string{bpfMapFlows4A, bpfMapFlows4B, bpfMapFlows6A, bpfMapFlows6B} {
+			spec.Maps[m].MaxEntries = maxFlows
+		}
 	}
 	var objs bpfObjects
 	if err := spec.LoadAndAssign(&objs, nil); err != nil {
@@ -104,14 +105,17 @@ func loadTestObjects(t testing.TB, maxFlows uint32) *bpfObjects {
 	return &objs
 }
 
-// resetObjects empties every map, zeroes the counters and makes flows_a
-// the active half, so that each case starts from a freshly loaded state.
+// resetObjects empties every hash map, zeroes the counters and makes the
+// _a maps the active half, so that each case starts from a freshly loaded
+// state. (The watched array is left to the test that fills it.)
 func resetObjects(t testing.TB, objs *bpfObjects) {
 	t.Helper()
-	clearMap[bpfFlowKey](t, objs.FlowsA)
-	clearMap[bpfFlowKey](t, objs.FlowsB)
+	clearMap[bpfFlowKey4](t, objs.Flows4A)
+	clearMap[bpfFlowKey4](t, objs.Flows4B)
+	clearMap[bpfFlowKey](t, objs.Flows6A)
+	clearMap[bpfFlowKey](t, objs.Flows6B)
 	clearMap[bpfFlowKey](t, objs.Handshakes)
-	clearMap[uint32](t, objs.Watched)
+	clearMap[uint32](t, objs.WatchedHi)
 	ncpu, err := ebpf.PossibleCPU()
 	if err != nil {
 		t.Fatalf("count possible CPUs: %v", err)
@@ -382,72 +386,144 @@ type flowSum struct {
 	Ifindex     uint32
 	SynRTT      uint64 // the largest of the CPUs'
 	Retransmits uint32
-	First, Last uint64 // the earliest and latest of the CPUs'
+	First       uint64 // the earliest first_ns of the CPUs'
+	Last        uint64 // the latest last_jiffies of the CPUs'
 }
 
-// sumFlows reads a flow map and sums each direction over the CPUs. It
-// fails t where a CPU's slot is inconsistent: packets without a time or a
-// point, or CPUs that disagree on where the flow was counted.
-func sumFlows(t testing.TB, m *ebpf.Map) map[bpfFlowKey]flowSum {
+// flowHalf is one half of the double buffer: the _a maps or the _b maps.
+type flowHalf struct {
+	objs *bpfObjects
+	b    bool
+}
+
+func halfA(objs *bpfObjects) flowHalf { return flowHalf{objs, false} }
+func halfB(objs *bpfObjects) flowHalf { return flowHalf{objs, true} }
+
+func (h flowHalf) String() string {
+	if h.b {
+		return "flows4_b/flows6_b"
+	}
+	return "flows4_a/flows6_a"
+}
+
+func (h flowHalf) maps() (v4, v6 *ebpf.Map) {
+	if h.b {
+		return h.objs.Flows4B, h.objs.Flows6B
+	}
+	return h.objs.Flows4A, h.objs.Flows6A
+}
+
+// v4 returns the IPv4 key of an IPv4-mapped key.
+func (k bpfFlowKey) v4() (bpfFlowKey4, bool) {
+	var prefix [12]byte
+	prefix[10], prefix[11] = 0xff, 0xff
+	if [12]byte(k.Saddr[:12]) != prefix || [12]byte(k.Daddr[:12]) != prefix {
+		return bpfFlowKey4{}, false
+	}
+	return bpfFlowKey4{
+		Saddr: binary.NativeEndian.Uint32(k.Saddr[12:]),
+		Daddr: binary.NativeEndian.Uint32(k.Daddr[12:]),
+		Sport: k.Sport, Dport: k.Dport, Proto: k.Proto, Vlan: k.Vlan,
+	}, true
+}
+
+// sumFlows reads both flow maps of a half and sums each direction over the
+// CPUs, with IPv4 keys mapped as the drain maps them. It fails t where a
+// CPU's slot is inconsistent: packets without a time or a point, or CPUs
+// that disagree on where the flow was counted.
+func sumFlows(t testing.TB, h flowHalf) map[bpfFlowKey]flowSum {
 	t.Helper()
 	out := map[bpfFlowKey]flowSum{}
-	var k bpfFlowKey
+	v4, v6 := h.maps()
+	var k4 bpfFlowKey4
 	var percpu []bpfFlowStats
-	it := m.Iterate()
-	for it.Next(&k, &percpu) {
-		var s flowSum
-		for cpu, v := range percpu {
-			s.Bytes += v.Bytes
-			s.Packets += v.Packets
-			s.TCPFlags |= v.TcpFlags
-			s.Retransmits += v.Retransmits
-			s.SynRTT = max(s.SynRTT, v.SynRttNs)
-			if v.Packets == 0 {
-				if v.Point != 0 || v.FirstNs != 0 || v.LastNs != 0 {
-					t.Errorf("%s on CPU %d: no packets but point %d, first_ns %d, last_ns %d",
-						keyString(k), cpu, v.Point, v.FirstNs, v.LastNs)
-				}
-				continue
-			}
-			if v.FirstNs == 0 || v.LastNs < v.FirstNs {
-				t.Errorf("%s on CPU %d: first_ns %d, last_ns %d, want 0 < first_ns <= last_ns",
-					keyString(k), cpu, v.FirstNs, v.LastNs)
-			}
-			if s.Point != 0 && (bpfPoint(v.Point) != s.Point || v.Ifindex != s.Ifindex) {
-				t.Errorf("%s on CPU %d: point %d ifindex %d, other CPUs point %d ifindex %d",
-					keyString(k), cpu, v.Point, v.Ifindex, s.Point, s.Ifindex)
-			}
-			s.Point, s.Ifindex = bpfPoint(v.Point), v.Ifindex
-			if s.First == 0 || v.FirstNs < s.First {
-				s.First = v.FirstNs
-			}
-			s.Last = max(s.Last, v.LastNs)
-		}
-		out[k] = s
+	it := v4.Iterate()
+	for it.Next(&k4, &percpu) {
+		out[k4.mapped()] = sumCPUs(t, k4.mapped(), percpu)
 	}
 	if err := it.Err(); err != nil {
-		t.Fatalf("iterate %v: %v", m, err)
+		t.Fatalf("iterate %v: %v", v4, err)
+	}
+	var k bpfFlowKey
+	it = v6.Iterate()
+	for it.Next(&k, &percpu) {
+		if _, ok := k.v4(); ok {
+			t.Errorf("%v: IPv4 flow %s in the IPv6 map", v6, keyString(k))
+		}
+		out[k] = sumCPUs(t, k, percpu)
+	}
+	if err := it.Err(); err != nil {
+		t.Fatalf("iterate %v: %v", v6, err)
 	}
 	return out
 }
 
-// checkFlows compares a flow map with want field by field, and checks that
-// every direction was first and last seen between before and after:
-// before read from CLOCK_MONOTONIC_COARSE, which lags, after from
-// CLOCK_MONOTONIC (first seen is precise, last seen coarse).
-func checkFlows(t testing.TB, m *ebpf.Map, want map[bpfFlowKey]flowSum, before, after uint64) {
+func sumCPUs(t testing.TB, k bpfFlowKey, percpu []bpfFlowStats) flowSum {
 	t.Helper()
-	got := sumFlows(t, m)
+	var s flowSum
+	for cpu, v := range percpu {
+		s.Bytes += v.Bytes
+		s.Packets += v.Packets
+		s.TCPFlags |= v.TcpFlags
+		s.Retransmits += v.Retransmits
+		s.SynRTT = max(s.SynRTT, v.SynRttNs)
+		if v.Packets == 0 {
+			if v.Point != 0 || v.FirstNs != 0 || v.LastJiffies != 0 {
+				t.Errorf("%s on CPU %d: no packets but point %d, first_ns %d, last_jiffies %d",
+					keyString(k), cpu, v.Point, v.FirstNs, v.LastJiffies)
+			}
+			continue
+		}
+		if v.FirstNs == 0 || v.LastJiffies == 0 {
+			t.Errorf("%s on CPU %d: first_ns %d, last_jiffies %d, want both set",
+				keyString(k), cpu, v.FirstNs, v.LastJiffies)
+		}
+		if s.Point != 0 && (bpfPoint(v.Point) != s.Point || v.Ifindex != s.Ifindex) {
+			t.Errorf("%s on CPU %d: point %d ifindex %d, other CPUs point %d ifindex %d",
+				keyString(k), cpu, v.Point, v.Ifindex, s.Point, s.Ifindex)
+		}
+		s.Point, s.Ifindex = bpfPoint(v.Point), v.Ifindex
+		if s.First == 0 || v.FirstNs < s.First {
+			s.First = v.FirstNs
+		}
+		s.Last = max(s.Last, v.LastJiffies)
+	}
+	return s
+}
+
+// jiffiesSince returns the jiffies now, and a jiffy count no later than
+// CLOCK_MONOTONIC ns since: a jiffy lasts at least 1 ms (HZ <= 1000).
+func jiffiesSince(t testing.TB, objs *bpfObjects, since uint64) (from, now uint64) {
+	t.Helper()
+	c := &clock{probe: objs.ClockProbe, jiffies: objs.ProbeJiffies, monotonic: objs.ProbeNs}
+	j, ns, err := c.sample()
+	if err != nil {
+		t.Fatalf("sample the clocks: %v", err)
+	}
+	back := (ns-min(since, ns))/uint64(time.Millisecond) + 1
+	return j - min(back, j), j
+}
+
+// checkFlows compares a half's flow maps with want field by field, and
+// checks that every direction was first seen between before and after
+// (CLOCK_MONOTONIC ns; before may be read from the coarse clock, which
+// lags) and last seen at a jiffy in that span.
+func checkFlows(t testing.TB, h flowHalf, want map[bpfFlowKey]flowSum, before, after uint64) {
+	t.Helper()
+	got := sumFlows(t, h)
+	jFrom, jNow := jiffiesSince(t, h.objs, before)
 	for k, w := range want {
 		g, ok := got[k]
 		if !ok {
-			t.Errorf("%v: no entry for %s", m, keyString(k))
+			t.Errorf("%v: no entry for %s", h, keyString(k))
 			continue
 		}
 		delete(got, k)
-		if g.First < before || g.Last > after || g.First > g.Last {
-			t.Errorf("%s: first_ns %d, last_ns %d, want within [%d, %d] and ordered",
-				keyString(k), g.First, g.Last, before, after)
+		if g.First < before || g.First > after {
+			t.Errorf("%s: first_ns %d, want within [%d, %d]", keyString(k), g.First, before, after)
+		}
+		if g.Last < jFrom || g.Last > jNow {
+			t.Errorf("%s: last_jiffies %d, want within [%d, %d]", keyString(k), g.Last, jFrom, jNow)
 		}
 		g.First, g.Last = 0, 0
 		if g != w {
@@ -455,7 +531,7 @@ func checkFlows(t testing.TB, m *ebpf.Map, want map[bpfFlowKey]flowSum, before, 
 		}
 	}
 	for k, g := range got {
-		t.Errorf("%v: unexpected entry %s: %+v", m, keyString(k), g)
+		t.Errorf("%v: unexpected entry %s: %+v", h, keyString(k), g)
 	}
 }
 
@@ -724,8 +800,8 @@ func TestBPFParse(t *testing.T) {
 					w.Point, w.Ifindex = h.point, lo
 					want[k] = w
 				}
-				checkFlows(t, objs.FlowsA, want, before, after)
-				checkFlows(t, objs.FlowsB, nil, 0, 0)
+				checkFlows(t, halfA(objs), want, before, after)
+				checkFlows(t, halfB(objs), nil, 0, 0)
 				checkCounters(t, objs, tc.counters)
 			})
 		}
@@ -767,7 +843,7 @@ func TestBPFGarbage(t *testing.T) {
 				wantBytes += uint64(len(f))
 			}
 			var packets, bytes uint64
-			for _, s := range sumFlows(t, objs.FlowsA) {
+			for _, s := range sumFlows(t, halfA(objs)) {
 				packets += s.Packets
 				bytes += s.Bytes
 			}
@@ -874,7 +950,7 @@ func TestBPFGSO(t *testing.T) {
 					Point:    h.point,
 					Ifindex:  lo,
 				}
-				checkFlows(t, objs.FlowsA, map[bpfFlowKey]flowSum{tc.key: want}, before, after)
+				checkFlows(t, halfA(objs), map[bpfFlowKey]flowSum{tc.key: want}, before, after)
 				checkCounters(t, objs, nil)
 			})
 		}
@@ -908,9 +984,10 @@ func TestBPFEgressSkip(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			resetObjects(t, objs)
-			if err := objs.Watched.Put(uint32(watchedIf), uint8(1)); err != nil {
+			if err := objs.Watched.Put(uint32(watchedIf), uint32(1)); err != nil {
 				t.Fatalf("watch %d: %v", watchedIf, err)
 			}
+			t.Cleanup(func() { objs.Watched.Put(uint32(watchedIf), uint32(0)) })
 			ctx := progContext(t, "__sk_buff", map[string]uint32{"ingress_ifindex": tc.iif})
 			before := coarseNow(t)
 			tc.hook.runCtx(t, frame, ctx)
@@ -919,8 +996,8 @@ func TestBPFEgressSkip(t *testing.T) {
 			if tc.counted {
 				want[key] = flowSum{Bytes: uint64(len(frame)), Packets: 1, TCPFlags: hdrACK, Point: tc.hook.point, Ifindex: lo}
 			}
-			checkFlows(t, objs.FlowsA, want, before, after)
-			checkFlows(t, objs.FlowsB, nil, 0, 0)
+			checkFlows(t, halfA(objs), want, before, after)
+			checkFlows(t, halfB(objs), nil, 0, 0)
 			checkCounters(t, objs, nil)
 		})
 	}
@@ -951,9 +1028,9 @@ func TestBPFDoubleBuffer(t *testing.T) {
 				h.run(t, frame)
 				after := monoNow(t)
 				for _, half := range []struct {
-					m *ebpf.Map
+					m flowHalf
 					n uint64
-				}{{objs.FlowsA, s.a}, {objs.FlowsB, s.b}} {
+				}{{halfA(objs), s.a}, {halfB(objs), s.b}} {
 					want := map[bpfFlowKey]flowSum{}
 					if half.n > 0 {
 						want[key] = flowSum{Bytes: half.n * uint64(len(frame)), Packets: half.n, Point: h.point, Ifindex: lo}
@@ -1076,7 +1153,7 @@ func TestBPFHandshake(t *testing.T) {
 			case !tc.wantRTT && err != nil:
 				t.Errorf("after an unrelated reply: handshakes[%s]: %v; want it kept", keyString(tc.synKey), err)
 			}
-			flows := sumFlows(t, objs.FlowsA)
+			flows := sumFlows(t, halfA(objs))
 			if got := flows[tc.synKey].SynRTT; got != 0 {
 				t.Errorf("SYN direction %s: syn_rtt_ns %d, want 0", keyString(tc.synKey), got)
 			}
@@ -1105,8 +1182,8 @@ func TestBPFMapFull(t *testing.T) {
 	const maxFlows = 4
 	objs := loadTestObjects(t, maxFlows)
 	lo := loopbackIndex(t)
-	if got := objs.FlowsA.MaxEntries(); got != maxFlows {
-		t.Fatalf("flows_a max_entries %d, want %d", got, maxFlows)
+	if got := objs.Flows4A.MaxEntries(); got != maxFlows {
+		t.Fatalf("flows4_a max_entries %d, want %d", got, maxFlows)
 	}
 	udp := func(sport uint16, payload int) ([]byte, bpfFlowKey) {
 		return buildFrame(t, ethL(layers.EthernetTypeIPv4), ip4L("198.51.100.2", "203.0.113.7", layers.IPProtocolUDP),
@@ -1145,7 +1222,7 @@ func TestBPFMapFull(t *testing.T) {
 			fullPackets += segs
 			fullBytes += uint64(len(f)) + (segs-1)*uint64(len(f)-payload)
 			after := monoNow(t)
-			checkFlows(t, objs.FlowsA, want, before, after)
+			checkFlows(t, halfA(objs), want, before, after)
 			checkCounters(t, objs, map[bpfCounter]uint64{
 				bpfCounterCOUNTER_MAP_FULL_PACKETS: fullPackets,
 				bpfCounterCOUNTER_MAP_FULL_BYTES:   fullBytes,
@@ -1157,7 +1234,7 @@ func TestBPFMapFull(t *testing.T) {
 			before = coarseNow(t)
 			f, k = udp(20006, 70)
 			h.run(t, f)
-			checkFlows(t, objs.FlowsB, map[bpfFlowKey]flowSum{k: {Bytes: uint64(len(f)), Packets: 1, Point: h.point, Ifindex: lo}},
+			checkFlows(t, halfB(objs), map[bpfFlowKey]flowSum{k: {Bytes: uint64(len(f)), Packets: 1, Point: h.point, Ifindex: lo}},
 				before, monoNow(t))
 		})
 	}
@@ -1229,7 +1306,7 @@ func TestBPFRepeated(t *testing.T) {
 					w.Point, w.Ifindex = h.point, lo
 					want[tc.keys[i]] = w
 				}
-				checkFlows(t, objs.FlowsA, want, before, monoNow(t))
+				checkFlows(t, halfA(objs), want, before, monoNow(t))
 			})
 		}
 	}
@@ -1295,8 +1372,12 @@ func TestBPFRepeated(t *testing.T) {
 					t.Fatal(err)
 				}
 				var percpu []bpfFlowStats
-				if err := objs.FlowsA.Lookup(&up, &percpu); err != nil {
-					t.Fatalf("flows_a[%s]: %v", keyString(up), err)
+				up4, ok := up.v4()
+				if !ok {
+					t.Fatalf("%s is not IPv4", keyString(up))
+				}
+				if err := objs.Flows4A.Lookup(&up4, &percpu); err != nil {
+					t.Fatalf("flows4_a[%s]: %v", keyString(up), err)
 				}
 				flags := []uint16{hdrSYN, hdrPSH | hdrACK, hdrACK}
 				// The first CPU counts frames 0 and 2, the second frame 1.
@@ -1318,8 +1399,8 @@ func TestBPFRepeated(t *testing.T) {
 					if s.FirstNs < starts[first] || s.FirstNs > ends[first] {
 						t.Errorf("CPU %d slot: first_ns %d, want within [%d, %d] (frame %d)", cpu, s.FirstNs, starts[first], ends[first], first)
 					}
-					if s.LastNs < starts[last] || s.LastNs > ends[last] {
-						t.Errorf("CPU %d slot: last_ns %d, want within [%d, %d] (frame %d)", cpu, s.LastNs, starts[last], ends[last], last)
+					if from, now := jiffiesSince(t, objs, starts[last]); s.LastJiffies < from || s.LastJiffies > now {
+						t.Errorf("CPU %d slot: last_jiffies %d, want within [%d, %d] (frame %d)", cpu, s.LastJiffies, from, now, last)
 					}
 				}
 				wantSlot(allowed[0], 0, 2)

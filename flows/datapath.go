@@ -28,6 +28,8 @@ type Config struct {
 	// XDP are globs of interfaces whose ingress is counted by XDP instead
 	// of TC (for NICs with a native XDP driver). They must also be watched.
 	XDP []string
+	// XDPMode is where the XDP program runs; "" is XDPAuto.
+	XDPMode XDPMode
 	// Attach is how TC programs are attached; "" is AttachAuto.
 	Attach AttachMode
 	// Interval is how often the flow map is drained; 0 is 5s.
@@ -48,6 +50,7 @@ type Datapath struct {
 	objs   bpfObjects
 	retran link.Link
 	drain  *drainer
+	clock  *clock
 
 	mu       sync.Mutex
 	attached map[int]*attachment // by ifindex
@@ -88,6 +91,9 @@ func New(cfg Config) (*Datapath, error) {
 	if cfg.Attach == "" {
 		cfg.Attach = AttachAuto
 	}
+	if cfg.XDPMode == "" {
+		cfg.XDPMode = XDPAuto
+	}
 	if cfg.Interval <= 0 {
 		cfg.Interval = 5 * time.Second
 	}
@@ -110,8 +116,9 @@ func New(cfg Config) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load embedded BPF: %w", err)
 	}
-	spec.Maps[bpfMapFlowsA].MaxEntries = uint32(cfg.MaxFlows)
-	spec.Maps[bpfMapFlowsB].MaxEntries = uint32(cfg.MaxFlows)
+	for _, m := range []string{bpfMapFlows4A, bpfMapFlows4B, bpfMapFlows6A, bpfMapFlows6B} {
+		spec.Maps[m].MaxEntries = uint32(cfg.MaxFlows)
+	}
 	d := &Datapath{cfg: cfg, log: log, attached: map[int]*attachment{}, known: map[int]Interface{}}
 	d.stats.MaxFlows = cfg.MaxFlows
 	if err := spec.LoadAndAssign(&d.objs, nil); err != nil {
@@ -122,6 +129,10 @@ func New(cfg Config) (*Datapath, error) {
 		return nil, fmt.Errorf("load BPF programs: %w", err)
 	}
 	if d.drain, err = newDrainer(&d.objs, cfg.MaxFlows); err != nil {
+		d.objs.Close()
+		return nil, err
+	}
+	if d.clock, err = newClock(&d.objs); err != nil {
 		d.objs.Close()
 		return nil, err
 	}
@@ -377,7 +388,7 @@ func (d *Datapath) attachLocked(l netlink.Link) (err error) {
 		a.bridge = true
 	} else {
 		if matchAny(d.cfg.XDP, attrs.Name) {
-			if err := a.attachXDP(d.objs.XdpIngress); err != nil {
+			if err := a.attachXDP(d.objs.XdpIngress, d.cfg.XDPMode); err != nil {
 				return err
 			}
 		} else if err := a.attachTC(d.cfg.Attach, d.objs.TcIngress, true); err != nil {
@@ -387,7 +398,7 @@ func (d *Datapath) attachLocked(l netlink.Link) (err error) {
 			return err
 		}
 	}
-	if err := d.objs.Watched.Put(uint32(attrs.Index), uint8(1)); err != nil {
+	if err := d.watch(attrs.Index, true); err != nil {
 		return fmt.Errorf("watch %s: %w", attrs.Name, err)
 	}
 	d.attached[attrs.Index] = a
@@ -432,6 +443,21 @@ func (d *Datapath) attachPortsLocked(bridge int) {
 	}
 }
 
+// watch adds ifindex to the kernel's set of interfaces whose ingress is
+// counted, or removes it.
+func (d *Datapath) watch(ifindex int, on bool) error {
+	if ifindex < int(d.objs.Watched.MaxEntries()) {
+		return d.objs.Watched.Put(uint32(ifindex), boolU32(on))
+	}
+	if on {
+		return d.objs.WatchedHi.Put(uint32(ifindex), uint32(1))
+	}
+	if err := d.objs.WatchedHi.Delete(uint32(ifindex)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return err
+	}
+	return nil
+}
+
 // releaseLocked detaches from one interface. The caller holds d.mu.
 func (d *Datapath) releaseLocked(idx int) error {
 	a := d.attached[idx]
@@ -442,7 +468,7 @@ func (d *Datapath) releaseLocked(idx int) error {
 		d.stats.Attached--
 	}
 	err := a.close()
-	if derr := d.objs.Watched.Delete(uint32(idx)); derr != nil && !errors.Is(derr, ebpf.ErrKeyNotExist) {
+	if derr := d.watch(idx, false); derr != nil {
 		err = errors.Join(err, fmt.Errorf("unwatch %s: %w", a.iface.Name, derr))
 	}
 	return err
@@ -463,11 +489,11 @@ func (d *Datapath) Drain(start time.Time) (Batch, error) {
 		d.stats.DrainErrors++
 		return Batch{}, err
 	}
-	wall, err := monoClock()
+	clk, err := d.clock.read()
 	if err != nil {
 		return Batch{}, err
 	}
-	recs := d.drain.records(dirs, d.iface, wall)
+	recs := d.drain.records(dirs, d.iface, clk)
 	d.readCounters()
 	end := time.Now()
 	d.stats.LastDrain = end.Sub(t0)
@@ -545,4 +571,11 @@ func (d *Datapath) Programs() map[string]*ebpf.Program {
 		bpfProgXdpIngress:    d.objs.XdpIngress,
 		bpfProgTcpRetransmit: d.objs.TcpRetransmit,
 	}
+}
+
+func boolU32(b bool) uint32 {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -1,14 +1,15 @@
 package flows
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"time"
 
 	"github.com/cilium/ebpf"
 	lru "github.com/hashicorp/golang-lru/v2"
-	"golang.org/x/sys/unix"
 )
 
 // drainGrace is how long a drain waits after flipping the double buffer
@@ -24,17 +25,22 @@ const drainBatch = 4096
 // direction is one flow direction summed over the CPUs.
 type direction struct {
 	Direction
-	first, last uint64 // CLOCK_MONOTONIC ns; 0 if only a retransmit was seen
-	rtt         uint64
+	first uint64 // CLOCK_MONOTONIC ns; 0 if only a retransmit was seen
+	lastJ uint64 // jiffies
+	rtt   uint64
 }
 
-// drainer empties the inactive half of the double-buffered flow map.
+// half is one half of the double buffer: the IPv4 and IPv6 flow maps.
+type half struct{ v4, v6 *ebpf.Map }
+
+// drainer empties the inactive half of the double-buffered flow maps.
 type drainer struct {
-	halves [2]*ebpf.Map
+	halves [2]half
 	active *ebpf.Variable
 	cur    uint32 // the half the programs write now
 	ncpu   int
-	keys   []bpfFlowKey
+	keys4  []bpfFlowKey4
+	keys6  []bpfFlowKey
 	vals   []bpfFlowStats // drainBatch × ncpu
 	// clients remembers the client direction of connections whose
 	// handshake was seen, so that later intervals orient them alike.
@@ -51,10 +57,11 @@ func newDrainer(objs *bpfObjects, maxFlows int) (*drainer, error) {
 		return nil, fmt.Errorf("client cache of %d: %w", maxFlows, err)
 	}
 	d := &drainer{
-		halves:  [2]*ebpf.Map{objs.FlowsA, objs.FlowsB},
+		halves:  [2]half{{objs.Flows4A, objs.Flows6A}, {objs.Flows4B, objs.Flows6B}},
 		active:  objs.ActiveBuf,
 		ncpu:    ncpu,
-		keys:    make([]bpfFlowKey, drainBatch),
+		keys4:   make([]bpfFlowKey4, drainBatch),
+		keys6:   make([]bpfFlowKey, drainBatch),
 		vals:    make([]bpfFlowStats, drainBatch*ncpu),
 		clients: clients,
 	}
@@ -63,45 +70,54 @@ func newDrainer(objs *bpfObjects, maxFlows int) (*drainer, error) {
 
 // drain flips the buffer and returns what the programs counted in the
 // half they wrote until now, summed over CPUs, and empties that half.
+// IPv4 keys come out IPv4-mapped.
 func (d *drainer) drain() (map[bpfFlowKey]*direction, error) {
 	old := d.cur
 	if err := d.active.Set(1 - old); err != nil {
-		return nil, fmt.Errorf("flip flow map: %w", err)
+		return nil, fmt.Errorf("flip flow maps: %w", err)
 	}
 	d.cur = 1 - old
 	time.Sleep(drainGrace)
 
-	m := d.halves[old]
 	out := make(map[bpfFlowKey]*direction)
+	h := d.halves[old]
+	err := drainMap(h.v4, d.keys4, d.vals, d.ncpu, func(k bpfFlowKey4, v []bpfFlowStats) { d.add(out, k.mapped(), v) })
+	if err != nil {
+		return out, err
+	}
+	return out, drainMap(h.v6, d.keys6, d.vals, d.ncpu, func(k bpfFlowKey, v []bpfFlowStats) { d.add(out, k, v) })
+}
+
+// drainMap reads and deletes every entry of m, in batches where the kernel
+// has them (5.6+), else one by one; the programs do not write m meanwhile,
+// so reading then deleting loses nothing.
+func drainMap[K comparable](m *ebpf.Map, keys []K, vals []bpfFlowStats, ncpu int, add func(K, []bpfFlowStats)) error {
 	var cursor ebpf.MapBatchCursor
 	for {
-		n, err := m.BatchLookupAndDelete(&cursor, d.keys, d.vals, nil)
+		n, err := m.BatchLookupAndDelete(&cursor, keys, vals, nil)
 		for i := range n {
-			d.add(out, d.keys[i], d.vals[i*d.ncpu:(i+1)*d.ncpu])
+			add(keys[i], vals[i*ncpu:(i+1)*ncpu])
 		}
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return out, nil
-		}
-		if errors.Is(err, ebpf.ErrNotSupported) {
-			return out, d.drainEach(m, out)
-		}
-		if err != nil {
-			return out, fmt.Errorf("drain %s: %w", m, err)
+		switch {
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			return nil
+		case errors.Is(err, ebpf.ErrNotSupported):
+			return drainEach(m, add)
+		case err != nil:
+			return fmt.Errorf("drain %s: %w", m, err)
 		}
 	}
 }
 
-// drainEach is drain for kernels without batch operations (before 5.6).
-// The half is not written meanwhile, so reading then deleting loses nothing.
-func (d *drainer) drainEach(m *ebpf.Map, out map[bpfFlowKey]*direction) error {
+func drainEach[K comparable](m *ebpf.Map, add func(K, []bpfFlowStats)) error {
 	var (
-		key  bpfFlowKey
+		key  K
 		vals []bpfFlowStats
-		keys []bpfFlowKey
+		keys []K
 	)
 	it := m.Iterate()
 	for it.Next(&key, &vals) {
-		d.add(out, key, vals)
+		add(key, vals)
 		keys = append(keys, key)
 	}
 	if err := it.Err(); err != nil {
@@ -113,6 +129,17 @@ func (d *drainer) drainEach(m *ebpf.Map, out map[bpfFlowKey]*direction) error {
 		}
 	}
 	return nil
+}
+
+// mapped returns k as an IPv6 key with its addresses IPv4-mapped.
+func (k bpfFlowKey4) mapped() bpfFlowKey {
+	m := bpfFlowKey{Sport: k.Sport, Dport: k.Dport, Proto: k.Proto, Vlan: k.Vlan}
+	m.Saddr[10], m.Saddr[11] = 0xff, 0xff
+	m.Daddr[10], m.Daddr[11] = 0xff, 0xff
+	// The fields hold the header's bytes as they lie in memory.
+	binary.NativeEndian.PutUint32(m.Saddr[12:], k.Saddr)
+	binary.NativeEndian.PutUint32(m.Daddr[12:], k.Daddr)
+	return m
 }
 
 func (d *drainer) add(out map[bpfFlowKey]*direction, k bpfFlowKey, percpu []bpfFlowStats) {
@@ -133,7 +160,7 @@ func (d *drainer) add(out map[bpfFlowKey]*direction, k bpfFlowKey, percpu []bpfF
 		if v.FirstNs != 0 && (dir.first == 0 || v.FirstNs < dir.first) {
 			dir.first = v.FirstNs
 		}
-		dir.last = max(dir.last, v.LastNs)
+		dir.lastJ = max(dir.lastJ, v.LastJiffies)
 		dir.rtt = max(dir.rtt, v.SynRttNs)
 	}
 }
@@ -228,8 +255,8 @@ func guessClient(k bpfFlowKey, dir, rev *direction) (client, sure bool) {
 }
 
 // records joins the two directions of each flow into a Record. ifaces
-// names the interfaces by index; wall turns monotonic ns into a time.
-func (d *drainer) records(dirs map[bpfFlowKey]*direction, ifaces func(int) Interface, wall func(uint64) time.Time) []Record {
+// names the interfaces by index; clk turns the programs' times into times.
+func (d *drainer) records(dirs map[bpfFlowKey]*direction, ifaces func(int) Interface, clk clockReading) []Record {
 	recs := make([]Record, 0, len(dirs))
 	done := make(map[bpfFlowKey]bool, len(dirs))
 	for k, dir := range dirs {
@@ -269,12 +296,17 @@ func (d *drainer) records(dirs map[bpfFlowKey]*direction, ifaces func(int) Inter
 			SrcIf:        Interface{PeerNetNSID: -1},
 			DstIf:        Interface{PeerNetNSID: -1},
 		}
-		first, last := fwd.first, max(fwd.last, back.last)
+		first := fwd.first
 		if first == 0 || (back.first != 0 && back.first < first) {
 			first = back.first
 		}
 		if first != 0 {
-			r.FirstSeen, r.LastSeen = wall(first), wall(last)
+			// Last seen has a tick's precision: it is never before first.
+			r.FirstSeen = clk.mono(first)
+			r.LastSeen = clk.jiffies(max(fwd.lastJ, back.lastJ))
+			if r.LastSeen.Before(r.FirstSeen) {
+				r.LastSeen = r.FirstSeen
+			}
 		}
 		// An ingress count is at the sender's interface, an egress count
 		// at the receiver's.
@@ -300,15 +332,76 @@ func addr(b [16]byte) netip.Addr {
 	return netip.AddrFrom16(b).Unmap()
 }
 
-// monoClock turns CLOCK_MONOTONIC ns into wall-clock times.
-func monoClock() (func(uint64) time.Time, error) {
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
-		return nil, fmt.Errorf("read CLOCK_MONOTONIC: %w", err)
+// clock turns the times the programs take, CLOCK_MONOTONIC ns and jiffies,
+// into wall-clock times. It samples both in the kernel at once by running
+// clock_probe, and learns the length of a jiffy (1/CONFIG_HZ) at start.
+type clock struct {
+	probe     *ebpf.Program
+	jiffies   *ebpf.Variable
+	monotonic *ebpf.Variable
+	tick      time.Duration
+}
+
+// kernelHZ are the values CONFIG_HZ takes.
+var kernelHZ = []int{100, 250, 300, 1000}
+
+func newClock(objs *bpfObjects) (*clock, error) {
+	c := &clock{probe: objs.ClockProbe, jiffies: objs.ProbeJiffies, monotonic: objs.ProbeNs}
+	j0, n0, err := c.sample()
+	if err != nil {
+		return nil, err
 	}
-	now := time.Now()
-	mono := uint64(ts.Nano())
-	return func(ns uint64) time.Time {
-		return now.Add(-time.Duration(int64(mono) - int64(ns)))
-	}, nil
+	time.Sleep(100 * time.Millisecond)
+	j1, n1, err := c.sample()
+	if err != nil {
+		return nil, err
+	}
+	// The nearest HZ: 100 ms tell 250 from 300 by 5 jiffies.
+	hz := float64(j1-j0) / (float64(n1-n0) / 1e9)
+	best := kernelHZ[0]
+	for _, h := range kernelHZ {
+		if math.Abs(float64(h)-hz) < math.Abs(float64(best)-hz) {
+			best = h
+		}
+	}
+	c.tick = time.Second / time.Duration(best)
+	return c, nil
+}
+
+// sample returns jiffies and CLOCK_MONOTONIC ns read together in the kernel.
+func (c *clock) sample() (jiffies, ns uint64, err error) {
+	// XDP test runs want at least an Ethernet header of data.
+	if _, err := c.probe.Run(&ebpf.RunOptions{Data: make([]byte, 14)}); err != nil {
+		return 0, 0, fmt.Errorf("run clock probe: %w", err)
+	}
+	if err := c.jiffies.Get(&jiffies); err != nil {
+		return 0, 0, fmt.Errorf("read clock probe: %w", err)
+	}
+	if err := c.monotonic.Get(&ns); err != nil {
+		return 0, 0, fmt.Errorf("read clock probe: %w", err)
+	}
+	return jiffies, ns, nil
+}
+
+// clockReading converts the programs' times as of one reading.
+type clockReading struct {
+	wall time.Time // when the reading was taken
+	ns   uint64    // CLOCK_MONOTONIC then
+	j    uint64    // jiffies then
+	tick time.Duration
+}
+
+func (c *clock) read() (clockReading, error) {
+	j, ns, err := c.sample()
+	return clockReading{wall: time.Now(), ns: ns, j: j, tick: c.tick}, err
+}
+
+// mono turns CLOCK_MONOTONIC ns into a time.
+func (r clockReading) mono(ns uint64) time.Time {
+	return r.wall.Add(-time.Duration(int64(r.ns) - int64(ns)))
+}
+
+// jiffies turns jiffies into a time, to the tick.
+func (r clockReading) jiffies(j uint64) time.Time {
+	return r.wall.Add(-time.Duration(int64(r.j)-int64(j)) * r.tick)
 }

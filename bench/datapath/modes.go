@@ -117,10 +117,6 @@ func (b *bench) attachFloor(m mode, ifindexes []int) (_ *attached, err error) {
 
 // attachAgent runs flowmap's datapath on the veths as the agent does: it
 // attaches, drains every interval, and detaches when closed.
-//
-// flows.Config cannot ask for generic XDP where the driver has native XDP,
-// as veth has, so for hookXDPGeneric the datapath watches no interface and
-// the bench attaches its programs, and fills its watched map, itself.
 func (b *bench) attachAgent(ctx context.Context, m mode, ifindexes []int) (_ *attached, err error) {
 	cfg := flows.Config{
 		Interfaces: []string{b.prefix + "-*"},
@@ -130,15 +126,14 @@ func (b *bench) attachAgent(ctx context.Context, m mode, ifindexes []int) (_ *at
 	}
 	switch m.hook {
 	case hookXDPNative:
-		cfg.XDP = cfg.Interfaces
+		cfg.XDP, cfg.XDPMode = cfg.Interfaces, flows.XDPNative
 	case hookXDPGeneric:
-		cfg.Interfaces = []string{b.prefix + "-watch-none"}
+		cfg.XDP, cfg.XDPMode = cfg.Interfaces, flows.XDPGeneric
 	}
 	d, err := flows.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("load datapath: %w", err)
 	}
-	var ls links
 	ctx, cancel := context.WithCancel(ctx)
 	out := make(chan flows.Batch)
 	runErr := make(chan error, 1)
@@ -156,7 +151,7 @@ func (b *bench) attachAgent(ctx context.Context, m mode, ifindexes []int) (_ *at
 	var counted uint64
 	stop := func() error {
 		cancel()
-		errs := []error{ls.Close()}
+		var errs []error
 		if err := <-runErr; !errors.Is(err, context.Canceled) {
 			errs = append(errs, fmt.Errorf("run datapath: %w", err))
 		}
@@ -181,24 +176,7 @@ func (b *bench) attachAgent(ctx context.Context, m mode, ifindexes []int) (_ *at
 	if m.hook != hookTC {
 		a.ingress = progs["xdp_ingress"]
 	}
-	if m.hook == hookXDPGeneric {
-		watched, err := mapByName(a.egress, "watched")
-		if err != nil {
-			return nil, err
-		}
-		defer watched.Close()
-		for _, idx := range ifindexes {
-			if err := ls.attachXDP(a.ingress, idx, false); err != nil {
-				return nil, err
-			}
-			if err := ls.attachTCX(a.egress, idx, false); err != nil {
-				return nil, err
-			}
-			if err := watched.Put(uint32(idx), uint8(1)); err != nil {
-				return nil, fmt.Errorf("watch ifindex %d: %w", idx, err)
-			}
-		}
-	} else if err := waitAttached(ctx, d, ifindexes); err != nil {
+	if err := waitAttached(ctx, d, ifindexes); err != nil {
 		return nil, err
 	}
 	if err := checkXDP(m.hook, ifindexes); err != nil {
@@ -236,29 +214,6 @@ func waitAttached(ctx context.Context, d *flows.Datapath, ifindexes []int) error
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-}
-
-// mapByName opens the map called name that prog uses.
-func mapByName(prog *ebpf.Program, name string) (*ebpf.Map, error) {
-	info, err := prog.Info()
-	if err != nil {
-		return nil, fmt.Errorf("program info: %w", err)
-	}
-	ids, ok := info.MapIDs()
-	if !ok {
-		return nil, fmt.Errorf("map ids of %s: not supported by the kernel", info.Name)
-	}
-	for _, id := range ids {
-		m, err := ebpf.NewMapFromID(id)
-		if err != nil {
-			return nil, fmt.Errorf("open map %d: %w", id, err)
-		}
-		if mi, err := m.Info(); err == nil && mi.Name == name {
-			return m, nil
-		}
-		m.Close()
-	}
-	return nil, fmt.Errorf("program %s has no map %q", info.Name, name)
 }
 
 // checkXDP fails unless the veths have XDP attached in the mode h asks for:

@@ -49,6 +49,8 @@ func (a *agentFlags) register(fs *flag.FlagSet) {
 		"comma-separated name globs of the interfaces to watch (default: veths with a peer in another namespace, bridges (through their ports), vxlan and geneve devices, and the default route's interface)")
 	fs.Var((*globs)(&a.cfg.XDP), "xdp",
 		"comma-separated name globs of watched interfaces whose ingress XDP counts instead of TC: native mode where the driver has it, generic otherwise (for NICs; on veths TC is faster)")
+	a.cfg.XDPMode = flows.XDPAuto
+	fs.Var(&a.cfg.XDPMode, "xdp-mode", "where the XDP program of --xdp runs: native (in the driver), generic, or auto (native where the driver has it)")
 	fs.Var(&a.cfg.Attach, "attach", "how to attach TC programs: tcx, clsact or auto (TCX where the kernel has it)")
 	fs.DurationVar(&a.cfg.Interval, "interval", 5*time.Second, "how often to drain the flow map")
 	fs.IntVar(&a.cfg.MaxFlows, "max-flows", 65536, "flow directions the flow map holds between two drains; more are counted as map-full")
