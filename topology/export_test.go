@@ -347,6 +347,23 @@ func TestMetrics(t *testing.T) {
 	}
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(m, NewGraphCollector(fixture()))
+	// New series are first collected at zero.
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, sum := 0, 0.0
+	for _, mf := range mfs {
+		if mf.GetName() == "flowmap_flow_bytes_total" {
+			for _, m := range mf.Metric {
+				n++
+				sum += m.Counter.GetValue()
+			}
+		}
+	}
+	if n != 14 || sum != 0 {
+		t.Errorf("first gather: %d byte series with %v bytes in all, want 14 with 0", n, sum)
+	}
 	path := filepath.Join("testdata", "metrics.prom")
 	if *update {
 		mfs, err := reg.Gather()

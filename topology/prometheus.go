@@ -135,6 +135,11 @@ type series struct {
 	rttN           uint64
 	rttSum         float64
 	last           time.Time
+	// shown: the series were collected once. They are first collected at
+	// zero, so that increase() and rate() count what a new edge carried
+	// before its first scrape (they take a series' first sample as its
+	// start, not zero).
+	shown bool
 }
 
 // NewMetrics returns a collector of flow series.
@@ -304,6 +309,10 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 }
 
 func collectSeries(ch chan<- prometheus.Metric, s *series, lv []string) {
+	if !s.shown {
+		s.shown = true
+		s = &series{rtt: make([]uint64, len(RTTBuckets))}
+	}
 	dir := func(d string) []string { return append(lv[:len(lv):len(lv)], d) }
 	ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(s.bytes[0]), dir("forward")...)
 	ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(s.bytes[1]), dir("reverse")...)

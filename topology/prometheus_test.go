@@ -36,6 +36,7 @@ func TestMetricsReportOnce(t *testing.T) {
 			m.Add(t0, f)
 			reg := prometheus.NewPedanticRegistry()
 			reg.MustRegister(m)
+			reg.Gather() // new series are first collected at zero
 			mfs, err := reg.Gather()
 			if err != nil {
 				t.Fatal(err)
