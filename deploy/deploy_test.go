@@ -2,7 +2,6 @@
 package deploy
 
 import (
-	"bytes"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -14,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 )
 
@@ -51,21 +51,25 @@ type kustomization struct {
 	Resources  []string `json:"resources"`
 }
 
-// decode reads YAML into v, failing on a field v has not.
+// decode reads YAML into v, failing on a field v has not or a duplicate.
 func decode(t *testing.T, path string, v any) {
 	t.Helper()
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	j, err := yaml.YAMLToJSON(raw)
+	j, err := yaml.YAMLToJSONStrict(raw)
 	if err != nil {
 		t.Fatalf("%s: %v", path, err)
 	}
-	dec := json.NewDecoder(bytes.NewReader(j))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	// Case-sensitive, as the API server is: encoding/json would take
+	// readOnlyRootFileSystem for readOnlyRootFilesystem.
+	strict, err := kjson.UnmarshalStrict(j, v)
+	if err != nil {
 		t.Fatalf("%s: %v", path, err)
+	}
+	for _, e := range strict {
+		t.Errorf("%s: %v", path, e)
 	}
 }
 
