@@ -1,8 +1,3 @@
-// Package enrich names the ends of flows: it keeps an inventory of who is
-// behind each address (network namespaces and their processes, containers,
-// Kubernetes pods, services and workloads, the cloud instance, user-named
-// CIDRs) and resolves each end of a flows.Record to an Endpoint from
-// bounded caches, so that the hot path never calls a runtime.
 package enrich
 
 import (

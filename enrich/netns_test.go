@@ -65,12 +65,23 @@ func TestNetNS(t *testing.T) {
 			c.Close()
 		}
 	}()
-	c, err := a.Dial("tcp", b.Addr.String()+":9000")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fmt.Fprint(c, "hello")
-	c.Close()
+	// Connect again and again: the datapath attaches while Run starts,
+	// and a packet sent before that is not counted.
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			if c, err := a.Dial("tcp", b.Addr.String()+":9000"); err == nil {
+				fmt.Fprint(c, "hello")
+				c.Close()
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}()
 
 	r := waitFlow(t, batches, a.Addr, b.Addr, 9000, 10*time.Second)
 	waitNamed(t, inv, b.Addr, 2*time.Second, func(ep enrich.Endpoint) bool { return ep.Name == b.NetNS })
