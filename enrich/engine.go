@@ -237,6 +237,9 @@ type engineContainer struct {
 		Running bool `json:"Running"`
 		Pid     int  `json:"Pid"`
 	} `json:"State"`
+	HostConfig struct {
+		NetworkMode string `json:"NetworkMode"`
+	} `json:"HostConfig"`
 	NetworkSettings struct {
 		Networks map[string]struct {
 			IPAddress         string `json:"IPAddress"`
@@ -275,8 +278,12 @@ func (e *engineSource) inspect(ctx context.Context, id string) (record, bool, er
 		dir := filepath.Join(e.procRoot, strconv.Itoa(c.State.Pid), "ns")
 		// Where the agent does not share the host's PID namespace, these
 		// fail and the container is joined by id and address alone.
-		ep.NetNS, _ = nsInode(filepath.Join(dir, "net"))
 		ep.PIDNS, _ = nsInode(filepath.Join(dir, "pid"))
+		// A container on the host's network shares the host's namespace
+		// with every other such container: that joins nothing.
+		if c.HostConfig.NetworkMode != "host" {
+			ep.NetNS, _ = nsInode(filepath.Join(dir, "net"))
+		}
 	}
 	return record{ep: ep, keys: []joinKey{containerKey(c.ID)}}, c.State.Running, nil
 }

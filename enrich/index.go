@@ -4,7 +4,6 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
-	"sort"
 )
 
 // record is what one source knows of one endpoint.
@@ -57,7 +56,7 @@ func join(recs []record) []group {
 		}
 		return i
 	}
-	first := make(map[joinKey]int)
+	first := make(map[joinKey]int, 2*len(recs))
 	union := func(k joinKey, i int) {
 		if j, ok := first[k]; ok {
 			ri, rj := find(i), find(j)
@@ -79,20 +78,29 @@ func join(recs []record) []group {
 			union(joinKey{kind: keyAddr, a: a}, i)
 		}
 	}
-	byRoot := make(map[int]group)
-	var roots []int
-	for i, r := range recs {
-		root := find(i)
-		if _, ok := byRoot[root]; !ok {
-			roots = append(roots, root)
-		}
-		byRoot[root] = append(byRoot[root], r)
+	// Group by root without a map: count, then place records in one
+	// backing array, in their order.
+	size := make([]int, len(recs))
+	for i := range recs {
+		size[find(i)]++
 	}
-	groups := make([]group, 0, len(roots))
-	for _, root := range roots {
-		g := byRoot[root]
-		sort.SliceStable(g, func(i, j int) bool { return g[i].prio < g[j].prio })
-		groups = append(groups, g)
+	var groups []group
+	slot := make([]int, len(recs)) // index into groups, by root
+	backing := make([]record, len(recs))
+	at := 0
+	for i := range recs {
+		if parent[i] == i {
+			slot[i] = len(groups)
+			groups = append(groups, backing[at:at:at+size[i]])
+			at += size[i]
+		}
+	}
+	for i, r := range recs {
+		k := slot[find(i)]
+		groups[k] = append(groups[k], r)
+	}
+	for _, g := range groups {
+		slices.SortStableFunc(g, func(a, b record) int { return a.prio - b.prio })
 	}
 	return groups
 }

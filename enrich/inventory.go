@@ -105,7 +105,6 @@ type Inventory struct {
 	// and all) at twice the cost.
 	byAddr *lru.Cache[[16]byte, *Endpoint]
 	byNSID *lru.Cache[int, *Endpoint]
-	byNS   *lru.Cache[uint64, *Endpoint]
 	// ext caches the answers for addresses that no source owns, with the
 	// generation of the index they were made from.
 	ext *lru.Cache[extKey, *extEntry]
@@ -121,7 +120,6 @@ type Inventory struct {
 	// Merger state: the keys written to the caches by the last merge.
 	prevAddr map[[16]byte]struct{}
 	prevNSID map[int]struct{}
-	prevNS   map[uint64]struct{}
 	known    atomic.Int64
 
 	resolved [resolvedKinds]atomic.Uint64
@@ -197,9 +195,6 @@ func New(cfg Config) (*Inventory, error) {
 	}
 	if inv.byNSID, err = lru.New[int, *Endpoint](cfg.MaxEndpoints); err != nil {
 		return nil, fmt.Errorf("make namespace id cache: %w", err)
-	}
-	if inv.byNS, err = lru.New[uint64, *Endpoint](cfg.MaxEndpoints); err != nil {
-		return nil, fmt.Errorf("make namespace cache: %w", err)
 	}
 	if inv.ext, err = lru.New[extKey, *extEntry](cfg.MaxEndpoints); err != nil {
 		return nil, fmt.Errorf("make external cache: %w", err)
@@ -314,11 +309,13 @@ func (inv *Inventory) publish(name string, recs []record) {
 // rebuild joins the sources' records and writes the result to the caches.
 func (inv *Inventory) rebuild() {
 	inv.mu.Lock()
-	var all []record
+	n := 0
 	names := make([]string, 0, len(inv.records))
-	for name := range inv.records {
+	for name, recs := range inv.records {
 		names = append(names, name)
+		n += len(recs)
 	}
+	all := make([]record, 0, n)
 	sort.Strings(names) // for a merge that does not depend on map order
 	for _, name := range names {
 		all = append(all, inv.records[name]...)
@@ -326,18 +323,13 @@ func (inv *Inventory) rebuild() {
 	inv.mu.Unlock()
 
 	groups := join(all)
-	addrs := make(map[[16]byte]struct{})
-	nsids := make(map[int]struct{})
-	nss := make(map[uint64]struct{})
+	addrs := make(map[[16]byte]struct{}, len(inv.prevAddr))
+	nsids := make(map[int]struct{}, len(inv.prevNSID))
 	for _, g := range groups {
 		ep := new(g.endpoint())
 		for _, a := range ep.Addrs {
 			inv.byAddr.Add(a.As16(), ep)
 			addrs[a.As16()] = struct{}{}
-		}
-		if ep.NetNS != 0 {
-			inv.byNS.Add(ep.NetNS, ep)
-			nss[ep.NetNS] = struct{}{}
 		}
 		for _, r := range g {
 			for _, id := range r.nsids {
@@ -356,12 +348,7 @@ func (inv *Inventory) rebuild() {
 			inv.byNSID.Remove(id)
 		}
 	}
-	for ns := range inv.prevNS {
-		if _, ok := nss[ns]; !ok {
-			inv.byNS.Remove(ns)
-		}
-	}
-	inv.prevAddr, inv.prevNSID, inv.prevNS = addrs, nsids, nss
+	inv.prevAddr, inv.prevNSID = addrs, nsids
 	inv.known.Store(int64(len(groups)))
 	// Answers cached for addresses no source owned may be stale now.
 	inv.gen.Add(1)

@@ -272,3 +272,38 @@ func TestResolveAllocs(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkEnrich names both ends of a record between two containers.
+func BenchmarkEnrich(b *testing.B) {
+	inv := newTestInventory(b, map[string][]record{
+		"docker": {
+			{ep: Endpoint{Kind: KindContainer, ID: cidA, Name: "client", Addrs: addrs("198.51.100.2")}},
+			{ep: Endpoint{Kind: KindContainer, ID: cidB, Name: "server", Addrs: addrs("198.51.100.3")}},
+		},
+	})
+	r := flows.Record{Src: netip.MustParseAddr("198.51.100.2"), Dst: netip.MustParseAddr("198.51.100.3"), Proto: flows.ProtoTCP, DstPort: 80,
+		SrcIf: flows.Interface{Index: 7, Kind: "veth", PeerNetNSID: 1}}
+	b.ReportAllocs()
+	for b.Loop() {
+		inv.Enrich(r)
+	}
+}
+
+// BenchmarkRebuild joins 10000 containers known to three sources (engine,
+// netns, Kubernetes-like pods by address) and fills the caches: the cost
+// of one publish.
+func BenchmarkRebuild(b *testing.B) {
+	var engine, netns, kube []record
+	for i := range 10000 {
+		a := netip.AddrFrom4([4]byte{198, 51, byte(i >> 8), byte(i)})
+		id := fmt.Sprintf("%064x", i)
+		engine = append(engine, record{ep: Endpoint{Kind: KindContainer, ID: id, Name: fmt.Sprintf("c%d", i), Labels: map[string]string{"app": "x"}, NetNS: uint64(4026531000 + i), Addrs: []netip.Addr{a}}, keys: []joinKey{containerKey(id)}})
+		netns = append(netns, record{ep: Endpoint{Kind: KindContainer, ID: id, NetNS: uint64(4026531000 + i), Addrs: []netip.Addr{a}}, keys: []joinKey{containerKey(id)}, nsids: []int{i}})
+		kube = append(kube, record{ep: Endpoint{Kind: KindPod, ID: fmt.Sprint(i), Name: fmt.Sprintf("p%d", i), Labels: map[string]string{"app": "y"}, Addrs: []netip.Addr{a}}})
+	}
+	inv := newTestInventory(b, map[string][]record{"docker": engine, "netns": netns, "kubernetes": kube})
+	b.ReportAllocs()
+	for b.Loop() {
+		inv.rebuild()
+	}
+}
