@@ -17,7 +17,9 @@
 //     bind mounts in /run/netns), the processes in it, their cgroups, and the
 //     container id and pod UID in the cgroup path (see ParseCgroupPath).
 //     Needs no runtime API: with the engine's socket gone a container is
-//     still named, by its short id. Rescans after link events, so a new
+//     still named, by its short id, with the runtime that the path names in
+//     the label flowmap.runtime; a namespace without container is
+//     KindNetNS, named by its name under /run/netns. Rescans after link events, so a new
 //     container is seen within a second or so.
 //   - docker, podman (Config.DockerSocket, Config.PodmanSocket): the Docker
 //     Engine API, or Podman's Docker-compatible one, on a unix socket: name,

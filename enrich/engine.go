@@ -177,7 +177,8 @@ func (e *engineSource) apply(ctx context.Context, s *sourceState, known map[stri
 		return nil
 	}
 	switch ev.Action {
-	case "destroy", "die":
+	case "destroy", "die", "remove", "died": // Docker's, and Podman's own
+
 		delete(known, id)
 		return nil
 	case "start", "restart", "rename", "update", "unpause", "connect", "disconnect":
