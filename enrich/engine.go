@@ -178,7 +178,6 @@ func (e *engineSource) apply(ctx context.Context, s *sourceState, known map[stri
 	}
 	switch ev.Action {
 	case "destroy", "die", "remove", "died": // Docker's, and Podman's own
-
 		delete(known, id)
 		return nil
 	case "start", "restart", "rename", "update", "unpause", "connect", "disconnect":
