@@ -2,6 +2,7 @@ package enrich
 
 import (
 	"net/netip"
+	"strconv"
 	"sync"
 	"time"
 
@@ -134,11 +135,15 @@ func (n *Names) Stats() NamesStats {
 func (n *Names) Len() int { return n.cache.Len() }
 
 // Name names ep, an end of a flow at addr, by its DNS or TLS name where
-// nothing better named it: an unknown or external endpoint (or one known
-// only by its CIDR) becomes KindExternal named by the name, "(+N)" after
-// it when N other names shared the address. Other kinds keep their names.
+// nothing better named it: an unknown endpoint, or an external one known
+// by its address alone, becomes KindExternal named by the name, with
+// " (+N)" after it when N other names shared the address. Other kinds, and
+// external ends that a CIDR source named, keep their names.
 func (n *Names) Name(ep *Endpoint, addr netip.Addr, now time.Time) {
-	if ep.Kind != KindUnknown && ep.Kind != KindExternal && ep.Kind != "" {
+	switch {
+	case ep.Kind == KindUnknown, ep.Kind == "":
+	case ep.Kind == KindExternal && (ep.ID == "" || ep.ID == addr.String()):
+	default:
 		return
 	}
 	info, ok := n.Lookup(addr, now)
@@ -147,7 +152,7 @@ func (n *Names) Name(ep *Endpoint, addr netip.Addr, now time.Time) {
 	}
 	name := info.Name
 	if info.Others > 0 {
-		name += " (+" + itoa(info.Others) + ")"
+		name += " (+" + strconv.Itoa(info.Others) + ")"
 	}
 	ep.Kind = KindExternal
 	ep.Name = name
@@ -165,11 +170,4 @@ func later(a, b time.Time) time.Time {
 		return b
 	}
 	return a
-}
-
-func itoa(i int) string {
-	if i < 10 {
-		return string(rune('0' + i))
-	}
-	return itoa(i/10) + string(rune('0'+i%10))
 }
