@@ -1,13 +1,17 @@
 package enrich_test
 
 import (
+	"bytes"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -135,13 +139,18 @@ func TestEngineBadInput(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			inv := startInventory(t, enrich.Config{DockerSocket: tt.engine(t), Logger: testLogger(t)})
+			var logs syncBuffer
+			logger := slog.New(slog.NewTextHandler(io.MultiWriter(&logs, tWriter{t}), nil))
+			inv := startInventory(t, enrich.Config{DockerSocket: tt.engine(t), Logger: logger})
 			var n float64
 			for start := time.Now(); time.Since(start) < 3*time.Second && n == 0; time.Sleep(20 * time.Millisecond) {
 				n = errorCount(t, inv, "docker", tt.reason)
 			}
 			if n == 0 {
 				t.Fatalf("docker errors{reason=%q} = 0 after 3s, want at least 1 (status %+v)", tt.reason, inv.Status())
+			}
+			if got := logs.String(); !strings.Contains(got, "level=WARN") || !strings.Contains(got, "source=docker") {
+				t.Errorf("logs = %q, want a warning from the docker source", got)
 			}
 			// The flow is reported with what is known.
 			f := inv.Enrich(flows.Record{Src: good, Dst: other, Proto: flows.ProtoTCP, DstPort: 80})
@@ -162,6 +171,24 @@ func TestEngineBadInput(t *testing.T) {
 			}
 		})
 	}
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent use.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // TestCIDRFile checks that the CIDR file names external addresses, that a

@@ -473,6 +473,9 @@ type sourceState struct {
 	mu     sync.Mutex
 	status SourceStatus
 	errs   map[string]uint64 // by reason
+	// warned is set once a failure is logged at Warn, until the source
+	// syncs again: a source that stays down logs once, not every retry.
+	warned bool
 }
 
 // publish replaces what the source knows and marks it up.
@@ -492,6 +495,7 @@ func (s *sourceState) synced(n int) {
 	s.status.Up = true
 	s.status.LastSync = time.Now()
 	s.status.Endpoints = n
+	s.warned = false
 	s.mu.Unlock()
 	if first {
 		s.log.Info("source synced", "endpoints", n)
@@ -503,12 +507,13 @@ func (s *sourceState) synced(n int) {
 // it knew are likely still there.
 func (s *sourceState) fail(reason string, err error) {
 	s.mu.Lock()
-	wasUp := s.status.Up
+	warn := !s.warned
+	s.warned = true
 	s.status.Up = false
 	s.status.LastError = err.Error()
 	s.errs[reason]++
 	s.mu.Unlock()
-	if wasUp {
+	if warn {
 		s.log.Warn("source down", "reason", reason, "err", err)
 	} else {
 		s.log.Debug("source still down", "reason", reason, "err", err)
