@@ -83,6 +83,8 @@ enum counter {
 	COUNTER_MAP_FULL_BYTES,
 	COUNTER_NON_IP,    // frames that are neither IPv4 nor IPv6 (ARP, LLDP, …)
 	COUNTER_MALFORMED, // IP frames truncated or with a bad header length
+	COUNTER_L7_MAP_FULL, // L7 messages not counted: the L7 map was full
+	COUNTER_NAMES_LOST,  // DNS answers and TLS ClientHellos not sent: the ring buffer was full
 	COUNTER_MAX,
 };
 
@@ -148,6 +150,138 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
+// ---- L7 ----
+//
+// L7 looks at the first bytes of TCP payload and of UDP to or from the DNS
+// port, on packets already counted by the L4 path (so under the same
+// counted-once rule: a request where it enters the host, its response where
+// that enters). It reads a few dozen bytes at most, never loops over a
+// payload, and keeps no URL, header or body: HTTP gives its method and
+// status class, DNS its id and response code; only DNS responses and TLS
+// ClientHellos go to user space, through l7_names, for the names in them.
+
+// l7_proto is the application protocol of a flow, as its first bytes tell.
+enum l7_proto {
+	L7_NONE = 0,
+	L7_HTTP = 1,
+	L7_HTTP2 = 2, // the client preface; gRPC is HTTP/2 and looks the same
+	L7_TLS = 3,
+	L7_DNS = 4,
+	L7_POSTGRES = 5,
+	L7_MYSQL = 6,
+	L7_REDIS = 7,
+	L7_KAFKA = 8,
+};
+
+// l7_method is an HTTP request's method.
+enum l7_method {
+	METHOD_OTHER = 0, // CONNECT, TRACE
+	METHOD_GET,
+	METHOD_HEAD,
+	METHOD_POST,
+	METHOD_PUT,
+	METHOD_DELETE,
+	METHOD_PATCH,
+	METHOD_OPTIONS,
+	METHOD_MAX,
+};
+
+// L7_BUCKETS latency buckets, four to an octave: bucket i holds times from
+// 2^(10 + i/4) * (1 + (i%4)/4) ns, 1 us to about 68 s; the last bucket
+// holds all above.
+#define L7_BUCKETS 104
+#define L7_RCODES 8 // DNS response codes 0 to 6, and 7 for any other
+
+// l7_stats is one client-to-server flow's messages since the last drain.
+// Not per CPU: a request and its response are often counted on different
+// CPUs, and messages are rare next to packets; fields are added to
+// atomically.
+struct l7_stats {
+	__u64 latency_sum_ns; // over the matched responses
+	__u32 latency[L7_BUCKETS]; // request (first byte) to response (first byte)
+	__u32 methods[METHOD_MAX]; // HTTP requests by method
+	__u32 statuses[6]; // HTTP responses by status class: [1] is 1xx … [5] 5xx
+	__u32 rcodes[L7_RCODES]; // DNS responses by response code
+	__u32 queries;   // DNS queries
+	__u32 unmatched; // responses without a request seen: latency unknown
+	__u8 proto;      // enum l7_proto
+	__u8 pad[7];
+};
+
+// l7_pending_key is a request waiting for its response: its flow's client
+// to server key and, for DNS, its id.
+struct l7_pending_key {
+	struct flow_key flow;
+	__u16 id;
+	__u16 pad;
+};
+
+// l7_pending is the times of the requests of one flow that wait for a
+// response, oldest first: HTTP/1.1 answers pipelined requests in order.
+#define L7_PIPELINE 4
+struct l7_pending {
+	__u64 ts[L7_PIPELINE]; // bpf_ktime_get_ns at each request's first byte
+	__u32 head;            // the oldest request waiting
+	__u32 tail;            // where the next request goes
+};
+
+// name_kind says what a name event carries.
+enum name_kind {
+	NAME_DNS = 1, // a DNS response, from its header on
+	NAME_TLS = 2, // a TLS record holding a ClientHello
+};
+
+#define NAME_DATA 1024
+// name_event carries a DNS response or a TLS ClientHello to user space,
+// which takes the names and addresses out of it and keeps nothing else.
+struct name_event {
+	struct flow_key flow; // client to server
+	__u16 len;            // bytes in data
+	__u8 kind;            // enum name_kind
+	__u8 pad[5];
+	__u8 data[NAME_DATA];
+};
+
+const enum l7_proto *unused_l7_proto __attribute__((unused));
+const enum l7_method *unused_l7_method __attribute__((unused));
+const enum name_kind *unused_name_kind __attribute__((unused));
+const struct name_event *unused_name_event __attribute__((unused));
+
+#define MAX_L7_FLOWS 16384 // Go sets max_entries from --max-l7-flows
+
+// l7_a, l7_b: flow_key (client to server) -> l7_stats, double-buffered by
+// active_buf as the flow maps are. Not LRU: a full map refuses new flows
+// and counts their messages (COUNTER_L7_MAP_FULL).
+#define L7_MAP(name)                                                                               \
+	struct {                                                                                   \
+		__uint(type, BPF_MAP_TYPE_HASH);                                                   \
+		__uint(max_entries, MAX_L7_FLOWS);                                                 \
+		__type(key, struct flow_key);                                                      \
+		__type(value, struct l7_stats);                                                    \
+	} name SEC(".maps")
+
+L7_MAP(l7_a);
+L7_MAP(l7_b);
+
+// l7_pending: l7_pending_key -> l7_pending, from a request until its
+// response. LRU: requests never answered age out.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct l7_pending_key);
+	__type(value, struct l7_pending);
+} l7_pending SEC(".maps");
+
+// l7_names: name_event records for user space. Bounded: what does not fit
+// is counted (COUNTER_NAMES_LOST).
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} l7_names SEC(".maps");
+
+// dns_port is the port of DNS servers, over UDP and TCP; Go sets it.
+volatile const __u16 dns_port = 53;
+
 // active_buf selects the half of the double buffer the programs write:
 // 0 for the _a maps, 1 for the _b maps. Go flips it before each drain.
 __u32 active_buf = 0;
@@ -179,6 +313,7 @@ struct packet {
 	__be32 daddr4;
 	__u8 v4;
 	__u32 hdr_len; // L2 to L4 header bytes: repeated in every GSO segment
+	__u32 ip_end;  // L2 to the end of the IP packet by its header; 0 if unknown
 	__u16 tcp_flags;
 };
 
@@ -266,6 +401,7 @@ static __always_inline int parse(void *data, void *data_end, struct packet *p)
 			return -1;
 		}
 		p->v4 = 1;
+		p->ip_end = (nh - data) + bpf_ntohs(ip->tot_len);
 		p->saddr4 = ip->saddr;
 		p->daddr4 = ip->daddr;
 		p->key.proto = ip->protocol;
@@ -288,6 +424,8 @@ static __always_inline int parse(void *data, void *data_end, struct packet *p)
 		}
 		__builtin_memcpy(p->key.saddr, &ip6->saddr, 16);
 		__builtin_memcpy(p->key.daddr, &ip6->daddr, 16);
+		if (ip6->payload_len)
+			p->ip_end = (nh - data) + sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
 		__u8 next = ip6->nexthdr;
 		void *l4 = ip6 + 1;
 		// Skip up to three extension headers: hop-by-hop, routing and
@@ -428,8 +566,396 @@ static __always_inline __u64 handshake(struct packet *p)
 	return rtt ? rtt : 1;
 }
 
-static __always_inline void count_frame(void *data, void *data_end, __u64 len, __u32 segs,
-					__u16 vlan_meta, __u32 ifindex, __u8 point)
+// ---- L7 helpers ----
+
+#define L7_PEEK 16 // payload bytes that classify reads
+
+// FOUR is four bytes as a little-endian load of them reads.
+#define FOUR(a, b, c, d) ((__u32)(a) | (__u32)(b) << 8 | (__u32)(c) << 16 | (__u32)(d) << 24)
+
+// msg_kind is what one payload's first bytes are.
+enum msg_kind {
+	MSG_NONE = 0,     // nothing to count (maybe a protocol to note)
+	MSG_REQUEST,      // an HTTP request line, a DNS query
+	MSG_RESPONSE,     // an HTTP status line, a DNS response
+};
+
+// l7_msg is what classify found in one payload.
+struct l7_msg {
+	__u8 proto;   // enum l7_proto
+	__u8 kind;    // enum msg_kind
+	__u8 method;  // HTTP: enum l7_method
+	__u8 status;  // HTTP: status class 1 to 5; DNS: response code, 7 for above 6
+	__u16 id;     // DNS id
+	__u8 reverse; // the payload goes server to client
+	__u8 name;    // enum name_kind: send the payload to l7_names
+	__u8 name_off; // where in the payload the name event's data starts
+};
+
+static __always_inline int is_digit(__u8 c) { return c >= '0' && c <= '9'; }
+
+// is_target reports whether c can start a request target: origin form
+// (/path), asterisk form (*), absolute (http://) or authority form (host).
+static __always_inline int is_target(__u8 c)
+{
+	return c == '/' || c == '*' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+	       is_digit(c) || c == '[';
+}
+
+static __always_inline __u32 be32(const __u8 *b)
+{
+	return (__u32)b[0] << 24 | (__u32)b[1] << 16 | (__u32)b[2] << 8 | b[3];
+}
+
+// dns_header classifies a DNS header h (12 bytes, from dns_off in the
+// payload): a standard query or response with one question, queries to the
+// DNS port and responses from it.
+static __always_inline void dns_header(struct packet *p, const __u8 *h, __u8 dns_off, struct l7_msg *m)
+{
+	__u8 f = h[2];
+	if ((f & 0x78) != 0 || h[4] != 0 || h[5] != 1) // opcode QUERY, QDCOUNT 1
+		return;
+	m->id = (__u16)h[0] << 8 | h[1];
+	if (!(f & 0x80)) {
+		if (p->key.dport != dns_port)
+			return;
+		m->proto = L7_DNS;
+		m->kind = MSG_REQUEST;
+		return;
+	}
+	if (p->key.sport != dns_port)
+		return;
+	m->proto = L7_DNS;
+	m->kind = MSG_RESPONSE;
+	m->reverse = 1;
+	__u8 rcode = h[3] & 0x0f;
+	m->status = rcode < L7_RCODES - 1 ? rcode : L7_RCODES - 1;
+	// Answers only in a response without error; the TC bit (truncated)
+	// still has the answers that fit.
+	if (rcode == 0 && (h[6] | h[7])) {
+		m->name = NAME_DNS;
+		m->name_off = dns_off;
+	}
+}
+
+// http_request classifies a request line whose method takes n bytes and a
+// space.
+static __always_inline void http_request(const __u8 *b, __u32 n, __u8 method, struct l7_msg *m)
+{
+	if (b[n] != ' ' || !is_target(b[n + 1]))
+		return;
+	m->proto = L7_HTTP;
+	m->kind = MSG_REQUEST;
+	m->method = method;
+}
+
+// classify_tcp reads what b, the first bytes of a TCP payload of plen
+// bytes (zero-padded where it is shorter), is.
+static __always_inline void classify_tcp(struct packet *p, const __u8 *b, __u32 plen, int dns,
+					 struct l7_msg *m)
+{
+	if (dns) {
+		// DNS over TCP: a two-byte length, then the message.
+		dns_header(p, b + 2, 2, m);
+		return;
+	}
+	__u32 w;
+	__builtin_memcpy(&w, b, 4);
+	switch (w) {
+	case FOUR('G', 'E', 'T', ' '):
+		http_request(b, 3, METHOD_GET, m);
+		return;
+	case FOUR('P', 'U', 'T', ' '):
+		http_request(b, 3, METHOD_PUT, m);
+		return;
+	case FOUR('P', 'O', 'S', 'T'):
+		http_request(b, 4, METHOD_POST, m);
+		return;
+	case FOUR('H', 'E', 'A', 'D'):
+		http_request(b, 4, METHOD_HEAD, m);
+		return;
+	case FOUR('D', 'E', 'L', 'E'):
+		if (b[4] == 'T' && b[5] == 'E')
+			http_request(b, 6, METHOD_DELETE, m);
+		return;
+	case FOUR('P', 'A', 'T', 'C'):
+		if (b[4] == 'H')
+			http_request(b, 5, METHOD_PATCH, m);
+		return;
+	case FOUR('O', 'P', 'T', 'I'):
+		if (b[4] == 'O' && b[5] == 'N' && b[6] == 'S')
+			http_request(b, 7, METHOD_OPTIONS, m);
+		return;
+	case FOUR('C', 'O', 'N', 'N'):
+		if (b[4] == 'E' && b[5] == 'C' && b[6] == 'T')
+			http_request(b, 7, METHOD_OTHER, m);
+		return;
+	case FOUR('T', 'R', 'A', 'C'):
+		if (b[4] == 'E')
+			http_request(b, 5, METHOD_OTHER, m);
+		return;
+	case FOUR('H', 'T', 'T', 'P'):
+		// HTTP/1.0 or HTTP/1.1, a space, three digits, a space or the
+		// end of the status line's first 16 bytes.
+		if (b[4] != '/' || b[5] != '1' || b[6] != '.' || (b[7] != '0' && b[7] != '1') ||
+		    b[8] != ' ' || b[9] < '1' || b[9] > '5' || !is_digit(b[10]) || !is_digit(b[11]) ||
+		    (b[12] != ' ' && b[12] != '\r'))
+			return;
+		m->proto = L7_HTTP;
+		m->kind = MSG_RESPONSE;
+		m->reverse = 1;
+		m->status = b[9] - '0';
+		return;
+	case FOUR('P', 'R', 'I', ' '):
+		// The HTTP/2 client preface, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".
+		if (b[4] == '*' && b[5] == ' ' && b[6] == 'H' && b[11] == '2' && b[12] == '.' && b[13] == '0')
+			m->proto = L7_HTTP2;
+		return;
+	}
+	// TLS: a handshake record of TLS 1.0 to 1.3 whose message is a
+	// ClientHello (from the client) or a ServerHello.
+	if (b[0] == 0x16 && b[1] == 3 && b[2] <= 4) {
+		if (b[5] == 1) {
+			m->proto = L7_TLS;
+			m->name = NAME_TLS;
+		} else if (b[5] == 2) {
+			m->proto = L7_TLS;
+			m->reverse = 1;
+		}
+		return;
+	}
+	__u32 len = be32(b);
+	__u32 code = be32(b + 4);
+	// PostgreSQL: a StartupMessage of protocol 3.0, or an SSLRequest or
+	// GSSENCRequest, from the client.
+	if ((code == 0x00030000 && len >= 8 && len <= 10000) ||
+	    ((code == 80877103 || code == 80877104) && len == 8)) {
+		m->proto = L7_POSTGRES;
+		return;
+	}
+	// MySQL: the server's greeting, protocol 10, sequence 0, the whole
+	// packet in this payload.
+	if (b[3] == 0 && b[4] == 10 && ((__u32)b[0] | (__u32)b[1] << 8 | (__u32)b[2] << 16) + 4 == plen) {
+		m->proto = L7_MYSQL;
+		m->reverse = 1;
+		return;
+	}
+	// Redis: a RESP array of bulk strings, as clients send commands.
+	if (b[0] == '*' && b[1] >= '1' && b[1] <= '9' &&
+	    ((b[2] == '\r' && b[3] == '\n' && b[4] == '$') ||
+	     (is_digit(b[2]) && b[3] == '\r' && b[4] == '\n' && b[5] == '$'))) {
+		m->proto = L7_REDIS;
+		return;
+	}
+	// Kafka: a request whose size is the rest of this payload, with an API
+	// key and version in the ranges Kafka has.
+	if (len + 4 == plen && len >= 10 && b[4] == 0 && b[5] < 75 && b[6] == 0 && b[7] < 20) {
+		m->proto = L7_KAFKA;
+		return;
+	}
+}
+
+// peek reads n bytes of the frame at off into buf, paged data too.
+static __always_inline long peek(void *ctx, int xdp, __u32 off, void *buf, __u32 n)
+{
+	if (xdp)
+		return bpf_xdp_load_bytes(ctx, off, buf, n);
+	return bpf_skb_load_bytes(ctx, off, buf, n);
+}
+
+// latency_bucket returns ns's bucket of l7_stats.latency.
+static __always_inline __u32 latency_bucket(__u64 ns)
+{
+	if (ns < 1024)
+		return 0;
+	// log2 without a loop.
+	__u32 l = 0;
+	__u64 v = ns;
+	if (v >> 32) { v >>= 32; l += 32; }
+	if (v >> 16) { v >>= 16; l += 16; }
+	if (v >> 8) { v >>= 8; l += 8; }
+	if (v >> 4) { v >>= 4; l += 4; }
+	if (v >> 2) { v >>= 2; l += 2; }
+	if (v >> 1) { l += 1; }
+	__u32 sub = (ns >> (l - 2)) & 3; // the two bits after the leading one
+	__u32 i = (l - 10) * 4 + sub;
+	return i < L7_BUCKETS ? i : L7_BUCKETS - 1;
+}
+
+// pending_request notes the time of a request of flow k.
+static __always_inline void pending_request(struct l7_pending_key *k, __u64 now)
+{
+	struct l7_pending *q = bpf_map_lookup_elem(&l7_pending, k);
+	if (!q) {
+		struct l7_pending n = {.ts = {now}, .tail = 1};
+		bpf_map_update_elem(&l7_pending, k, &n, BPF_ANY);
+		return;
+	}
+	// Deeper pipelines than L7_PIPELINE lose their latest requests'
+	// times: their responses count as unmatched.
+	if (q->tail - q->head < L7_PIPELINE) {
+		q->ts[q->tail & (L7_PIPELINE - 1)] = now;
+		q->tail++;
+	}
+}
+
+// pending_response returns the time since the oldest request of flow k
+// that waits, and takes it off; 0 if none waits.
+static __always_inline __u64 pending_response(struct l7_pending_key *k, __u64 now, int dns)
+{
+	struct l7_pending *q = bpf_map_lookup_elem(&l7_pending, k);
+	if (!q || q->head == q->tail)
+		return 0;
+	__u64 lat = now - q->ts[q->head & (L7_PIPELINE - 1)];
+	q->head++;
+	// A DNS id answers once: the entry goes (an HTTP connection's stays
+	// for its next request, until LRU pushes it out).
+	if (dns)
+		bpf_map_delete_elem(&l7_pending, k);
+	return lat ? lat : 1;
+}
+
+// l7_entry returns flow k's L7 stats in the map l7s, inserted if new; NULL
+// if the map is full. As with account, each call site names its map.
+static __always_inline struct l7_stats *l7_entry(void *l7s, struct flow_key *k)
+{
+	struct l7_stats *s = bpf_map_lookup_elem(l7s, k);
+	if (s)
+		return s;
+	// Zeroed, and not on the stack: l7_stats is larger than the stack
+	// can spare; BPF_NOEXIST keeps another CPU's entry.
+	static const struct l7_stats zero = {};
+	bpf_map_update_elem(l7s, k, &zero, BPF_NOEXIST);
+	return bpf_map_lookup_elem(l7s, k);
+}
+
+// send_name sends bytes from off of the payload, at most NAME_DATA, to
+// user space.
+static __always_inline void send_name(void *ctx, int xdp, struct flow_key *k, __u8 kind, __u32 off,
+				      __u64 n)
+{
+	if (n > NAME_DATA)
+		n = NAME_DATA;
+	// Apart, so that clang does not fold the two bounds into one check
+	// of n - 1, which leaves the verifier no lower bound of n.
+	asm volatile("" : "+r"(n));
+	if (n < 1)
+		return;
+	struct name_event *ev = bpf_ringbuf_reserve(&l7_names, sizeof(*ev), 0);
+	if (!ev) {
+		bump(COUNTER_NAMES_LOST, 1);
+		return;
+	}
+	if (peek(ctx, xdp, off, ev->data, n)) {
+		bpf_ringbuf_discard(ev, 0);
+		return;
+	}
+	ev->flow = *k;
+	ev->len = n;
+	ev->kind = kind;
+	bpf_ringbuf_submit(ev, 0);
+}
+
+// l7 classifies the payload of p, a TCP segment with payload or a UDP
+// datagram to or from the DNS port, and counts the message in it.
+static __always_inline void l7(void *ctx, int xdp, struct packet *p, void *data, void *data_end,
+			       __u64 len)
+{
+	__u32 off = p->hdr_len;
+	// The IP header's length, not the frame's: a short frame's padding
+	// is no payload. GSO and BIG TCP packets may say 0 or less.
+	__u64 end = len;
+	if (p->ip_end > off && p->ip_end < end)
+		end = p->ip_end;
+	if (end <= off || off > 1024)
+		return;
+	__u32 plen = end - off;
+	int dns = p->key.sport == dns_port || p->key.dport == dns_port;
+
+	__u8 b[L7_PEEK] = {};
+	void *pl = data + off;
+	if (pl + L7_PEEK <= data_end) {
+		__builtin_memcpy(b, pl, L7_PEEK);
+	} else {
+		__u64 n = plen < L7_PEEK ? plen : L7_PEEK;
+		asm volatile("" : "+r"(n)); // as in send_name
+		if (n < 1 || peek(ctx, xdp, off, b, n))
+			return;
+	}
+
+	struct l7_msg m = {};
+	if (p->key.proto == IPPROTO_UDP) {
+		if (plen < 12)
+			return;
+		dns_header(p, b, 0, &m);
+	} else {
+		classify_tcp(p, b, plen, dns, &m);
+	}
+	if (!m.proto)
+		return;
+
+	struct l7_pending_key pk = {};
+	key6(p, &pk.flow);
+	if (m.reverse) {
+		struct flow_key *k = &pk.flow;
+		__u8 a[16];
+		__builtin_memcpy(a, k->saddr, 16);
+		__builtin_memcpy(k->saddr, k->daddr, 16);
+		__builtin_memcpy(k->daddr, a, 16);
+		__u16 port = k->sport;
+		k->sport = k->dport;
+		k->dport = port;
+	}
+	pk.id = m.id;
+	if (m.name)
+		send_name(ctx, xdp, &pk.flow, m.name, off + m.name_off, plen - m.name_off);
+
+	__u64 lat = 0;
+	if (m.kind == MSG_REQUEST)
+		pending_request(&pk, bpf_ktime_get_ns());
+	else if (m.kind == MSG_RESPONSE && !(m.proto == L7_HTTP && m.status == 1))
+		// 1xx is not the response: the final one follows.
+		lat = pending_response(&pk, bpf_ktime_get_ns(), m.proto == L7_DNS);
+
+	struct l7_stats *s;
+	if (active_buf) {
+		asm volatile("/* l7_b */");
+		s = l7_entry(&l7_b, &pk.flow);
+	} else {
+		asm volatile("/* l7_a */");
+		s = l7_entry(&l7_a, &pk.flow);
+	}
+	if (!s) {
+		if (m.kind != MSG_NONE)
+			bump(COUNTER_L7_MAP_FULL, 1);
+		return;
+	}
+	s->proto = m.proto;
+	if (m.kind == MSG_REQUEST) {
+		if (m.proto == L7_DNS)
+			__sync_fetch_and_add(&s->queries, 1);
+		else
+			__sync_fetch_and_add(&s->methods[m.method & (METHOD_MAX - 1)], 1);
+		return;
+	}
+	if (m.kind != MSG_RESPONSE)
+		return;
+	if (m.proto == L7_DNS)
+		__sync_fetch_and_add(&s->rcodes[m.status & (L7_RCODES - 1)], 1);
+	else if (m.status < 6)
+		__sync_fetch_and_add(&s->statuses[m.status], 1);
+	if (lat) {
+		__sync_fetch_and_add(&s->latency[latency_bucket(lat)], 1);
+		__sync_fetch_and_add(&s->latency_sum_ns, lat);
+	} else if (!(m.proto == L7_HTTP && m.status == 1)) {
+		__sync_fetch_and_add(&s->unmatched, 1);
+	}
+}
+
+// count_frame counts one frame (or GSO aggregate) of the program with
+// context ctx; xdp is a constant: 1 in the XDP program, 0 in TC's.
+static __always_inline void count_frame(void *ctx, int xdp, void *data, void *data_end, __u64 len,
+					__u32 segs, __u16 vlan_meta, __u32 ifindex, __u8 point)
 {
 	struct packet p = {};
 	if (parse(data, data_end, &p))
@@ -473,12 +999,20 @@ static __always_inline void count_frame(void *data, void *data_end, __u64 len, _
 		asm volatile("/* flows6_a */");
 		account(&flows6_a, &p.key, now, bytes, segs, p.tcp_flags, rtt, ifindex, point);
 	}
+	// L7 only on its candidates: TCP that carries payload past its header
+	// (a pure ACK's frame reaches no further), UDP to or from the DNS
+	// port; never a later fragment (ports 0).
+	if (len <= p.hdr_len || !p.key.sport || !p.key.dport)
+		return;
+	if (p.key.proto == IPPROTO_TCP ||
+	    (p.key.proto == IPPROTO_UDP && (p.key.sport == dns_port || p.key.dport == dns_port)))
+		l7(ctx, xdp, &p, data, data_end, len);
 }
 
 static __always_inline void count_skb(struct __sk_buff *skb, __u8 point)
 {
 	__u16 vlan = skb->vlan_present ? (skb->vlan_tci & 0x0fff) : 0;
-	count_frame((void *)(long)skb->data, (void *)(long)skb->data_end, skb->len,
+	count_frame(skb, 0, (void *)(long)skb->data, (void *)(long)skb->data_end, skb->len,
 		    skb->gso_segs, vlan, skb->ifindex, point);
 }
 
@@ -515,7 +1049,7 @@ int xdp_ingress(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	count_frame(data, data_end, data_end - data, 1, 0, ctx->ingress_ifindex, POINT_XDP);
+	count_frame(ctx, 1, data, data_end, data_end - data, 1, 0, ctx->ingress_ifindex, POINT_XDP);
 	return XDP_PASS;
 }
 

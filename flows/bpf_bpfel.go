@@ -20,7 +20,9 @@ const (
 	bpfCounterCOUNTER_MAP_FULL_BYTES   bpfCounter = 1
 	bpfCounterCOUNTER_NON_IP           bpfCounter = 2
 	bpfCounterCOUNTER_MALFORMED        bpfCounter = 3
-	bpfCounterCOUNTER_MAX              bpfCounter = 4
+	bpfCounterCOUNTER_L7MAP_FULL       bpfCounter = 4
+	bpfCounterCOUNTER_NAMES_LOST       bpfCounter = 5
+	bpfCounterCOUNTER_MAX              bpfCounter = 6
 )
 
 type bpfFlowKey struct {
@@ -59,6 +61,77 @@ type bpfFlowStats struct {
 	Pad         [5]uint8
 }
 
+type bpfL7Method uint32
+
+const (
+	bpfL7MethodMETHOD_OTHER   bpfL7Method = 0
+	bpfL7MethodMETHOD_GET     bpfL7Method = 1
+	bpfL7MethodMETHOD_HEAD    bpfL7Method = 2
+	bpfL7MethodMETHOD_POST    bpfL7Method = 3
+	bpfL7MethodMETHOD_PUT     bpfL7Method = 4
+	bpfL7MethodMETHOD_DELETE  bpfL7Method = 5
+	bpfL7MethodMETHOD_PATCH   bpfL7Method = 6
+	bpfL7MethodMETHOD_OPTIONS bpfL7Method = 7
+	bpfL7MethodMETHOD_MAX     bpfL7Method = 8
+)
+
+type bpfL7Pending struct {
+	_    structs.HostLayout
+	Ts   [4]uint64
+	Head uint32
+	Tail uint32
+}
+
+type bpfL7PendingKey struct {
+	_    structs.HostLayout
+	Flow bpfFlowKey
+	Id   uint16
+	Pad  uint16
+}
+
+type bpfL7Proto uint32
+
+const (
+	bpfL7ProtoL7NONE     bpfL7Proto = 0
+	bpfL7ProtoL7HTTP     bpfL7Proto = 1
+	bpfL7ProtoL7HTTP2    bpfL7Proto = 2
+	bpfL7ProtoL7TLS      bpfL7Proto = 3
+	bpfL7ProtoL7DNS      bpfL7Proto = 4
+	bpfL7ProtoL7POSTGRES bpfL7Proto = 5
+	bpfL7ProtoL7MYSQL    bpfL7Proto = 6
+	bpfL7ProtoL7REDIS    bpfL7Proto = 7
+	bpfL7ProtoL7KAFKA    bpfL7Proto = 8
+)
+
+type bpfL7Stats struct {
+	_            structs.HostLayout
+	LatencySumNs uint64
+	Latency      [104]uint32
+	Methods      [8]uint32
+	Statuses     [6]uint32
+	Rcodes       [8]uint32
+	Queries      uint32
+	Unmatched    uint32
+	Proto        uint8
+	Pad          [7]uint8
+}
+
+type bpfNameEvent struct {
+	_    structs.HostLayout
+	Flow bpfFlowKey
+	Len  uint16
+	Kind uint8
+	Pad  [5]uint8
+	Data [1024]uint8
+}
+
+type bpfNameKind uint32
+
+const (
+	bpfNameKindNAME_DNS bpfNameKind = 1
+	bpfNameKindNAME_TLS bpfNameKind = 2
+)
+
 type bpfPoint uint32
 
 const (
@@ -72,24 +145,33 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	bpfMapCounters       = "counters"
-	bpfMapFlows4A        = "flows4_a"
-	bpfMapFlows4B        = "flows4_b"
-	bpfMapFlows6A        = "flows6_a"
-	bpfMapFlows6B        = "flows6_b"
-	bpfMapHandshakes     = "handshakes"
-	bpfMapWatched        = "watched"
-	bpfMapWatchedHi      = "watched_hi"
-	bpfProgClockProbe    = "clock_probe"
-	bpfProgTcEgress      = "tc_egress"
-	bpfProgTcIngress     = "tc_ingress"
-	bpfProgTcpRetransmit = "tcp_retransmit"
-	bpfProgXdpIngress    = "xdp_ingress"
-	bpfVarActiveBuf      = "active_buf"
-	bpfVarProbeJiffies   = "probe_jiffies"
-	bpfVarProbeNs        = "probe_ns"
-	bpfVarUnusedCounter  = "unused_counter"
-	bpfVarUnusedPoint    = "unused_point"
+	bpfMapCounters        = "counters"
+	bpfMapFlows4A         = "flows4_a"
+	bpfMapFlows4B         = "flows4_b"
+	bpfMapFlows6A         = "flows6_a"
+	bpfMapFlows6B         = "flows6_b"
+	bpfMapHandshakes      = "handshakes"
+	bpfMapL7A             = "l7_a"
+	bpfMapL7B             = "l7_b"
+	bpfMapL7Names         = "l7_names"
+	bpfMapL7Pending       = "l7_pending"
+	bpfMapWatched         = "watched"
+	bpfMapWatchedHi       = "watched_hi"
+	bpfProgClockProbe     = "clock_probe"
+	bpfProgTcEgress       = "tc_egress"
+	bpfProgTcIngress      = "tc_ingress"
+	bpfProgTcpRetransmit  = "tcp_retransmit"
+	bpfProgXdpIngress     = "xdp_ingress"
+	bpfVarActiveBuf       = "active_buf"
+	bpfVarDnsPort         = "dns_port"
+	bpfVarProbeJiffies    = "probe_jiffies"
+	bpfVarProbeNs         = "probe_ns"
+	bpfVarUnusedCounter   = "unused_counter"
+	bpfVarUnusedL7Method  = "unused_l7_method"
+	bpfVarUnusedL7Proto   = "unused_l7_proto"
+	bpfVarUnusedNameEvent = "unused_name_event"
+	bpfVarUnusedNameKind  = "unused_name_kind"
+	bpfVarUnusedPoint     = "unused_point"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -151,6 +233,10 @@ type bpfMapSpecs struct {
 	Flows6A    *ebpf.MapSpec `ebpf:"flows6_a"`
 	Flows6B    *ebpf.MapSpec `ebpf:"flows6_b"`
 	Handshakes *ebpf.MapSpec `ebpf:"handshakes"`
+	L7A        *ebpf.MapSpec `ebpf:"l7_a"`
+	L7B        *ebpf.MapSpec `ebpf:"l7_b"`
+	L7Names    *ebpf.MapSpec `ebpf:"l7_names"`
+	L7Pending  *ebpf.MapSpec `ebpf:"l7_pending"`
 	Watched    *ebpf.MapSpec `ebpf:"watched"`
 	WatchedHi  *ebpf.MapSpec `ebpf:"watched_hi"`
 }
@@ -159,11 +245,16 @@ type bpfMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
-	ActiveBuf     *ebpf.VariableSpec `ebpf:"active_buf"`
-	ProbeJiffies  *ebpf.VariableSpec `ebpf:"probe_jiffies"`
-	ProbeNs       *ebpf.VariableSpec `ebpf:"probe_ns"`
-	UnusedCounter *ebpf.VariableSpec `ebpf:"unused_counter"`
-	UnusedPoint   *ebpf.VariableSpec `ebpf:"unused_point"`
+	ActiveBuf       *ebpf.VariableSpec `ebpf:"active_buf"`
+	DnsPort         *ebpf.VariableSpec `ebpf:"dns_port"`
+	ProbeJiffies    *ebpf.VariableSpec `ebpf:"probe_jiffies"`
+	ProbeNs         *ebpf.VariableSpec `ebpf:"probe_ns"`
+	UnusedCounter   *ebpf.VariableSpec `ebpf:"unused_counter"`
+	UnusedL7Method  *ebpf.VariableSpec `ebpf:"unused_l7_method"`
+	UnusedL7Proto   *ebpf.VariableSpec `ebpf:"unused_l7_proto"`
+	UnusedNameEvent *ebpf.VariableSpec `ebpf:"unused_name_event"`
+	UnusedNameKind  *ebpf.VariableSpec `ebpf:"unused_name_kind"`
+	UnusedPoint     *ebpf.VariableSpec `ebpf:"unused_point"`
 }
 
 // bpfObjects contains all objects after they have been loaded into the kernel.
@@ -192,6 +283,10 @@ type bpfMaps struct {
 	Flows6A    *ebpf.Map `ebpf:"flows6_a"`
 	Flows6B    *ebpf.Map `ebpf:"flows6_b"`
 	Handshakes *ebpf.Map `ebpf:"handshakes"`
+	L7A        *ebpf.Map `ebpf:"l7_a"`
+	L7B        *ebpf.Map `ebpf:"l7_b"`
+	L7Names    *ebpf.Map `ebpf:"l7_names"`
+	L7Pending  *ebpf.Map `ebpf:"l7_pending"`
 	Watched    *ebpf.Map `ebpf:"watched"`
 	WatchedHi  *ebpf.Map `ebpf:"watched_hi"`
 }
@@ -204,6 +299,10 @@ func (m *bpfMaps) Close() error {
 		m.Flows6A,
 		m.Flows6B,
 		m.Handshakes,
+		m.L7A,
+		m.L7B,
+		m.L7Names,
+		m.L7Pending,
 		m.Watched,
 		m.WatchedHi,
 	)
@@ -213,11 +312,16 @@ func (m *bpfMaps) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
-	ActiveBuf     *ebpf.Variable `ebpf:"active_buf"`
-	ProbeJiffies  *ebpf.Variable `ebpf:"probe_jiffies"`
-	ProbeNs       *ebpf.Variable `ebpf:"probe_ns"`
-	UnusedCounter *ebpf.Variable `ebpf:"unused_counter"`
-	UnusedPoint   *ebpf.Variable `ebpf:"unused_point"`
+	ActiveBuf       *ebpf.Variable `ebpf:"active_buf"`
+	DnsPort         *ebpf.Variable `ebpf:"dns_port"`
+	ProbeJiffies    *ebpf.Variable `ebpf:"probe_jiffies"`
+	ProbeNs         *ebpf.Variable `ebpf:"probe_ns"`
+	UnusedCounter   *ebpf.Variable `ebpf:"unused_counter"`
+	UnusedL7Method  *ebpf.Variable `ebpf:"unused_l7_method"`
+	UnusedL7Proto   *ebpf.Variable `ebpf:"unused_l7_proto"`
+	UnusedNameEvent *ebpf.Variable `ebpf:"unused_name_event"`
+	UnusedNameKind  *ebpf.Variable `ebpf:"unused_name_kind"`
+	UnusedPoint     *ebpf.Variable `ebpf:"unused_point"`
 }
 
 // bpfPrograms contains all programs after they have been loaded into the kernel.

@@ -39,6 +39,9 @@ type Config struct {
 	MaxFlows int
 	// Logger receives lifecycle logs; nil discards them.
 	Logger *slog.Logger
+	// DNSPort is the port of DNS servers whose messages the L7 parsers
+	// read, over UDP and TCP; 0 is 53.
+	DNSPort uint16
 }
 
 // Datapath is flowmap's loaded BPF programs, their attachments to
@@ -57,7 +60,8 @@ type Datapath struct {
 	known    map[int]Interface   // every interface that was attached since the last drain
 	stats    Stats
 	closed   bool
-	running  bool // Run has attached to the interfaces there were
+	running  bool   // Run has attached to the interfaces there were
+	names    []Name // read from l7_names since the last drain
 }
 
 // Stats are the datapath's own counters, for /metrics.
@@ -77,6 +81,11 @@ type Stats struct {
 	NonIP           uint64 // frames neither IPv4 nor IPv6
 	Malformed       uint64 // truncated or bad IP frames
 	LeftoversPurged int    // clsact filters of a dead agent removed at start
+	// L7 (see l7.go).
+	L7MapFull      uint64 // L7 messages not counted: the L7 map was full
+	NamesLost      uint64 // name events the ring buffer had no room for
+	NamesDropped   uint64 // names over maxNamesPerBatch in one interval
+	NamesUndecoded uint64 // name events that did not decode
 }
 
 // ErrPrerequisite is returned by New when the machine cannot run the
@@ -118,6 +127,12 @@ func New(cfg Config) (*Datapath, error) {
 	}
 	for _, m := range []string{bpfMapFlows4A, bpfMapFlows4B, bpfMapFlows6A, bpfMapFlows6B} {
 		spec.Maps[m].MaxEntries = uint32(cfg.MaxFlows)
+	}
+	if cfg.DNSPort == 0 {
+		cfg.DNSPort = 53
+	}
+	if err := spec.Variables[bpfVarDnsPort].Set(cfg.DNSPort); err != nil {
+		return nil, fmt.Errorf("set dns port %d: %w", cfg.DNSPort, err)
 	}
 	d := &Datapath{cfg: cfg, log: log, attached: map[int]*attachment{}, known: map[int]Interface{}}
 	d.stats.MaxFlows = cfg.MaxFlows
@@ -270,6 +285,11 @@ func (d *Datapath) Run(ctx context.Context, out chan<- Batch) error {
 	d.mu.Lock()
 	d.running = true
 	d.mu.Unlock()
+	// L7 names: read as they come, handed out with the next batch.
+	namesCtx, stopNames := context.WithCancel(ctx)
+	namesDone := make(chan error, 1)
+	go func() { namesDone <- readNames(namesCtx, d.objs.L7Names, d.addName, d.badName) }()
+	defer func() { stopNames(); <-namesDone }()
 	tick := time.NewTicker(d.cfg.Interval)
 	defer tick.Stop()
 	start := time.Now()
@@ -507,7 +527,26 @@ func (d *Datapath) Drain(start time.Time) (Batch, error) {
 		}
 	}
 	d.log.Debug("drained", "directions", len(dirs), "flows", len(recs), "took", d.stats.LastDrain)
-	return Batch{Start: start, End: end, Records: recs}, nil
+	names := d.names
+	d.names = nil
+	return Batch{Start: start, End: end, Records: recs, Names: names}, nil
+}
+
+// addName keeps a name for the next batch, up to maxNamesPerBatch.
+func (d *Datapath) addName(n Name) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.names) >= maxNamesPerBatch {
+		d.stats.NamesDropped++
+		return
+	}
+	d.names = append(d.names, n)
+}
+
+func (d *Datapath) badName() {
+	d.mu.Lock()
+	d.stats.NamesUndecoded++
+	d.mu.Unlock()
 }
 
 func (d *Datapath) iface(idx int) Interface {
@@ -524,6 +563,8 @@ func (d *Datapath) readCounters() {
 		bpfCounterCOUNTER_MAP_FULL_BYTES:   &d.stats.MapFullBytes,
 		bpfCounterCOUNTER_NON_IP:           &d.stats.NonIP,
 		bpfCounterCOUNTER_MALFORMED:        &d.stats.Malformed,
+		bpfCounterCOUNTER_L7MAP_FULL:       &d.stats.L7MapFull,
+		bpfCounterCOUNTER_NAMES_LOST:       &d.stats.NamesLost,
 	} {
 		var percpu []uint64
 		if err := d.objs.Counters.Lookup(uint32(idx), &percpu); err != nil {

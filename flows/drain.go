@@ -45,6 +45,11 @@ type drainer struct {
 	// clients remembers the client direction of connections whose
 	// handshake was seen, so that later intervals orient them alike.
 	clients *lru.Cache[bpfFlowKey, struct{}]
+
+	// L7: the halves of the L7 maps, and what the last drain read of
+	// them by client-to-server key (see l7.go), until records takes it.
+	l7s [2]*ebpf.Map
+	l7  map[bpfFlowKey]*L7
 }
 
 func newDrainer(objs *bpfObjects, maxFlows int) (*drainer, error) {
@@ -64,6 +69,8 @@ func newDrainer(objs *bpfObjects, maxFlows int) (*drainer, error) {
 		keys6:   make([]bpfFlowKey, drainBatch),
 		vals:    make([]bpfFlowStats, drainBatch*ncpu),
 		clients: clients,
+		l7s:     [2]*ebpf.Map{objs.L7A, objs.L7B},
+		l7:      map[bpfFlowKey]*L7{},
 	}
 	return d, d.active.Get(&d.cur)
 }
@@ -85,7 +92,10 @@ func (d *drainer) drain() (map[bpfFlowKey]*direction, error) {
 	if err != nil {
 		return out, err
 	}
-	return out, drainMap(h.v6, d.keys6, d.vals, d.ncpu, func(k bpfFlowKey, v []bpfFlowStats) { d.add(out, k, v) })
+	if err := drainMap(h.v6, d.keys6, d.vals, d.ncpu, func(k bpfFlowKey, v []bpfFlowStats) { d.add(out, k, v) }); err != nil {
+		return out, err
+	}
+	return out, drainL7(d.l7s[old], d.l7)
 }
 
 // drainMap reads and deletes every entry of m, in batches where the kernel
@@ -322,9 +332,35 @@ func (d *drainer) records(dirs map[bpfFlowKey]*direction, ifaces func(int) Inter
 				*c.dst = ifaces(c.dir.Ifindex)
 			}
 		}
+		r.L7 = d.takeL7(k, rk)
 		recs = append(recs, r)
 	}
+	// L7 entries whose flow had no packets in this drain (the programs
+	// read active_buf once for each map) wait for the next drain, once.
+	for k, l := range d.l7 {
+		if l.carried {
+			delete(d.l7, k)
+		}
+		l.carried = true
+	}
 	return recs
+}
+
+// takeL7 returns the L7 stats of the flow whose client direction is k (or
+// rk, where the L7 parsers found the client other than the L4 guess).
+func (d *drainer) takeL7(k, rk bpfFlowKey) *L7 {
+	l := d.l7[k]
+	if l == nil {
+		l = d.l7[rk]
+		rk = k
+	}
+	if l == nil {
+		return nil
+	}
+	delete(d.l7, k)
+	delete(d.l7, rk)
+	l.carried = false
+	return l
 }
 
 // addr turns an IPv6 or IPv4-mapped key address into an address.

@@ -49,6 +49,12 @@ func Merge(batches ...Batch) Batch {
 			if m.DstIf.Index == 0 {
 				m.DstIf = r.DstIf
 			}
+			if r.L7 != nil {
+				if m.L7 == nil {
+					m.L7 = &L7{}
+				}
+				m.L7.Add(r.L7)
+			}
 		}
 	}
 	return out

@@ -33,6 +33,10 @@ var (
 		"Flow records handed out, one per flow and interval.", nil, nil)
 	descFrames = prometheus.NewDesc("flowmap_frames_skipped_total",
 		"Frames the programs saw but could not count as a flow, by reason.", []string{"reason"}, nil)
+	descL7Lost = prometheus.NewDesc("flowmap_l7_messages_lost_total",
+		"L7 messages not counted because the L7 map was full.", nil, nil)
+	descNamesLost = prometheus.NewDesc("flowmap_name_events_lost_total",
+		"DNS answers and TLS server names not read, by reason.", []string{"reason"}, nil)
 	descLeftovers = prometheus.NewDesc("flowmap_leftover_filters_removed",
 		"clsact filters of a dead agent removed at start.", nil, nil)
 )
@@ -41,7 +45,7 @@ var (
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAttached, descBridges, descAttachErrors, descEntries,
 		descCapacity, descFullPackets, descFullBytes, descDrain, descDrainErrors, descFlows,
-		descFrames, descLeftovers} {
+		descFrames, descLeftovers, descL7Lost, descNamesLost} {
 		ch <- d
 	}
 }
@@ -68,4 +72,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descFrames, s.NonIP, "non_ip")
 	counter(descFrames, s.Malformed, "malformed")
 	gauge(descLeftovers, float64(s.LeftoversPurged))
+	counter(descL7Lost, s.L7MapFull)
+	counter(descNamesLost, s.NamesLost, "ring_buffer_full")
+	counter(descNamesLost, s.NamesDropped, "batch_full")
+	counter(descNamesLost, s.NamesUndecoded, "undecoded")
 }

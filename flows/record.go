@@ -33,6 +33,10 @@ type Record struct {
 	// interface that flowmap does not watch.
 	SrcIf Interface `json:"src_if"`
 	DstIf Interface `json:"dst_if"`
+
+	// L7 is what the L7 parsers saw of the flow's messages, nil where
+	// they saw none (see l7.go).
+	L7 *L7 `json:"l7,omitempty"`
 }
 
 // Direction is what was counted one way.
@@ -66,6 +70,9 @@ type Batch struct {
 	Start   time.Time `json:"start"`
 	End     time.Time `json:"end"`
 	Records []Record  `json:"flows"`
+	// Names are the names that DNS answers and TLS server names gave
+	// addresses during the interval.
+	Names []Name `json:"names,omitempty"`
 }
 
 // Proto is an IP protocol number.

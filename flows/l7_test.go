@@ -1,0 +1,474 @@
+package flows
+
+import (
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+
+	"github.com/flowmap/flowmap/internal/testenv"
+)
+
+// These tests run the L7 parsers of bpf/flow.c through BPF_PROG_TEST_RUN on
+// gopacket-built frames, as bpf_test.go does the L4 path, and read the L7
+// maps and the l7_names ring buffer back.
+
+const (
+	l7Cli, l7Srv   = "198.51.100.2", "198.51.100.3"
+	l7Cli6, l7Srv6 = "2001:db8::2", "2001:db8::3"
+)
+
+// resetL7 empties the L7 maps and drains the ring buffer, besides what
+// resetObjects does.
+func resetL7(t testing.TB, objs *bpfObjects, rd *ringbuf.Reader) {
+	t.Helper()
+	resetObjects(t, objs)
+	clearMap[bpfFlowKey](t, objs.L7A)
+	clearMap[bpfFlowKey](t, objs.L7B)
+	clearMap[bpfL7PendingKey](t, objs.L7Pending)
+	readEvents(t, rd)
+}
+
+// readEvents returns the ring buffer's waiting events.
+func readEvents(t testing.TB, rd *ringbuf.Reader) [][]byte {
+	t.Helper()
+	var out [][]byte
+	rd.SetDeadline(time.Now().Add(10 * time.Millisecond))
+	for {
+		rec, err := rd.Read()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return out
+		}
+		if err != nil {
+			t.Fatalf("read l7_names: %v", err)
+		}
+		out = append(out, rec.RawSample)
+	}
+}
+
+func tcpPayload(t testing.TB, v6 bool, src, dst string, sport, dport uint16, payload []byte) []byte {
+	t.Helper()
+	if v6 {
+		return buildFrame(t, ethL(layers.EthernetTypeIPv6), ip6L(src, dst, layers.IPProtocolTCP),
+			tcpL(sport, dport, hdrPSH|hdrACK), gopacket.Payload(payload))
+	}
+	return buildFrame(t, ethL(layers.EthernetTypeIPv4), ip4L(src, dst, layers.IPProtocolTCP),
+		tcpL(sport, dport, hdrPSH|hdrACK), gopacket.Payload(payload))
+}
+
+func udpPayload(t testing.TB, src, dst string, sport, dport uint16, payload []byte) []byte {
+	t.Helper()
+	return buildFrame(t, ethL(layers.EthernetTypeIPv4), ip4L(src, dst, layers.IPProtocolUDP),
+		udpL(sport, dport), gopacket.Payload(payload))
+}
+
+// dnsMsg serializes a DNS message for name with answers (A records).
+func dnsMsg(t testing.TB, id uint16, response bool, rcode layers.DNSResponseCode, name string, answers ...string) []byte {
+	t.Helper()
+	d := &layers.DNS{
+		ID: id, QR: response, OpCode: layers.DNSOpCodeQuery, RD: true, RA: response, ResponseCode: rcode,
+		Questions: []layers.DNSQuestion{{Name: []byte(name), Type: layers.DNSTypeA, Class: layers.DNSClassIN}},
+	}
+	for _, a := range answers {
+		d.Answers = append(d.Answers, layers.DNSResourceRecord{
+			Name: []byte(name), Type: layers.DNSTypeA, Class: layers.DNSClassIN, TTL: 300, IP: net.ParseIP(a).To4(),
+		})
+	}
+	buf := gopacket.NewSerializeBuffer()
+	if err := d.SerializeTo(buf, gopacket.SerializeOptions{FixLengths: true}); err != nil {
+		t.Fatalf("serialize dns: %v", err)
+	}
+	return bytes.Clone(buf.Bytes())
+}
+
+// clientHello returns the first TLS record that crypto/tls sends to name.
+func clientHello(t testing.TB, name string) []byte {
+	t.Helper()
+	c, s := net.Pipe()
+	defer c.Close()
+	defer s.Close()
+	go tls.Client(c, &tls.Config{ServerName: name}).Handshake()
+	s.SetReadDeadline(time.Now().Add(5 * time.Second))
+	hdr := make([]byte, 5)
+	if _, err := ioReadFull(s, hdr); err != nil {
+		t.Fatalf("read client hello: %v", err)
+	}
+	body := make([]byte, int(hdr[3])<<8|int(hdr[4]))
+	if _, err := ioReadFull(s, body); err != nil {
+		t.Fatalf("read client hello: %v", err)
+	}
+	return append(hdr, body...)
+}
+
+func ioReadFull(c net.Conn, b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := c.Read(b[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// l7Want is what one flow's L7 entry should hold; the latency histogram
+// is checked for its count only.
+type l7Want struct {
+	proto     L7Protocol
+	methods   map[Method]uint32
+	statuses  map[int]uint32
+	queries   uint32
+	rcodes    map[int]uint32
+	unmatched uint32
+	latencies uint32
+}
+
+func (w l7Want) stats() bpfL7Stats {
+	s := bpfL7Stats{Proto: uint8(w.proto), Queries: w.queries, Unmatched: w.unmatched}
+	for m, n := range w.methods {
+		s.Methods[m] = n
+	}
+	for c, n := range w.statuses {
+		s.Statuses[c] = n
+	}
+	for c, n := range w.rcodes {
+		s.Rcodes[c] = n
+	}
+	return s
+}
+
+// checkL7 compares the L7 map l7_a with want, by client-to-server key.
+func checkL7(t testing.TB, objs *bpfObjects, want map[bpfFlowKey]l7Want, before time.Duration) {
+	t.Helper()
+	got := map[bpfFlowKey]bpfL7Stats{}
+	var (
+		k bpfFlowKey
+		v bpfL7Stats
+	)
+	it := objs.L7A.Iterate()
+	for it.Next(&k, &v) {
+		got[k] = v
+	}
+	if err := it.Err(); err != nil {
+		t.Fatalf("iterate l7_a: %v", err)
+	}
+	for k, w := range want {
+		g, ok := got[k]
+		if !ok {
+			t.Errorf("l7_a: no entry for %s", keyString(k))
+			continue
+		}
+		delete(got, k)
+		var n uint32
+		for _, c := range g.Latency {
+			n += c
+		}
+		if n != w.latencies {
+			t.Errorf("%s: %d latencies, want %d", keyString(k), n, w.latencies)
+		}
+		// Pipelined requests wait together: each latency is within the
+		// run, their sum within n runs.
+		if max := time.Duration(n) * before; n > 0 && (g.LatencySumNs == 0 || time.Duration(g.LatencySumNs) > max) {
+			t.Errorf("%s: latency sum %v, want within (0, %v]", keyString(k), time.Duration(g.LatencySumNs), max)
+		}
+		g.Latency, g.LatencySumNs = [LatencyBuckets]uint32{}, 0
+		if ws := w.stats(); g != ws {
+			t.Errorf("%s:\ngot  %+v\nwant %+v", keyString(k), g, ws)
+		}
+	}
+	for k, g := range got {
+		t.Errorf("l7_a: unexpected entry %s: %+v", keyString(k), g)
+	}
+}
+
+func TestBPFL7(t *testing.T) {
+	testenv.MustBeRoot(t)
+	testenv.MustHaveBTF(t)
+	objs := loadTestObjects(t, 0)
+	rd, err := ringbuf.NewReader(objs.L7Names)
+	if err != nil {
+		t.Fatalf("open l7_names: %v", err)
+	}
+	t.Cleanup(func() { rd.Close() })
+
+	up := flowKey(l7Cli, l7Srv, 42000, 80, layers.IPProtocolTCP, 0)
+	up6 := flowKey(l7Cli6, l7Srv6, 42000, 80, layers.IPProtocolTCP, 0)
+	req := func(s string) []byte { return tcpPayload(t, false, l7Cli, l7Srv, 42000, 80, []byte(s)) }
+	resp := func(s string) []byte { return tcpPayload(t, false, l7Srv, l7Cli, 80, 42000, []byte(s)) }
+	tcpTo := func(port uint16, s []byte) []byte { return tcpPayload(t, false, l7Cli, l7Srv, 42000, port, s) }
+	tcpFrom := func(port uint16, s []byte) []byte { return tcpPayload(t, false, l7Srv, l7Cli, port, 42000, s) }
+	const get = "GET /secret/path?q=1 HTTP/1.1\r\nHost: shop\r\nCookie: x\r\n\r\n"
+	const ok200 = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+	dnsUp := flowKey(l7Cli, l7Srv, 41000, 53, layers.IPProtocolUDP, 0)
+	dnsQ := func(id uint16) []byte {
+		return udpPayload(t, l7Cli, l7Srv, 41000, 53, dnsMsg(t, id, false, 0, "shop.example"))
+	}
+	dnsR := func(id uint16, rcode layers.DNSResponseCode, answers ...string) []byte {
+		return udpPayload(t, l7Srv, l7Cli, 53, 41000, dnsMsg(t, id, true, rcode, "shop.example", answers...))
+	}
+	dnsTCPUp := flowKey(l7Cli, l7Srv, 42000, 53, layers.IPProtocolTCP, 0)
+	withLen := func(m []byte) []byte { return append([]byte{byte(len(m) >> 8), byte(len(m))}, m...) }
+	hello := clientHello(t, "api.example.com")
+
+	cases := []struct {
+		name   string
+		frames [][]byte
+		want   map[bpfFlowKey]l7Want
+		names  []string // the kinds of name events, in order
+	}{
+		{
+			name:   "http request and response",
+			frames: [][]byte{req(get), resp(ok200)},
+			want: map[bpfFlowKey]l7Want{up: {proto: L7HTTP, methods: map[Method]uint32{MethodGET: 1},
+				statuses: map[int]uint32{2: 1}, latencies: 1}},
+		},
+		{
+			name: "http over ipv6",
+			frames: [][]byte{tcpPayload(t, true, l7Cli6, l7Srv6, 42000, 80, []byte("DELETE /x HTTP/1.1\r\n\r\n")),
+				tcpPayload(t, true, l7Srv6, l7Cli6, 80, 42000, []byte("HTTP/1.0 404 Not Found\r\n\r\n"))},
+			want: map[bpfFlowKey]l7Want{up6: {proto: L7HTTP, methods: map[Method]uint32{MethodDELETE: 1},
+				statuses: map[int]uint32{4: 1}, latencies: 1}},
+		},
+		{
+			name: "pipelined and keep-alive",
+			frames: [][]byte{
+				req("GET /a HTTP/1.1\r\n\r\n"), req("POST /b HTTP/1.1\r\nContent-Length: 0\r\n\r\n"), req("PUT /c HTTP/1.1\r\n\r\n"),
+				resp("HTTP/1.1 200 OK\r\n\r\n"), resp("HTTP/1.1 404 Not Found\r\n\r\n"), resp("HTTP/1.1 500 Oops\r\n\r\n"),
+				req("HEAD / HTTP/1.1\r\n\r\n"), resp("HTTP/1.1 204 No Content\r\n\r\n"),
+				req("PATCH /d HTTP/1.1\r\n\r\n"), resp("HTTP/1.1 302 Found\r\n\r\n"),
+				req("OPTIONS * HTTP/1.1\r\n\r\n"), resp("HTTP/1.1 200 OK\r\n\r\n"),
+			},
+			want: map[bpfFlowKey]l7Want{up: {proto: L7HTTP,
+				methods:   map[Method]uint32{MethodGET: 1, MethodPOST: 1, MethodPUT: 1, MethodHEAD: 1, MethodPATCH: 1, MethodOPTIONS: 1},
+				statuses:  map[int]uint32{2: 3, 3: 1, 4: 1, 5: 1},
+				latencies: 6}},
+		},
+		{
+			name: "split across segments",
+			frames: [][]byte{
+				req("POST /upload HTTP/1.1\r\nHost: shop\r\n"), req("Content-Length: 10\r\n\r\n"), req("GET-like body"),
+				resp("HTTP/1.1 201 Created\r\nContent-Length: 9000\r\n\r\n"), resp("HTTP/1.1 is what the body says"),
+				resp("<html>…"),
+			},
+			want: map[bpfFlowKey]l7Want{up: {proto: L7HTTP, methods: map[Method]uint32{MethodPOST: 1},
+				statuses: map[int]uint32{2: 1}, latencies: 1}},
+		},
+		{
+			name:   "100 continue then the response",
+			frames: [][]byte{req("PUT /big HTTP/1.1\r\nExpect: 100-continue\r\n\r\n"), resp("HTTP/1.1 100 Continue\r\n\r\n"), resp(ok200)},
+			want: map[bpfFlowKey]l7Want{up: {proto: L7HTTP, methods: map[Method]uint32{MethodPUT: 1},
+				statuses: map[int]uint32{1: 1, 2: 1}, latencies: 1}},
+		},
+		{
+			name:   "response without request",
+			frames: [][]byte{resp(ok200)},
+			want:   map[bpfFlowKey]l7Want{up: {proto: L7HTTP, statuses: map[int]uint32{2: 1}, unmatched: 1}},
+		},
+		{
+			name: "garbage that looks almost like http",
+			frames: [][]byte{
+				req("GETX / HTTP/1.1\r\n"), req("GET"), req("get / HTTP/1.1\r\n"), req("GET  / HTTP/1.1"), req("POST/ HTTP/1.1"),
+				req("DELETEX / HTTP"), req("PATCHY / "), req("CONNECTED x"), req("HEAD\r\n"),
+				resp("HTTP/2.0 200 OK\r\n"), resp("HTTP/1.1 600 X\r\n"), resp("HTTP/1.1 20 OK\r\n"), resp("HTTP/1.2 200 OK\r\n"),
+				resp("HTTP/1.1 200"), resp("HTTP/1.1 2x0 OK\r\n"), resp("HTTP/1.1 0200 OK"), resp("HTTPS/1.1 200 OK"),
+			},
+		},
+		{
+			name:   "dns query and answer",
+			frames: [][]byte{dnsQ(0x1234), dnsR(0x1234, layers.DNSResponseCodeNoErr, "203.0.113.9", "203.0.113.10")},
+			want: map[bpfFlowKey]l7Want{dnsUp: {proto: L7DNS, queries: 1, rcodes: map[int]uint32{0: 1},
+				latencies: 1}},
+			names: []string{"dns"},
+		},
+		{
+			name: "dns ids match their own responses",
+			frames: [][]byte{dnsQ(1), dnsQ(2), dnsR(2, layers.DNSResponseCodeNXDomain), dnsR(1, layers.DNSResponseCodeServFail),
+				dnsR(3, layers.DNSResponseCodeNoErr, "203.0.113.9"), dnsR(1, layers.DNSResponseCodeRefused)},
+			want: map[bpfFlowKey]l7Want{dnsUp: {proto: L7DNS, queries: 2,
+				rcodes: map[int]uint32{0: 1, 2: 1, 3: 1, 5: 1}, unmatched: 2, latencies: 2}},
+			names: []string{"dns"},
+		},
+		{
+			name: "dns truncated",
+			frames: [][]byte{dnsQ(7), func() []byte {
+				m := dnsMsg(t, 7, true, 0, "shop.example", "203.0.113.9", "203.0.113.10")
+				m[2] |= 0x02 // TC
+				return udpPayload(t, l7Srv, l7Cli, 53, 41000, m[:len(m)-6])
+			}()},
+			want:  map[bpfFlowKey]l7Want{dnsUp: {proto: L7DNS, queries: 1, rcodes: map[int]uint32{0: 1}, latencies: 1}},
+			names: []string{"dns"},
+		},
+		{
+			name: "dns over tcp",
+			frames: [][]byte{tcpTo(53, withLen(dnsMsg(t, 9, false, 0, "shop.example"))),
+				tcpFrom(53, withLen(dnsMsg(t, 9, true, 0, "shop.example", "203.0.113.9")))},
+			want:  map[bpfFlowKey]l7Want{dnsTCPUp: {proto: L7DNS, queries: 1, rcodes: map[int]uint32{0: 1}, latencies: 1}},
+			names: []string{"dns"},
+		},
+		{
+			name: "not dns",
+			frames: [][]byte{
+				udpPayload(t, l7Cli, l7Srv, 41000, 5353, dnsMsg(t, 1, false, 0, "shop.example")),          // another port
+				udpPayload(t, l7Cli, l7Srv, 53, 41000, dnsMsg(t, 1, false, 0, "shop.example")),            // a query from port 53
+				udpPayload(t, l7Cli, l7Srv, 41000, 53, []byte{1, 2, 3}),                                   // short
+				udpPayload(t, l7Cli, l7Srv, 41000, 53, append([]byte{0, 1, 0x28, 0}, make([]byte, 8)...)), // opcode UPDATE
+			},
+		},
+		{
+			name:   "tls client hello",
+			frames: [][]byte{tcpTo(443, hello)},
+			want:   map[bpfFlowKey]l7Want{flowKey(l7Cli, l7Srv, 42000, 443, layers.IPProtocolTCP, 0): {proto: L7TLS}},
+			names:  []string{"tls"},
+		},
+		{
+			name: "protocols by their first bytes",
+			frames: [][]byte{
+				tcpPayload(t, false, l7Cli, l7Srv, 42001, 8080, []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")),
+				tcpPayload(t, false, l7Cli, l7Srv, 42002, 5432, []byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}),
+				tcpPayload(t, false, l7Srv, l7Cli, 3306, 42003, append([]byte{12, 0, 0, 0, 10}, "8.0.3\x00abcdef"...)[:16]),
+				tcpPayload(t, false, l7Cli, l7Srv, 42004, 6379, []byte("*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")),
+				tcpPayload(t, false, l7Cli, l7Srv, 42005, 9092, []byte{0, 0, 0, 12, 0, 18, 0, 3, 0, 0, 0, 1, 0, 2, 'i', 'd'}),
+				tcpPayload(t, false, l7Cli, l7Srv, 42006, 5001, bytes.Repeat([]byte{0xa5}, 1400)), // bulk data: nothing
+			},
+			want: map[bpfFlowKey]l7Want{
+				flowKey(l7Cli, l7Srv, 42001, 8080, layers.IPProtocolTCP, 0): {proto: L7HTTP2},
+				flowKey(l7Cli, l7Srv, 42002, 5432, layers.IPProtocolTCP, 0): {proto: L7Postgres},
+				flowKey(l7Cli, l7Srv, 42003, 3306, layers.IPProtocolTCP, 0): {proto: L7MySQL},
+				flowKey(l7Cli, l7Srv, 42004, 6379, layers.IPProtocolTCP, 0): {proto: L7Redis},
+				flowKey(l7Cli, l7Srv, 42005, 9092, layers.IPProtocolTCP, 0): {proto: L7Kafka},
+			},
+		},
+	}
+	for _, h := range testHooks(t, objs) {
+		for _, tc := range cases {
+			t.Run(h.name+"/"+tc.name, func(t *testing.T) {
+				resetL7(t, objs, rd)
+				start := time.Now()
+				for _, f := range tc.frames {
+					h.run(t, f)
+				}
+				checkL7(t, objs, tc.want, time.Since(start))
+				evs := readEvents(t, rd)
+				if len(evs) != len(tc.names) {
+					t.Fatalf("%d name events, want %d", len(evs), len(tc.names))
+				}
+				var nd nameDecoder
+				for i, ev := range evs {
+					names, err := nd.decode(ev, start)
+					if err != nil {
+						t.Fatalf("decode name event %d: %v", i, err)
+					}
+					if len(names) == 0 || names[0].Source.String() != tc.names[i] {
+						t.Errorf("name event %d: %+v, want a %s name", i, names, tc.names[i])
+					}
+					for _, n := range names {
+						if n.Client.String() != l7Cli || n.Seen != start {
+							t.Errorf("name %+v: client %v seen %v, want %s %v", n, n.Client, n.Seen, l7Cli, start)
+						}
+						if n.Source == NameTLS && (n.Name != "api.example.com" || n.Addr.String() != l7Srv) {
+							t.Errorf("tls name %+v, want api.example.com for %s", n, l7Srv)
+						}
+						if n.Source == NameDNS && (n.Name != "shop.example" || n.TTL != 300*time.Second) {
+							t.Errorf("dns name %+v, want shop.example for 300s", n)
+						}
+					}
+				}
+			})
+		}
+	}
+
+	// The L7 path follows the double buffer, as the flow maps do.
+	t.Run("double buffer", func(t *testing.T) {
+		resetL7(t, objs, rd)
+		if err := objs.ActiveBuf.Set(uint32(1)); err != nil {
+			t.Fatalf("set active_buf: %v", err)
+		}
+		h := testHooks(t, objs)[0]
+		h.run(t, req(get))
+		var v bpfL7Stats
+		if err := objs.L7B.Lookup(&up, &v); err != nil {
+			t.Fatalf("l7_b[%s]: %v", keyString(up), err)
+		}
+		if v.Methods[MethodGET] != 1 {
+			t.Errorf("l7_b GET requests = %d, want 1", v.Methods[MethodGET])
+		}
+		if n := mapLen(t, objs.L7A); n != 0 {
+			t.Errorf("l7_a has %d entries, want 0", n)
+		}
+	})
+}
+
+func mapLen(t testing.TB, m *ebpf.Map) int {
+	t.Helper()
+	var (
+		k bpfFlowKey
+		v bpfL7Stats
+		n int
+	)
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	if err := it.Err(); err != nil {
+		t.Fatalf("iterate %v: %v", m, err)
+	}
+	return n
+}
+
+// l7BenchFrames are frames on and off the L7 path, for BenchmarkBPFL7.
+func l7BenchFrames(b *testing.B) []struct {
+	name  string
+	frame []byte
+} {
+	return []struct {
+		name  string
+		frame []byte
+	}{
+		{"udp_64B_not_dns", buildFrame(b, ethL(layers.EthernetTypeIPv4), ip4L(l7Cli, l7Srv, layers.IPProtocolUDP),
+			udpL(40000, 5001), payloadL(64-14-20-8))},
+		{"tcp_ack", buildFrame(b, ethL(layers.EthernetTypeIPv4), ip4L(l7Cli, l7Srv, layers.IPProtocolTCP), tcpL(42000, 5001, hdrACK))},
+		{"tcp_1400B_bulk", tcpPayload(b, false, l7Cli, l7Srv, 42000, 5001, bytes.Repeat([]byte{0xa5}, 1400))},
+		{"http_request", tcpPayload(b, false, l7Cli, l7Srv, 42000, 80, []byte("GET /index.html HTTP/1.1\r\nHost: shop\r\n\r\n"))},
+		{"http_response", tcpPayload(b, false, l7Srv, l7Cli, 80, 42000, []byte("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))},
+		{"dns_query", udpPayload(b, l7Cli, l7Srv, 41000, 53, dnsMsg(b, 1, false, 0, "shop.example"))},
+		{"dns_nxdomain", udpPayload(b, l7Srv, l7Cli, 53, 41000, dnsMsg(b, 1, true, layers.DNSResponseCodeNXDomain, "shop.example"))},
+	}
+}
+
+// BenchmarkBPFL7 times tc_ingress on frames off the L7 path (a UDP frame
+// not to the DNS port, a pure ACK, bulk TCP data that no parser knows) and
+// on it: an HTTP request (its time noted), an HTTP response (matched to a
+// request only while requests wait; then unmatched, which costs the same
+// lookups), a DNS query and a DNS NXDOMAIN response (no name event). Each
+// frame's flow has its entries, as in BenchmarkBPFProgram.
+func BenchmarkBPFL7(b *testing.B) {
+	testenv.MustBeRoot(b)
+	testenv.MustHaveBTF(b)
+	const benchRepeat = 10000
+	objs := loadTestObjects(b, 0)
+	for _, bc := range l7BenchFrames(b) {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			var total time.Duration
+			var calls int
+			for b.Loop() {
+				_, perRun, err := objs.TcIngress.Benchmark(bc.frame, benchRepeat, nil)
+				if err != nil {
+					b.Fatalf("benchmark %s: %v", bc.name, err)
+				}
+				total += perRun
+				calls++
+			}
+			b.ReportMetric(float64(total.Nanoseconds())/float64(calls), "ns/op")
+		})
+	}
+}
