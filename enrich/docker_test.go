@@ -92,7 +92,10 @@ func checkByID(t *testing.T, what string, ep enrich.Endpoint, c container) {
 	}
 }
 
-// waitFlow reads batches until one has a flow from src to dst:port.
+// waitFlow reads batches until one has a flow from src to dst:port
+// counted at the sender's veth: the steady state. (While the datapath
+// attaches to a bridge's ports at start, a packet may be counted at the
+// receiver's veth instead, with no SrcIf.)
 func waitFlow(t *testing.T, batches <-chan flows.Batch, src, dst netip.Addr, port uint16, limit time.Duration) flows.Record {
 	t.Helper()
 	deadline := time.After(limit)
@@ -100,7 +103,7 @@ func waitFlow(t *testing.T, batches <-chan flows.Batch, src, dst netip.Addr, por
 		select {
 		case b := <-batches:
 			for _, r := range b.Records {
-				if r.Src == src && r.Dst == dst && r.DstPort == port && r.Proto == flows.ProtoTCP {
+				if r.Src == src && r.Dst == dst && r.DstPort == port && r.Proto == flows.ProtoTCP && r.SrcIf.Index != 0 {
 					return r
 				}
 			}
