@@ -39,7 +39,8 @@ type Server struct {
 	gatherer prometheus.Gatherer
 	log      *slog.Logger
 
-	extra []route // mounted beside the server's own paths
+	extra  []route    // mounted beside the server's own paths
+	status func() any // the sources' status, for /readyz
 
 	mu      sync.Mutex
 	batches []flows.Batch // oldest first, at most keep
@@ -85,6 +86,18 @@ func (s *Server) Handle(pattern string, h http.Handler) {
 	s.extra = append(s.extra, route{pattern, h})
 }
 
+// ReportStatus adds what status returns to /readyz's answer, as "sources":
+// the inventory's sources, up or not. Call it before Handler or Serve.
+func (s *Server) ReportStatus(status func() any) { s.status = status }
+
+// Readiness is /readyz's answer.
+type Readiness struct {
+	Ready bool `json:"ready"`
+	// Reason says why not, when not.
+	Reason  string `json:"reason,omitempty"`
+	Sources any    `json:"sources,omitempty"`
+}
+
 // Handler returns the HTTP handler of every endpoint.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
@@ -95,15 +108,28 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if err := s.ready(); err != nil {
-			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ready")
-	})
+	mux.HandleFunc("GET /readyz", s.serveReady)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{}))
 	return mux
+}
+
+// serveReady answers /readyz: 200 once the datapath is attached, 503
+// before; the body says why not, and how the inventory's sources are.
+func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
+	r := Readiness{Ready: true}
+	if err := s.ready(); err != nil {
+		r = Readiness{Reason: err.Error()}
+	}
+	if s.status != nil {
+		r.Sources = s.status()
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if !r.Ready {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	if err := json.NewEncoder(w).Encode(r); err != nil {
+		s.log.Debug("write readiness", "err", err)
+	}
 }
 
 // serveFlows answers /api/v1/flows?last=N: the last N intervals (default

@@ -27,6 +27,7 @@ func batch(start time.Time, bytes uint64) flows.Batch {
 func TestServer(t *testing.T) {
 	ready := errors.New("not attached")
 	s := New(2, func() error { return ready }, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	s.ReportStatus(func() any { return []string{"netns"} })
 	s.Handle("GET /extra", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "extra") }))
 	t0 := time.Date(2026, 11, 25, 9, 0, 0, 0, time.UTC)
 	for i, b := range []uint64{100, 200, 400} { // the first falls out: keep is 2
@@ -47,7 +48,7 @@ func TestServer(t *testing.T) {
 		{"/api/v1/flows?last=0", 400, 0, "want a whole number"},
 		{"/api/v1/flows?last=x", 400, 0, "want a whole number"},
 		{"/healthz", 200, 0, "ok"},
-		{"/readyz", 503, 0, "not attached"},
+		{"/readyz", 503, 0, `{"ready":false,"reason":"not attached","sources":["netns"]}`},
 		{"/metrics", 200, 0, ""},
 		{"/extra", 200, 0, "extra"},
 	} {

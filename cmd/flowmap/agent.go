@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flowmap/flowmap/enrich"
 	"github.com/flowmap/flowmap/flows"
 	"github.com/flowmap/flowmap/server"
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,6 +40,7 @@ type agentFlags struct {
 	keep     int
 	logLevel slog.Level
 	graph    graphFlags
+	inv      inventoryFlags
 	// names names the ends of flows; nil names them by address alone.
 	names namer
 }
@@ -58,6 +60,7 @@ func (a *agentFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&a.keep, "keep", 12, "intervals of flows kept for /api/v1/flows?last=N")
 	fs.TextVar(&a.logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
 	a.graph.register(fs)
+	a.inv.register(fs)
 }
 
 func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -97,10 +100,22 @@ func agent(ctx context.Context, a agentFlags, log *slog.Logger, each func(flows.
 	reg.MustRegister(flows.NewCollector(dp), collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv := server.New(a.keep, dp.Ready, reg, log.With("component", "server"))
-	pipe := newPipeline(a.graph, a.names, reg, log.With("component", "topology"))
+	g, ctx := errgroup.WithContext(ctx)
+	names := a.names
+	if names == nil && !a.inv.off {
+		a.inv.cfg.Logger = log.With("component", "enrich")
+		inv, err := enrich.New(a.inv.cfg)
+		if err != nil {
+			return err
+		}
+		reg.MustRegister(enrich.NewCollector(inv))
+		srv.ReportStatus(func() any { return inv.Status() })
+		names = func(r *flows.Record) enrich.Flow { return inv.Enrich(*r) }
+		g.Go(func() error { return inv.Run(ctx) })
+	}
+	pipe := newPipeline(a.graph, names, reg, log.With("component", "topology"))
 	pipe.mount(srv)
 
-	g, ctx := errgroup.WithContext(ctx)
 	batches := make(chan flows.Batch, 1)
 	g.Go(func() error {
 		return dp.Run(ctx, batches)

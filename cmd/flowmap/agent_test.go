@@ -132,6 +132,23 @@ func TestAgent(t *testing.T) {
 	if got := p.get(t, "/healthz"); strings.TrimSpace(got) != "ok" {
 		t.Errorf("/healthz = %q, want ok", got)
 	}
+	var ready struct {
+		Ready   bool
+		Sources []struct {
+			Name string
+			Up   bool
+		}
+	}
+	if err := json.Unmarshal([]byte(p.get(t, "/readyz")), &ready); err != nil {
+		t.Fatalf("decode /readyz: %v", err)
+	}
+	up := map[string]bool{}
+	for _, s := range ready.Sources {
+		up[s.Name] = s.Up
+	}
+	if !ready.Ready || !up["netns"] || !up["host"] {
+		t.Errorf("/readyz = %+v, want ready with the netns and host sources up", ready)
+	}
 	port := sendTo(t, a, b, 100_000)
 	var rec *struct{ fwd, back uint64 }
 	deadline := time.Now().Add(5 * time.Second)
