@@ -87,7 +87,15 @@ func WriteDOT(w io.Writer, s *Snapshot) error {
 		if e.RTT != nil {
 			tip += fmt.Sprintf(", handshake RTT %s mean", e.RTT.Mean.Round(time.Microsecond))
 		}
-		fmt.Fprintf(&b, "\t%s -> %s [label=%s, penwidth=%.2f, tooltip=%s];\n", quote(e.Source), quote(e.Target), quote(label), width, quote(tip))
+		color := ""
+		if l := e.L7; l != nil {
+			label += "\n" + l7Label(l)
+			tip += ", " + l7Tip(l)
+			if c := successColor(l); c != "" {
+				color = ", color=" + quote(c)
+			}
+		}
+		fmt.Fprintf(&b, "\t%s -> %s [label=%s, penwidth=%.2f, tooltip=%s%s];\n", quote(e.Source), quote(e.Target), quote(label), width, quote(tip), color)
 	}
 	b.WriteString("}\n")
 	if _, err := w.Write(b.Bytes()); err != nil {

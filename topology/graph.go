@@ -105,6 +105,8 @@ type counts struct {
 	retrans [2]uint32
 	rttN    uint32
 	rttMax  uint32 // ns, saturated at 4.29s
+	// l7 is the messages the L7 parsers saw; nil on most edges (l7.go).
+	l7 *flows.L7
 }
 
 type bucket struct {
@@ -183,6 +185,9 @@ func (g *Graph) fold(now int64, f *enrich.Flow) {
 		c.rttN++
 		c.rttSum += uint64(rtt)
 		c.rttMax = max(c.rttMax, uint32(min(rtt, 1<<32-1)))
+	}
+	if f.L7 != nil {
+		c.l7 = addL7(c.l7, f.L7)
 	}
 }
 
@@ -314,6 +319,9 @@ func merge(dst, src *bucket) {
 		d.rttN += c.rttN
 		d.rttSum += c.rttSum
 		d.rttMax = max(d.rttMax, c.rttMax)
+		if c.l7 != nil {
+			d.l7 = addL7(d.l7, c.l7)
+		}
 	}
 	dst.seq = max(dst.seq, src.seq)
 }
@@ -425,6 +433,7 @@ func (g *Graph) Snapshot(now time.Time, level Level, window time.Duration) *Snap
 	type rolled struct {
 		Edge
 		rttSum uint64
+		l7     *flows.L7
 	}
 	var edges []rolled
 	idx := map[rollKey]int{}
@@ -464,6 +473,9 @@ func (g *Graph) Snapshot(now time.Time, level Level, window time.Duration) *Snap
 				r.rttSum += c.rttSum
 				r.RTT.Max = max(r.RTT.Max, time.Duration(c.rttMax))
 			}
+			if c.l7 != nil {
+				r.l7 = addL7(r.l7, c.l7)
+			}
 			if t := time.Unix(0, e.first).UTC(); t.Before(r.FirstSeen) {
 				r.FirstSeen = t
 			}
@@ -491,6 +503,9 @@ func (g *Graph) Snapshot(now time.Time, level Level, window time.Duration) *Snap
 		s.Edges[i] = edges[i].Edge
 		if r := s.Edges[i].RTT; r != nil {
 			r.Mean = time.Duration(edges[i].rttSum / r.Samples)
+		}
+		if l := edges[i].l7; l != nil {
+			s.Edges[i].L7 = newL7(l, end-start)
 		}
 		s.Edges[i].ID = edgeID(&s.Edges[i])
 	}

@@ -95,16 +95,40 @@ type RTT struct {
 	Max     time.Duration `json:"max_ns"`
 }
 
-// L7 are an edge's application-level requests, for the L7 parsers to fill.
+// L7 are an edge's application-level requests, as the L7 parsers in the
+// kernel saw them (see topology/l7.go).
 type L7 struct {
-	// Protocol is the application protocol: http, grpc, dns, …
+	// Protocol is the application protocol: http, http2, tls, dns,
+	// postgresql, mysql, redis, kafka.
 	Protocol string `json:"protocol"`
 	Requests uint64 `json:"requests"`
-	// Errors are the requests that failed: HTTP 5xx, gRPC status not OK,
-	// DNS SERVFAIL.
+	// Errors are the requests that failed: HTTP 5xx, DNS SERVFAIL.
 	Errors uint64 `json:"errors"`
 	// Duration is the requests' total time to response.
 	Duration time.Duration `json:"duration_ns"`
+
+	// RequestRate and ErrorRate are per second of the window.
+	RequestRate float64 `json:"request_rate,omitempty"`
+	ErrorRate   float64 `json:"error_rate,omitempty"`
+	// Responses are the responses seen (HTTP 1xx not counted).
+	Responses uint64 `json:"responses,omitempty"`
+	// Methods counts HTTP requests by method, Statuses HTTP responses by
+	// class ("2xx"), Rcodes DNS responses by code ("NXDOMAIN"): a DNS
+	// NXDOMAIN is an answer, not an error, and is shown apart.
+	Methods  map[string]uint64 `json:"methods,omitempty"`
+	Statuses map[string]uint64 `json:"statuses,omitempty"`
+	Rcodes   map[string]uint64 `json:"rcodes,omitempty"`
+	// Latency is from a request's first byte to its response's, from the
+	// kernel's histograms; nil without a matched response.
+	Latency *Latency `json:"latency,omitempty"`
+}
+
+// Latency is the quantiles of an edge's response times.
+type Latency struct {
+	Samples uint64        `json:"samples"`
+	P50     time.Duration `json:"p50_ns"`
+	P90     time.Duration `json:"p90_ns"`
+	P99     time.Duration `json:"p99_ns"`
 }
 
 // Bytes returns the bytes both ways.

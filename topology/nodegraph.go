@@ -59,6 +59,15 @@ type NodeGraphEdge struct {
 	DetailBytesReverse uint64  `json:"detail__bytes_reverse"`
 	DetailConnections  uint64  `json:"detail__connections"`
 	DetailRTTMean      float64 `json:"detail__rtt_mean_seconds"`
+	// L7 (topology/l7.go): the edge's application protocol, requests per
+	// second, share of failed responses and latency; Color is green to
+	// red by the share of responses that succeeded.
+	DetailL7Protocol string  `json:"detail__l7_protocol"`
+	DetailRequests   float64 `json:"detail__requests_per_second"`
+	DetailErrorRatio float64 `json:"detail__error_ratio"`
+	DetailP50        float64 `json:"detail__latency_p50_seconds"`
+	DetailP99        float64 `json:"detail__latency_p99_seconds"`
+	Color            string  `json:"color"`
 }
 
 // Field is a node graph frame's field as the Node Graph API data source
@@ -106,6 +115,12 @@ func Fields() NodeGraphFields {
 			{Name: "detail__bytes_reverse", Type: "number", DisplayName: "bytes server to client"},
 			{Name: "detail__connections", Type: "number", DisplayName: "connections"},
 			{Name: "detail__rtt_mean_seconds", Type: "number", DisplayName: "handshake RTT (mean, s)"},
+			{Name: "detail__l7_protocol", Type: "string", DisplayName: "application protocol"},
+			{Name: "detail__requests_per_second", Type: "number", DisplayName: "requests/s"},
+			{Name: "detail__error_ratio", Type: "number", DisplayName: "failed responses (share)"},
+			{Name: "detail__latency_p50_seconds", Type: "number", DisplayName: "latency p50 (s)"},
+			{Name: "detail__latency_p99_seconds", Type: "number", DisplayName: "latency p99 (s)"},
+			{Name: "color", Type: "string"},
 		},
 	}
 }
@@ -153,6 +168,18 @@ func ToNodeGraph(s *Snapshot) *NodeGraph {
 		}
 		if e.RTT != nil {
 			ge.DetailRTTMean = e.RTT.Mean.Seconds()
+		}
+		if l := e.L7; l != nil {
+			ge.DetailL7Protocol = l.Protocol
+			ge.DetailRequests = round(float64(l.Requests) / secs)
+			if ok, has := l.SuccessRatio(); has {
+				ge.DetailErrorRatio = round(1 - ok)
+			}
+			if l.Latency != nil {
+				ge.DetailP50 = l.Latency.P50.Seconds()
+				ge.DetailP99 = l.Latency.P99.Seconds()
+			}
+			ge.Color = successColor(l)
 		}
 		ng.Edges[i] = ge
 	}

@@ -1,0 +1,128 @@
+package topology
+
+import (
+	"strconv"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/flowmap/flowmap/enrich"
+	"github.com/flowmap/flowmap/flows"
+)
+
+// DefaultL7MaxEdges bounds the edges with L7 series.
+const DefaultL7MaxEdges = 1000
+
+// L7Metrics exports the L7 parsers' counts as Prometheus series, summed
+// since start by edge (client and server endpoint names, at the level the
+// graph's flow series use): flowmap_http_requests_total{status_class},
+// flowmap_http_request_duration_seconds, flowmap_dns_requests_total{rcode}.
+// Edges past MaxEdges count under src and dst "overflow". Its methods are
+// safe for concurrent use.
+type L7Metrics struct {
+	mu       sync.Mutex
+	level    Level
+	maxEdges int
+	edges    map[l7Key]*flows.L7
+}
+
+type l7Key struct{ src, dst, proto string }
+
+// NewL7Metrics returns a collector of L7 series at level, with at most
+// maxEdges edges (DefaultL7MaxEdges if <= 0).
+func NewL7Metrics(level Level, maxEdges int) *L7Metrics {
+	if maxEdges <= 0 {
+		maxEdges = DefaultL7MaxEdges
+	}
+	return &L7Metrics{level: level, maxEdges: maxEdges, edges: map[l7Key]*flows.L7{}}
+}
+
+// Add folds the L7 counts of fs in.
+func (m *L7Metrics) Add(fs ...enrich.Flow) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i := range fs {
+		f := &fs[i]
+		if f.L7 == nil || (f.L7.Requests() == 0 && f.L7.Responses() == 0) {
+			continue
+		}
+		src, dst := nodeOf(&f.SrcEndpoint, m.level), nodeOf(&f.DstEndpoint, m.level)
+		k := l7Key{src.Name, dst.Name, f.L7.Protocol.String()}
+		if _, ok := m.edges[k]; !ok && len(m.edges) >= m.maxEdges {
+			k.src, k.dst = "overflow", "overflow"
+		}
+		m.edges[k] = addL7(m.edges[k], f.L7)
+	}
+}
+
+var (
+	descHTTPRequests = prometheus.NewDesc("flowmap_http_requests_total",
+		"HTTP/1.x responses seen in the kernel, by edge and status class (1xx to 5xx).",
+		[]string{"src", "dst", "status_class"}, nil)
+	descHTTPDuration = prometheus.NewDesc("flowmap_http_request_duration_seconds",
+		"HTTP/1.x time from a request's first byte to its response's, as the host saw them.",
+		[]string{"src", "dst"}, nil)
+	descDNSRequests = prometheus.NewDesc("flowmap_dns_requests_total",
+		"DNS responses seen in the kernel, by edge and response code.",
+		[]string{"src", "dst", "rcode"}, nil)
+	descDNSDuration = prometheus.NewDesc("flowmap_dns_request_duration_seconds",
+		"DNS time from a query to its response, as the host saw them.",
+		[]string{"src", "dst"}, nil)
+)
+
+// l7PromBuckets are the upper bounds exported, every other octave of the
+// kernel's buckets (4^k µs, from 16 µs): the kernel's have four to an
+// octave, too many series for Prometheus.
+var l7PromBuckets = func() []int {
+	var out []int
+	for i := 4 * 4; i < flows.LatencyBuckets-1; i += 8 {
+		out = append(out, i) // the bucket whose lower bound is the bound
+	}
+	return out
+}()
+
+// Describe implements prometheus.Collector.
+func (m *L7Metrics) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descHTTPRequests
+	ch <- descHTTPDuration
+	ch <- descDNSRequests
+	ch <- descDNSDuration
+}
+
+// Collect implements prometheus.Collector.
+func (m *L7Metrics) Collect(ch chan<- prometheus.Metric) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for k, l := range m.edges {
+		switch l.Protocol {
+		case flows.L7HTTP:
+			for c := 1; c <= 5; c++ {
+				ch <- prometheus.MustNewConstMetric(descHTTPRequests, prometheus.CounterValue, float64(l.Statuses[c]),
+					k.src, k.dst, strconv.Itoa(c)+"xx")
+			}
+			ch <- histogram(descHTTPDuration, &l.Latency, k.src, k.dst)
+		case flows.L7DNS:
+			for c := range flows.NumRcodes {
+				if l.Rcodes[c] > 0 {
+					ch <- prometheus.MustNewConstMetric(descDNSRequests, prometheus.CounterValue, float64(l.Rcodes[c]),
+						k.src, k.dst, flows.RcodeName(c))
+				}
+			}
+			ch <- histogram(descDNSDuration, &l.Latency, k.src, k.dst)
+		}
+	}
+}
+
+func histogram(d *prometheus.Desc, h *flows.Histogram, labels ...string) prometheus.Metric {
+	buckets := make(map[float64]uint64, len(l7PromBuckets))
+	var cum uint64
+	next := 0
+	for i, c := range h.Counts {
+		for next < len(l7PromBuckets) && l7PromBuckets[next] == i {
+			buckets[flows.BucketLower(i).Seconds()] = cum
+			next++
+		}
+		cum += c
+	}
+	return prometheus.MustNewConstHistogram(d, cum, h.Sum.Seconds(), buckets, labels...)
+}
