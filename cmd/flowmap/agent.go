@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
+	"k8s.io/klog/v2"
 )
 
 // globs is a comma-separated list of interface name globs.
@@ -103,7 +104,9 @@ func agent(ctx context.Context, a agentFlags, log *slog.Logger, each func(flows.
 	g, ctx := errgroup.WithContext(ctx)
 	names := a.names
 	if names == nil && !a.inv.off {
-		a.inv.cfg.Logger = log.With("component", "enrich")
+		a.inv.cfg.Logger = log // enrich names its components itself
+		// client-go logs through klog, to stderr unless told otherwise.
+		klog.SetSlogLogger(log.With("component", "client-go"))
 		inv, err := enrich.New(a.inv.cfg)
 		if err != nil {
 			return err

@@ -25,6 +25,10 @@ import (
 // cmdSubnet keeps this package's sandboxes apart from other packages'.
 var cmdSubnet = netip.MustParsePrefix("198.51.100.64/27")
 
+// httpClient gives up on an agent that does not answer, so that a hung
+// agent fails the test instead of hanging it.
+var httpClient = &http.Client{Timeout: 10 * time.Second}
+
 // buildFlowmap builds the binary once per test.
 func buildFlowmap(t *testing.T) string {
 	t.Helper()
@@ -69,7 +73,7 @@ func startAgent(t *testing.T, bin string, args ...string) *agentProc {
 	})
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		resp, err := http.Get("http://" + addr + "/readyz")
+		resp, err := httpClient.Get("http://" + addr + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -103,7 +107,7 @@ func (p *agentProc) stop(t *testing.T, sig syscall.Signal) error {
 
 func (p *agentProc) get(t *testing.T, path string) string {
 	t.Helper()
-	resp, err := http.Get("http://" + p.addr + path)
+	resp, err := httpClient.Get("http://" + p.addr + path)
 	if err != nil {
 		t.Fatalf("GET %s: %v", path, err)
 	}
