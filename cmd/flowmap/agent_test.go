@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"flag"
 	"io"
 	"net"
 	"net/http"
@@ -20,6 +21,8 @@ import (
 	"github.com/flowmap/flowmap/internal/testenv"
 	"github.com/flowmap/flowmap/server"
 	"github.com/vishvananda/netlink"
+	appsv1 "k8s.io/api/apps/v1"
+	"sigs.k8s.io/yaml"
 )
 
 // cmdSubnet keeps this package's sandboxes apart from other packages'.
@@ -363,4 +366,29 @@ func hasClsact(t *testing.T, ifindex int) bool {
 		}
 	}
 	return false
+}
+
+// TestDaemonSetArgs: the DaemonSet runs the agent with flags it has.
+func TestDaemonSetArgs(t *testing.T) {
+	b, err := os.ReadFile("../../deploy/kubernetes/daemonset.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ds appsv1.DaemonSet
+	if err := yaml.UnmarshalStrict(b, &ds); err != nil {
+		t.Fatalf("decode daemonset.yaml: %v", err)
+	}
+	cs := ds.Spec.Template.Spec.Containers
+	if len(cs) != 1 || len(cs[0].Args) == 0 || cs[0].Args[0] != "agent" {
+		t.Fatalf("containers = %+v, want one running the agent", cs)
+	}
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var a agentFlags
+	a.register(fs)
+	// $(VAR) is the kubelet's: any value of the right form will do.
+	args := strings.NewReplacer("$(POD_IP)", "198.51.100.10", "$(NODE_NAME)", "n1").Replace(strings.Join(cs[0].Args[1:], "\n"))
+	if err := fs.Parse(strings.Split(args, "\n")); err != nil {
+		t.Errorf("the DaemonSet's agent args %q: %v", cs[0].Args[1:], err)
+	}
 }
