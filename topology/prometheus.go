@@ -1,32 +1,5 @@
 package topology
 
-// # Reporting once
-//
-// In a cluster, a flow between pods on two nodes is counted by the agents
-// of both (flows counts it once per host), so the flow series of the
-// agents, summed, would double it. Each agent therefore reports in its
-// series only the flows it is the one to report, by this rule:
-//
-//   - The client's node reports the flow when the client runs there: it is
-//     behind a watched interface of the node that is not an uplink (a pod or
-//     container on the node), or it is the node itself. reporter="client".
-//   - Otherwise the server's node reports it, when the server runs there and
-//     the client does not run on another node whose agent reports it (a pod,
-//     container or node of the cluster). reporter="server". So a flow from
-//     outside the cluster, or from a client no agent watches, is reported
-//     by the server's node.
-//   - A flow neither end of which runs on the node (routed through it) is not
-//     reported by it.
-//
-// Every series carries the reporting agent's node in the label node, and
-// flowmap_endpoint_info{node, kind, namespace, name} says on which node
-// each end of the series runs: one series per endpoint (at the metrics
-// level) that runs on the node and was in a reported flow. Where a
-// client's agent is down its flows go unreported until it is back: the
-// server's node does not stand in for it. The [Graph] and the agent's
-// own API keep every flow the host saw; the rule is only for the series,
-// which are summed across nodes.
-
 import (
 	"strconv"
 	"sync"
@@ -102,6 +75,33 @@ func defaultEnds(f *enrich.Flow) Ends {
 
 // Metrics counts flows by edge at one level, for Prometheus. It is a
 // prometheus.Collector; its methods are safe for concurrent use.
+//
+// # Reporting once
+//
+// In a cluster, a flow between pods on two nodes is counted by the agents
+// of both (flows counts it once per host), so the flow series of the
+// agents, summed, would double it. Each agent therefore reports in its
+// series only the flows it is the one to report, by this rule:
+//
+//   - The client's node reports the flow when the client runs there: it is
+//     behind a watched interface of the node that is not an uplink (a pod or
+//     container on the node), or it is the node itself. reporter="client".
+//   - Otherwise the server's node reports it, when the server runs there and
+//     the client does not run on another node whose agent reports it (a pod,
+//     container or node of the cluster). reporter="server". So a flow from
+//     outside the cluster, or from a client no agent watches, is reported
+//     by the server's node.
+//   - A flow neither end of which runs on the node (routed through it) is not
+//     reported by it.
+//
+// Every series carries the reporting agent's node in the label node, and
+// flowmap_endpoint_info{node, kind, namespace, name} says on which node
+// each end of the series runs: one series per endpoint (at the metrics
+// level) that runs on the node and was in a reported flow. Where a
+// client's agent is down its flows go unreported until it is back: the
+// server's node does not stand in for it. The [Graph] and the agent's
+// own API keep every flow the host saw; the rule is only for the series,
+// which are summed across nodes.
 type Metrics struct {
 	level    Level
 	maxEdges int
