@@ -32,10 +32,13 @@ vet:
 test: vet
 	$(GO) test -count=1 -timeout 20m ./...
 
-# bench measures the datapath's cost on real traffic (root, iperf3) and
-# runs the Go benchmarks of the hot paths.
+# bench runs the Go benchmarks of the hot paths and measures the datapath's
+# cost on real traffic between two namespaces (root, iperf3; about 3
+# minutes). BENCH_FLAGS go to bench/datapath (-rounds, -duration, -v, …).
+BENCH_FLAGS ?=
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+	$(GO) run ./bench/datapath $(BENCH_FLAGS)
 
 # demo builds a sandbox of namespaces with traffic, runs the agent on it
 # and prints the flows it saw (root).
