@@ -88,7 +88,11 @@ type pipeline struct {
 	name    namer
 	graph   *topology.Graph
 	metrics *topology.Metrics
-	log     *slog.Logger
+	// names are the DNS answers and TLS server names that batches carry,
+	// which name the ends nothing else named; l7 the L7 series.
+	names *enrich.Names
+	l7    *topology.L7Metrics
+	log   *slog.Logger
 }
 
 // newPipeline returns a pipeline that names flows with name (nil: by
@@ -102,20 +106,28 @@ func newPipeline(gf graphFlags, name namer, reg prometheus.Registerer, log *slog
 		graph: topology.New(topology.Options{MaxEdges: gf.maxEdges}),
 		metrics: topology.NewMetrics(topology.MetricsOptions{Level: gf.metricsLevel, MaxEdges: gf.metricsMaxEdges,
 			Node: gf.node, Ends: clusterEnds(gf, ownAddrs())}),
-		log: log,
+		names: enrich.NewNames(enrich.DefaultMaxNames),
+		l7:    topology.NewL7Metrics(gf.metricsLevel, gf.metricsMaxEdges),
+		log:   log,
 	}
-	reg.MustRegister(p.metrics, topology.NewGraphCollector(p.graph))
+	reg.MustRegister(p.metrics, topology.NewGraphCollector(p.graph), p.l7)
 	return p
 }
 
 // add folds a batch in, at the time it ends.
 func (p *pipeline) add(b flows.Batch) {
+	for _, n := range b.Names {
+		p.names.Add(n, b.End)
+	}
 	fs := make([]enrich.Flow, len(b.Records))
 	for i := range b.Records {
 		fs[i] = p.name(&b.Records[i])
+		p.names.Name(&fs[i].SrcEndpoint, fs[i].Src, b.End)
+		p.names.Name(&fs[i].DstEndpoint, fs[i].Dst, b.End)
 	}
 	p.graph.Add(b.End, fs...)
 	p.metrics.Add(b.End, fs...)
+	p.l7.Add(fs...)
 	p.log.Debug("folded", "flows", len(fs))
 }
 
