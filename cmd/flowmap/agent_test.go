@@ -139,26 +139,33 @@ func TestAgent(t *testing.T) {
 	if got := p.get(t, "/healthz"); strings.TrimSpace(got) != "ok" {
 		t.Errorf("/healthz = %q, want ok", got)
 	}
-	var ready struct {
-		Ready   bool
-		Sources []struct {
+	// The inventory's sources come up within moments of the datapath.
+	var ready server.Readiness
+	up := map[string]bool{}
+	deadline := time.Now().Add(5 * time.Second)
+	for !up["netns"] || !up["host"] {
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz = %+v after 5s, want ready with the netns and host sources up", ready)
+		}
+		time.Sleep(50 * time.Millisecond)
+		var sources []struct {
 			Name string
 			Up   bool
 		}
-	}
-	if err := json.Unmarshal([]byte(p.get(t, "/readyz")), &ready); err != nil {
-		t.Fatalf("decode /readyz: %v", err)
-	}
-	up := map[string]bool{}
-	for _, s := range ready.Sources {
-		up[s.Name] = s.Up
-	}
-	if !ready.Ready || !up["netns"] || !up["host"] {
-		t.Errorf("/readyz = %+v, want ready with the netns and host sources up", ready)
+		ready.Sources = &sources
+		if err := json.Unmarshal([]byte(p.get(t, "/readyz")), &ready); err != nil {
+			t.Fatalf("decode /readyz: %v", err)
+		}
+		if !ready.Ready {
+			t.Fatalf("/readyz = %+v, want ready", ready)
+		}
+		for _, s := range sources {
+			up[s.Name] = s.Up
+		}
 	}
 	port := sendTo(t, a, b, 100_000)
 	var rec *struct{ fwd, back uint64 }
-	deadline := time.Now().Add(5 * time.Second)
+	deadline = time.Now().Add(5 * time.Second)
 	for rec == nil && time.Now().Before(deadline) {
 		var doc server.FlowsDoc
 		if err := json.Unmarshal([]byte(p.get(t, "/api/v1/flows?last=12")), &doc); err != nil {

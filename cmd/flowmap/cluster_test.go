@@ -247,8 +247,10 @@ type nodeAgent struct {
 func startNodeAgent(t *testing.T, bin string, n *cluster.Node, cidrs []string) *nodeAgent {
 	t.Helper()
 	p := &nodeAgent{done: make(chan error, 1), out: &bytes.Buffer{}}
+	// Ends named by address (no inventory): this test is about counting
+	// and reporting once; naming has its own tests in enrich.
 	p.cmd = n.Command(t.Context(), bin, "agent", "--listen="+n.Addr.String()+":9477", "--node-name="+n.Name,
-		"--interval=500ms", "--metrics-level=container", "--cluster-cidrs="+strings.Join(cidrs, ","))
+		"--no-inventory", "--interval=500ms", "--metrics-level=container", "--cluster-cidrs="+strings.Join(cidrs, ","))
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start agent on %s: %v", n.Name, err)

@@ -46,8 +46,10 @@ func TestGraphPrometheus(t *testing.T) {
 
 	const maxEdges = 100
 	agentAddr := freeAddr(t)
+	// Ends named by address (no inventory): this test is about the
+	// exports; naming has its own tests in enrich.
 	startProcess(t, "agent", bin, "agent", "--interfaces=fmg-*", "--interval=500ms", "--listen="+agentAddr,
-		"--metrics-level=container", "--metrics-max-edges="+strconv.Itoa(maxEdges))
+		"--no-inventory", "--metrics-level=container", "--metrics-max-edges="+strconv.Itoa(maxEdges))
 	agentURL := "http://" + agentAddr
 	waitHTTP(t, agentURL+"/readyz", 30*time.Second)
 	prom := startPrometheus(t, promBin, agentAddr)
