@@ -1,0 +1,348 @@
+package flows_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/flowmap/flowmap/flows"
+	"github.com/flowmap/flowmap/internal/sandbox"
+	"github.com/flowmap/flowmap/internal/testenv"
+)
+
+// serverDelay is how long the HTTP server waits before each response, so
+// that the kernel's latency (request to response at the host's veth) and
+// the client's (request written to response read) differ by a small share.
+// 23 ms is in the middle of the histogram's bucket [20.97 ms, 25.17 ms):
+// the p50 interpolated in it is then close to the samples whatever the
+// jitter.
+const serverDelay = 23 * time.Millisecond
+
+// TestEndToEndL7 runs real HTTP and DNS servers and clients in a sandbox
+// and checks what the L7 parsers counted: every HTTP request by method and
+// response by status class on one keep-alive connection, with a latency
+// p50 within 20% of the client's; every DNS query by response code, and
+// the names the answers gave.
+func TestEndToEndL7(t *testing.T) {
+	testenv.MustBeRoot(t)
+	testenv.MustHaveBTF(t)
+	testenv.MustHaveCommand(t, "dnsmasq")
+	if err := sandbox.Cleanup("fml"); err != nil {
+		t.Fatalf("remove leftovers: %v", err)
+	}
+	sb := sandbox.NewT(t, sandbox.Options{Prefix: "fml", Subnet: e2eSubnet})
+	a := mustHost(t, sb, "a")
+	b := mustHost(t, sb, "b")
+	d := mustHost(t, sb, "d")
+	c := runDatapath(t, flows.Config{Interfaces: []string{"fml-*"}})
+
+	httpPort := startHTTPServer(t, b)
+	var clientLat []time.Duration
+	client := &http.Client{Transport: &http.Transport{DialContext: a.DialContext, MaxConnsPerHost: 1}}
+	reqs := []struct {
+		method, path string
+		n            int
+	}{
+		{http.MethodGet, "/status/200", 20},
+		{http.MethodPost, "/status/404", 7},
+		{http.MethodDelete, "/status/500", 5},
+	}
+	for _, r := range reqs {
+		for range r.n {
+			clientLat = append(clientLat, do(t, client, r.method, fmt.Sprintf("http://%s:%d%s", b.Addr, httpPort, r.path)))
+		}
+	}
+	client.CloseIdleConnections()
+
+	dnsServer := startDNSMasq(t, d, map[string]string{"api.shop.example": "198.51.100.77", "db.shop.example": "198.51.100.78"})
+	lookups := []struct {
+		name string
+		want netip.Addr // zero: NXDOMAIN
+	}{
+		{"api.shop.example", netip.MustParseAddr("198.51.100.77")},
+		{"db.shop.example", netip.MustParseAddr("198.51.100.78")},
+		{"API.shop.example", netip.MustParseAddr("198.51.100.77")},
+		{"nope.shop.example", netip.Addr{}},
+		{"gone.shop.example", netip.Addr{}},
+		{"api.shop.example", netip.MustParseAddr("198.51.100.77")},
+		{"missing.shop.example", netip.Addr{}},
+	}
+	res := resolver(a, dnsServer)
+	var found, nx uint64
+	for _, l := range lookups {
+		got, err := res.LookupNetIP(context.Background(), "ip4", l.name+".")
+		var dnsErr *net.DNSError
+		switch {
+		case !l.want.IsValid() && errors.As(err, &dnsErr) && dnsErr.IsNotFound:
+			nx++
+		case l.want.IsValid() && err == nil && slices.Equal(got, []netip.Addr{l.want}):
+			found++
+		default:
+			t.Fatalf("look up %s = %v, %v; want %v", l.name, got, err, l.want)
+		}
+	}
+
+	recs := c.flows(t)
+
+	t.Run("http", func(t *testing.T) {
+		rs := find(recs, a.Addr, b.Addr, flows.ProtoTCP, httpPort)
+		r := one(t, rs)
+		if r.Src != a.Addr || r.Dst != b.Addr {
+			t.Fatalf("flow %s → %s, want %s → %s", r.Src, r.Dst, a.Addr, b.Addr)
+		}
+		l := r.L7
+		if l == nil {
+			t.Fatalf("flow %s → %s:%d has no L7", r.Src, r.Dst, r.DstPort)
+		}
+		if l.Protocol != flows.L7HTTP {
+			t.Errorf("protocol = %s, want http", l.Protocol)
+		}
+		var wantMethods [flows.NumMethods]uint64
+		wantMethods[flows.MethodGET], wantMethods[flows.MethodPOST], wantMethods[flows.MethodDELETE] = 20, 7, 5
+		if l.Methods != wantMethods {
+			t.Errorf("methods = %v, want %v", l.Methods, wantMethods)
+		}
+		if want := [6]uint64{2: 20, 4: 7, 5: 5}; l.Statuses != want {
+			t.Errorf("statuses = %v, want %v", l.Statuses, want)
+		}
+		if l.Unmatched != 0 || l.Latency.Count() != 32 {
+			t.Errorf("latency samples = %d, unmatched = %d; want 32, 0", l.Latency.Count(), l.Unmatched)
+		}
+		got, want := l.Latency.Quantile(0.5), p50(clientLat)
+		if d := (got - want).Abs(); d > want/5 {
+			t.Errorf("latency p50 = %s, client's %s: differ by %s, more than 20%%", got, want, d)
+		}
+		t.Logf("latency p50 = %s, client's %s; p99 = %s", got, want, l.Latency.Quantile(0.99))
+	})
+
+	t.Run("dns", func(t *testing.T) {
+		var sum flows.L7
+		var n int
+		for _, r := range recs {
+			if r.Proto != flows.ProtoUDP || r.Src != a.Addr || r.Dst != d.Addr || r.DstPort != 53 {
+				continue
+			}
+			if r.L7 == nil {
+				t.Errorf("dns flow from port %d has no L7", r.SrcPort)
+				continue
+			}
+			sum.Add(r.L7)
+			n++
+		}
+		if n == 0 {
+			t.Fatalf("no dns flow %s → %s:53 in %d records", a.Addr, d.Addr, len(recs))
+		}
+		if sum.Protocol != flows.L7DNS {
+			t.Errorf("protocol = %s, want dns", sum.Protocol)
+		}
+		if want := uint64(len(lookups)); sum.Queries != want {
+			t.Errorf("queries = %d, want %d", sum.Queries, want)
+		}
+		want := [flows.NumRcodes]uint64{0: found, 3: nx}
+		if sum.Rcodes != want {
+			t.Errorf("rcodes = %v, want %v (NOERROR %d, NXDOMAIN %d)", sum.Rcodes, want, found, nx)
+		}
+		if sum.Latency.Count() != uint64(len(lookups)) {
+			t.Errorf("latency samples = %d, want %d", sum.Latency.Count(), len(lookups))
+		}
+	})
+
+	t.Run("names", func(t *testing.T) {
+		type key struct {
+			addr   netip.Addr
+			name   string
+			client netip.Addr
+		}
+		got := map[key]int{}
+		for _, nm := range c.names() {
+			if nm.Source != flows.NameDNS || nm.TTL != dnsTTL*time.Second || nm.Seen.IsZero() {
+				t.Errorf("name %+v: want source dns, ttl %ds, a time seen", nm, dnsTTL)
+			}
+			got[key{nm.Addr, nm.Name, nm.Client}]++
+		}
+		// The answers to the lookups that found an address, the name as
+		// asked, lower case.
+		want := map[key]int{
+			{netip.MustParseAddr("198.51.100.77"), "api.shop.example", a.Addr}: 3,
+			{netip.MustParseAddr("198.51.100.78"), "db.shop.example", a.Addr}:  1,
+		}
+		if !mapsEqual(got, want) {
+			t.Errorf("names = %v, want %v", got, want)
+		}
+	})
+}
+
+// names returns every name the batches so far carried.
+func (c *collector) names() []flows.Name {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []flows.Name
+	for _, b := range c.batches {
+		out = append(out, b.Names...)
+	}
+	return out
+}
+
+func mapsEqual[K comparable](a, b map[K]int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// startHTTPServer serves HTTP on h until the test ends: /status/N answers
+// N after serverDelay. It returns the port, and fails the test if the
+// server takes more than one connection: the client keeps one alive.
+func startHTTPServer(t *testing.T, h *sandbox.Host) uint16 {
+	t.Helper()
+	ln, err := h.Listen("tcp4", h.Addr.String()+":0")
+	if err != nil {
+		t.Fatalf("listen in %s: %v", h.NetNS, err)
+	}
+	var conns atomic.Int32
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.Copy(io.Discard, r.Body)
+			var code int
+			if _, err := fmt.Sscanf(r.URL.Path, "/status/%d", &code); err != nil {
+				code = http.StatusBadRequest
+			}
+			time.Sleep(serverDelay)
+			w.WriteHeader(code)
+			fmt.Fprintf(w, "%d\n", code)
+		}),
+		ConnState: func(_ net.Conn, s http.ConnState) {
+			if s == http.StateNew {
+				conns.Add(1)
+			}
+		},
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	t.Cleanup(func() {
+		srv.Close()
+		if err := <-done; !errors.Is(err, http.ErrServerClosed) {
+			t.Errorf("serve http: %v", err)
+		}
+		if n := conns.Load(); n != 1 {
+			t.Errorf("http server took %d connections, want 1 kept alive", n)
+		}
+	})
+	return uint16(ln.Addr().(*net.TCPAddr).Port)
+}
+
+// do sends one request and returns how long the response took to come,
+// from sending to the last byte of its body.
+func do(t *testing.T, c *http.Client, method, url string) time.Duration {
+	t.Helper()
+	var body io.Reader
+	if method == http.MethodPost {
+		body = strings.NewReader("item=42")
+	}
+	req, err := http.NewRequest(method, url, body)
+	if err != nil {
+		t.Fatalf("new request: %v", err)
+	}
+	start := time.Now()
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	took := time.Since(start)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatalf("read %s %s: %v", method, url, err)
+	}
+	return took
+}
+
+// p50 returns the median of d, as the histogram's quantile ranks it: the
+// sample at rank n/2.
+func p50(d []time.Duration) time.Duration {
+	s := slices.Sorted(slices.Values(d))
+	return s[(len(s)-1)/2]
+}
+
+// dnsTTL is the TTL, in seconds, of the dnsmasq's answers.
+const dnsTTL = 60
+
+// startDNSMasq runs dnsmasq in h, answering for the names in hosts (name
+// → IPv4 address) and NXDOMAIN for any other name in their domains, until
+// the test ends. It returns the server's address.
+func startDNSMasq(t *testing.T, h *sandbox.Host, hosts map[string]string) netip.AddrPort {
+	t.Helper()
+	args := []string{
+		"--keep-in-foreground", "--no-resolv", "--no-hosts", "--conf-file=/dev/null", "--pid-file=",
+		"--user=root", "--bind-interfaces", "--listen-address=" + h.Addr.String(), "--port=53",
+		fmt.Sprintf("--local-ttl=%d", dnsTTL), "--log-facility=-", "--log-queries",
+	}
+	domains := map[string]bool{}
+	for name, addr := range hosts {
+		args = append(args, "--host-record="+name+","+addr)
+		if _, dom, ok := strings.Cut(name, "."); ok && !domains[dom] {
+			domains[dom] = true
+			args = append(args, "--local=/"+dom+"/")
+		}
+	}
+	var log bytes.Buffer
+	cmd := h.Command(context.Background(), "dnsmasq", args...)
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start dnsmasq in %s: %v", h.NetNS, err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+		if t.Failed() {
+			t.Logf("dnsmasq's log:\n%s", log.String())
+		}
+	})
+	addr := netip.AddrPortFrom(h.Addr, 53)
+	waitFor(t, 5*time.Second, "dnsmasq listening on "+addr.String(), func() bool {
+		select {
+		case err := <-exited:
+			exited <- err
+			t.Fatalf("dnsmasq exited: %v\n%s", err, log.String())
+		default:
+		}
+		var ok bool
+		h.Do(func() error {
+			c, err := net.DialTimeout("tcp4", addr.String(), 100*time.Millisecond)
+			if err == nil {
+				ok = true
+				c.Close()
+			}
+			return nil
+		})
+		return ok
+	})
+	return addr
+}
+
+// resolver returns a resolver that asks server from h, over UDP.
+func resolver(h *sandbox.Host, server netip.AddrPort) *net.Resolver {
+	return &net.Resolver{
+		PreferGo: true,
+		Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return h.DialContext(ctx, network, server.String())
+		},
+	}
+}
