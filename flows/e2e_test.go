@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"github.com/flowmap/flowmap/flows"
 	"github.com/flowmap/flowmap/internal/sandbox"
 	"github.com/flowmap/flowmap/internal/testenv"
@@ -402,7 +400,7 @@ func TestDetach(t *testing.T) {
 				if n := programsOn(t, h.HostIfIndex, mode); n != 0 {
 					t.Errorf("%s: %d programs left after Close, want 0", h.HostIf, n)
 				}
-				if q := clsactOn(t, h.HostIfIndex); q {
+				if q := testenv.HasClsact(t, h.HostIfIndex); q {
 					t.Errorf("%s: clsact qdisc left after Close", h.HostIf)
 				}
 			}
@@ -413,47 +411,14 @@ func TestDetach(t *testing.T) {
 	}
 }
 
-// programsOn counts flowmap's TC programs on an interface.
+// programsOn counts the TC programs (TCX links or clsact filters) on an
+// interface.
 func programsOn(t *testing.T, ifindex int, mode flows.AttachMode) int {
 	t.Helper()
-	n := 0
 	if mode == flows.AttachClsact {
-		l, err := netlink.LinkByIndex(ifindex)
-		if err != nil {
-			t.Fatalf("link %d: %v", ifindex, err)
-		}
-		for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
-			fs, _ := netlink.FilterList(l, parent)
-			n += len(fs)
-		}
-		return n
+		return testenv.ClsactFilters(t, ifindex)
 	}
-	for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
-		res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: at})
-		if err != nil {
-			t.Fatalf("query %s programs on %d: %v", at, ifindex, err)
-		}
-		n += len(res.Programs)
-	}
-	return n
-}
-
-func clsactOn(t *testing.T, ifindex int) bool {
-	t.Helper()
-	l, err := netlink.LinkByIndex(ifindex)
-	if err != nil {
-		t.Fatalf("link %d: %v", ifindex, err)
-	}
-	qs, err := netlink.QdiscList(l)
-	if err != nil {
-		t.Fatalf("qdiscs of %d: %v", ifindex, err)
-	}
-	for _, q := range qs {
-		if q.Type() == "clsact" {
-			return true
-		}
-	}
-	return false
+	return testenv.TCXPrograms(t, ifindex)
 }
 
 // TestXDP counts ingress with XDP on the sandbox's veths: the flow is

@@ -15,12 +15,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"github.com/flowmap/flowmap/internal/sandbox"
 	"github.com/flowmap/flowmap/internal/testenv"
 	"github.com/flowmap/flowmap/server"
-	"github.com/vishvananda/netlink"
 	appsv1 "k8s.io/api/apps/v1"
 	"sigs.k8s.io/yaml"
 )
@@ -202,7 +199,7 @@ func TestAgent(t *testing.T) {
 		t.Errorf("agent exit after SIGTERM: %v, want 0", err)
 	}
 	for _, h := range []*sandbox.Host{a, b} {
-		if n := tcxPrograms(t, h.HostIfIndex); n != 0 {
+		if n := testenv.TCXPrograms(t, h.HostIfIndex); n != 0 {
 			t.Errorf("%s: %d TCX programs left after SIGTERM", h.HostIf, n)
 		}
 	}
@@ -222,25 +219,25 @@ func TestAgentRestartAfterKill(t *testing.T) {
 	bin := buildFlowmap(t)
 
 	p := startAgent(t, bin, "--interfaces", "fmk-*", "--attach", "clsact")
-	if n := clsactFilters(t, a.HostIfIndex); n != 2 {
+	if n := testenv.ClsactFilters(t, a.HostIfIndex); n != 2 {
 		t.Fatalf("%d clsact filters on %s, want 2", n, a.HostIf)
 	}
 	p.stop(t, syscall.SIGKILL)
-	if n := clsactFilters(t, a.HostIfIndex); n != 2 {
+	if n := testenv.ClsactFilters(t, a.HostIfIndex); n != 2 {
 		t.Fatalf("%d clsact filters on %s after SIGKILL, want the dead agent's 2", n, a.HostIf)
 	}
 
 	p = startAgent(t, bin, "--interfaces", "fmk-*", "--attach", "clsact")
-	if n := clsactFilters(t, a.HostIfIndex); n != 2 {
+	if n := testenv.ClsactFilters(t, a.HostIfIndex); n != 2 {
 		t.Errorf("%d clsact filters on %s after restart, want 2 (the dead agent's removed)", n, a.HostIf)
 	}
 	if err := p.stop(t, syscall.SIGTERM); err != nil {
 		t.Errorf("agent exit after SIGTERM: %v, want 0", err)
 	}
-	if n := clsactFilters(t, a.HostIfIndex); n != 0 {
+	if n := testenv.ClsactFilters(t, a.HostIfIndex); n != 0 {
 		t.Errorf("%d clsact filters on %s after SIGTERM, want 0", n, a.HostIf)
 	}
-	if hasClsact(t, a.HostIfIndex) {
+	if testenv.HasClsact(t, a.HostIfIndex) {
 		t.Errorf("clsact qdisc left on %s after SIGTERM", a.HostIf)
 	}
 }
@@ -328,51 +325,6 @@ func sendTo(t *testing.T, a, b *sandbox.Host, n int) uint16 {
 	c.Close()
 	<-done
 	return uint16(ln.Addr().(*net.TCPAddr).Port)
-}
-
-func tcxPrograms(t *testing.T, ifindex int) int {
-	t.Helper()
-	n := 0
-	for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
-		res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: at})
-		if err != nil {
-			t.Fatalf("query %s on %d: %v", at, ifindex, err)
-		}
-		n += len(res.Programs)
-	}
-	return n
-}
-
-func clsactFilters(t *testing.T, ifindex int) int {
-	t.Helper()
-	l, err := netlink.LinkByIndex(ifindex)
-	if err != nil {
-		t.Fatalf("link %d: %v", ifindex, err)
-	}
-	n := 0
-	for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
-		fs, _ := netlink.FilterList(l, parent)
-		n += len(fs)
-	}
-	return n
-}
-
-func hasClsact(t *testing.T, ifindex int) bool {
-	t.Helper()
-	l, err := netlink.LinkByIndex(ifindex)
-	if err != nil {
-		t.Fatalf("link %d: %v", ifindex, err)
-	}
-	qs, err := netlink.QdiscList(l)
-	if err != nil {
-		t.Fatalf("qdiscs of %d: %v", ifindex, err)
-	}
-	for _, q := range qs {
-		if q.Type() == "clsact" {
-			return true
-		}
-	}
-	return false
 }
 
 // TestDaemonSetArgs: the DaemonSet runs the agent with flags it has.

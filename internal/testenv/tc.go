@@ -1,0 +1,59 @@
+package testenv
+
+import (
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+)
+
+// TCXPrograms counts the TCX programs on an interface's ingress and
+// egress.
+func TCXPrograms(t testing.TB, ifindex int) int {
+	t.Helper()
+	n := 0
+	for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+		res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: at})
+		if err != nil {
+			t.Fatalf("query %s programs on ifindex %d: %v", at, ifindex, err)
+		}
+		n += len(res.Programs)
+	}
+	return n
+}
+
+// ClsactFilters counts the filters on an interface's clsact ingress and
+// egress (none where it has no clsact qdisc).
+func ClsactFilters(t testing.TB, ifindex int) int {
+	t.Helper()
+	l, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		t.Fatalf("link %d: %v", ifindex, err)
+	}
+	n := 0
+	for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+		fs, _ := netlink.FilterList(l, parent)
+		n += len(fs)
+	}
+	return n
+}
+
+// HasClsact reports whether an interface has a clsact qdisc.
+func HasClsact(t testing.TB, ifindex int) bool {
+	t.Helper()
+	l, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		t.Fatalf("link %d: %v", ifindex, err)
+	}
+	qs, err := netlink.QdiscList(l)
+	if err != nil {
+		t.Fatalf("qdiscs of %d: %v", ifindex, err)
+	}
+	for _, q := range qs {
+		if q.Type() == "clsact" {
+			return true
+		}
+	}
+	return false
+}
