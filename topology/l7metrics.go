@@ -15,26 +15,38 @@ const DefaultL7MaxEdges = 1000
 
 // L7Metrics exports the L7 parsers' counts as Prometheus series, summed
 // since start by edge (client and server endpoint names, at the level the
-// graph's flow series use): flowmap_http_requests_total{status_class},
-// flowmap_http_request_duration_seconds, flowmap_dns_requests_total{rcode}.
-// Edges past MaxEdges count under src and dst "overflow". Its methods are
-// safe for concurrent use.
+// flow series use) with the node and reporter labels of the flow series:
+// flowmap_http_requests_total{status_class},
+// flowmap_http_request_duration_seconds, flowmap_dns_requests_total{rcode},
+// flowmap_dns_request_duration_seconds. The agents of a cluster report each
+// flow once, by the rule of [Metrics]: the node that reports a flow's
+// bytes reports its requests. Edges past MaxEdges count under src and dst
+// "overflow". Its methods are safe for concurrent use.
 type L7Metrics struct {
 	mu       sync.Mutex
 	level    Level
 	maxEdges int
+	node     string
+	ends     func(f *enrich.Flow) Ends
 	edges    map[l7Key]*flows.L7
 }
 
-type l7Key struct{ src, dst, proto string }
+type l7Key struct{ src, dst, proto, reporter string }
 
-// NewL7Metrics returns a collector of L7 series at level, with at most
-// maxEdges edges (DefaultL7MaxEdges if <= 0).
-func NewL7Metrics(level Level, maxEdges int) *L7Metrics {
-	if maxEdges <= 0 {
-		maxEdges = DefaultL7MaxEdges
+// NewL7Metrics returns a collector of L7 series at opts.Level, on node
+// opts.Node, reporting by opts.Ends, with at most opts.MaxEdges edges
+// (DefaultL7MaxEdges if <= 0). opts.Idle is not used: the series stay.
+func NewL7Metrics(opts MetricsOptions) *L7Metrics {
+	if opts.Level == "" {
+		opts.Level = DefaultMetricsLevel
 	}
-	return &L7Metrics{level: level, maxEdges: maxEdges, edges: map[l7Key]*flows.L7{}}
+	if opts.MaxEdges <= 0 {
+		opts.MaxEdges = DefaultL7MaxEdges
+	}
+	if opts.Ends == nil {
+		opts.Ends = defaultEnds
+	}
+	return &L7Metrics{level: opts.Level, maxEdges: opts.MaxEdges, node: opts.Node, ends: opts.Ends, edges: map[l7Key]*flows.L7{}}
 }
 
 // Add folds the L7 counts of fs in.
@@ -46,8 +58,12 @@ func (m *L7Metrics) Add(fs ...enrich.Flow) {
 		if f.L7 == nil || (f.L7.Requests() == 0 && f.L7.Responses() == 0) {
 			continue
 		}
+		rep := m.ends(f).Reporter()
+		if rep == "" {
+			continue
+		}
 		src, dst := nodeOf(&f.SrcEndpoint, m.level), nodeOf(&f.DstEndpoint, m.level)
-		k := l7Key{src.Name, dst.Name, f.L7.Protocol.String()}
+		k := l7Key{src.Name, dst.Name, f.L7.Protocol.String(), rep}
 		if _, ok := m.edges[k]; !ok && len(m.edges) >= m.maxEdges {
 			k.src, k.dst = "overflow", "overflow"
 		}
@@ -58,16 +74,16 @@ func (m *L7Metrics) Add(fs ...enrich.Flow) {
 var (
 	descHTTPRequests = prometheus.NewDesc("flowmap_http_requests_total",
 		"HTTP/1.x responses seen in the kernel, by edge and status class (1xx to 5xx).",
-		[]string{"src", "dst", "status_class"}, nil)
+		[]string{"src", "dst", "node", "reporter", "status_class"}, nil)
 	descHTTPDuration = prometheus.NewDesc("flowmap_http_request_duration_seconds",
 		"HTTP/1.x time from a request's first byte to its response's, as the host saw them.",
-		[]string{"src", "dst"}, nil)
+		[]string{"src", "dst", "node", "reporter"}, nil)
 	descDNSRequests = prometheus.NewDesc("flowmap_dns_requests_total",
 		"DNS responses seen in the kernel, by edge and response code.",
-		[]string{"src", "dst", "rcode"}, nil)
+		[]string{"src", "dst", "node", "reporter", "rcode"}, nil)
 	descDNSDuration = prometheus.NewDesc("flowmap_dns_request_duration_seconds",
 		"DNS time from a query to its response, as the host saw them.",
-		[]string{"src", "dst"}, nil)
+		[]string{"src", "dst", "node", "reporter"}, nil)
 )
 
 // l7PromBuckets are the upper bounds exported, every other octave of the
@@ -98,17 +114,17 @@ func (m *L7Metrics) Collect(ch chan<- prometheus.Metric) {
 		case flows.L7HTTP:
 			for c := 1; c <= 5; c++ {
 				ch <- prometheus.MustNewConstMetric(descHTTPRequests, prometheus.CounterValue, float64(l.Statuses[c]),
-					k.src, k.dst, strconv.Itoa(c)+"xx")
+					k.src, k.dst, m.node, k.reporter, strconv.Itoa(c)+"xx")
 			}
-			ch <- histogram(descHTTPDuration, &l.Latency, k.src, k.dst)
+			ch <- histogram(descHTTPDuration, &l.Latency, k.src, k.dst, m.node, k.reporter)
 		case flows.L7DNS:
 			for c := range flows.NumRcodes {
 				if l.Rcodes[c] > 0 {
 					ch <- prometheus.MustNewConstMetric(descDNSRequests, prometheus.CounterValue, float64(l.Rcodes[c]),
-						k.src, k.dst, flows.RcodeName(c))
+						k.src, k.dst, m.node, k.reporter, flows.RcodeName(c))
 				}
 			}
-			ch <- histogram(descDNSDuration, &l.Latency, k.src, k.dst)
+			ch <- histogram(descDNSDuration, &l.Latency, k.src, k.dst, m.node, k.reporter)
 		}
 	}
 }

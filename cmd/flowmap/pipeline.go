@@ -101,14 +101,15 @@ func newPipeline(gf graphFlags, name namer, reg prometheus.Registerer, log *slog
 	if name == nil {
 		name = nodeNamer(gf.node)
 	}
+	mo := topology.MetricsOptions{Level: gf.metricsLevel, MaxEdges: gf.metricsMaxEdges, Node: gf.node,
+		Ends: clusterEnds(gf, ownAddrs())}
 	p := &pipeline{
-		name:  name,
-		graph: topology.New(topology.Options{MaxEdges: gf.maxEdges}),
-		metrics: topology.NewMetrics(topology.MetricsOptions{Level: gf.metricsLevel, MaxEdges: gf.metricsMaxEdges,
-			Node: gf.node, Ends: clusterEnds(gf, ownAddrs())}),
-		names: enrich.NewNames(enrich.DefaultMaxNames),
-		l7:    topology.NewL7Metrics(gf.metricsLevel, gf.metricsMaxEdges),
-		log:   log,
+		name:    name,
+		graph:   topology.New(topology.Options{MaxEdges: gf.maxEdges}),
+		metrics: topology.NewMetrics(mo),
+		names:   enrich.NewNames(enrich.DefaultMaxNames),
+		l7:      topology.NewL7Metrics(mo),
+		log:     log,
 	}
 	reg.MustRegister(p.metrics, topology.NewGraphCollector(p.graph), p.l7)
 	return p
