@@ -31,8 +31,14 @@ type NodeGraphNode struct {
 	MainStat float64 `json:"mainstat"`
 	// SecondaryStat is the TCP connections per second it opened or took.
 	SecondaryStat float64 `json:"secondarystat"`
-	// ArcSent and ArcReceived are the shares of its bytes it sent and
-	// received: they add up to 1 (an idle node's are 0 and 1).
+	// The arcs around the node add up to 1. A node that answered L7
+	// requests (its incoming edges have L7 responses) shows ArcSuccess
+	// and ArcErrors, the shares of those responses that succeeded and
+	// failed (see L7.Errors), and zero sent and received; any other node
+	// shows ArcSent and ArcReceived, the shares of its bytes it sent and
+	// received (an idle node's are 0 and 1), and zero success and errors.
+	ArcSuccess      float64 `json:"arc__success"`
+	ArcErrors       float64 `json:"arc__errors"`
 	ArcSent         float64 `json:"arc__sent"`
 	ArcReceived     float64 `json:"arc__received"`
 	DetailKind      string  `json:"detail__kind"`
@@ -95,8 +101,10 @@ func Fields() NodeGraphFields {
 			{Name: "subtitle", Type: "string"},
 			{Name: "mainstat", Type: "number", DisplayName: "bytes/s"},
 			{Name: "secondarystat", Type: "number", DisplayName: "connections/s"},
+			{Name: "arc__success", Type: "number", DisplayName: "responses succeeded", Color: "green"},
+			{Name: "arc__errors", Type: "number", DisplayName: "responses failed", Color: "red"},
 			{Name: "arc__sent", Type: "number", DisplayName: "sent", Color: "blue"},
-			{Name: "arc__received", Type: "number", DisplayName: "received", Color: "green"},
+			{Name: "arc__received", Type: "number", DisplayName: "received", Color: "purple"},
 			{Name: "detail__kind", Type: "string", DisplayName: "kind"},
 			{Name: "detail__namespace", Type: "string", DisplayName: "namespace"},
 			{Name: "detail__host", Type: "string", DisplayName: "host"},
@@ -130,7 +138,11 @@ func Fields() NodeGraphFields {
 func ToNodeGraph(s *Snapshot) *NodeGraph {
 	secs := s.Window.Seconds()
 	ng := &NodeGraph{Nodes: make([]NodeGraphNode, len(s.Nodes)), Edges: make([]NodeGraphEdge, len(s.Edges))}
-	type sums struct{ sent, received, conns uint64 }
+	type sums struct {
+		sent, received, conns uint64
+		// responses and errors are the L7 ones of the incoming edges.
+		responses, errors uint64
+	}
 	byNode := make(map[string]*sums, len(s.Nodes))
 	for i := range s.Nodes {
 		byNode[s.Nodes[i].ID] = &sums{}
@@ -150,6 +162,10 @@ func ToNodeGraph(s *Snapshot) *NodeGraph {
 			dst.sent += e.Reverse.Bytes
 			dst.received += e.Forward.Bytes
 			dst.conns += e.Connections
+		}
+		if dst := byNode[e.Target]; dst != nil && e.L7 != nil {
+			dst.responses += e.L7.Responses
+			dst.errors += e.L7.Errors
 		}
 		thick := 1.0
 		if most > 0 {
@@ -193,7 +209,12 @@ func ToNodeGraph(s *Snapshot) *NodeGraph {
 			ArcReceived:   1,
 			DetailKind:    string(n.Kind), DetailNamespace: n.Namespace, DetailHost: n.Host,
 		}
-		if t := m.sent + m.received; t > 0 {
+		switch t := m.sent + m.received; {
+		case m.responses > 0:
+			gn.ArcReceived = 0
+			gn.ArcErrors = round(float64(min(m.errors, m.responses)) / float64(m.responses))
+			gn.ArcSuccess = round(1 - gn.ArcErrors)
+		case t > 0:
 			gn.ArcSent = round(float64(m.sent) / float64(t))
 			gn.ArcReceived = round(1 - gn.ArcSent)
 		}
