@@ -45,4 +45,27 @@
 // flags, first and last seen; per TCP connection: the time from SYN to
 // SYN-ACK where flowmap counted both, and the segments that local sockets
 // retransmitted (the tcp_retransmit_skb tracepoint).
+//
+// # Application protocols (L7)
+//
+// The same programs, at the same counting points, read the first 16 bytes
+// of each TCP payload and of each UDP datagram to or from the DNS port
+// ([Config.DNSPort]): so each message is seen once per host, as its packet
+// is counted. They tell the protocol a flow speaks (HTTP/1.x, HTTP/2, TLS,
+// DNS, PostgreSQL, MySQL, Redis, Kafka), count HTTP requests by method and
+// responses by status class, DNS queries and responses by response code,
+// and join each response to its request (HTTP in order on a connection, up
+// to 4 waiting; DNS by id) for a latency histogram ([L7], [Record.L7]).
+// A message is known by its segment's first bytes: requests pipelined into
+// one segment count once, and a response whose request came before the
+// programs were attached has no latency ([L7.Unmatched]).
+//
+// What leaves the kernel is those counts, per flow and interval: no URL,
+// header, body or query name. The one exception is names, which map
+// addresses to names as the graph needs: DNS responses with answers and
+// TLS ClientHellos go, their first 1024 bytes, through a ring buffer to
+// user space, which keeps of them only the question's name, the answers'
+// addresses and TTLs, and the TLS server name ([Name], [Batch.Names]); the
+// rest of the message is dropped once decoded. Encrypted traffic (TLS,
+// HTTP/2 over TLS) is counted as such, with no methods or statuses.
 package flows
