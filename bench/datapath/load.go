@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -21,23 +22,75 @@ type load int
 const (
 	loadTCP   load = iota // one bulk TCP stream
 	loadUDP64             // 64-byte UDP payloads, as fast as the sender goes
+	loadHTTP              // small HTTP/1.1 requests on keep-alive connections (wrk)
+	// loadRR is loadHTTP's exchanges with bytes of no protocol: what the
+	// agent costs them without the L7 path.
+	loadRR
 )
 
-var loads = []load{loadTCP, loadUDP64}
+var allLoads = []load{loadTCP, loadUDP64, loadRR, loadHTTP}
+
+// parseLoads reads a comma-separated list of loads by name.
+func parseLoads(s string) ([]load, error) {
+	var out []load
+	for _, name := range strings.Split(s, ",") {
+		i := slices.IndexFunc(allLoads, func(l load) bool { return l.String() == strings.TrimSpace(name) })
+		if i < 0 {
+			return nil, fmt.Errorf("load %q: want one of %v", name, allLoads)
+		}
+		if !slices.Contains(out, allLoads[i]) {
+			out = append(out, allLoads[i])
+		}
+	}
+	return out, nil
+}
 
 func (l load) String() string {
-	if l == loadUDP64 {
+	switch l {
+	case loadUDP64:
 		return "udp-64B"
+	case loadHTTP:
+		return "http"
+	case loadRR:
+		return "tcp-rr"
 	}
 	return "tcp-bulk"
 }
 
 // unit is what the load's throughput is counted in.
 func (l load) unit() string {
-	if l == loadUDP64 {
+	switch l {
+	case loadUDP64:
 		return "Mpkt/s"
+	case loadHTTP:
+		return "kreq/s"
+	case loadRR:
+		return "ktrans/s"
 	}
 	return "Gbit/s"
+}
+
+// modes returns the modes l is measured under. The HTTP load and its
+// baseline are the L7 parsers' and run under TC only, where the agent
+// attaches by default: the other hooks' cost is the L4 loads' to tell, and
+// a bench of all of them would last past four minutes.
+func (l load) modes() []mode {
+	if l == loadHTTP || l == loadRR {
+		return []mode{{hook: hookNone}, {hook: hookTC}, {hook: hookTC, agent: true}}
+	}
+	return modes
+}
+
+// minRatio is the least throughput with the agent over without that the
+// issues ask of l; 0 for none.
+func (l load) minRatio() float64 {
+	switch l {
+	case loadHTTP:
+		return 0.95
+	case loadRR:
+		return 0
+	}
+	return 0.97
 }
 
 // udpPayload is the UDP payload length of loadUDP64: frames of 106 bytes
@@ -110,10 +163,16 @@ type iperfResult struct {
 }
 
 // measure runs l from a to b for d and returns what b received: Gbit/s of
-// TCP payload (iperf3), or millions of UDP packets per second (measureUDP).
-func measure(ctx context.Context, l load, a, b *sandbox.Host, d time.Duration) (float64, error) {
-	if l == loadUDP64 {
+// TCP payload (iperf3), millions of UDP packets per second (measureUDP), or
+// thousands of HTTP requests answered per second (measureHTTP).
+func measure(ctx context.Context, l load, a, b *sandbox.Host, d time.Duration, httpConns int) (float64, error) {
+	switch l {
+	case loadUDP64:
 		return measureUDP(ctx, a, b, d)
+	case loadHTTP:
+		return measureHTTP(ctx, a, b, d, httpConns)
+	case loadRR:
+		return measureRR(ctx, a, b, d, httpConns)
 	}
 	secs := strconv.Itoa(max(1, int(d.Round(time.Second)/time.Second)))
 	args := []string{"-c", b.Addr.String(), "-p", iperfPort, "-t", secs, "-J"}

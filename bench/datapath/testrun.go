@@ -61,31 +61,11 @@ func testRuns(floor *bpfObjects, src, dst netip.Addr, samples int) ([]testRun, e
 // udpFrame returns a 64-byte Ethernet frame (no FCS) holding an IPv4 UDP
 // datagram of 22 payload bytes from src:40000 to dst:5201.
 func udpFrame(src, dst netip.Addr) []byte {
-	f := make([]byte, 64)
-	copy(f[0:6], []byte{0x02, 0, 0, 0, 0, 2})
-	copy(f[6:12], []byte{0x02, 0, 0, 0, 0, 1})
-	binary.BigEndian.PutUint16(f[12:], 0x0800)
-	ip := f[14:34]
-	ip[0] = 0x45
-	binary.BigEndian.PutUint16(ip[2:], uint16(len(f)-14))
-	ip[8] = 64 // TTL
-	ip[9] = 17 // UDP
-	s, d := src.As4(), dst.As4()
-	copy(ip[12:16], s[:])
-	copy(ip[16:20], d[:])
-	var sum uint32
-	for i := 0; i < 20; i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(ip[i:]))
-	}
-	for sum > 0xffff {
-		sum = sum&0xffff + sum>>16
-	}
-	binary.BigEndian.PutUint16(ip[10:], ^uint16(sum))
-	udp := f[34:]
+	udp := make([]byte, 64-14-20)
 	binary.BigEndian.PutUint16(udp[0:], 40000)
 	binary.BigEndian.PutUint16(udp[2:], 5201)
 	binary.BigEndian.PutUint16(udp[4:], uint16(len(udp)))
-	return f
+	return ip4Frame(src, dst, 17, udp)
 }
 
 // median returns the median of v, 0 for none.
