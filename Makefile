@@ -33,8 +33,9 @@ test: vet
 	$(GO) test -count=1 -timeout 20m ./...
 
 # bench runs the Go benchmarks of the hot paths and measures the datapath's
-# cost on real traffic between two namespaces (root, iperf3; about 3
-# minutes). BENCH_FLAGS go to bench/datapath (-rounds, -duration, -v, …).
+# cost on real traffic between two namespaces: TCP bulk, 64-byte UDP, HTTP
+# and request-response loads (root, iperf3, wrk; about 5 minutes).
+# BENCH_FLAGS go to bench/datapath (-rounds, -duration, -loads, -v, …).
 BENCH_FLAGS ?=
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
