@@ -27,15 +27,18 @@ func WriteTable(w io.Writer, s *Snapshot) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "%s level, last %s (%s to %s UTC):\n\n", s.Level, s.Window.Name,
 		s.Window.Start.UTC().Format(time.TimeOnly), s.Window.End.UTC().Format(time.TimeOnly))
-	fmt.Fprintln(tw, "CLIENT\tSERVER\tPROTO/PORT\tCONNS\tBYTES →\tBYTES ←\tPACKETS\tRATE\tRTT (MEAN)\tRETRANS")
+	fmt.Fprintln(tw, "CLIENT\tSERVER\tPROTO/PORT\tCONNS\tBYTES →\tBYTES ←\tPACKETS\tRATE\tRTT (MEAN)\tRETRANS\tL7")
 	for _, e := range edges {
-		rtt := "-"
+		rtt, l7 := "-", "-"
 		if e.RTT != nil {
 			rtt = e.RTT.Mean.Round(time.Microsecond).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s/%d\t%d\t%d\t%d\t%d\t%s\t%s\t%d\n", names[e.Source], names[e.Target], e.Protocol, e.Port,
+		if e.L7 != nil {
+			l7 = l7Label(e.L7)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s/%d\t%d\t%d\t%d\t%d\t%s\t%s\t%d\t%s\n", names[e.Source], names[e.Target], e.Protocol, e.Port,
 			e.Connections, e.Forward.Bytes, e.Reverse.Bytes, e.Forward.Packets+e.Reverse.Packets,
-			Rate(float64(e.Bytes())/secs), rtt, e.Forward.Retransmits+e.Reverse.Retransmits)
+			Rate(float64(e.Bytes())/secs), rtt, e.Forward.Retransmits+e.Reverse.Retransmits, l7)
 	}
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("write graph table: %w", err)
