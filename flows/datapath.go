@@ -81,6 +81,8 @@ type Stats struct {
 	NonIP           uint64 // frames neither IPv4 nor IPv6
 	Malformed       uint64 // truncated or bad IP frames
 	LeftoversPurged int    // clsact filters of a dead agent removed at start
+	NATJoined       uint64 // directions of NATed connections joined by conntrack
+	ConntrackErrors uint64 // drains that could not read conntrack
 	// L7 (see l7.go).
 	L7MapFull      uint64 // L7 messages not counted: the L7 map was full
 	NamesLost      uint64 // name events the ring buffer had no room for
@@ -508,6 +510,17 @@ func (d *Datapath) Drain(start time.Time) (Batch, error) {
 	if err != nil {
 		d.stats.DrainErrors++
 		return Batch{}, err
+	}
+	if len(dirs) > 0 {
+		// Join the directions of NATed connections (see natJoin). Without
+		// conntrack (no nf_conntrack_netlink, no CAP_NET_ADMIN) they stay
+		// two one-way records.
+		conns, err := conntrack()
+		if err != nil {
+			d.stats.ConntrackErrors++
+			d.log.Debug("read conntrack", "err", err)
+		}
+		d.stats.NATJoined += uint64(natJoin(dirs, conns))
 	}
 	clk, err := d.clock.read()
 	if err != nil {

@@ -32,10 +32,16 @@
 // of an ingress count is the source's, that of an egress count the
 // destination's ([Record.SrcIf], [Record.DstIf]).
 //
-// Known limit: a flow that the host NATs (a container reaching the outside
-// through masquerade) is counted before the translation on its way out and
-// after it on its way in, so its two directions carry different tuples and
-// are reported as two one-way records until conntrack joins them.
+// NAT: a connection the host translates is counted, one way, before the
+// translation and, the other way, before the reverse one: a masqueraded
+// container's request at its veth but the reply at the NIC, a published
+// port's request at the NIC but the container's reply at its veth. At each
+// drain the direction counted under conntrack's reply tuple is moved to the
+// reverse of the original tuple, so the connection is one record under the
+// tuple its client used (the container's own for masquerade, the public
+// address for a published port). Without conntrack (no nf_conntrack_netlink
+// or CAP_NET_ADMIN; flowmap_conntrack_errors_total) the two directions stay
+// two one-way records. The L7 parsers do not join across NAT.
 //
 // # What is counted
 //

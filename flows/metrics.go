@@ -37,6 +37,10 @@ var (
 		"L7 messages not counted because the L7 map was full.", nil, nil)
 	descNamesLost = prometheus.NewDesc("flowmap_name_events_lost_total",
 		"DNS answers and TLS server names not read, by reason.", []string{"reason"}, nil)
+	descNATJoined = prometheus.NewDesc("flowmap_nat_joined_total",
+		"Flow directions of NATed connections moved to their connection's tuple through conntrack.", nil, nil)
+	descConntrackErrors = prometheus.NewDesc("flowmap_conntrack_errors_total",
+		"Drains that could not read conntrack, whose NATed connections stay two one-way flows.", nil, nil)
 	descLeftovers = prometheus.NewDesc("flowmap_leftover_filters_removed",
 		"clsact filters of a dead agent removed at start.", nil, nil)
 )
@@ -45,7 +49,7 @@ var (
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAttached, descBridges, descAttachErrors, descEntries,
 		descCapacity, descFullPackets, descFullBytes, descDrain, descDrainErrors, descFlows,
-		descFrames, descLeftovers, descL7Lost, descNamesLost} {
+		descFrames, descLeftovers, descL7Lost, descNamesLost, descNATJoined, descConntrackErrors} {
 		ch <- d
 	}
 }
@@ -72,6 +76,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descFrames, s.NonIP, "non_ip")
 	counter(descFrames, s.Malformed, "malformed")
 	gauge(descLeftovers, float64(s.LeftoversPurged))
+	counter(descNATJoined, s.NATJoined)
+	counter(descConntrackErrors, s.ConntrackErrors)
 	counter(descL7Lost, s.L7MapFull)
 	counter(descNamesLost, s.NamesLost, "ring_buffer_full")
 	counter(descNamesLost, s.NamesDropped, "batch_full")

@@ -1,0 +1,89 @@
+package flows
+
+import (
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// natJoin gives both directions of a NATed connection one tuple. The
+// counting rule counts a packet where it enters the host: a masqueraded
+// container's request at its veth, before the translation, but the reply
+// at the NIC, before the reverse translation; a published port's request
+// at the NIC, before DNAT, but the container's reply at its veth. Each is
+// conntrack's reply tuple of the connection; natJoin moves it to the
+// reverse of the original tuple, where the other direction was counted,
+// adding to what is there (a packet is counted at one point only, so
+// nothing is counted twice). It returns how many directions it moved.
+func natJoin(dirs map[bpfFlowKey]*direction, conns []*netlink.ConntrackFlow) int {
+	moved := 0
+	for _, c := range conns {
+		if c.Forward.Protocol != unix.IPPROTO_TCP && c.Forward.Protocol != unix.IPPROTO_UDP {
+			continue
+		}
+		// The reply tuple: what the answering side sends.
+		reply, ok := ctKey(c.Reverse.SrcIP, c.Reverse.DstIP, c.Reverse.SrcPort, c.Reverse.DstPort, c.Forward.Protocol)
+		if !ok {
+			continue
+		}
+		// The reverse of the original tuple: the reply as the
+		// connection's first packet named the ends.
+		want, ok := ctKey(c.Forward.DstIP, c.Forward.SrcIP, c.Forward.DstPort, c.Forward.SrcPort, c.Forward.Protocol)
+		if !ok || want == reply {
+			continue // not NATed
+		}
+		d := dirs[reply]
+		if d == nil {
+			continue
+		}
+		delete(dirs, reply)
+		if to := dirs[want]; to != nil {
+			to.merge(d)
+		} else {
+			dirs[want] = d
+		}
+		moved++
+	}
+	return moved
+}
+
+// ctKey is the flow key of a conntrack tuple (VLAN 0).
+func ctKey(src, dst net.IP, sport, dport uint16, proto uint8) (bpfFlowKey, bool) {
+	s, ok1 := netip.AddrFromSlice(src)
+	d, ok2 := netip.AddrFromSlice(dst)
+	if !ok1 || !ok2 {
+		return bpfFlowKey{}, false
+	}
+	return bpfFlowKey{Saddr: s.As16(), Daddr: d.As16(), Sport: sport, Dport: dport, Proto: proto}, true
+}
+
+// merge adds o, counted at another point, to d.
+func (d *direction) merge(o *direction) {
+	d.Bytes += o.Bytes
+	d.Packets += o.Packets
+	d.Retransmits += o.Retransmits
+	d.TCPFlags |= o.TCPFlags
+	if d.Point == PointNone {
+		d.Point, d.Ifindex = o.Point, o.Ifindex
+	}
+	if o.first != 0 && (d.first == 0 || o.first < d.first) {
+		d.first = o.first
+	}
+	d.lastJ = max(d.lastJ, o.lastJ)
+	d.rtt = max(d.rtt, o.rtt)
+}
+
+// conntrack lists the connections conntrack tracks, IPv4 and IPv6.
+func conntrack() ([]*netlink.ConntrackFlow, error) {
+	v4, err := netlink.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
+	if err != nil {
+		return nil, err
+	}
+	v6, err := netlink.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET6)
+	if err != nil {
+		return v4, err
+	}
+	return append(v4, v6...), nil
+}

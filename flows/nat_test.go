@@ -1,0 +1,98 @@
+package flows
+
+import (
+	"net"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+func TestNATJoin(t *testing.T) {
+	key := func(src, dst string, sport, dport uint16) bpfFlowKey {
+		k, ok := ctKey(net.ParseIP(src), net.ParseIP(dst), sport, dport, unix.IPPROTO_TCP)
+		if !ok {
+			t.Fatalf("bad addresses %s, %s", src, dst)
+		}
+		return k
+	}
+	ct := func(fsrc, fdst string, fsport, fdport uint16, rsrc, rdst string, rsport, rdport uint16) *netlink.ConntrackFlow {
+		return &netlink.ConntrackFlow{
+			Forward: netlink.IPTuple{SrcIP: net.ParseIP(fsrc), DstIP: net.ParseIP(fdst), SrcPort: fsport, DstPort: fdport, Protocol: unix.IPPROTO_TCP},
+			Reverse: netlink.IPTuple{SrcIP: net.ParseIP(rsrc), DstIP: net.ParseIP(rdst), SrcPort: rsport, DstPort: rdport, Protocol: unix.IPPROTO_TCP},
+		}
+	}
+	dir := func(bytes uint64, p Point) *direction {
+		return &direction{Direction: Direction{Bytes: bytes, Packets: 1, Point: p, Ifindex: 3}, first: 10, lastJ: 5}
+	}
+	const (
+		pod  = "198.51.100.34"
+		node = "198.51.100.98"
+		out  = "203.0.113.7"
+	)
+	for _, tc := range []struct {
+		name  string
+		dirs  map[bpfFlowKey]*direction
+		conns []*netlink.ConntrackFlow
+		want  map[bpfFlowKey]uint64 // bytes by key after
+		moved int
+	}{{
+		name: "masquerade: the reply counted at the NIC joins the request counted at the pod's veth",
+		dirs: map[bpfFlowKey]*direction{
+			key(pod, out, 40000, 443):  dir(100, PointTCIngress),
+			key(out, node, 443, 50000): dir(900, PointTCIngress),
+		},
+		conns: []*netlink.ConntrackFlow{ct(pod, out, 40000, 443, out, node, 443, 50000)},
+		want:  map[bpfFlowKey]uint64{key(pod, out, 40000, 443): 100, key(out, pod, 443, 40000): 900},
+		moved: 1,
+	}, {
+		name: "published port: the pod's reply joins the request counted at the NIC",
+		dirs: map[bpfFlowKey]*direction{
+			key(out, node, 5555, 8080): dir(100, PointTCIngress),
+			key(pod, out, 80, 5555):    dir(700, PointTCIngress),
+		},
+		conns: []*netlink.ConntrackFlow{ct(out, node, 5555, 8080, pod, out, 80, 5555)},
+		want:  map[bpfFlowKey]uint64{key(out, node, 5555, 8080): 100, key(node, out, 8080, 5555): 700},
+		moved: 1,
+	}, {
+		name: "counted at both tuples in one interval: added up",
+		dirs: map[bpfFlowKey]*direction{
+			key(out, node, 443, 50000): dir(900, PointTCIngress),
+			key(out, pod, 443, 40000):  dir(50, PointTCEgress),
+		},
+		conns: []*netlink.ConntrackFlow{ct(pod, out, 40000, 443, out, node, 443, 50000)},
+		want:  map[bpfFlowKey]uint64{key(out, pod, 443, 40000): 950},
+		moved: 1,
+	}, {
+		name: "not NATed: left alone",
+		dirs: map[bpfFlowKey]*direction{
+			key(pod, out, 40000, 443): dir(100, PointTCIngress),
+			key(out, pod, 443, 40000): dir(900, PointTCIngress),
+		},
+		conns: []*netlink.ConntrackFlow{ct(pod, out, 40000, 443, out, pod, 443, 40000)},
+		want:  map[bpfFlowKey]uint64{key(pod, out, 40000, 443): 100, key(out, pod, 443, 40000): 900},
+	}, {
+		name:  "conntrack of flows not counted: nothing to do",
+		dirs:  map[bpfFlowKey]*direction{key(pod, out, 1, 2): dir(1, PointTCIngress)},
+		conns: []*netlink.ConntrackFlow{ct(pod, out, 40000, 443, out, node, 443, 50000)},
+		want:  map[bpfFlowKey]uint64{key(pod, out, 1, 2): 1},
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			if moved := natJoin(tc.dirs, tc.conns); moved != tc.moved {
+				t.Errorf("natJoin moved %d directions, want %d", moved, tc.moved)
+			}
+			got := map[bpfFlowKey]uint64{}
+			for k, d := range tc.dirs {
+				got[k] = d.Bytes
+			}
+			if len(got) != len(tc.want) {
+				t.Errorf("got %d directions, want %d", len(got), len(tc.want))
+			}
+			for k, w := range tc.want {
+				if g, ok := got[k]; !ok || g != w {
+					t.Errorf("%s: %d bytes (there: %v), want %d", keyString(k), g, ok, w)
+				}
+			}
+		})
+	}
+}
