@@ -160,7 +160,7 @@ func TestAgent(t *testing.T) {
 			up[s.Name] = s.Up
 		}
 	}
-	port := sendTo(t, a, b, 100_000)
+	port, retrans := sendTo(t, a, b, 100_000)
 	var rec *struct{ fwd, back uint64 }
 	deadline = time.Now().Add(5 * time.Second)
 	for rec == nil && time.Now().Before(deadline) {
@@ -181,8 +181,8 @@ func TestAgent(t *testing.T) {
 	if rec == nil {
 		t.Fatalf("flow %s → %s:%d not in /api/v1/flows after 5s", a.Addr, b.Addr, port)
 	}
-	if rec.fwd < 100_000 || rec.fwd > 110_000 {
-		t.Errorf("flow bytes = %d, want 100000 of payload plus headers", rec.fwd)
+	if rec.fwd < 100_000 || rec.fwd > 110_000+retrans {
+		t.Errorf("flow bytes = %d, want 100000 of payload plus headers (and %d retransmitted)", rec.fwd, retrans)
 	}
 	metrics := p.get(t, "/metrics")
 	for _, want := range []string{"flowmap_attached_interfaces 2", "flowmap_watched_bridges 1", "flowmap_flow_map_capacity 65536", "flowmap_drain_duration_seconds_count", "flowmap_flow_map_full_packets_total 0"} {
@@ -298,8 +298,9 @@ func addHost(t *testing.T, sb *sandbox.Net, name string) *sandbox.Host {
 	return h
 }
 
-// sendTo sends n bytes from a to a listener on b and returns its port.
-func sendTo(t *testing.T, a, b *sandbox.Host, n int) uint16 {
+// sendTo sends n bytes from a to a listener on b and returns its port and
+// the bytes TCP retransmitted.
+func sendTo(t *testing.T, a, b *sandbox.Host, n int) (uint16, uint64) {
 	t.Helper()
 	ln, err := b.Listen("tcp4", net.JoinHostPort(b.Addr.String(), "0"))
 	if err != nil {
@@ -322,9 +323,11 @@ func sendTo(t *testing.T, a, b *sandbox.Host, n int) uint16 {
 	if _, err := c.Write(make([]byte, n)); err != nil {
 		t.Fatal(err)
 	}
-	c.Close()
+	c.(*net.TCPConn).CloseWrite()
 	<-done
-	return uint16(ln.Addr().(*net.TCPAddr).Port)
+	retrans := tcpRetransmitted(c.(*net.TCPConn))
+	c.Close()
+	return uint16(ln.Addr().(*net.TCPAddr).Port), retrans
 }
 
 // TestDaemonSetArgs: the DaemonSet runs the agent with flags it has.
