@@ -13,6 +13,17 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type bpfCacheSlot struct {
+	_           structs.HostLayout
+	Key         bpfFlowKey4
+	Bytes       uint64
+	Packets     uint64
+	LastJiffies uint64
+	TcpFlags    uint16
+	Valid       uint8
+	Pad         [5]uint8
+}
+
 type bpfCounter uint32
 
 const (
@@ -146,6 +157,7 @@ const (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	bpfMapCounters        = "counters"
+	bpfMapFlowCache       = "flow_cache"
 	bpfMapFlows4A         = "flows4_a"
 	bpfMapFlows4B         = "flows4_b"
 	bpfMapFlows6A         = "flows6_a"
@@ -228,6 +240,7 @@ type bpfProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
 	Counters   *ebpf.MapSpec `ebpf:"counters"`
+	FlowCache  *ebpf.MapSpec `ebpf:"flow_cache"`
 	Flows4A    *ebpf.MapSpec `ebpf:"flows4_a"`
 	Flows4B    *ebpf.MapSpec `ebpf:"flows4_b"`
 	Flows6A    *ebpf.MapSpec `ebpf:"flows6_a"`
@@ -278,6 +291,7 @@ func (o *bpfObjects) Close() error {
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
 	Counters   *ebpf.Map `ebpf:"counters"`
+	FlowCache  *ebpf.Map `ebpf:"flow_cache"`
 	Flows4A    *ebpf.Map `ebpf:"flows4_a"`
 	Flows4B    *ebpf.Map `ebpf:"flows4_b"`
 	Flows6A    *ebpf.Map `ebpf:"flows6_a"`
@@ -294,6 +308,7 @@ type bpfMaps struct {
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.Counters,
+		m.FlowCache,
 		m.Flows4A,
 		m.Flows4B,
 		m.Flows6A,

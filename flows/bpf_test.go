@@ -116,6 +116,11 @@ func resetObjects(t testing.TB, objs *bpfObjects) {
 	clearMap[bpfFlowKey](t, objs.Flows6B)
 	clearMap[bpfFlowKey](t, objs.Handshakes)
 	clearMap[uint32](t, objs.WatchedHi)
+	for half := range uint32(2) {
+		if err := objs.FlowCache.Put(half, make([]bpfCacheSlot, mustPossibleCPUs(t))); err != nil {
+			t.Fatalf("empty flow cache %d: %v", half, err)
+		}
+	}
 	ncpu, err := ebpf.PossibleCPU()
 	if err != nil {
 		t.Fatalf("count possible CPUs: %v", err)
@@ -406,6 +411,29 @@ func (h flowHalf) String() string {
 	return "flows4_a/flows6_a"
 }
 
+func mustPossibleCPUs(t testing.TB) int {
+	t.Helper()
+	n, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatalf("count possible CPUs: %v", err)
+	}
+	return n
+}
+
+// cacheSlots returns each CPU's flow cache slot of the half.
+func (h flowHalf) cacheSlots(t testing.TB) []bpfCacheSlot {
+	t.Helper()
+	var idx uint32
+	if h.b {
+		idx = 1
+	}
+	var slots []bpfCacheSlot
+	if err := h.objs.FlowCache.Lookup(idx, &slots); err != nil {
+		t.Fatalf("read flow cache %d: %v", idx, err)
+	}
+	return slots
+}
+
 func (h flowHalf) maps() (v4, v6 *ebpf.Map) {
 	if h.b {
 		return h.objs.Flows4B, h.objs.Flows6B
@@ -443,6 +471,23 @@ func sumFlows(t testing.TB, h flowHalf) map[bpfFlowKey]flowSum {
 	}
 	if err := it.Err(); err != nil {
 		t.Fatalf("iterate %v: %v", v4, err)
+	}
+	// What the CPUs' cache slots counted of their flows, not yet in the
+	// map: a cached flow always has its entry there.
+	for cpu, c := range h.cacheSlots(t) {
+		if c.Valid == 0 {
+			continue
+		}
+		k := c.Key.mapped()
+		s, ok := out[k]
+		if !ok {
+			t.Errorf("%v: CPU %d caches %s, which has no entry", h, cpu, keyString(k))
+		}
+		s.Bytes += c.Bytes
+		s.Packets += c.Packets
+		s.TCPFlags |= c.TcpFlags
+		s.Last = max(s.Last, c.LastJiffies)
+		out[k] = s
 	}
 	var k bpfFlowKey
 	it = v6.Iterate()
@@ -1378,6 +1423,15 @@ func TestBPFRepeated(t *testing.T) {
 				}
 				if err := objs.Flows4A.Lookup(&up4, &percpu); err != nil {
 					t.Fatalf("flows4_a[%s]: %v", keyString(up), err)
+				}
+				// With what each CPU's cache slot holds of the flow.
+				for cpu, c := range halfA(objs).cacheSlots(t) {
+					if c.Valid != 0 && c.Key == up4 {
+						percpu[cpu].Bytes += c.Bytes
+						percpu[cpu].Packets += c.Packets
+						percpu[cpu].TcpFlags |= c.TcpFlags
+						percpu[cpu].LastJiffies = max(percpu[cpu].LastJiffies, c.LastJiffies)
+					}
 				}
 				flags := []uint16{hdrSYN, hdrPSH | hdrACK, hdrACK}
 				// The first CPU counts frames 0 and 2, the second frame 1.

@@ -49,7 +49,10 @@ type drainer struct {
 	// L7: the halves of the L7 maps, and what the last drain read of
 	// them by client-to-server key (see l7.go), until records takes it.
 	l7s [2]*ebpf.Map
-	l7  map[bpfFlowKey]*L7
+	// cache is the per-CPU slots of the last IPv4 flow each CPU counted,
+	// one per half.
+	cache *ebpf.Map
+	l7    map[bpfFlowKey]*L7
 }
 
 func newDrainer(objs *bpfObjects, maxFlows int) (*drainer, error) {
@@ -70,6 +73,7 @@ func newDrainer(objs *bpfObjects, maxFlows int) (*drainer, error) {
 		vals:    make([]bpfFlowStats, drainBatch*ncpu),
 		clients: clients,
 		l7s:     [2]*ebpf.Map{objs.L7A, objs.L7B},
+		cache:   objs.FlowCache,
 		l7:      map[bpfFlowKey]*L7{},
 	}
 	return d, d.active.Get(&d.cur)
@@ -95,7 +99,29 @@ func (d *drainer) drain() (map[bpfFlowKey]*direction, error) {
 	if err := drainMap(h.v6, d.keys6, d.vals, d.ncpu, func(k bpfFlowKey, v []bpfFlowStats) { d.add(out, k, v) }); err != nil {
 		return out, err
 	}
+	if err := d.drainCache(old, out); err != nil {
+		return out, err
+	}
 	return out, drainL7(d.l7s[old], d.l7)
+}
+
+// drainCache adds what each CPU's cache slot of half counted since it was
+// last added to the map, and empties the slots before the half is written
+// again.
+func (d *drainer) drainCache(half uint32, out map[bpfFlowKey]*direction) error {
+	var slots []bpfCacheSlot
+	if err := d.cache.Lookup(half, &slots); err != nil {
+		return fmt.Errorf("read flow cache %d: %w", half, err)
+	}
+	for _, c := range slots {
+		if c.Valid != 0 && c.Packets > 0 {
+			d.add(out, c.Key.mapped(), []bpfFlowStats{{Bytes: c.Bytes, Packets: c.Packets, TcpFlags: c.TcpFlags, LastJiffies: c.LastJiffies}})
+		}
+	}
+	if err := d.cache.Put(half, make([]bpfCacheSlot, len(slots))); err != nil {
+		return fmt.Errorf("empty flow cache %d: %w", half, err)
+	}
+	return nil
 }
 
 // drainMap reads and deletes every entry of m, in batches where the kernel
