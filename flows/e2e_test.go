@@ -14,7 +14,6 @@ import (
 	"github.com/flowmap/flowmap/internal/sandbox"
 	"github.com/flowmap/flowmap/internal/testenv"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 )
 
 // e2eSubnet keeps this package's sandboxes apart from other packages'
@@ -146,27 +145,9 @@ func sendTCP(t *testing.T, dial func(network, addr string) (net.Conn, error), to
 	if m := <-got; m != int64(n) {
 		t.Fatalf("server read %d bytes, want %d", m, n)
 	}
-	retrans := retransmitted(t, conn.(*net.TCPConn))
+	retrans := testenv.TCPRetransmitted(conn.(*net.TCPConn))
 	conn.Close()
 	return uint16(ln.Addr().(*net.TCPAddr).Port), retrans
-}
-
-// retransmitted returns the bytes a connection retransmitted (TCP_INFO).
-func retransmitted(t *testing.T, c *net.TCPConn) uint64 {
-	t.Helper()
-	raw, err := c.SyscallConn()
-	if err != nil {
-		t.Fatalf("raw conn: %v", err)
-	}
-	var (
-		info *unix.TCPInfo
-		ierr error
-	)
-	raw.Control(func(fd uintptr) { info, ierr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) })
-	if ierr != nil {
-		t.Fatalf("TCP_INFO: %v", ierr)
-	}
-	return info.Bytes_retrans
 }
 
 // Wire overheads per packet: Ethernet 14, IPv4 20 or IPv6 40, TCP 20 with

@@ -325,7 +325,7 @@ func sendTo(t *testing.T, a, b *sandbox.Host, n int) (uint16, uint64) {
 	}
 	c.(*net.TCPConn).CloseWrite()
 	<-done
-	retrans := tcpRetransmitted(c.(*net.TCPConn))
+	retrans := testenv.TCPRetransmitted(c.(*net.TCPConn))
 	c.Close()
 	return uint16(ln.Addr().(*net.TCPAddr).Port), retrans
 }

@@ -18,7 +18,6 @@ import (
 	"github.com/flowmap/flowmap/internal/cluster"
 	"github.com/flowmap/flowmap/internal/testenv"
 	"github.com/flowmap/flowmap/topology"
-	"golang.org/x/sys/unix"
 )
 
 // clusterWindow is the window of the cluster graph in TestCluster: short,
@@ -329,7 +328,7 @@ func servePod(t *testing.T, retrans *retransmitted, s *cluster.Pod, port string,
 				// Before the close: retransmits of the reply.
 				from := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr()
 				local := c.LocalAddr().(*net.TCPAddr).AddrPort()
-				retrans.add(from, local.Addr(), local.Port(), 1, tcpRetransmitted(c.(*net.TCPConn)))
+				retrans.add(from, local.Addr(), local.Port(), 1, testenv.TCPRetransmitted(c.(*net.TCPConn)))
 			}()
 		}
 	}()
@@ -352,7 +351,7 @@ func exchange(t *testing.T, retrans *retransmitted, from *cluster.NS, addr strin
 		t.Fatal(err)
 	}
 	local := c.LocalAddr().(*net.TCPAddr).AddrPort().Addr()
-	retrans.add(local, netip.MustParseAddr(addr), port, 0, tcpRetransmitted(c.(*net.TCPConn)))
+	retrans.add(local, netip.MustParseAddr(addr), port, 0, testenv.TCPRetransmitted(c.(*net.TCPConn)))
 }
 
 // retransmitted counts the bytes TCP retransmitted on each edge (client,
@@ -382,20 +381,6 @@ func (r *retransmitted) get(client, server netip.Addr, port uint16) [2]uint64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.m[retransKey{client, server, port}]
-}
-
-// tcpRetransmitted returns the bytes a connection retransmitted (TCP_INFO).
-func tcpRetransmitted(c *net.TCPConn) uint64 {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return 0
-	}
-	var info *unix.TCPInfo
-	raw.Control(func(fd uintptr) { info, _ = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) })
-	if info == nil {
-		return 0
-	}
-	return info.Bytes_retrans
 }
 
 // tcpHeaders is the bytes each packet adds on the wire: Ethernet, IPv4 and

@@ -57,7 +57,7 @@ func TestAgentNAT(t *testing.T) {
 		io.CopyN(io.Discard, c, up)
 		c.Write(make([]byte, down))
 		io.Copy(io.Discard, c) // until the client closes: the reply is all acknowledged
-		downRetrans <- tcpRetransmitted(c.(*net.TCPConn))
+		downRetrans <- testenv.TCPRetransmitted(c.(*net.TCPConn))
 	}()
 	port := ln.Addr().(*net.TCPAddr).Port
 	conn, err := pod.Dial("tcp4", out.Addr.String()+":"+strconv.Itoa(port))
@@ -71,7 +71,7 @@ func TestAgentNAT(t *testing.T) {
 		t.Fatalf("read %d of %d reply bytes: %v", n, down, err)
 	}
 	// A segment dropped on a busy machine is sent, and counted, twice.
-	upRetrans := tcpRetransmitted(conn.(*net.TCPConn))
+	upRetrans := testenv.TCPRetransmitted(conn.(*net.TCPConn))
 	conn.Close()
 	if from := <-seen; from.Addr() != node.Addr {
 		t.Fatalf("the outside saw the client at %s, want the node's %s: no masquerade", from.Addr(), node.Addr)

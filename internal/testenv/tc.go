@@ -1,11 +1,13 @@
 package testenv
 
 import (
+	"net"
 	"testing"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // TCXPrograms counts the TCX programs on an interface's ingress and
@@ -56,4 +58,22 @@ func HasClsact(t testing.TB, ifindex int) bool {
 		}
 	}
 	return false
+}
+
+// TCPRetransmitted returns the bytes a TCP connection retransmitted
+// (TCP_INFO's tcpi_bytes_retrans): a test that checks counted bytes
+// against what it sent allows for them, as a segment dropped on a busy
+// machine is sent, and counted, twice. It returns 0 if the kernel does not
+// say.
+func TCPRetransmitted(c *net.TCPConn) uint64 {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	var info *unix.TCPInfo
+	raw.Control(func(fd uintptr) { info, _ = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) })
+	if info == nil {
+		return 0
+	}
+	return info.Bytes_retrans
 }
