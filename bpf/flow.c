@@ -217,10 +217,10 @@ enum l7_method {
 #define L7_BUCKETS 104
 #define L7_RCODES 8 // DNS response codes 0 to 6, and 7 for any other
 
-// l7_stats is one client-to-server flow's messages since the last drain.
-// Not per CPU: a request and its response are often counted on different
-// CPUs, and messages are rare next to packets; fields are added to
-// atomically.
+// l7_stats is one client-to-server flow's messages since the last drain,
+// as one CPU counted them: per CPU, so that the request's CPU and the
+// response's add without atomics and without moving the entry's lines
+// between them (Go sums the CPUs).
 struct l7_stats {
 	__u64 latency_sum_ns; // over the matched responses
 	__u32 latency[L7_BUCKETS]; // request (first byte) to response (first byte)
@@ -274,12 +274,15 @@ const struct name_event *unused_name_event __attribute__((unused));
 
 #define MAX_L7_FLOWS 16384 // Go sets max_entries from --max-l7-flows
 
-// l7_a, l7_b: flow_key (client to server) -> l7_stats, double-buffered by
-// active_buf as the flow maps are. Not LRU: a full map refuses new flows
-// and counts their messages (COUNTER_L7_MAP_FULL).
+// l7_a, l7_b: flow_key (client to server) -> per-CPU l7_stats,
+// double-buffered by active_buf as the flow maps are. Not LRU: a full map
+// refuses new flows and counts their messages (COUNTER_L7_MAP_FULL). Not
+// preallocated: an entry is ncpu × 528 bytes, and most flows carry no
+// message.
 #define L7_MAP(name)                                                                               \
 	struct {                                                                                   \
-		__uint(type, BPF_MAP_TYPE_HASH);                                                   \
+		__uint(type, BPF_MAP_TYPE_PERCPU_HASH);                                            \
+		__uint(map_flags, BPF_F_NO_PREALLOC);                                              \
 		__uint(max_entries, MAX_L7_FLOWS);                                                 \
 		__type(key, struct flow_key);                                                      \
 		__type(value, struct l7_stats);                                                    \
@@ -1003,22 +1006,22 @@ static __always_inline void l7(void *ctx, int xdp, struct packet *p, void *data,
 	s->proto = m.proto;
 	if (m.kind == MSG_REQUEST) {
 		if (m.proto == L7_DNS)
-			__sync_fetch_and_add(&s->queries, 1);
+			s->queries += 1;
 		else
-			__sync_fetch_and_add(&s->methods[m.method & (METHOD_MAX - 1)], 1);
+			s->methods[m.method & (METHOD_MAX - 1)] += 1;
 		return;
 	}
 	if (m.kind != MSG_RESPONSE)
 		return;
 	if (m.proto == L7_DNS)
-		__sync_fetch_and_add(&s->rcodes[m.status & (L7_RCODES - 1)], 1);
+		s->rcodes[m.status & (L7_RCODES - 1)] += 1;
 	else if (m.status < 6)
-		__sync_fetch_and_add(&s->statuses[m.status], 1);
+		s->statuses[m.status] += 1;
 	if (lat) {
-		__sync_fetch_and_add(&s->latency[latency_bucket(lat)], 1);
-		__sync_fetch_and_add(&s->latency_sum_ns, lat);
+		s->latency[latency_bucket(lat)] += 1;
+		s->latency_sum_ns += lat;
 	} else if (!(m.proto == L7_HTTP && m.status == 1)) {
-		__sync_fetch_and_add(&s->unmatched, 1);
+		s->unmatched += 1;
 	}
 }
 

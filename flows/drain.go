@@ -102,7 +102,7 @@ func (d *drainer) drain() (map[bpfFlowKey]*direction, error) {
 	if err := d.drainCache(old, out); err != nil {
 		return out, err
 	}
-	return out, drainL7(d.l7s[old], d.l7)
+	return out, drainL7(d.l7s[old], d.ncpu, d.l7)
 }
 
 // drainCache adds what each CPU's cache slot of half counted since it was

@@ -261,41 +261,74 @@ func l7From(s *bpfL7Stats) *L7 {
 // l7Batch is how many L7 entries one batch syscall reads.
 const l7Batch = 256
 
+// sumL7Stats adds up the CPUs' slots of one L7 entry: the protocol is
+// the first CPU's that saw one, as L7.Add takes it.
+func sumL7Stats(percpu []bpfL7Stats) bpfL7Stats {
+	var sum bpfL7Stats
+	for i := range percpu {
+		v := &percpu[i]
+		if sum.Proto == uint8(L7None) || (sum.Proto == uint8(L7TLS) && v.Proto != uint8(L7None)) {
+			sum.Proto = v.Proto
+		}
+		sum.LatencySumNs += v.LatencySumNs
+		for j := range sum.Latency {
+			sum.Latency[j] += v.Latency[j]
+		}
+		for j := range sum.Methods {
+			sum.Methods[j] += v.Methods[j]
+		}
+		for j := range sum.Statuses {
+			sum.Statuses[j] += v.Statuses[j]
+		}
+		for j := range sum.Rcodes {
+			sum.Rcodes[j] += v.Rcodes[j]
+		}
+		sum.Queries += v.Queries
+		sum.Unmatched += v.Unmatched
+	}
+	return sum
+}
+
 // drainL7 reads and deletes every entry of an L7 map, which the programs
-// no longer write (the double buffer flipped), keyed client to server.
-func drainL7(m *ebpf.Map, out map[bpfFlowKey]*L7) error {
+// no longer write (the double buffer flipped), keyed client to server,
+// summed over the CPUs.
+func drainL7(m *ebpf.Map, ncpu int, out map[bpfFlowKey]*L7) error {
 	keys := make([]bpfFlowKey, l7Batch)
-	vals := make([]bpfL7Stats, l7Batch)
+	vals := make([]bpfL7Stats, l7Batch*ncpu)
+	add := func(k bpfFlowKey, percpu []bpfL7Stats) {
+		sum := sumL7Stats(percpu)
+		if l := out[k]; l != nil {
+			l.Add(l7From(&sum))
+		} else {
+			out[k] = l7From(&sum)
+		}
+	}
 	var cursor ebpf.MapBatchCursor
 	for {
 		n, err := m.BatchLookupAndDelete(&cursor, keys, vals, nil)
 		for i := range n {
-			if l := out[keys[i]]; l != nil {
-				l.Add(l7From(&vals[i]))
-			} else {
-				out[keys[i]] = l7From(&vals[i])
-			}
+			add(keys[i], vals[i*ncpu:(i+1)*ncpu])
 		}
 		switch {
 		case errors.Is(err, ebpf.ErrKeyNotExist):
 			return nil
 		case errors.Is(err, ebpf.ErrNotSupported):
-			return drainL7Each(m, out)
+			return drainEachL7(m, add)
 		case err != nil:
 			return fmt.Errorf("drain %s: %w", m, err)
 		}
 	}
 }
 
-func drainL7Each(m *ebpf.Map, out map[bpfFlowKey]*L7) error {
+func drainEachL7(m *ebpf.Map, add func(bpfFlowKey, []bpfL7Stats)) error {
 	var (
 		k    bpfFlowKey
-		v    bpfL7Stats
+		v    []bpfL7Stats
 		keys []bpfFlowKey
 	)
 	it := m.Iterate()
 	for it.Next(&k, &v) {
-		out[k] = l7From(&v)
+		add(k, v)
 		keys = append(keys, k)
 	}
 	if err := it.Err(); err != nil {

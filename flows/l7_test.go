@@ -152,11 +152,11 @@ func checkL7(t testing.TB, objs *bpfObjects, want map[bpfFlowKey]l7Want, before 
 	got := map[bpfFlowKey]bpfL7Stats{}
 	var (
 		k bpfFlowKey
-		v bpfL7Stats
+		v []bpfL7Stats
 	)
 	it := objs.L7A.Iterate()
 	for it.Next(&k, &v) {
-		got[k] = v
+		got[k] = sumL7Stats(v)
 	}
 	if err := it.Err(); err != nil {
 		t.Fatalf("iterate l7_a: %v", err)
@@ -394,11 +394,11 @@ func TestBPFL7(t *testing.T) {
 		}
 		h := testHooks(t, objs)[0]
 		h.run(t, req(get))
-		var v bpfL7Stats
-		if err := objs.L7B.Lookup(&up, &v); err != nil {
+		var percpu []bpfL7Stats
+		if err := objs.L7B.Lookup(&up, &percpu); err != nil {
 			t.Fatalf("l7_b[%s]: %v", keyString(up), err)
 		}
-		if v.Methods[MethodGET] != 1 {
+		if v := sumL7Stats(percpu); v.Methods[MethodGET] != 1 {
 			t.Errorf("l7_b GET requests = %d, want 1", v.Methods[MethodGET])
 		}
 		if n := mapLen(t, objs.L7A); n != 0 {
@@ -411,7 +411,7 @@ func mapLen(t testing.TB, m *ebpf.Map) int {
 	t.Helper()
 	var (
 		k bpfFlowKey
-		v bpfL7Stats
+		v []bpfL7Stats
 		n int
 	)
 	it := m.Iterate()
