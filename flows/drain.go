@@ -124,10 +124,12 @@ func (d *drainer) drainCache(half uint32, out map[bpfFlowKey]*direction) error {
 	return nil
 }
 
-// drainMap reads and deletes every entry of m, in batches where the kernel
-// has them (5.6+), else one by one; the programs do not write m meanwhile,
-// so reading then deleting loses nothing.
-func drainMap[K comparable](m *ebpf.Map, keys []K, vals []bpfFlowStats, ncpu int, add func(K, []bpfFlowStats)) error {
+// drainMap reads and deletes every entry of m, a per-CPU map, handing add
+// each key with its CPUs' values; in batches of len(keys) where the kernel
+// has them (5.6+), else one by one. vals holds len(keys) × ncpu values. The
+// programs do not write m meanwhile, so reading then deleting loses
+// nothing.
+func drainMap[K comparable, V any](m *ebpf.Map, keys []K, vals []V, ncpu int, add func(K, []V)) error {
 	var cursor ebpf.MapBatchCursor
 	for {
 		n, err := m.BatchLookupAndDelete(&cursor, keys, vals, nil)
@@ -145,10 +147,10 @@ func drainMap[K comparable](m *ebpf.Map, keys []K, vals []bpfFlowStats, ncpu int
 	}
 }
 
-func drainEach[K comparable](m *ebpf.Map, add func(K, []bpfFlowStats)) error {
+func drainEach[K comparable, V any](m *ebpf.Map, add func(K, []V)) error {
 	var (
 		key  K
-		vals []bpfFlowStats
+		vals []V
 		keys []K
 	)
 	it := m.Iterate()

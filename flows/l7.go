@@ -1,7 +1,6 @@
 package flows
 
 import (
-	"errors"
 	"fmt"
 	"math"
 	"time"
@@ -303,41 +302,5 @@ func drainL7(m *ebpf.Map, ncpu int, out map[bpfFlowKey]*L7) error {
 			out[k] = l7From(&sum)
 		}
 	}
-	var cursor ebpf.MapBatchCursor
-	for {
-		n, err := m.BatchLookupAndDelete(&cursor, keys, vals, nil)
-		for i := range n {
-			add(keys[i], vals[i*ncpu:(i+1)*ncpu])
-		}
-		switch {
-		case errors.Is(err, ebpf.ErrKeyNotExist):
-			return nil
-		case errors.Is(err, ebpf.ErrNotSupported):
-			return drainEachL7(m, add)
-		case err != nil:
-			return fmt.Errorf("drain %s: %w", m, err)
-		}
-	}
-}
-
-func drainEachL7(m *ebpf.Map, add func(bpfFlowKey, []bpfL7Stats)) error {
-	var (
-		k    bpfFlowKey
-		v    []bpfL7Stats
-		keys []bpfFlowKey
-	)
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		add(k, v)
-		keys = append(keys, k)
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("iterate %s: %w", m, err)
-	}
-	for _, k := range keys {
-		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete from %s: %w", m, err)
-		}
-	}
-	return nil
+	return drainMap(m, keys, vals, ncpu, add)
 }
