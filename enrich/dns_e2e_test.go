@@ -1,11 +1,9 @@
 package enrich_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -40,15 +38,10 @@ func TestDNSNamesEndToEnd(t *testing.T) {
 	}
 	a, d, w := hosts[0], hosts[1], hosts[2]
 	const name = "web.shop.example"
-	server := startDNSMasq(t, d, name, w.Addr)
+	server := d.StartDNSMasq(t, map[string]netip.Addr{name: w.Addr})
 	batches := runDatapath(t, sb.BridgeName())
 
-	res := &net.Resolver{
-		PreferGo: true,
-		Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return a.DialContext(ctx, network, server.String())
-		},
-	}
+	res := a.Resolver(server)
 	got, err := res.LookupNetIP(context.Background(), "ip4", name+".")
 	if err != nil || len(got) != 1 || got[0] != w.Addr {
 		t.Fatalf("look up %s = %v, %v; want [%s]", name, got, err, w.Addr)
@@ -146,53 +139,4 @@ func runDatapath(t *testing.T, bridge string) <-chan flows.Batch {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return batches
-}
-
-// startDNSMasq runs dnsmasq in h until the test ends, answering name with
-// addr and NXDOMAIN for other names in its domain, and returns its address.
-func startDNSMasq(t *testing.T, h *sandbox.Host, name string, addr netip.Addr) netip.AddrPort {
-	t.Helper()
-	var log bytes.Buffer
-	cmd := h.Command(context.Background(), "dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
-		"--conf-file=/dev/null", "--pid-file=", "--user=root", "--bind-interfaces",
-		"--listen-address="+h.Addr.String(), "--port=53", "--local-ttl=60", "--log-facility=-", "--log-queries",
-		"--host-record="+name+","+addr.String(), "--local=/shop.example/")
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start dnsmasq in %s: %v", h.NetNS, err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-		if t.Failed() {
-			t.Logf("dnsmasq's log:\n%s", log.String())
-		}
-	})
-	server := netip.AddrPortFrom(h.Addr, 53)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		// A TCP connection from h's own namespace goes over its lo, which
-		// the datapath does not watch.
-		err := h.Do(func() error {
-			c, err := net.DialTimeout("tcp4", server.String(), 100*time.Millisecond)
-			if err == nil {
-				c.Close()
-			}
-			return err
-		})
-		if err == nil {
-			return server
-		}
-		select {
-		case err := <-exited:
-			t.Fatalf("dnsmasq exited: %v\n%s", err, log.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("dnsmasq not listening on %s after 5s: %v\n%s", server, err, log.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

@@ -1,7 +1,6 @@
 package flows_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -64,7 +63,8 @@ func TestEndToEndL7(t *testing.T) {
 	}
 	client.CloseIdleConnections()
 
-	dnsServer := startDNSMasq(t, d, map[string]string{"api.shop.example": "198.51.100.77", "db.shop.example": "198.51.100.78"})
+	dnsServer := d.StartDNSMasq(t, map[string]netip.Addr{
+		"api.shop.example": netip.MustParseAddr("198.51.100.77"), "db.shop.example": netip.MustParseAddr("198.51.100.78")})
 	lookups := []struct {
 		name string
 		want netip.Addr // zero: NXDOMAIN
@@ -77,7 +77,7 @@ func TestEndToEndL7(t *testing.T) {
 		{"api.shop.example", netip.MustParseAddr("198.51.100.77")},
 		{"missing.shop.example", netip.Addr{}},
 	}
-	res := resolver(a, dnsServer)
+	res := a.Resolver(dnsServer)
 	var found, nx uint64
 	for _, l := range lookups {
 		got, err := res.LookupNetIP(context.Background(), "ip4", l.name+".")
@@ -165,8 +165,8 @@ func TestEndToEndL7(t *testing.T) {
 		}
 		got := map[key]int{}
 		for _, nm := range c.names() {
-			if nm.Source != flows.NameDNS || nm.TTL != dnsTTL*time.Second || nm.Seen.IsZero() {
-				t.Errorf("name %+v: want source dns, ttl %ds, a time seen", nm, dnsTTL)
+			if nm.Source != flows.NameDNS || nm.TTL != sandbox.DNSTTL*time.Second || nm.Seen.IsZero() {
+				t.Errorf("name %+v: want source dns, ttl %ds, a time seen", nm, sandbox.DNSTTL)
 			}
 			got[key{nm.Addr, nm.Name, nm.Client}]++
 		}
@@ -277,72 +277,4 @@ func do(t *testing.T, c *http.Client, method, url string) time.Duration {
 func p50(d []time.Duration) time.Duration {
 	s := slices.Sorted(slices.Values(d))
 	return s[(len(s)-1)/2]
-}
-
-// dnsTTL is the TTL, in seconds, of the dnsmasq's answers.
-const dnsTTL = 60
-
-// startDNSMasq runs dnsmasq in h, answering for the names in hosts (name
-// → IPv4 address) and NXDOMAIN for any other name in their domains, until
-// the test ends. It returns the server's address.
-func startDNSMasq(t *testing.T, h *sandbox.Host, hosts map[string]string) netip.AddrPort {
-	t.Helper()
-	args := []string{
-		"--keep-in-foreground", "--no-resolv", "--no-hosts", "--conf-file=/dev/null", "--pid-file=",
-		"--user=root", "--bind-interfaces", "--listen-address=" + h.Addr.String(), "--port=53",
-		fmt.Sprintf("--local-ttl=%d", dnsTTL), "--log-facility=-", "--log-queries",
-	}
-	domains := map[string]bool{}
-	for name, addr := range hosts {
-		args = append(args, "--host-record="+name+","+addr)
-		if _, dom, ok := strings.Cut(name, "."); ok && !domains[dom] {
-			domains[dom] = true
-			args = append(args, "--local=/"+dom+"/")
-		}
-	}
-	var log bytes.Buffer
-	cmd := h.Command(context.Background(), "dnsmasq", args...)
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start dnsmasq in %s: %v", h.NetNS, err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-		if t.Failed() {
-			t.Logf("dnsmasq's log:\n%s", log.String())
-		}
-	})
-	addr := netip.AddrPortFrom(h.Addr, 53)
-	waitFor(t, 5*time.Second, "dnsmasq listening on "+addr.String(), func() bool {
-		select {
-		case err := <-exited:
-			exited <- err
-			t.Fatalf("dnsmasq exited: %v\n%s", err, log.String())
-		default:
-		}
-		var ok bool
-		h.Do(func() error {
-			c, err := net.DialTimeout("tcp4", addr.String(), 100*time.Millisecond)
-			if err == nil {
-				ok = true
-				c.Close()
-			}
-			return nil
-		})
-		return ok
-	})
-	return addr
-}
-
-// resolver returns a resolver that asks server from h, over UDP.
-func resolver(h *sandbox.Host, server netip.AddrPort) *net.Resolver {
-	return &net.Resolver{
-		PreferGo: true,
-		Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return h.DialContext(ctx, network, server.String())
-		},
-	}
 }
