@@ -49,19 +49,9 @@ const SandboxImage = "docker.io/library/fme-pause:1"
 // runc and the CNI plugins in /usr/lib/cni (Debian: containerd, runc,
 // containernetworking-plugins).
 func StartContainerd(ctx context.Context, opts Options) (*Containerd, error) {
-	if opts.Prefix == "" || len(opts.Prefix) > 11 {
-		return nil, fmt.Errorf("dockertest prefix %q: want 1 to 11 characters", opts.Prefix)
-	}
-	if !opts.Subnet.IsValid() {
-		return nil, errors.New("containerd needs a subnet")
-	}
-	bin, err := exec.LookPath("containerd")
+	bin, dir, err := prepare(opts, "containerd", "containerd", "fmc-")
 	if err != nil {
-		return nil, fmt.Errorf("find containerd: %w (on Debian: apt-get install containerd)", err)
-	}
-	dir, err := os.MkdirTemp("", "fmc-")
-	if err != nil {
-		return nil, fmt.Errorf("make containerd directory: %w", err)
+		return nil, err
 	}
 	c := &Containerd{
 		Socket: filepath.Join(dir, "containerd.sock"),
@@ -266,4 +256,22 @@ func tail(path string) string {
 		b = b[len(b)-2000:]
 	}
 	return strings.TrimSpace(string(b))
+}
+
+// prepare checks opts for a runtime that needs a subnet of its own, finds
+// its program (from Debian package pkg) and makes its directory.
+func prepare(opts Options, program, pkg, dirPrefix string) (bin, dir string, err error) {
+	if opts.Prefix == "" || len(opts.Prefix) > 11 {
+		return "", "", fmt.Errorf("dockertest prefix %q: want 1 to 11 characters", opts.Prefix)
+	}
+	if !opts.Subnet.IsValid() {
+		return "", "", fmt.Errorf("%s needs a subnet", program)
+	}
+	if bin, err = exec.LookPath(program); err != nil {
+		return "", "", fmt.Errorf("find %s: %w (on Debian: apt-get install %s)", program, err, pkg)
+	}
+	if dir, err = os.MkdirTemp("", dirPrefix); err != nil {
+		return "", "", fmt.Errorf("make %s directory: %w", program, err)
+	}
+	return bin, dir, nil
 }

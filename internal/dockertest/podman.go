@@ -46,19 +46,9 @@ type Podman struct {
 // Needs root, podman, runc and the CNI plugins (Debian: podman, runc,
 // containernetworking-plugins).
 func StartPodman(ctx context.Context, opts Options) (*Podman, error) {
-	if opts.Prefix == "" || len(opts.Prefix) > 11 {
-		return nil, fmt.Errorf("dockertest prefix %q: want 1 to 11 characters", opts.Prefix)
-	}
-	if !opts.Subnet.IsValid() {
-		return nil, errors.New("podman needs a subnet")
-	}
-	bin, err := exec.LookPath("podman")
+	bin, dir, err := prepare(opts, "podman", "podman", "fmp-")
 	if err != nil {
-		return nil, fmt.Errorf("find podman: %w (on Debian: apt-get install podman)", err)
-	}
-	dir, err := os.MkdirTemp("", "fmp-")
-	if err != nil {
-		return nil, fmt.Errorf("make podman directory: %w", err)
+		return nil, err
 	}
 	p := &Podman{
 		Socket:  filepath.Join(dir, "podman.sock"),
