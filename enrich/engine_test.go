@@ -142,9 +142,17 @@ func TestEngineBadInput(t *testing.T) {
 			var logs syncBuffer
 			logger := slog.New(slog.NewTextHandler(io.MultiWriter(&logs, tWriter{t}), nil))
 			inv := startInventory(t, enrich.Config{DockerSocket: tt.engine(t), Logger: logger})
+			// The error may be counted before the source publishes what it
+			// did read, and the inventory rebuilds its caches after that:
+			// wait for both.
 			var n float64
-			for start := time.Now(); time.Since(start) < 3*time.Second && n == 0; time.Sleep(20 * time.Millisecond) {
+			var f enrich.Flow
+			for start := time.Now(); time.Since(start) < 3*time.Second; time.Sleep(20 * time.Millisecond) {
 				n = errorCount(t, inv, "docker", tt.reason)
+				f = inv.Enrich(flows.Record{Src: good, Dst: other, Proto: flows.ProtoTCP, DstPort: 80})
+				if n > 0 && (!tt.named || f.SrcEndpoint.Name == "good") {
+					break
+				}
 			}
 			if n == 0 {
 				t.Fatalf("docker errors{reason=%q} = 0 after 3s, want at least 1 (status %+v)", tt.reason, inv.Status())
@@ -153,7 +161,6 @@ func TestEngineBadInput(t *testing.T) {
 				t.Errorf("logs = %q, want a warning from the docker source", got)
 			}
 			// The flow is reported with what is known.
-			f := inv.Enrich(flows.Record{Src: good, Dst: other, Proto: flows.ProtoTCP, DstPort: 80})
 			if tt.named {
 				if f.SrcEndpoint.Name != "good" || f.SrcEndpoint.Labels["role"] != "good" {
 					t.Errorf("source = %s %q labels %v, want container good", f.SrcEndpoint.Kind, f.SrcEndpoint.Name, f.SrcEndpoint.Labels)
