@@ -19,6 +19,7 @@
 #include <linux/ipv6.h>
 #include <linux/pkt_cls.h>
 #include <linux/tcp.h>
+#include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
@@ -879,7 +880,10 @@ static __always_inline __u64 pending_response(struct l7_pending_key *k, __u64 no
 	struct l7_pending *q = bpf_map_lookup_elem(&l7_pending, k);
 	if (!q || q->head == q->tail)
 		return 0;
-	__u64 lat = now - q->ts[q->head & (L7_PIPELINE - 1)];
+	__u64 ts = q->ts[q->head & (L7_PIPELINE - 1)];
+	// A request's send time may lie ahead of the response's clock read
+	// (a paced TCP sender's departure time): no negative latency.
+	__u64 lat = now > ts ? now - ts : 0;
 	q->head++;
 	// A DNS id answers once: the entry goes (an HTTP connection's stays
 	// for its next request, until LRU pushes it out).
@@ -932,7 +936,7 @@ static __always_inline void send_name(void *ctx, int xdp, struct flow_key *k, __
 // l7 classifies the payload of p, a TCP segment with payload or a UDP
 // datagram to or from the DNS port, and counts the message in it.
 static __always_inline void l7(void *ctx, int xdp, struct packet *p, void *data, void *data_end,
-			       __u64 len)
+			       __u64 len, __u64 sent)
 {
 	__u32 off = p->hdr_len;
 	// The IP header's length, not the frame's: a short frame's padding
@@ -983,12 +987,14 @@ static __always_inline void l7(void *ctx, int xdp, struct packet *p, void *data,
 	if (m.name)
 		send_name(ctx, xdp, &pk.flow, m.name, off + m.name_off, plen - m.name_off);
 
+	// The message's time: when its sender's TCP stack sent it, where the
+	// skb carries that (see send_time), else now.
 	__u64 lat = 0;
 	if (m.kind == MSG_REQUEST)
-		pending_request(&pk, bpf_ktime_get_ns());
+		pending_request(&pk, sent ? sent : bpf_ktime_get_ns());
 	else if (m.kind == MSG_RESPONSE && !(m.proto == L7_HTTP && m.status == 1))
 		// 1xx is not the response: the final one follows.
-		lat = pending_response(&pk, bpf_ktime_get_ns(), m.proto == L7_DNS);
+		lat = pending_response(&pk, sent ? sent : bpf_ktime_get_ns(), m.proto == L7_DNS);
 
 	struct l7_stats *s;
 	if (active_buf) {
@@ -1026,9 +1032,11 @@ static __always_inline void l7(void *ctx, int xdp, struct packet *p, void *data,
 }
 
 // count_frame counts one frame (or GSO aggregate) of the program with
-// context ctx; xdp is a constant: 1 in the XDP program, 0 in TC's.
+// context ctx; xdp is a constant: 1 in the XDP program, 0 in TC's. sent is
+// when a local TCP stack sent it (see send_time), 0 if unknown.
 static __always_inline void count_frame(void *ctx, int xdp, void *data, void *data_end, __u64 len,
-					__u32 segs, __u16 vlan_meta, __u32 ifindex, __u8 point)
+					__u32 segs, __u16 vlan_meta, __u32 ifindex, __u8 point,
+					__u64 sent)
 {
 	struct packet p = {};
 	if (parse(data, data_end, &p))
@@ -1083,14 +1091,37 @@ static __always_inline void count_frame(void *ctx, int xdp, void *data, void *da
 		return;
 	if (p.key.proto == IPPROTO_TCP ||
 	    (p.key.proto == IPPROTO_UDP && (p.key.sport == dns_port || p.key.dport == dns_port)))
-		l7(ctx, xdp, &p, data, data_end, len);
+		l7(ctx, xdp, &p, data, data_end, len, sent);
+}
+
+// SKB_CLOCK_MONOTONIC is BPF_SKB_TSTAMP_DELIVERY_MONO, named
+// BPF_SKB_CLOCK_MONOTONIC since Linux 6.11.
+#define SKB_CLOCK_MONOTONIC 1
+
+// send_time returns when the TCP stack that sent skb sent it, on
+// CLOCK_MONOTONIC as bpf_ktime_get_ns; 0 if skb does not carry that. TCP
+// stamps every skb with its departure time, and since Linux 5.18 the stamp
+// stays on the skb across network namespaces, marked as a monotonic
+// delivery time: a container's message reaches its host-side veth with the
+// time its socket sent it. Read for free, it spares the L7 path a clock
+// read (20 to 40 ns here). Skbs from a NIC carry a receive time or none,
+// UDP none: the L7 path reads the clock for those.
+static __always_inline __u64 send_time(struct __sk_buff *skb)
+{
+	// Kernels before 5.18 have no tstamp_type, and at TC ingress read the
+	// delivery time as 0: load the program all the same.
+	if (!bpf_core_field_exists(skb->tstamp_type))
+		return 0;
+	if (skb->tstamp_type != SKB_CLOCK_MONOTONIC)
+		return 0;
+	return skb->tstamp;
 }
 
 static __always_inline void count_skb(struct __sk_buff *skb, __u8 point)
 {
 	__u16 vlan = skb->vlan_present ? (skb->vlan_tci & 0x0fff) : 0;
 	count_frame(skb, 0, (void *)(long)skb->data, (void *)(long)skb->data_end, skb->len,
-		    skb->gso_segs, vlan, skb->ifindex, point);
+		    skb->gso_segs, vlan, skb->ifindex, point, send_time(skb));
 }
 
 // is_watched reports whether flowmap counts the ingress of ifindex.
@@ -1126,7 +1157,7 @@ int xdp_ingress(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	count_frame(ctx, 1, data, data_end, data_end - data, 1, 0, ctx->ingress_ifindex, POINT_XDP);
+	count_frame(ctx, 1, data, data_end, data_end - data, 1, 0, ctx->ingress_ifindex, POINT_XDP, 0);
 	return XDP_PASS;
 }
 

@@ -64,7 +64,12 @@
 // to 4 waiting; DNS by id) for a latency histogram ([L7], [Record.L7]).
 // A message is known by its segment's first bytes: requests pipelined into
 // one segment count once, and a response whose request came before the
-// programs were attached has no latency ([L7.Unmatched]).
+// programs were attached has no latency ([L7.Unmatched]). A message's time
+// is when its sender's TCP stack sent it where the packet carries that (a
+// local socket's departure time, which crosses network namespaces: a
+// container's messages at its host-side veth, kernel 5.18 and newer), else
+// when the program saw it (XDP, packets from a NIC, UDP): both on the
+// monotonic clock, so a request and its response may be timed either way.
 //
 // What leaves the kernel is those counts, per flow and interval: no URL,
 // header, body or query name. The one exception is names, which map

@@ -96,6 +96,8 @@ func printL7Runs(w io.Writer, cs []l7Cost) {
 	tw.Flush()
 	fmt.Fprintf(w, "Target: the L7 path adds at most %.0f ns to a packet that carries a payload. A run once includes\n", maxL7Ns)
 	fmt.Fprintln(w, "the test run's clock reads: only the difference to the ack, on the same flow, is the L7 path's.")
+	fmt.Fprintln(w, "A test run's skb carries no send time (its context cannot set tstamp_type), so the L7 path reads")
+	fmt.Fprintln(w, "the clock here, as on XDP and on packets from a NIC; a container's TCP messages bring their own.")
 	fmt.Fprintln(w, "The http load's ns/run above is over all its packets, ACKs too, with run-time statistics on.")
 }
 
