@@ -235,9 +235,16 @@ struct l7_stats {
 };
 
 // l7_pending_key is a request waiting for its response: its flow's client
-// to server key and, for DNS, its id.
+// to server key and, for DNS, its id. IPv4 flows have keys of their own, as
+// in the flow maps, for the hash's sake.
 struct l7_pending_key {
 	struct flow_key flow;
+	__u16 id;
+	__u16 pad;
+};
+
+struct l7_pending_key4 {
+	struct flow_key4 flow;
 	__u16 id;
 	__u16 pad;
 };
@@ -273,33 +280,39 @@ const enum l7_method *unused_l7_method __attribute__((unused));
 const enum name_kind *unused_name_kind __attribute__((unused));
 const struct name_event *unused_name_event __attribute__((unused));
 
-#define MAX_L7_FLOWS 16384 // Go sets max_entries from --max-l7-flows
+#define MAX_L7_FLOWS 16384 // Go sets max_entries from --max-flows
 
-// l7_a, l7_b: flow_key (client to server) -> per-CPU l7_stats,
-// double-buffered by active_buf as the flow maps are. Not LRU: a full map
-// refuses new flows and counts their messages (COUNTER_L7_MAP_FULL). Not
-// preallocated: an entry is ncpu × 528 bytes, and most flows carry no
-// message.
-#define L7_MAP(name)                                                                               \
+// l7s4_a, l7s4_b (IPv4), l7s6_a, l7s6_b: the client-to-server flow key ->
+// per-CPU l7_stats, double-buffered by active_buf as the flow maps are.
+// Not LRU: a full map refuses new flows and counts their messages
+// (COUNTER_L7_MAP_FULL). Not preallocated: an entry is ncpu × 528 bytes,
+// and most flows carry no message.
+#define L7_MAP(name, key_type)                                                                     \
 	struct {                                                                                   \
 		__uint(type, BPF_MAP_TYPE_PERCPU_HASH);                                            \
 		__uint(map_flags, BPF_F_NO_PREALLOC);                                              \
 		__uint(max_entries, MAX_L7_FLOWS);                                                 \
-		__type(key, struct flow_key);                                                      \
+		__type(key, key_type);                                                             \
 		__type(value, struct l7_stats);                                                    \
 	} name SEC(".maps")
 
-L7_MAP(l7_a);
-L7_MAP(l7_b);
+L7_MAP(l7s4_a, struct flow_key4);
+L7_MAP(l7s4_b, struct flow_key4);
+L7_MAP(l7s6_a, struct flow_key);
+L7_MAP(l7s6_b, struct flow_key);
 
-// l7_pending: l7_pending_key -> l7_pending, from a request until its
-// response. LRU: requests never answered age out.
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct l7_pending_key);
-	__type(value, struct l7_pending);
-} l7_pending SEC(".maps");
+// l7_pending4, l7_pending6: l7_pending_key(4) -> l7_pending, from a
+// request until its response. LRU: requests never answered age out.
+#define PENDING_MAP(name, key_type)                                                                \
+	struct {                                                                                   \
+		__uint(type, BPF_MAP_TYPE_LRU_HASH);                                               \
+		__uint(max_entries, 16384);                                                        \
+		__type(key, key_type);                                                             \
+		__type(value, struct l7_pending);                                                  \
+	} name SEC(".maps")
+
+PENDING_MAP(l7_pending4, struct l7_pending_key4);
+PENDING_MAP(l7_pending6, struct l7_pending_key);
 
 // l7_names: name_event records for user space. Bounded: what does not fit
 // is counted (COUNTER_NAMES_LOST).
@@ -606,6 +619,20 @@ static __always_inline void key6(struct packet *p, struct flow_key *k)
 	}
 }
 
+// key6_of4 fills k with the IPv4 flow k4, mapped into IPv6.
+static __always_inline void key6_of4(const struct flow_key4 *k4, struct flow_key *k)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->saddr[10] = k->saddr[11] = 0xff;
+	k->daddr[10] = k->daddr[11] = 0xff;
+	__builtin_memcpy(&k->saddr[12], &k4->saddr, 4);
+	__builtin_memcpy(&k->daddr[12], &k4->daddr, 4);
+	k->sport = k4->sport;
+	k->dport = k4->dport;
+	k->proto = k4->proto;
+	k->vlan = k4->vlan;
+}
+
 // handshake returns the SYN to SYN-ACK time when p is a SYN-ACK whose SYN
 // was seen, and remembers the time of a SYN.
 static __always_inline __u64 handshake(struct packet *p)
@@ -856,13 +883,14 @@ static __always_inline __u32 latency_bucket(__u64 ns)
 	return i < L7_BUCKETS ? i : L7_BUCKETS - 1;
 }
 
-// pending_request notes the time of a request of flow k.
-static __always_inline void pending_request(struct l7_pending_key *k, __u64 now)
+// pending_request notes the time of a request of flow k in the map
+// pending (a constant at each call site, as in account).
+static __always_inline void pending_request(void *pending, void *k, __u64 now)
 {
-	struct l7_pending *q = bpf_map_lookup_elem(&l7_pending, k);
+	struct l7_pending *q = bpf_map_lookup_elem(pending, k);
 	if (!q) {
 		struct l7_pending n = {.ts = {now}, .tail = 1};
-		bpf_map_update_elem(&l7_pending, k, &n, BPF_ANY);
+		bpf_map_update_elem(pending, k, &n, BPF_ANY);
 		return;
 	}
 	// Deeper pipelines than L7_PIPELINE lose their latest requests'
@@ -874,10 +902,10 @@ static __always_inline void pending_request(struct l7_pending_key *k, __u64 now)
 }
 
 // pending_response returns the time since the oldest request of flow k
-// that waits, and takes it off; 0 if none waits.
-static __always_inline __u64 pending_response(struct l7_pending_key *k, __u64 now, int dns)
+// that waits in the map pending, and takes it off; 0 if none waits.
+static __always_inline __u64 pending_response(void *pending, void *k, __u64 now, int dns)
 {
-	struct l7_pending *q = bpf_map_lookup_elem(&l7_pending, k);
+	struct l7_pending *q = bpf_map_lookup_elem(pending, k);
 	if (!q || q->head == q->tail)
 		return 0;
 	__u64 ts = q->ts[q->head & (L7_PIPELINE - 1)];
@@ -888,13 +916,27 @@ static __always_inline __u64 pending_response(struct l7_pending_key *k, __u64 no
 	// A DNS id answers once: the entry goes (an HTTP connection's stays
 	// for its next request, until LRU pushes it out).
 	if (dns)
-		bpf_map_delete_elem(&l7_pending, k);
+		bpf_map_delete_elem(pending, k);
 	return lat ? lat : 1;
+}
+
+// pending_msg notes a request's time in the map pending, or takes a
+// response's request off it and returns the latency (0 if unknown). The
+// message's time is when its sender's TCP stack sent it, where the skb
+// carries that (see send_time), else now.
+static __always_inline __u64 pending_msg(void *pending, void *k, struct l7_msg *m, __u64 sent)
+{
+	if (m->kind == MSG_REQUEST)
+		pending_request(pending, k, sent ? sent : bpf_ktime_get_ns());
+	else if (m->kind == MSG_RESPONSE && !(m->proto == L7_HTTP && m->status == 1))
+		// 1xx is not the response: the final one follows.
+		return pending_response(pending, k, sent ? sent : bpf_ktime_get_ns(), m->proto == L7_DNS);
+	return 0;
 }
 
 // l7_entry returns flow k's L7 stats in the map l7s, inserted if new; NULL
 // if the map is full. As with account, each call site names its map.
-static __always_inline struct l7_stats *l7_entry(void *l7s, struct flow_key *k)
+static __always_inline struct l7_stats *l7_entry(void *l7s, void *k)
 {
 	struct l7_stats *s = bpf_map_lookup_elem(l7s, k);
 	if (s)
@@ -971,38 +1013,60 @@ static __always_inline void l7(void *ctx, int xdp, struct packet *p, void *data,
 	if (!m.proto)
 		return;
 
-	struct l7_pending_key pk = {};
-	key6(p, &pk.flow);
-	if (m.reverse) {
-		struct flow_key *k = &pk.flow;
-		__u8 a[16];
-		__builtin_memcpy(a, k->saddr, 16);
-		__builtin_memcpy(k->saddr, k->daddr, 16);
-		__builtin_memcpy(k->daddr, a, 16);
-		__u16 port = k->sport;
-		k->sport = k->dport;
-		k->dport = port;
-	}
-	pk.id = m.id;
-	if (m.name)
-		send_name(ctx, xdp, &pk.flow, m.name, off + m.name_off, plen - m.name_off);
-
-	// The message's time: when its sender's TCP stack sent it, where the
-	// skb carries that (see send_time), else now.
-	__u64 lat = 0;
-	if (m.kind == MSG_REQUEST)
-		pending_request(&pk, sent ? sent : bpf_ktime_get_ns());
-	else if (m.kind == MSG_RESPONSE && !(m.proto == L7_HTTP && m.status == 1))
-		// 1xx is not the response: the final one follows.
-		lat = pending_response(&pk, sent ? sent : bpf_ktime_get_ns(), m.proto == L7_DNS);
-
+	// The flow client to server: the packet's, turned round for a message
+	// from the server. Each map at a call site of its own, as in
+	// count_frame.
+	__u64 lat;
 	struct l7_stats *s;
-	if (active_buf) {
-		asm volatile("/* l7_b */");
-		s = l7_entry(&l7_b, &pk.flow);
+	if (p->v4) {
+		struct l7_pending_key4 pk = {
+			.flow = {
+				.saddr = m.reverse ? p->daddr4 : p->saddr4,
+				.daddr = m.reverse ? p->saddr4 : p->daddr4,
+				.sport = m.reverse ? p->key.dport : p->key.sport,
+				.dport = m.reverse ? p->key.sport : p->key.dport,
+				.proto = p->key.proto,
+				.vlan = p->key.vlan,
+			},
+			.id = m.id,
+		};
+		if (m.name) {
+			struct flow_key k6;
+			key6_of4(&pk.flow, &k6);
+			send_name(ctx, xdp, &k6, m.name, off + m.name_off, plen - m.name_off);
+		}
+		asm volatile("/* l7_pending4 */");
+		lat = pending_msg(&l7_pending4, &pk, &m, sent);
+		if (active_buf) {
+			asm volatile("/* l7s4_b */");
+			s = l7_entry(&l7s4_b, &pk.flow);
+		} else {
+			asm volatile("/* l7s4_a */");
+			s = l7_entry(&l7s4_a, &pk.flow);
+		}
 	} else {
-		asm volatile("/* l7_a */");
-		s = l7_entry(&l7_a, &pk.flow);
+		struct l7_pending_key pk = {.flow = p->key, .id = m.id};
+		if (m.reverse) {
+			struct flow_key *k = &pk.flow;
+			__u8 a[16];
+			__builtin_memcpy(a, k->saddr, 16);
+			__builtin_memcpy(k->saddr, k->daddr, 16);
+			__builtin_memcpy(k->daddr, a, 16);
+			__u16 port = k->sport;
+			k->sport = k->dport;
+			k->dport = port;
+		}
+		if (m.name)
+			send_name(ctx, xdp, &pk.flow, m.name, off + m.name_off, plen - m.name_off);
+		asm volatile("/* l7_pending6 */");
+		lat = pending_msg(&l7_pending6, &pk, &m, sent);
+		if (active_buf) {
+			asm volatile("/* l7s6_b */");
+			s = l7_entry(&l7s6_b, &pk.flow);
+		} else {
+			asm volatile("/* l7s6_a */");
+			s = l7_entry(&l7s6_a, &pk.flow);
+		}
 	}
 	if (!s) {
 		if (m.kind != MSG_NONE)

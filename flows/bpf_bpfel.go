@@ -100,6 +100,13 @@ type bpfL7PendingKey struct {
 	Pad  uint16
 }
 
+type bpfL7PendingKey4 struct {
+	_    structs.HostLayout
+	Flow bpfFlowKey4
+	Id   uint16
+	Pad  uint16
+}
+
 type bpfL7Proto uint32
 
 const (
@@ -163,10 +170,13 @@ const (
 	bpfMapFlows6A         = "flows6_a"
 	bpfMapFlows6B         = "flows6_b"
 	bpfMapHandshakes      = "handshakes"
-	bpfMapL7A             = "l7_a"
-	bpfMapL7B             = "l7_b"
 	bpfMapL7Names         = "l7_names"
-	bpfMapL7Pending       = "l7_pending"
+	bpfMapL7Pending4      = "l7_pending4"
+	bpfMapL7Pending6      = "l7_pending6"
+	bpfMapL7s4A           = "l7s4_a"
+	bpfMapL7s4B           = "l7s4_b"
+	bpfMapL7s6A           = "l7s6_a"
+	bpfMapL7s6B           = "l7s6_b"
 	bpfMapWatched         = "watched"
 	bpfMapWatchedHi       = "watched_hi"
 	bpfProgClockProbe     = "clock_probe"
@@ -246,10 +256,13 @@ type bpfMapSpecs struct {
 	Flows6A    *ebpf.MapSpec `ebpf:"flows6_a"`
 	Flows6B    *ebpf.MapSpec `ebpf:"flows6_b"`
 	Handshakes *ebpf.MapSpec `ebpf:"handshakes"`
-	L7A        *ebpf.MapSpec `ebpf:"l7_a"`
-	L7B        *ebpf.MapSpec `ebpf:"l7_b"`
 	L7Names    *ebpf.MapSpec `ebpf:"l7_names"`
-	L7Pending  *ebpf.MapSpec `ebpf:"l7_pending"`
+	L7Pending4 *ebpf.MapSpec `ebpf:"l7_pending4"`
+	L7Pending6 *ebpf.MapSpec `ebpf:"l7_pending6"`
+	L7s4A      *ebpf.MapSpec `ebpf:"l7s4_a"`
+	L7s4B      *ebpf.MapSpec `ebpf:"l7s4_b"`
+	L7s6A      *ebpf.MapSpec `ebpf:"l7s6_a"`
+	L7s6B      *ebpf.MapSpec `ebpf:"l7s6_b"`
 	Watched    *ebpf.MapSpec `ebpf:"watched"`
 	WatchedHi  *ebpf.MapSpec `ebpf:"watched_hi"`
 }
@@ -297,10 +310,13 @@ type bpfMaps struct {
 	Flows6A    *ebpf.Map `ebpf:"flows6_a"`
 	Flows6B    *ebpf.Map `ebpf:"flows6_b"`
 	Handshakes *ebpf.Map `ebpf:"handshakes"`
-	L7A        *ebpf.Map `ebpf:"l7_a"`
-	L7B        *ebpf.Map `ebpf:"l7_b"`
 	L7Names    *ebpf.Map `ebpf:"l7_names"`
-	L7Pending  *ebpf.Map `ebpf:"l7_pending"`
+	L7Pending4 *ebpf.Map `ebpf:"l7_pending4"`
+	L7Pending6 *ebpf.Map `ebpf:"l7_pending6"`
+	L7s4A      *ebpf.Map `ebpf:"l7s4_a"`
+	L7s4B      *ebpf.Map `ebpf:"l7s4_b"`
+	L7s6A      *ebpf.Map `ebpf:"l7s6_a"`
+	L7s6B      *ebpf.Map `ebpf:"l7s6_b"`
 	Watched    *ebpf.Map `ebpf:"watched"`
 	WatchedHi  *ebpf.Map `ebpf:"watched_hi"`
 }
@@ -314,10 +330,13 @@ func (m *bpfMaps) Close() error {
 		m.Flows6A,
 		m.Flows6B,
 		m.Handshakes,
-		m.L7A,
-		m.L7B,
 		m.L7Names,
-		m.L7Pending,
+		m.L7Pending4,
+		m.L7Pending6,
+		m.L7s4A,
+		m.L7s4B,
+		m.L7s6A,
+		m.L7s6B,
 		m.Watched,
 		m.WatchedHi,
 	)

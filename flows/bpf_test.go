@@ -85,7 +85,8 @@ func loadTestObjects(t testing.TB, maxFlows uint32) *bpfObjects {
 		t.Fatalf("load embedded BPF: %v", err)
 	}
 	if maxFlows > 0 {
-		for _, m := range []string{bpfMapFlows4A, bpfMapFlows4B, bpfMapFlows6A, bpfMapFlows6B} {
+		for _, m := range []string{bpfMapFlows4A, bpfMapFlows4B, bpfMapFlows6A, bpfMapFlows6B,
+			bpfMapL7s4A, bpfMapL7s4B, bpfMapL7s6A, bpfMapL7s6B} {
 			spec.Maps[m].MaxEntries = maxFlows
 		}
 	}

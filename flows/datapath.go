@@ -127,7 +127,11 @@ func New(cfg Config) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load embedded BPF: %w", err)
 	}
-	for _, m := range []string{bpfMapFlows4A, bpfMapFlows4B, bpfMapFlows6A, bpfMapFlows6B} {
+	// The L7 maps hold client-to-server flows that carried a message: at
+	// most as many as the flow maps. Not preallocated, they cost what
+	// they hold.
+	for _, m := range []string{bpfMapFlows4A, bpfMapFlows4B, bpfMapFlows6A, bpfMapFlows6B,
+		bpfMapL7s4A, bpfMapL7s4B, bpfMapL7s6A, bpfMapL7s6B} {
 		spec.Maps[m].MaxEntries = uint32(cfg.MaxFlows)
 	}
 	if cfg.DNSPort == 0 {

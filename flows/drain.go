@@ -30,7 +30,8 @@ type direction struct {
 	rtt   uint64
 }
 
-// half is one half of the double buffer: the IPv4 and IPv6 flow maps.
+// half is one half of the double buffer: the IPv4 and IPv6 flow maps, or
+// L7 maps.
 type half struct{ v4, v6 *ebpf.Map }
 
 // drainer empties the inactive half of the double-buffered flow maps.
@@ -48,7 +49,7 @@ type drainer struct {
 
 	// L7: the halves of the L7 maps, and what the last drain read of
 	// them by client-to-server key (see l7.go), until records takes it.
-	l7s [2]*ebpf.Map
+	l7s [2]half
 	// cache is the per-CPU slots of the last IPv4 flow each CPU counted,
 	// one per half.
 	cache *ebpf.Map
@@ -72,7 +73,7 @@ func newDrainer(objs *bpfObjects, maxFlows int) (*drainer, error) {
 		keys6:   make([]bpfFlowKey, drainBatch),
 		vals:    make([]bpfFlowStats, drainBatch*ncpu),
 		clients: clients,
-		l7s:     [2]*ebpf.Map{objs.L7A, objs.L7B},
+		l7s:     [2]half{{objs.L7s4A, objs.L7s6A}, {objs.L7s4B, objs.L7s6B}},
 		cache:   objs.FlowCache,
 		l7:      map[bpfFlowKey]*L7{},
 	}

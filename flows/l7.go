@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"math"
 	"time"
-
-	"github.com/cilium/ebpf"
 )
 
 // L7 is what the programs saw of a flow's application messages in one
@@ -288,12 +286,10 @@ func sumL7Stats(percpu []bpfL7Stats) bpfL7Stats {
 	return sum
 }
 
-// drainL7 reads and deletes every entry of an L7 map, which the programs
-// no longer write (the double buffer flipped), keyed client to server,
-// summed over the CPUs.
-func drainL7(m *ebpf.Map, ncpu int, out map[bpfFlowKey]*L7) error {
-	keys := make([]bpfFlowKey, l7Batch)
-	vals := make([]bpfL7Stats, l7Batch*ncpu)
+// drainL7 reads and deletes every entry of the L7 maps of h, which the
+// programs no longer write (the double buffer flipped), keyed client to
+// server (IPv4 keys IPv4-mapped), summed over the CPUs.
+func drainL7(h half, ncpu int, out map[bpfFlowKey]*L7) error {
 	add := func(k bpfFlowKey, percpu []bpfL7Stats) {
 		sum := sumL7Stats(percpu)
 		if l := out[k]; l != nil {
@@ -302,5 +298,10 @@ func drainL7(m *ebpf.Map, ncpu int, out map[bpfFlowKey]*L7) error {
 			out[k] = l7From(&sum)
 		}
 	}
-	return drainMap(m, keys, vals, ncpu, add)
+	vals := make([]bpfL7Stats, l7Batch*ncpu)
+	err := drainMap(h.v4, make([]bpfFlowKey4, l7Batch), vals, ncpu, func(k bpfFlowKey4, v []bpfL7Stats) { add(k.mapped(), v) })
+	if err != nil {
+		return err
+	}
+	return drainMap(h.v6, make([]bpfFlowKey, l7Batch), vals, ncpu, add)
 }

@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
@@ -31,10 +31,19 @@ const (
 func resetL7(t testing.TB, objs *bpfObjects, rd *ringbuf.Reader) {
 	t.Helper()
 	resetObjects(t, objs)
-	clearMap[bpfFlowKey](t, objs.L7A)
-	clearMap[bpfFlowKey](t, objs.L7B)
-	clearMap[bpfL7PendingKey](t, objs.L7Pending)
+	clearL7(t, objs)
 	readEvents(t, rd)
+}
+
+// clearL7 empties the L7 maps.
+func clearL7(t testing.TB, objs *bpfObjects) {
+	t.Helper()
+	clearMap[bpfFlowKey4](t, objs.L7s4A)
+	clearMap[bpfFlowKey4](t, objs.L7s4B)
+	clearMap[bpfFlowKey](t, objs.L7s6A)
+	clearMap[bpfFlowKey](t, objs.L7s6B)
+	clearMap[bpfL7PendingKey4](t, objs.L7Pending4)
+	clearMap[bpfL7PendingKey](t, objs.L7Pending6)
 }
 
 // readEvents returns the ring buffer's waiting events.
@@ -146,25 +155,46 @@ func (w l7Want) stats() bpfL7Stats {
 	return s
 }
 
-// checkL7 compares the L7 map l7_a with want, by client-to-server key.
-func checkL7(t testing.TB, objs *bpfObjects, want map[bpfFlowKey]l7Want, before time.Duration) {
+// readL7 returns the L7 maps of half a (b false) or b by client-to-server
+// key, IPv4 keys IPv4-mapped, summed over the CPUs.
+func readL7(t testing.TB, objs *bpfObjects, b bool) map[bpfFlowKey]bpfL7Stats {
 	t.Helper()
+	m4, m6 := objs.L7s4A, objs.L7s6A
+	if b {
+		m4, m6 = objs.L7s4B, objs.L7s6B
+	}
 	got := map[bpfFlowKey]bpfL7Stats{}
 	var (
-		k bpfFlowKey
-		v []bpfL7Stats
+		k4 bpfFlowKey4
+		k  bpfFlowKey
+		v  []bpfL7Stats
 	)
-	it := objs.L7A.Iterate()
+	it := m4.Iterate()
+	for it.Next(&k4, &v) {
+		got[k4.mapped()] = sumL7Stats(v)
+	}
+	if err := it.Err(); err != nil {
+		t.Fatalf("iterate %v: %v", m4, err)
+	}
+	it = m6.Iterate()
 	for it.Next(&k, &v) {
 		got[k] = sumL7Stats(v)
 	}
 	if err := it.Err(); err != nil {
-		t.Fatalf("iterate l7_a: %v", err)
+		t.Fatalf("iterate %v: %v", m6, err)
 	}
+	return got
+}
+
+// checkL7 compares the L7 maps of half a with want, by client-to-server
+// key.
+func checkL7(t testing.TB, objs *bpfObjects, want map[bpfFlowKey]l7Want, before time.Duration) {
+	t.Helper()
+	got := readL7(t, objs, false)
 	for k, w := range want {
 		g, ok := got[k]
 		if !ok {
-			t.Errorf("l7_a: no entry for %s", keyString(k))
+			t.Errorf("L7 half a: no entry for %s", keyString(k))
 			continue
 		}
 		delete(got, k)
@@ -186,7 +216,7 @@ func checkL7(t testing.TB, objs *bpfObjects, want map[bpfFlowKey]l7Want, before 
 		}
 	}
 	for k, g := range got {
-		t.Errorf("l7_a: unexpected entry %s: %+v", keyString(k), g)
+		t.Errorf("L7 half a: unexpected entry %s: %+v", keyString(k), g)
 	}
 }
 
@@ -394,34 +424,56 @@ func TestBPFL7(t *testing.T) {
 		}
 		h := testHooks(t, objs)[0]
 		h.run(t, req(get))
-		var percpu []bpfL7Stats
-		if err := objs.L7B.Lookup(&up, &percpu); err != nil {
-			t.Fatalf("l7_b[%s]: %v", keyString(up), err)
+		if v, ok := readL7(t, objs, true)[up]; !ok || v.Methods[MethodGET] != 1 {
+			t.Errorf("half b: %s GET requests = %d (entry %v), want 1", keyString(up), v.Methods[MethodGET], ok)
 		}
-		if v := sumL7Stats(percpu); v.Methods[MethodGET] != 1 {
-			t.Errorf("l7_b GET requests = %d, want 1", v.Methods[MethodGET])
-		}
-		if n := mapLen(t, objs.L7A); n != 0 {
-			t.Errorf("l7_a has %d entries, want 0", n)
+		if got := readL7(t, objs, false); len(got) != 0 {
+			t.Errorf("half a has %d entries, want 0", len(got))
 		}
 	})
 }
 
-func mapLen(t testing.TB, m *ebpf.Map) int {
-	t.Helper()
-	var (
-		k bpfFlowKey
-		v []bpfL7Stats
-		n int
-	)
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		n++
+// TestBPFL7MapFull checks that a full L7 map refuses a new flow's
+// messages and counts them, while the flows it holds go on counting, on
+// IPv4 and IPv6.
+func TestBPFL7MapFull(t *testing.T) {
+	testenv.MustBeRoot(t)
+	testenv.MustHaveBTF(t)
+	const maxFlows = 2
+	objs := loadTestObjects(t, maxFlows)
+	const get = "GET / HTTP/1.1\r\nHost: shop\r\n\r\n"
+	for _, v6 := range []bool{false, true} {
+		cli, srv := l7Cli, l7Srv
+		if v6 {
+			cli, srv = l7Cli6, l7Srv6
+		}
+		t.Run(fmt.Sprintf("v6=%v", v6), func(t *testing.T) {
+			resetObjects(t, objs)
+			clearL7(t, objs)
+			h := testHooks(t, objs)[0]
+			// maxFlows connections fill the map; one more is refused,
+			// twice; the first connection's next request still counts.
+			for port := range uint16(maxFlows + 1) {
+				h.run(t, tcpPayload(t, v6, cli, srv, 42000+port, 80, []byte(get)))
+			}
+			h.run(t, tcpPayload(t, v6, cli, srv, 42000+maxFlows, 80, []byte(get)))
+			h.run(t, tcpPayload(t, v6, cli, srv, 42000, 80, []byte(get)))
+			got := readL7(t, objs, false)
+			if len(got) != maxFlows {
+				t.Errorf("L7 map holds %d flows, want %d", len(got), maxFlows)
+			}
+			first := flowKey(cli, srv, 42000, 80, layers.IPProtocolTCP, 0)
+			if n := got[first].Methods[MethodGET]; n != 2 {
+				t.Errorf("%s: GET requests = %d, want 2", keyString(first), n)
+			}
+			if _, ok := got[flowKey(cli, srv, 42000+maxFlows, 80, layers.IPProtocolTCP, 0)]; ok {
+				t.Errorf("the flow past the map's size has an entry")
+			}
+			if n := sumCounters(t, objs)[bpfCounterCOUNTER_L7MAP_FULL]; n != 2 {
+				t.Errorf("L7 map-full counter = %d, want 2", n)
+			}
+		})
 	}
-	if err := it.Err(); err != nil {
-		t.Fatalf("iterate %v: %v", m, err)
-	}
-	return n
 }
 
 // l7BenchFrames are frames on and off the L7 path, for BenchmarkBPFL7.
