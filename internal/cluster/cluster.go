@@ -32,6 +32,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/flowmap/flowmap/internal/sandbox"
 	"github.com/vishvananda/netns"
 )
 
@@ -236,25 +237,11 @@ func (c *Cluster) attach(ns *NS, in, bridge string, a netip.Prefix, gw netip.Add
 func (c *Cluster) Close() error { return Cleanup(c.Prefix) }
 
 // Cleanup removes the namespaces and links whose names start with prefix
-// and "-", as a crashed run left them.
-func Cleanup(prefix string) error {
-	var errs []error
-	out, _ := exec.Command("ip", "netns", "list").Output()
-	for _, l := range strings.Split(string(out), "\n") {
-		if f := strings.Fields(l); len(f) > 0 && strings.HasPrefix(f[0], prefix+"-") {
-			// Pods first would be nicer; any order removes all.
-			if err := ip("netns", "del", f[0]); err != nil {
-				errs = append(errs, err)
-			}
-		}
-	}
-	if err := exec.Command("ip", "link", "show", prefix+"-ul").Run(); err == nil {
-		if err := ip("link", "del", prefix+"-ul"); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
-}
+// and "-", as a crashed run left them: as sandbox.Cleanup does, links
+// first, so that the host ends of the veths are gone when it returns (a
+// deleted namespace takes its links with it only later, and a cluster
+// made again at once would find them).
+func Cleanup(prefix string) error { return sandbox.Cleanup(prefix) }
 
 // Command returns a command that runs name in the namespace, through
 // `ip netns exec`, which execs it: killing the process ends the program.
