@@ -54,6 +54,10 @@ type drainer struct {
 	// one per half.
 	cache *ebpf.Map
 	l7    map[bpfFlowKey]*L7
+	// The L7 drain's batch buffers: l7Batch keys, l7Batch × ncpu values.
+	l7keys4 []bpfFlowKey4
+	l7keys6 []bpfFlowKey
+	l7vals  []bpfL7Stats
 }
 
 func newDrainer(objs *bpfObjects, maxFlows int) (*drainer, error) {
@@ -76,6 +80,9 @@ func newDrainer(objs *bpfObjects, maxFlows int) (*drainer, error) {
 		l7s:     [2]half{{objs.L7s4A, objs.L7s6A}, {objs.L7s4B, objs.L7s6B}},
 		cache:   objs.FlowCache,
 		l7:      map[bpfFlowKey]*L7{},
+		l7keys4: make([]bpfFlowKey4, l7Batch),
+		l7keys6: make([]bpfFlowKey, l7Batch),
+		l7vals:  make([]bpfL7Stats, l7Batch*ncpu),
 	}
 	return d, d.active.Get(&d.cur)
 }
@@ -103,7 +110,7 @@ func (d *drainer) drain() (map[bpfFlowKey]*direction, error) {
 	if err := d.drainCache(old, out); err != nil {
 		return out, err
 	}
-	return out, drainL7(d.l7s[old], d.ncpu, d.l7)
+	return out, d.drainL7(old)
 }
 
 // drainCache adds what each CPU's cache slot of half counted since it was

@@ -286,22 +286,22 @@ func sumL7Stats(percpu []bpfL7Stats) bpfL7Stats {
 	return sum
 }
 
-// drainL7 reads and deletes every entry of the L7 maps of h, which the
-// programs no longer write (the double buffer flipped), keyed client to
-// server (IPv4 keys IPv4-mapped), summed over the CPUs.
-func drainL7(h half, ncpu int, out map[bpfFlowKey]*L7) error {
+// drainL7 reads and deletes every entry of the L7 maps of half, which
+// the programs no longer write (the double buffer flipped), into d.l7,
+// keyed client to server (IPv4 keys IPv4-mapped), summed over the CPUs.
+func (d *drainer) drainL7(half uint32) error {
 	add := func(k bpfFlowKey, percpu []bpfL7Stats) {
 		sum := sumL7Stats(percpu)
-		if l := out[k]; l != nil {
+		if l := d.l7[k]; l != nil {
 			l.Add(l7From(&sum))
 		} else {
-			out[k] = l7From(&sum)
+			d.l7[k] = l7From(&sum)
 		}
 	}
-	vals := make([]bpfL7Stats, l7Batch*ncpu)
-	err := drainMap(h.v4, make([]bpfFlowKey4, l7Batch), vals, ncpu, func(k bpfFlowKey4, v []bpfL7Stats) { add(k.mapped(), v) })
+	h := d.l7s[half]
+	err := drainMap(h.v4, d.l7keys4, d.l7vals, d.ncpu, func(k bpfFlowKey4, v []bpfL7Stats) { add(k.mapped(), v) })
 	if err != nil {
 		return err
 	}
-	return drainMap(h.v6, make([]bpfFlowKey, l7Batch), vals, ncpu, add)
+	return drainMap(h.v6, d.l7keys6, d.l7vals, d.ncpu, add)
 }
