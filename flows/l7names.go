@@ -153,8 +153,8 @@ func ServerName(rec []byte) (string, error) {
 			if len(ext) < nl {
 				break
 			}
-			if nt == 0 && validHostName(ext[:nl]) {
-				return strings.TrimSuffix(strings.ToLower(string(ext[:nl])), "."), nil
+			if name := bytes.TrimSuffix(ext[:nl], []byte(".")); nt == 0 && validHostName(name) {
+				return strings.ToLower(string(name)), nil
 			}
 			ext = ext[nl:]
 		}
@@ -163,20 +163,31 @@ func ServerName(rec []byte) (string, error) {
 	return "", ErrNoServerName
 }
 
-// validHostName reports whether b looks like a DNS host name: letters,
-// digits, hyphens, underscores and dots, 1 to 253 bytes.
+// validHostName reports whether b looks like a DNS host name: labels of 1
+// to 63 letters, digits, '-' and '_' joined by dots, 253 bytes at most, with
+// no trailing dot (ServerName takes the root's off first).
 func validHostName(b []byte) bool {
 	if len(b) == 0 || len(b) > 253 {
 		return false
 	}
+	label := 0
 	for _, c := range b {
 		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '.', c == '_':
+		case c == '.':
+			if label == 0 {
+				return false
+			}
+			label = 0
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_':
+			label++
+			if label > 63 {
+				return false
+			}
 		default:
 			return false
 		}
 	}
-	return true
+	return label > 0
 }
 
 // nameDecoder turns name events into names; it keeps its DNS layer to

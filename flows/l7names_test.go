@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -76,6 +77,11 @@ func TestServerName(t *testing.T) {
 		{"not a handshake", append([]byte{0x17}, hello[1:]...), "", ErrNotClientHello},
 		{"a server hello", func() []byte { b := bytes.Clone(hello); b[5] = 2; return b }(), "", ErrNotClientHello},
 		{"empty", nil, "", ErrNotClientHello},
+		{"the root's dot taken off", helloNamed(t, "api.example.com."), "api.example.com", nil},
+		{"only the root", helloNamed(t, "."), "", ErrNoServerName},
+		{"an empty label", helloNamed(t, "api..example.com"), "", ErrNoServerName},
+		{"a label of 64 bytes", helloNamed(t, strings.Repeat("a", 64)+".example"), "", ErrNoServerName},
+		{"a space", helloNamed(t, "api example"), "", ErrNoServerName},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -85,6 +91,38 @@ func TestServerName(t *testing.T) {
 			}
 		})
 	}
+}
+
+// helloNamed returns a ClientHello whose server name entry holds name as
+// it is, which crypto/tls would not send (a trailing dot, an empty label).
+func helloNamed(t testing.TB, name string) []byte {
+	t.Helper()
+	stand := strings.Repeat("x", len(name))
+	if len(name) < 8 { // long enough not to be found in the random bytes
+		stand = "xxxxxxxx"
+	}
+	hello := clientHello(t, stand+".example")
+	// The entry: type 0 (host name), length, the name.
+	entry := func(n string) []byte { return append([]byte{0, byte(len(n) >> 8), byte(len(n))}, n...) }
+	i := bytes.Index(hello, entry(stand+".example"))
+	if i < 0 {
+		t.Fatalf("no server name entry in the client hello")
+	}
+	// The lengths around the entry are kept: name takes the stand-in's
+	// bytes and pads the rest of them with a name the parser skips.
+	out := bytes.Clone(hello)
+	b := out[i : i+3+len(stand)+len(".example")]
+	for j := range b {
+		b[j] = 0
+	}
+	copy(b, entry(name))
+	if rest := len(b) - 3 - len(name); rest >= 3 {
+		// A second entry of another type (1), which ServerName skips.
+		copy(b[3+len(name):], []byte{1, byte((rest - 3) >> 8), byte(rest - 3)})
+	} else {
+		t.Fatalf("name %q too long for the stand-in", name)
+	}
+	return out
 }
 
 func FuzzDecodeDNSNames(f *testing.F) {
