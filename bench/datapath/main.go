@@ -77,7 +77,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("datapath", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
-		rounds   = fs.Int("rounds", 5, "rounds of every load and mode")
+		rounds   = fs.Int("rounds", 9, "rounds of every load and mode (single rounds vary by 10 % and more on a shared machine)")
 		duration = fs.Duration("duration", 2*time.Second, "length of one measurement, in whole seconds (iperf3 -t)")
 		interval = fs.Duration("interval", time.Second, "the agent's drain interval")
 		prefix   = fs.String("prefix", "fmb", "name prefix of the sandbox's namespaces and links")
