@@ -14,8 +14,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/flowmap/flowmap/internal/testenv"
 )
 
 // Containerd is a running containerd with its CRI plugin, on a bridge of
@@ -34,9 +32,7 @@ type Containerd struct {
 	Subnet netip.Prefix
 	Dir    string
 
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error
+	proc *proc
 }
 
 // SandboxImage is the pod sandbox ("pause") image that StartContainerd
@@ -58,7 +54,6 @@ func StartContainerd(ctx context.Context, opts Options) (*Containerd, error) {
 		Bridge: opts.Prefix + "-cni",
 		Subnet: opts.Subnet.Masked(),
 		Dir:    dir,
-		done:   make(chan struct{}),
 	}
 	cniDir := filepath.Join(dir, "cni")
 	if err := os.MkdirAll(cniDir, 0o755); err != nil {
@@ -102,41 +97,20 @@ state = %[2]q
 	if err := os.WriteFile(configPath, []byte(config), 0o644); err != nil {
 		return nil, fmt.Errorf("write containerd config: %w", err)
 	}
-	logf, err := os.Create(filepath.Join(dir, "containerd.log"))
-	if err != nil {
-		return nil, fmt.Errorf("make containerd log: %w", err)
-	}
-	defer logf.Close()
-	c.cmd = exec.Command(bin, "--config", configPath)
-	c.cmd.Stdout, c.cmd.Stderr = logf, logf
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := c.cmd.Start(); err != nil {
+	if c.proc, err = startProc("containerd", filepath.Join(dir, "containerd.log"), exec.Command(bin, "--config", configPath)); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("start containerd: %w", err)
+		return nil, err
 	}
-	go func() {
-		c.err = c.cmd.Wait()
-		close(c.done)
-	}()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	dialable := func(context.Context) bool {
 		conn, err := net.Dial("unix", c.Socket)
 		if err == nil {
 			conn.Close()
-			break
 		}
-		select {
-		case <-c.done:
-			return nil, fmt.Errorf("containerd exited: %v: %s", c.err, tail(filepath.Join(dir, "containerd.log")))
-		case <-ctx.Done():
-			c.Close()
-			return nil, ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			c.Close()
-			return nil, fmt.Errorf("containerd not ready after 30s: %s", tail(filepath.Join(dir, "containerd.log")))
-		}
+		return err == nil
+	}
+	if err := c.proc.waitReady(ctx, 30*time.Second, dialable); err != nil {
+		c.Close()
+		return nil, err
 	}
 	if err := c.ImportImage(ctx, SandboxImage, []string{"/bin/sleep", "2147483647"}); err != nil {
 		c.Close()
@@ -149,22 +123,9 @@ state = %[2]q
 // fails t if it cannot.
 func StartContainerdT(t testing.TB, opts Options) *Containerd {
 	t.Helper()
-	testenv.MustBeRoot(t)
-	for _, cmd := range []string{"containerd", "containerd-shim-runc-v2", "ctr", "runc", "/usr/lib/cni/bridge", "/usr/lib/cni/host-local", "/usr/lib/cni/loopback"} {
-		if _, err := exec.LookPath(cmd); err != nil {
-			t.Fatalf("test needs %s: %v (on Debian: apt-get install containerd runc containernetworking-plugins)", cmd, err)
-		}
-	}
-	c, err := StartContainerd(context.Background(), opts)
-	if err != nil {
-		t.Fatalf("start containerd: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Errorf("stop containerd: %v", err)
-		}
-	})
-	return c
+	return startT(t, "containerd", "containerd runc containernetworking-plugins",
+		[]string{"containerd", "containerd-shim-runc-v2", "ctr", "runc", "/usr/lib/cni/bridge", "/usr/lib/cni/host-local", "/usr/lib/cni/loopback"},
+		func() (*Containerd, error) { return StartContainerd(context.Background(), opts) })
 }
 
 // ImportImage loads the busybox image running cmd as name (a full
@@ -192,19 +153,8 @@ func (c *Containerd) Close() error {
 	// Containers run under shims that outlive containerd: end them by
 	// the pids runc recorded, before containerd goes.
 	c.killContainers()
-	if c.cmd != nil && c.cmd.Process != nil {
-		select {
-		case <-c.done:
-		default:
-			c.cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-c.done:
-			case <-time.After(15 * time.Second):
-				c.cmd.Process.Kill()
-				<-c.done
-			}
-		}
-	}
+	// Killed after 15 s if need be: its containers are gone already.
+	_ = c.proc.stop(15 * time.Second)
 	if c.Bridge != "" {
 		if err := delBridge(c.Bridge); err != nil {
 			errs = append(errs, err)
@@ -248,14 +198,6 @@ func (c *Containerd) killContainers() {
 	if len(pids) > 0 {
 		time.Sleep(200 * time.Millisecond)
 	}
-}
-
-func tail(path string) string {
-	b, _ := os.ReadFile(path)
-	if len(b) > 2000 {
-		b = b[len(b)-2000:]
-	}
-	return strings.TrimSpace(string(b))
 }
 
 // prepare checks opts for a runtime that needs a subnet of its own, finds

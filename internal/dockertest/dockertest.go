@@ -42,8 +42,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-
-	"github.com/flowmap/flowmap/internal/testenv"
 )
 
 // DefaultSubnet is the bridge's subnet when Options leave it unset: a part
@@ -73,9 +71,7 @@ type Daemon struct {
 	// Dir holds the data root, exec root, pid file, sockets and log.
 	Dir string
 
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error // dockerd's exit, once done is closed
+	proc *proc
 }
 
 // Start starts dockerd and waits until it answers. Close stops it and
@@ -103,7 +99,6 @@ func Start(ctx context.Context, opts Options) (*Daemon, error) {
 		Bridge:      opts.Prefix + "-br",
 		Subnet:      opts.Subnet.Masked(),
 		Dir:         dir,
-		done:        make(chan struct{}),
 	}
 	if err := d.makeBridge(); err != nil {
 		os.RemoveAll(dir)
@@ -114,13 +109,7 @@ func Start(ctx context.Context, opts Options) (*Daemon, error) {
 		d.Close()
 		return nil, fmt.Errorf("write dockerd config: %w", err)
 	}
-	logf, err := os.Create(filepath.Join(dir, "dockerd.log"))
-	if err != nil {
-		d.Close()
-		return nil, fmt.Errorf("make dockerd log: %w", err)
-	}
-	defer logf.Close()
-	d.cmd = exec.Command(dockerd,
+	cmd := exec.Command(dockerd,
 		"--config-file", config, // not /etc/docker/daemon.json
 		"--data-root", filepath.Join(dir, "data"),
 		"--exec-root", filepath.Join(dir, "exec"),
@@ -136,19 +125,12 @@ func Start(ctx context.Context, opts Options) (*Daemon, error) {
 		"--storage-driver", "vfs",
 		"--log-level", "warn",
 	)
-	d.cmd.Stdout, d.cmd.Stderr = logf, logf
-	// Its own process group, so that a signal to the test's group does
-	// not reach it before Close has stopped its containers.
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := d.cmd.Start(); err != nil {
+	if d.proc, err = startProc("dockerd", filepath.Join(dir, "dockerd.log"), cmd); err != nil {
 		d.Close()
-		return nil, fmt.Errorf("start dockerd: %w", err)
+		return nil, err
 	}
-	go func() {
-		d.err = d.cmd.Wait()
-		close(d.done)
-	}()
-	if err := d.waitReady(ctx, 60*time.Second); err != nil {
+	client := d.Client(d.Socket)
+	if err := d.proc.waitReady(ctx, 60*time.Second, func(ctx context.Context) bool { return ping(ctx, client, "docker") }); err != nil {
 		d.Close()
 		return nil, err
 	}
@@ -159,19 +141,8 @@ func Start(ctx context.Context, opts Options) (*Daemon, error) {
 // test is not run as root, a command is missing, or Start fails.
 func StartT(t testing.TB, opts Options) *Daemon {
 	t.Helper()
-	testenv.MustBeRoot(t)
-	testenv.MustHaveCommand(t, "dockerd")
-	testenv.MustHaveCommand(t, "docker")
-	d, err := Start(context.Background(), opts)
-	if err != nil {
-		t.Fatalf("start dockerd: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := d.Close(); err != nil {
-			t.Errorf("stop dockerd: %v", err)
-		}
-	})
-	return d
+	return startT(t, "dockerd", "docker.io", []string{"dockerd", "docker"},
+		func() (*Daemon, error) { return Start(context.Background(), opts) })
 }
 
 func (d *Daemon) makeBridge() error {
@@ -222,30 +193,16 @@ func delBridge(name string) error {
 	return nil
 }
 
-// waitReady polls /_ping on Socket until the engine answers.
-func (d *Daemon) waitReady(ctx context.Context, limit time.Duration) error {
-	client := d.Client(d.Socket)
-	deadline := time.Now().Add(limit)
-	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://docker/_ping", nil)
-		resp, err := client.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		select {
-		case <-d.done:
-			return fmt.Errorf("dockerd exited: %v: %s", d.err, d.logTail())
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("dockerd not ready after %v: %s", limit, d.logTail())
-		}
+// ping reports whether the engine behind client (a Docker API on a unix
+// socket; host names the engine in the URL) answers /_ping.
+func ping(ctx context.Context, client *http.Client, host string) bool {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+host+"/_ping", nil)
+	resp, err := client.Do(req)
+	if err != nil {
+		return false
 	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
 }
 
 // Client returns an HTTP client that reaches the engine on socket, for
@@ -259,16 +216,8 @@ func (d *Daemon) Client(socket string) *http.Client {
 	}}
 }
 
-func (d *Daemon) logTail() string {
-	b, _ := os.ReadFile(filepath.Join(d.Dir, "dockerd.log"))
-	if len(b) > 2000 {
-		b = b[len(b)-2000:]
-	}
-	return strings.TrimSpace(string(b))
-}
-
 // PID returns dockerd's process id.
-func (d *Daemon) PID() int { return d.cmd.Process.Pid }
+func (d *Daemon) PID() int { return d.proc.cmd.Process.Pid }
 
 // Docker runs the docker command against the engine and returns its
 // standard output, trimmed.
@@ -361,19 +310,8 @@ func BusyboxRootFS() ([]byte, error) {
 // twice.
 func (d *Daemon) Close() error {
 	var errs []error
-	if d.cmd != nil && d.cmd.Process != nil {
-		select {
-		case <-d.done:
-		default:
-			d.cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-d.done:
-			case <-time.After(30 * time.Second):
-				d.cmd.Process.Kill()
-				<-d.done
-				errs = append(errs, fmt.Errorf("dockerd did not stop in 30s: killed"))
-			}
-		}
+	if err := d.proc.stop(30 * time.Second); err != nil {
+		errs = append(errs, err)
 	}
 	if err := d.removeBridge(); err != nil {
 		errs = append(errs, err)

@@ -5,17 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
-
-	"github.com/flowmap/flowmap/internal/testenv"
 )
 
 // Podman is a running `podman system service`: Podman's Docker-compatible
@@ -37,9 +33,7 @@ type Podman struct {
 	Dir     string
 
 	conf string
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error
+	proc *proc
 }
 
 // StartPodman starts Podman's API service and waits until it answers.
@@ -57,7 +51,6 @@ func StartPodman(ctx context.Context, opts Options) (*Podman, error) {
 		Subnet:  opts.Subnet.Masked(),
 		Dir:     dir,
 		conf:    filepath.Join(dir, "containers.conf"),
-		done:    make(chan struct{}),
 	}
 	netDir := filepath.Join(dir, "net")
 	if err := os.MkdirAll(netDir, 0o755); err != nil {
@@ -87,69 +80,27 @@ network_config_dir = %q
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	logf, err := os.Create(filepath.Join(dir, "podman.log"))
-	if err != nil {
+	cmd := exec.Command(bin, append(p.globalFlags(), "system", "service", "--time=0", "unix://"+p.Socket)...)
+	cmd.Env = append(os.Environ(), "CONTAINERS_CONF="+p.conf)
+	if p.proc, err = startProc("podman service", filepath.Join(dir, "podman.log"), cmd); err != nil {
 		p.Close()
-		return nil, fmt.Errorf("make podman log: %w", err)
+		return nil, err
 	}
-	defer logf.Close()
-	p.cmd = exec.Command(bin, append(p.globalFlags(), "system", "service", "--time=0", "unix://"+p.Socket)...)
-	p.cmd.Env = append(os.Environ(), "CONTAINERS_CONF="+p.conf)
-	p.cmd.Stdout, p.cmd.Stderr = logf, logf
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := p.cmd.Start(); err != nil {
-		p.Close()
-		return nil, fmt.Errorf("start podman service: %w", err)
-	}
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.done)
-	}()
 	client := (&Daemon{}).Client(p.Socket)
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://podman/_ping", nil)
-		if resp, err := client.Do(req); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return p, nil
-			}
-		}
-		select {
-		case <-p.done:
-			return nil, fmt.Errorf("podman service exited: %v: %s", p.err, tail(filepath.Join(dir, "podman.log")))
-		case <-ctx.Done():
-			p.Close()
-			return nil, ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			p.Close()
-			return nil, fmt.Errorf("podman service not ready after 60s: %s", tail(filepath.Join(dir, "podman.log")))
-		}
+	if err := p.proc.waitReady(ctx, 60*time.Second, func(ctx context.Context) bool { return ping(ctx, client, "podman") }); err != nil {
+		p.Close()
+		return nil, err
 	}
+	return p, nil
 }
 
 // StartPodmanT starts a Podman that is closed when t ends, and fails t if
 // it cannot.
 func StartPodmanT(t testing.TB, opts Options) *Podman {
 	t.Helper()
-	testenv.MustBeRoot(t)
-	for _, cmd := range []string{"podman", "runc", "conmon", "/usr/lib/cni/bridge", "/usr/lib/cni/host-local"} {
-		if _, err := exec.LookPath(cmd); err != nil {
-			t.Fatalf("test needs %s: %v (on Debian: apt-get install podman runc containernetworking-plugins)", cmd, err)
-		}
-	}
-	p, err := StartPodman(context.Background(), opts)
-	if err != nil {
-		t.Fatalf("start podman: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := p.Close(); err != nil {
-			t.Errorf("stop podman: %v", err)
-		}
-	})
-	return p
+	return startT(t, "podman", "podman runc containernetworking-plugins",
+		[]string{"podman", "runc", "conmon", "/usr/lib/cni/bridge", "/usr/lib/cni/host-local"},
+		func() (*Podman, error) { return StartPodman(context.Background(), opts) })
 }
 
 func (p *Podman) globalFlags() []string {
@@ -195,26 +146,15 @@ func (p *Podman) ImportBusybox(ctx context.Context, name string) (string, error)
 // directory. Safe to call twice.
 func (p *Podman) Close() error {
 	var errs []error
-	if p.cmd != nil {
+	if p.proc != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		if _, err := p.Podman(ctx, "rm", "--all", "--force", "--time", "0"); err != nil {
 			errs = append(errs, err)
 		}
 		cancel()
-		if p.cmd.Process != nil {
-			select {
-			case <-p.done:
-			default:
-				p.cmd.Process.Signal(syscall.SIGTERM)
-				select {
-				case <-p.done:
-				case <-time.After(15 * time.Second):
-					p.cmd.Process.Kill()
-					<-p.done
-				}
-			}
-		}
-		p.cmd = nil
+		// Killed after 15 s if need be: its containers are gone already.
+		_ = p.proc.stop(15 * time.Second)
+		p.proc = nil
 	}
 	if err := delBridge(p.Bridge); err != nil {
 		errs = append(errs, err)
