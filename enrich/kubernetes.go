@@ -68,48 +68,12 @@ func (k *kubeSource) run(ctx context.Context, s *sourceState) error {
 	}
 	core, apps, batch, disc := client.CoreV1(), client.AppsV1(), client.BatchV1(), client.DiscoveryV1()
 	inf := kubeInformers{
-		pods: newInformer(s, "pods", &corev1.Pod{},
-			func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-				return core.Pods("").List(ctx, o)
-			},
-			func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-				return core.Pods("").Watch(ctx, o)
-			}),
-		services: newInformer(s, "services", &corev1.Service{},
-			func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-				return core.Services("").List(ctx, o)
-			},
-			func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-				return core.Services("").Watch(ctx, o)
-			}),
-		slices: newInformer(s, "endpointslices", &discoveryv1.EndpointSlice{},
-			func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-				return disc.EndpointSlices("").List(ctx, o)
-			},
-			func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-				return disc.EndpointSlices("").Watch(ctx, o)
-			}),
-		nodes: newInformer(s, "nodes", &corev1.Node{},
-			func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-				return core.Nodes().List(ctx, o)
-			},
-			func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-				return core.Nodes().Watch(ctx, o)
-			}),
-		replicaSets: newInformer(s, "replicasets", &appsv1.ReplicaSet{},
-			func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-				return apps.ReplicaSets("").List(ctx, o)
-			},
-			func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-				return apps.ReplicaSets("").Watch(ctx, o)
-			}),
-		jobs: newInformer(s, "jobs", &batchv1.Job{},
-			func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-				return batch.Jobs("").List(ctx, o)
-			},
-			func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-				return batch.Jobs("").Watch(ctx, o)
-			}),
+		pods:        informerOf(s, "pods", &corev1.Pod{}, core.Pods("")),
+		services:    informerOf(s, "services", &corev1.Service{}, core.Services("")),
+		slices:      informerOf(s, "endpointslices", &discoveryv1.EndpointSlice{}, disc.EndpointSlices("")),
+		nodes:       informerOf(s, "nodes", &corev1.Node{}, core.Nodes()),
+		replicaSets: informerOf(s, "replicasets", &appsv1.ReplicaSet{}, apps.ReplicaSets("")),
+		jobs:        informerOf(s, "jobs", &batchv1.Job{}, batch.Jobs("")),
 	}
 	changed := make(chan struct{}, 1)
 	notify := func() {
@@ -123,7 +87,8 @@ func (k *kubeSource) run(ctx context.Context, s *sourceState) error {
 		UpdateFunc: func(any, any) { notify() },
 		DeleteFunc: func(any) { notify() },
 	}
-	for _, i := range []cache.SharedIndexInformer{inf.pods, inf.services, inf.slices, inf.nodes, inf.replicaSets, inf.jobs} {
+	all := []cache.SharedIndexInformer{inf.pods, inf.services, inf.slices, inf.nodes, inf.replicaSets, inf.jobs}
+	for _, i := range all {
 		// Lists and watches that fail (the API server is unreachable,
 		// refuses us) end the reflector's ListAndWatch: reported here.
 		// What we do not read need not stay in memory.
@@ -141,7 +106,6 @@ func (k *kubeSource) run(ctx context.Context, s *sourceState) error {
 			return fmt.Errorf("add informer handler: %w", err)
 		}
 	}
-	all := []cache.SharedIndexInformer{inf.pods, inf.services, inf.slices, inf.nodes, inf.replicaSets, inf.jobs}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for _, i := range all {
@@ -169,6 +133,20 @@ func (k *kubeSource) run(ctx context.Context, s *sourceState) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// lister lists and watches one kind of object, as client-go's typed
+// clients do (core.Pods(""), apps.ReplicaSets("") …); L is its list type.
+type lister[L runtime.Object] interface {
+	List(context.Context, metav1.ListOptions) (L, error)
+	Watch(context.Context, metav1.ListOptions) (watch.Interface, error)
+}
+
+// informerOf makes newInformer's informer of the objects c lists.
+func informerOf[L runtime.Object](s *sourceState, what string, obj runtime.Object, c lister[L]) cache.SharedIndexInformer {
+	return newInformer(s, what, obj,
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return c.List(ctx, o) },
+		c.Watch)
 }
 
 // newInformer makes an informer of what's objects, whose watches report
