@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/flowmap/flowmap/flows"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -47,20 +48,11 @@ func (n *netnsSource) run(ctx context.Context, s *sourceState) error {
 // follow scans at start, after each burst of link events (a new veth is a
 // new container) and every resync, until ctx is done or events fail.
 func (n *netnsSource) follow(ctx context.Context, s *sourceState) error {
-	updates := make(chan netlink.LinkUpdate, 256)
 	done := make(chan struct{})
 	defer close(done)
-	subErr := make(chan error, 1)
-	err := netlink.LinkSubscribeWithOptions(updates, done, netlink.LinkSubscribeOptions{
-		ErrorCallback: func(err error) {
-			select {
-			case subErr <- err:
-			default:
-			}
-		},
-	})
+	updates, subErr, err := flows.SubscribeLinks(done)
 	if err != nil {
-		return fmt.Errorf("subscribe to link events: %w", err)
+		return err
 	}
 	tick := time.NewTicker(n.resync)
 	defer tick.Stop()

@@ -257,17 +257,13 @@ func (d *Datapath) Attached() []Interface {
 	return out
 }
 
-// Run attaches to the interfaces the config names, follows netlink link
-// events to attach to new ones within a second and release vanished ones,
-// and sends one Batch to out every interval, until ctx is done. Then it
-// sends the last batch, if out takes it, and returns ctx's error; the
-// caller still owns Close.
-func (d *Datapath) Run(ctx context.Context, out chan<- Batch) error {
-	updates := make(chan netlink.LinkUpdate, 256)
-	done := make(chan struct{})
-	defer close(done)
+// SubscribeLinks subscribes to the host's netlink link events until done
+// is closed: the events come on updates; the subscription's first error,
+// after which no more come, on errs.
+func SubscribeLinks(done <-chan struct{}) (updates <-chan netlink.LinkUpdate, errs <-chan error, err error) {
+	up := make(chan netlink.LinkUpdate, 256)
 	subErr := make(chan error, 1)
-	err := netlink.LinkSubscribeWithOptions(updates, done, netlink.LinkSubscribeOptions{
+	err = netlink.LinkSubscribeWithOptions(up, done, netlink.LinkSubscribeOptions{
 		ErrorCallback: func(err error) {
 			select {
 			case subErr <- err:
@@ -276,7 +272,22 @@ func (d *Datapath) Run(ctx context.Context, out chan<- Batch) error {
 		},
 	})
 	if err != nil {
-		return fmt.Errorf("subscribe to link events: %w", err)
+		return nil, nil, fmt.Errorf("subscribe to link events: %w", err)
+	}
+	return up, subErr, nil
+}
+
+// Run attaches to the interfaces the config names, follows netlink link
+// events to attach to new ones within a second and release vanished ones,
+// and sends one Batch to out every interval, until ctx is done. Then it
+// sends the last batch, if out takes it, and returns ctx's error; the
+// caller still owns Close.
+func (d *Datapath) Run(ctx context.Context, out chan<- Batch) error {
+	done := make(chan struct{})
+	defer close(done)
+	updates, subErr, err := SubscribeLinks(done)
+	if err != nil {
+		return err
 	}
 	defRoute := defaultRouteIndex()
 	// Subscribed first, listed second: a link made in between is in both,
