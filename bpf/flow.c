@@ -920,6 +920,32 @@ static __always_inline __u64 pending_response(void *pending, void *k, __u64 now,
 	return lat ? lat : 1;
 }
 
+// SKB_CLOCK_MONOTONIC is BPF_SKB_TSTAMP_DELIVERY_MONO, named
+// BPF_SKB_CLOCK_MONOTONIC since Linux 6.11.
+#define SKB_CLOCK_MONOTONIC 1
+
+// send_time returns when the TCP stack that sent the skb of a TC program
+// (context ctx; xdp is 0) sent it, on CLOCK_MONOTONIC as bpf_ktime_get_ns;
+// 0 if the skb does not carry that, or under XDP. TCP stamps every skb with its departure time, and since Linux 5.18 the stamp
+// stays on the skb across network namespaces, marked as a monotonic
+// delivery time: a container's message reaches its host-side veth with the
+// time its socket sent it. Read for free, it spares the L7 path a clock
+// read (20 to 40 ns here). Skbs from a NIC carry a receive time or none,
+// UDP none: the L7 path reads the clock for those.
+static __always_inline __u64 send_time(void *ctx, int xdp)
+{
+	if (xdp)
+		return 0;
+	struct __sk_buff *skb = ctx;
+	// Kernels before 5.18 have no tstamp_type, and at TC ingress read the
+	// delivery time as 0: load the program all the same.
+	if (!bpf_core_field_exists(skb->tstamp_type))
+		return 0;
+	if (skb->tstamp_type != SKB_CLOCK_MONOTONIC)
+		return 0;
+	return skb->tstamp;
+}
+
 // pending_msg notes a request's time in the map pending, or takes a
 // response's request off it and returns the latency (0 if unknown). The
 // message's time is when its sender's TCP stack sent it, where the skb
@@ -978,7 +1004,7 @@ static __always_inline void send_name(void *ctx, int xdp, struct flow_key *k, __
 // l7 classifies the payload of p, a TCP segment with payload or a UDP
 // datagram to or from the DNS port, and counts the message in it.
 static __always_inline void l7(void *ctx, int xdp, struct packet *p, void *data, void *data_end,
-			       __u64 len, __u64 sent)
+			       __u64 len)
 {
 	__u32 off = p->hdr_len;
 	// The IP header's length, not the frame's: a short frame's padding
@@ -1013,6 +1039,7 @@ static __always_inline void l7(void *ctx, int xdp, struct packet *p, void *data,
 	if (!m.proto)
 		return;
 
+	__u64 sent = send_time(ctx, xdp);
 	// The flow client to server: the packet's, turned round for a message
 	// from the server. Each map at a call site of its own, as in
 	// count_frame.
@@ -1096,11 +1123,9 @@ static __always_inline void l7(void *ctx, int xdp, struct packet *p, void *data,
 }
 
 // count_frame counts one frame (or GSO aggregate) of the program with
-// context ctx; xdp is a constant: 1 in the XDP program, 0 in TC's. sent is
-// when a local TCP stack sent it (see send_time), 0 if unknown.
+// context ctx; xdp is a constant: 1 in the XDP program, 0 in TC's.
 static __always_inline void count_frame(void *ctx, int xdp, void *data, void *data_end, __u64 len,
-					__u32 segs, __u16 vlan_meta, __u32 ifindex, __u8 point,
-					__u64 sent)
+					__u32 segs, __u16 vlan_meta, __u32 ifindex, __u8 point)
 {
 	struct packet p = {};
 	if (parse(data, data_end, &p))
@@ -1155,37 +1180,14 @@ static __always_inline void count_frame(void *ctx, int xdp, void *data, void *da
 		return;
 	if (p.key.proto == IPPROTO_TCP ||
 	    (p.key.proto == IPPROTO_UDP && (p.key.sport == dns_port || p.key.dport == dns_port)))
-		l7(ctx, xdp, &p, data, data_end, len, sent);
-}
-
-// SKB_CLOCK_MONOTONIC is BPF_SKB_TSTAMP_DELIVERY_MONO, named
-// BPF_SKB_CLOCK_MONOTONIC since Linux 6.11.
-#define SKB_CLOCK_MONOTONIC 1
-
-// send_time returns when the TCP stack that sent skb sent it, on
-// CLOCK_MONOTONIC as bpf_ktime_get_ns; 0 if skb does not carry that. TCP
-// stamps every skb with its departure time, and since Linux 5.18 the stamp
-// stays on the skb across network namespaces, marked as a monotonic
-// delivery time: a container's message reaches its host-side veth with the
-// time its socket sent it. Read for free, it spares the L7 path a clock
-// read (20 to 40 ns here). Skbs from a NIC carry a receive time or none,
-// UDP none: the L7 path reads the clock for those.
-static __always_inline __u64 send_time(struct __sk_buff *skb)
-{
-	// Kernels before 5.18 have no tstamp_type, and at TC ingress read the
-	// delivery time as 0: load the program all the same.
-	if (!bpf_core_field_exists(skb->tstamp_type))
-		return 0;
-	if (skb->tstamp_type != SKB_CLOCK_MONOTONIC)
-		return 0;
-	return skb->tstamp;
+		l7(ctx, xdp, &p, data, data_end, len);
 }
 
 static __always_inline void count_skb(struct __sk_buff *skb, __u8 point)
 {
 	__u16 vlan = skb->vlan_present ? (skb->vlan_tci & 0x0fff) : 0;
 	count_frame(skb, 0, (void *)(long)skb->data, (void *)(long)skb->data_end, skb->len,
-		    skb->gso_segs, vlan, skb->ifindex, point, send_time(skb));
+		    skb->gso_segs, vlan, skb->ifindex, point);
 }
 
 // is_watched reports whether flowmap counts the ingress of ifindex.
@@ -1221,7 +1223,7 @@ int xdp_ingress(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	count_frame(ctx, 1, data, data_end, data_end - data, 1, 0, ctx->ingress_ifindex, POINT_XDP, 0);
+	count_frame(ctx, 1, data, data_end, data_end - data, 1, 0, ctx->ingress_ifindex, POINT_XDP);
 	return XDP_PASS;
 }
 
