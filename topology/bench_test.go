@@ -38,18 +38,23 @@ func benchFlows(n int) []enrich.Flow {
 // a graph, an interval every 5s of graph time, as the agent does; it
 // reports flows folded per second on one core.
 func BenchmarkFold(b *testing.B) {
+	benchIntervals(b, New(Options{}).Add)
+	b.ReportMetric(0, "ns/op") // per interval, not telling: records/s is
+}
+
+// benchIntervals hands add drain intervals of 10,000 flows, one every 5s
+// of graph time, and reports the flows it took per second.
+func benchIntervals(b *testing.B, add func(time.Time, ...enrich.Flow)) {
 	fs := benchFlows(10000)
-	g := New(Options{})
 	t := t0
 	b.ReportAllocs()
 	n := 0
 	for b.Loop() {
-		g.Add(t, fs...)
+		add(t, fs...)
 		t = t.Add(5 * time.Second)
 		n += len(fs)
 	}
 	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "records/s")
-	b.ReportMetric(0, "ns/op") // per interval, not telling: records/s is
 }
 
 // BenchmarkMemory folds 100,000 edges into a graph and reports the heap it
@@ -123,17 +128,7 @@ func BenchmarkExport(b *testing.B) {
 // BenchmarkMetrics counts drain intervals of 10,000 flows in the flow
 // series at the workload level.
 func BenchmarkMetrics(b *testing.B) {
-	fs := benchFlows(10000)
-	m := NewMetrics(MetricsOptions{})
-	t := t0
-	b.ReportAllocs()
-	n := 0
-	for b.Loop() {
-		m.Add(t, fs...)
-		t = t.Add(5 * time.Second)
-		n += len(fs)
-	}
-	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "records/s")
+	benchIntervals(b, NewMetrics(MetricsOptions{}).Add)
 }
 
 // BenchmarkMemoryBusyHour folds 10,000 edges that each carry a flow in
