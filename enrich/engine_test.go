@@ -30,6 +30,13 @@ func inspectJSON(id, name, ip string) string {
 "State":{"Running":true,"Pid":0},"NetworkSettings":{"Networks":{"bridge":{"IPAddress":%q}}}}`, id, name, name, ip)
 }
 
+// quietEvents is an engine's /events that sends no event until the
+// request ends.
+func quietEvents(w http.ResponseWriter, r *http.Request) {
+	w.(http.Flusher).Flush()
+	<-r.Context().Done()
+}
+
 // serveUnix serves h on a unix socket in a temporary directory.
 func serveUnix(t *testing.T, h http.Handler) string {
 	t.Helper()
@@ -65,7 +72,7 @@ func TestEngineBadInput(t *testing.T) {
 			engine: func(t *testing.T) string {
 				mux := http.NewServeMux()
 				mux.HandleFunc("/containers/json", func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, `[{"Id": 5`) })
-				mux.HandleFunc("/events", func(w http.ResponseWriter, r *http.Request) { w.(http.Flusher).Flush(); <-r.Context().Done() })
+				mux.HandleFunc("/events", quietEvents)
 				return serveUnix(t, mux)
 			},
 			reason: "decode",
@@ -77,7 +84,7 @@ func TestEngineBadInput(t *testing.T) {
 				mux.HandleFunc("/containers/json", func(w http.ResponseWriter, r *http.Request) {
 					http.Error(w, `{"message":"Internal Server Error"}`, http.StatusInternalServerError)
 				})
-				mux.HandleFunc("/events", func(w http.ResponseWriter, r *http.Request) { w.(http.Flusher).Flush(); <-r.Context().Done() })
+				mux.HandleFunc("/events", quietEvents)
 				return serveUnix(t, mux)
 			},
 			reason: "api",
@@ -95,7 +102,7 @@ func TestEngineBadInput(t *testing.T) {
 				mux.HandleFunc("/containers/"+badID+"/json", func(w http.ResponseWriter, r *http.Request) {
 					fmt.Fprint(w, `{"Id": "`+badID+`", "Config": "not an object"}`)
 				})
-				mux.HandleFunc("/events", func(w http.ResponseWriter, r *http.Request) { w.(http.Flusher).Flush(); <-r.Context().Done() })
+				mux.HandleFunc("/events", quietEvents)
 				return serveUnix(t, mux)
 			},
 			reason: "decode",
