@@ -169,12 +169,8 @@ func (c *cidrSource) run(ctx context.Context, s *sourceState) error {
 		default:
 			s.synced(len(s.inv.cidrs.Load().entries))
 		}
-		t := time.NewTimer(poll)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !sleep(ctx, poll) {
 			return nil
-		case <-t.C:
 		}
 	}
 }

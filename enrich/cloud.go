@@ -124,12 +124,8 @@ func (c *cloudSource) run(ctx context.Context, s *sourceState) error {
 		}
 		// Look again now and then: a metadata service may come late (a
 		// firewall rule, a route), and absence costs one request each.
-		t := time.NewTimer(max(s.inv.cfg.Resync, time.Second))
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !sleep(ctx, max(s.inv.cfg.Resync, time.Second)) {
 			return nil
-		case <-t.C:
 		}
 	}
 }

@@ -46,12 +46,8 @@ func (c *criSource) run(ctx context.Context, s *sourceState) error {
 		}
 		failures = 0
 		s.publish(recs)
-		t := time.NewTimer(poll)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !sleep(ctx, poll) {
 			return nil
-		case <-t.C:
 		}
 	}
 }

@@ -552,7 +552,11 @@ func (s *sourceState) errors() map[string]uint64 {
 // doubling to 10s. It returns false if ctx ended first.
 func backoff(ctx context.Context, n int) bool {
 	d := 250 * time.Millisecond << min(n, 6)
-	d = min(d, 10*time.Second)
+	return sleep(ctx, min(d, 10*time.Second))
+}
+
+// sleep waits for d; it returns false if ctx ended first.
+func sleep(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
