@@ -117,14 +117,17 @@ func resetObjects(t testing.TB, objs *bpfObjects) {
 	clearMap[bpfFlowKey](t, objs.Flows6B)
 	clearMap[bpfFlowKey](t, objs.Handshakes)
 	clearMap[uint32](t, objs.WatchedHi)
+	clearMap[bpfFlowKey4](t, objs.L7s4A)
+	clearMap[bpfFlowKey4](t, objs.L7s4B)
+	clearMap[bpfFlowKey](t, objs.L7s6A)
+	clearMap[bpfFlowKey](t, objs.L7s6B)
+	clearMap[bpfL7PendingKey4](t, objs.L7Pending4)
+	clearMap[bpfL7PendingKey](t, objs.L7Pending6)
+	ncpu := mustPossibleCPUs(t)
 	for half := range uint32(2) {
-		if err := objs.FlowCache.Put(half, make([]bpfCacheSlot, mustPossibleCPUs(t))); err != nil {
+		if err := objs.FlowCache.Put(half, make([]bpfCacheSlot, ncpu)); err != nil {
 			t.Fatalf("empty flow cache %d: %v", half, err)
 		}
-	}
-	ncpu, err := ebpf.PossibleCPU()
-	if err != nil {
-		t.Fatalf("count possible CPUs: %v", err)
 	}
 	for i := range uint32(bpfCounterCOUNTER_MAX) {
 		if err := objs.Counters.Put(i, make([]uint64, ncpu)); err != nil {

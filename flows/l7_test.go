@@ -26,24 +26,11 @@ const (
 	l7Cli6, l7Srv6 = "2001:db8::2", "2001:db8::3"
 )
 
-// resetL7 empties the L7 maps and drains the ring buffer, besides what
-// resetObjects does.
+// resetL7 does what resetObjects does and drains the ring buffer.
 func resetL7(t testing.TB, objs *bpfObjects, rd *ringbuf.Reader) {
 	t.Helper()
 	resetObjects(t, objs)
-	clearL7(t, objs)
 	readEvents(t, rd)
-}
-
-// clearL7 empties the L7 maps.
-func clearL7(t testing.TB, objs *bpfObjects) {
-	t.Helper()
-	clearMap[bpfFlowKey4](t, objs.L7s4A)
-	clearMap[bpfFlowKey4](t, objs.L7s4B)
-	clearMap[bpfFlowKey](t, objs.L7s6A)
-	clearMap[bpfFlowKey](t, objs.L7s6B)
-	clearMap[bpfL7PendingKey4](t, objs.L7Pending4)
-	clearMap[bpfL7PendingKey](t, objs.L7Pending6)
 }
 
 // readEvents returns the ring buffer's waiting events.
@@ -449,7 +436,6 @@ func TestBPFL7MapFull(t *testing.T) {
 		}
 		t.Run(fmt.Sprintf("v6=%v", v6), func(t *testing.T) {
 			resetObjects(t, objs)
-			clearL7(t, objs)
 			h := testHooks(t, objs)[0]
 			// maxFlows connections fill the map; one more is refused,
 			// twice; the first connection's next request still counts.
