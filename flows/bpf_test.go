@@ -85,10 +85,7 @@ func loadTestObjects(t testing.TB, maxFlows uint32) *bpfObjects {
 		t.Fatalf("load embedded BPF: %v", err)
 	}
 	if maxFlows > 0 {
-		for _, m := range []string{bpfMapFlows4A, bpfMapFlows4B, bpfMapFlows6A, bpfMapFlows6B,
-			bpfMapL7s4A, bpfMapL7s4B, bpfMapL7s6A, bpfMapL7s6B} {
-			spec.Maps[m].MaxEntries = maxFlows
-		}
+		sizeMaps(spec, maxFlows)
 	}
 	var objs bpfObjects
 	if err := spec.LoadAndAssign(&objs, nil); err != nil {

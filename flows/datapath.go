@@ -127,13 +127,7 @@ func New(cfg Config) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load embedded BPF: %w", err)
 	}
-	// The L7 maps hold client-to-server flows that carried a message: at
-	// most as many as the flow maps. Not preallocated, they cost what
-	// they hold.
-	for _, m := range []string{bpfMapFlows4A, bpfMapFlows4B, bpfMapFlows6A, bpfMapFlows6B,
-		bpfMapL7s4A, bpfMapL7s4B, bpfMapL7s6A, bpfMapL7s6B} {
-		spec.Maps[m].MaxEntries = uint32(cfg.MaxFlows)
-	}
+	sizeMaps(spec, uint32(cfg.MaxFlows))
 	if cfg.DNSPort == 0 {
 		cfg.DNSPort = 53
 	}
@@ -255,6 +249,16 @@ func (d *Datapath) Attached() []Interface {
 		out = append(out, a.iface)
 	}
 	return out
+}
+
+// sizeMaps sizes the flow maps for maxFlows flow directions. The L7 maps
+// hold client-to-server flows that carried a message: at most as many.
+// Not preallocated, they cost what they hold.
+func sizeMaps(spec *ebpf.CollectionSpec, maxFlows uint32) {
+	for _, m := range []string{bpfMapFlows4A, bpfMapFlows4B, bpfMapFlows6A, bpfMapFlows6B,
+		bpfMapL7s4A, bpfMapL7s4B, bpfMapL7s6A, bpfMapL7s6B} {
+		spec.Maps[m].MaxEntries = maxFlows
+	}
 }
 
 // SubscribeLinks subscribes to the host's netlink link events until done
