@@ -136,9 +136,7 @@ func (l *L7) Errors() uint64 { return l.Statuses[5] + l.Rcodes[2] }
 
 // Add adds o to l. A protocol that l does not know yet is taken from o.
 func (l *L7) Add(o *L7) {
-	if l.Protocol == L7None || (l.Protocol == L7TLS && o.Protocol != L7None) {
-		l.Protocol = o.Protocol
-	}
+	l.takeProtocol(o.Protocol)
 	for i := range l.Methods {
 		l.Methods[i] += o.Methods[i]
 	}
@@ -151,6 +149,14 @@ func (l *L7) Add(o *L7) {
 	l.Queries += o.Queries
 	l.Unmatched += o.Unmatched
 	l.Latency.Add(&o.Latency)
+}
+
+// takeProtocol makes p l's protocol where l knows none yet, or only that
+// the flow is TLS and p says more.
+func (l *L7) takeProtocol(p L7Protocol) {
+	if l.Protocol == L7None || (l.Protocol == L7TLS && p != L7None) {
+		l.Protocol = p
+	}
 }
 
 // LatencyBuckets is the number of buckets of a Histogram: four to an
@@ -232,70 +238,42 @@ func (h *Histogram) Quantile(q float64) time.Duration {
 	return BucketLower(LatencyBuckets - 1)
 }
 
-// l7From turns the programs' stats into an L7.
-func l7From(s *bpfL7Stats) *L7 {
-	l := &L7{
-		Protocol:  L7Protocol(s.Proto),
-		Queries:   uint64(s.Queries),
-		Unmatched: uint64(s.Unmatched),
-	}
+// addStats adds one CPU's slot of the programs' stats of a flow to l, as
+// Add adds an L7.
+func (l *L7) addStats(s *bpfL7Stats) {
+	l.takeProtocol(L7Protocol(s.Proto))
 	for i, c := range s.Methods {
-		l.Methods[i] = uint64(c)
+		l.Methods[i] += uint64(c)
 	}
 	for i, c := range s.Statuses {
-		l.Statuses[i] = uint64(c)
+		l.Statuses[i] += uint64(c)
 	}
 	for i, c := range s.Rcodes {
-		l.Rcodes[i] = uint64(c)
+		l.Rcodes[i] += uint64(c)
 	}
+	l.Queries += uint64(s.Queries)
+	l.Unmatched += uint64(s.Unmatched)
 	for i, c := range s.Latency {
-		l.Latency.Counts[i] = uint64(c)
+		l.Latency.Counts[i] += uint64(c)
 	}
-	l.Latency.Sum = time.Duration(s.LatencySumNs)
-	return l
+	l.Latency.Sum += time.Duration(s.LatencySumNs)
 }
 
 // l7Batch is how many L7 entries one batch syscall reads.
 const l7Batch = 256
-
-// sumL7Stats adds up the CPUs' slots of one L7 entry: the protocol is
-// the first CPU's that saw one, as L7.Add takes it.
-func sumL7Stats(percpu []bpfL7Stats) bpfL7Stats {
-	var sum bpfL7Stats
-	for i := range percpu {
-		v := &percpu[i]
-		if sum.Proto == uint8(L7None) || (sum.Proto == uint8(L7TLS) && v.Proto != uint8(L7None)) {
-			sum.Proto = v.Proto
-		}
-		sum.LatencySumNs += v.LatencySumNs
-		for j := range sum.Latency {
-			sum.Latency[j] += v.Latency[j]
-		}
-		for j := range sum.Methods {
-			sum.Methods[j] += v.Methods[j]
-		}
-		for j := range sum.Statuses {
-			sum.Statuses[j] += v.Statuses[j]
-		}
-		for j := range sum.Rcodes {
-			sum.Rcodes[j] += v.Rcodes[j]
-		}
-		sum.Queries += v.Queries
-		sum.Unmatched += v.Unmatched
-	}
-	return sum
-}
 
 // drainL7 reads and deletes every entry of the L7 maps of half, which
 // the programs no longer write (the double buffer flipped), into d.l7,
 // keyed client to server (IPv4 keys IPv4-mapped), summed over the CPUs.
 func (d *drainer) drainL7(half uint32) error {
 	add := func(k bpfFlowKey, percpu []bpfL7Stats) {
-		sum := sumL7Stats(percpu)
-		if l := d.l7[k]; l != nil {
-			l.Add(l7From(&sum))
-		} else {
-			d.l7[k] = l7From(&sum)
+		l := d.l7[k]
+		if l == nil {
+			l = new(L7)
+			d.l7[k] = l
+		}
+		for i := range percpu {
+			l.addStats(&percpu[i])
 		}
 	}
 	h := d.l7s[half]

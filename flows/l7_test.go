@@ -128,29 +128,36 @@ type l7Want struct {
 	latencies uint32
 }
 
-func (w l7Want) stats() bpfL7Stats {
-	s := bpfL7Stats{Proto: uint8(w.proto), Queries: w.queries, Unmatched: w.unmatched}
+func (w l7Want) l7() L7 {
+	l := L7{Protocol: w.proto, Queries: uint64(w.queries), Unmatched: uint64(w.unmatched)}
 	for m, n := range w.methods {
-		s.Methods[m] = n
+		l.Methods[m] = uint64(n)
 	}
 	for c, n := range w.statuses {
-		s.Statuses[c] = n
+		l.Statuses[c] = uint64(n)
 	}
 	for c, n := range w.rcodes {
-		s.Rcodes[c] = n
+		l.Rcodes[c] = uint64(n)
 	}
-	return s
+	return l
 }
 
 // readL7 returns the L7 maps of half a (b false) or b by client-to-server
 // key, IPv4 keys IPv4-mapped, summed over the CPUs.
-func readL7(t testing.TB, objs *bpfObjects, b bool) map[bpfFlowKey]bpfL7Stats {
+func readL7(t testing.TB, objs *bpfObjects, b bool) map[bpfFlowKey]L7 {
 	t.Helper()
 	m4, m6 := objs.L7s4A, objs.L7s6A
 	if b {
 		m4, m6 = objs.L7s4B, objs.L7s6B
 	}
-	got := map[bpfFlowKey]bpfL7Stats{}
+	got := map[bpfFlowKey]L7{}
+	add := func(k bpfFlowKey, percpu []bpfL7Stats) {
+		l := got[k]
+		for i := range percpu {
+			l.addStats(&percpu[i])
+		}
+		got[k] = l
+	}
 	var (
 		k4 bpfFlowKey4
 		k  bpfFlowKey
@@ -158,14 +165,14 @@ func readL7(t testing.TB, objs *bpfObjects, b bool) map[bpfFlowKey]bpfL7Stats {
 	)
 	it := m4.Iterate()
 	for it.Next(&k4, &v) {
-		got[k4.mapped()] = sumL7Stats(v)
+		add(k4.mapped(), v)
 	}
 	if err := it.Err(); err != nil {
 		t.Fatalf("iterate %v: %v", m4, err)
 	}
 	it = m6.Iterate()
 	for it.Next(&k, &v) {
-		got[k] = sumL7Stats(v)
+		add(k, v)
 	}
 	if err := it.Err(); err != nil {
 		t.Fatalf("iterate %v: %v", m6, err)
@@ -185,20 +192,17 @@ func checkL7(t testing.TB, objs *bpfObjects, want map[bpfFlowKey]l7Want, before 
 			continue
 		}
 		delete(got, k)
-		var n uint32
-		for _, c := range g.Latency {
-			n += c
-		}
-		if n != w.latencies {
+		n := g.Latency.Count()
+		if n != uint64(w.latencies) {
 			t.Errorf("%s: %d latencies, want %d", keyString(k), n, w.latencies)
 		}
 		// Pipelined requests wait together: each latency is within the
 		// run, their sum within n runs.
-		if max := time.Duration(n) * before; n > 0 && (g.LatencySumNs == 0 || time.Duration(g.LatencySumNs) > max) {
-			t.Errorf("%s: latency sum %v, want within (0, %v]", keyString(k), time.Duration(g.LatencySumNs), max)
+		if max := time.Duration(n) * before; n > 0 && (g.Latency.Sum == 0 || g.Latency.Sum > max) {
+			t.Errorf("%s: latency sum %v, want within (0, %v]", keyString(k), g.Latency.Sum, max)
 		}
-		g.Latency, g.LatencySumNs = [LatencyBuckets]uint32{}, 0
-		if ws := w.stats(); g != ws {
+		g.Latency = Histogram{}
+		if ws := w.l7(); g != ws {
 			t.Errorf("%s:\ngot  %+v\nwant %+v", keyString(k), g, ws)
 		}
 	}
