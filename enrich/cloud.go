@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/flowmap/flowmap/model"
 )
 
 // Instance is the cloud instance this machine is, as its metadata service
@@ -110,7 +112,7 @@ func (c *cloudSource) run(ctx context.Context, s *sourceState) error {
 			c.mu.Unlock()
 			s.setDetail(in.Provider + " " + in.ID)
 			s.publish([]record{{
-				ep:   Endpoint{Kind: KindHost, Labels: in.Labels(), Addrs: in.Addrs},
+				ep:   model.Endpoint{Kind: model.KindHost, Labels: in.Labels(), Addrs: in.Addrs},
 				keys: []joinKey{hostKey()},
 			}})
 			// An instance does not change what it is while it runs.

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/flowmap/flowmap/enrich"
-	"github.com/flowmap/flowmap/flows"
+	"github.com/flowmap/flowmap/model"
 )
 
 // awsMetadata answers as EC2's IMDSv2 does: a PUT for a session token,
@@ -122,13 +122,13 @@ func TestCloud(t *testing.T) {
 				t.Fatalf("Instance() = %+v, want %+v", got, tt.want)
 			}
 			// The host endpoint carries the instance as labels.
-			var ep enrich.Endpoint
+			var ep model.Endpoint
 			for start := time.Now(); time.Since(start) < 2*time.Second; time.Sleep(10 * time.Millisecond) {
-				if ep = inv.Resolve(tt.want.Addrs[0], flows.Interface{}); ep.Labels["cloud.provider"] != "" {
+				if ep = inv.Resolve(tt.want.Addrs[0], model.Interface{}); ep.Labels["cloud.provider"] != "" {
 					break
 				}
 			}
-			if ep.Kind != enrich.KindHost || ep.Labels["cloud.provider"] != tt.want.Provider || ep.Labels["host.id"] != tt.want.ID {
+			if ep.Kind != model.KindHost || ep.Labels["cloud.provider"] != tt.want.Provider || ep.Labels["host.id"] != tt.want.ID {
 				t.Errorf("Resolve(%v) = %s %q labels %v, want the host with cloud labels", tt.want.Addrs[0], ep.Kind, ep.Name, ep.Labels)
 			}
 		})

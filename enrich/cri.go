@@ -9,6 +9,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/flowmap/flowmap/model"
 )
 
 // criSource reads a CRI runtime (containerd, CRI-O) over gRPC: its ready
@@ -79,8 +81,8 @@ func (c *criSource) sync(ctx context.Context, rt runtimeapi.RuntimeServiceClient
 			s.bad("decode", fmt.Errorf("pod sandbox %s from %s: no name or uid", p.GetId(), c.socket))
 			continue
 		}
-		ep := Endpoint{
-			Kind:      KindPod,
+		ep := model.Endpoint{
+			Kind:      model.KindPod,
 			ID:        md.GetUid(),
 			Name:      md.GetName(),
 			Namespace: md.GetNamespace(),

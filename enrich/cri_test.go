@@ -14,6 +14,7 @@ import (
 	"github.com/flowmap/flowmap/enrich"
 	"github.com/flowmap/flowmap/internal/dockertest"
 	"github.com/flowmap/flowmap/internal/testenv"
+	"github.com/flowmap/flowmap/model"
 )
 
 // TestCRI runs a real containerd with its CRI plugin, makes a pod through
@@ -97,9 +98,9 @@ func TestCRI(t *testing.T) {
 
 	t.Run("cri", func(t *testing.T) {
 		inv := startInventory(t, enrich.Config{CRISocket: c.Socket, NetNS: true, Logger: testLogger(t)})
-		ep, took := waitNamed(t, inv, ip, 10*time.Second, func(ep enrich.Endpoint) bool { return ep.Source == "cri" && ep.NetNS != 0 })
+		ep, took := waitNamed(t, inv, ip, 10*time.Second, func(ep model.Endpoint) bool { return ep.Source == "cri" && ep.NetNS != 0 })
 		t.Logf("pod named in %v: %+v", took, ep)
-		if ep.Kind != enrich.KindPod || ep.ID != uid || ep.Name != "checkout-7d9f-abcde" || ep.Namespace != "shop" ||
+		if ep.Kind != model.KindPod || ep.ID != uid || ep.Name != "checkout-7d9f-abcde" || ep.Namespace != "shop" ||
 			ep.Image != image || ep.Labels["app"] != "checkout" || ep.Source != "cri" {
 			t.Errorf("Resolve(%v) = %+v, want pod %s checkout-7d9f-abcde in shop, image %s, app=checkout, from cri", ip, ep, uid, image)
 		}
@@ -110,8 +111,8 @@ func TestCRI(t *testing.T) {
 
 	t.Run("netns only", func(t *testing.T) {
 		inv := startInventory(t, enrich.Config{NetNS: true, Logger: testLogger(t)})
-		ep, _ := waitNamed(t, inv, ip, 5*time.Second, func(ep enrich.Endpoint) bool { return ep.Kind == enrich.KindPod })
-		if ep.Kind != enrich.KindPod || ep.ID != uid || ep.Source != "netns" {
+		ep, _ := waitNamed(t, inv, ip, 5*time.Second, func(ep model.Endpoint) bool { return ep.Kind == model.KindPod })
+		if ep.Kind != model.KindPod || ep.ID != uid || ep.Source != "netns" {
 			t.Errorf("Resolve(%v) = %s %q from %q, want pod %s from netns", ip, ep.Kind, ep.ID, ep.Source, uid)
 		}
 	})

@@ -8,14 +8,14 @@ import (
 
 	lru "github.com/hashicorp/golang-lru/v2"
 
-	"github.com/flowmap/flowmap/flows"
+	"github.com/flowmap/flowmap/model"
 )
 
 // DefaultMaxNames is how many addresses a Names cache names by default.
 const DefaultMaxNames = 65536
 
 // Names is a bounded cache of address → name, from the DNS answers and TLS
-// server names that the datapath saw ([flows.Name]), each kept for its
+// server names that the datapath saw ([model.Name]), each kept for its
 // record's TTL. Where several names share an address (a CDN, a shared
 // load balancer), the most recent wins, and Lookup says how many others
 // the address had: the graph then says "one of several". Its methods are
@@ -28,7 +28,7 @@ type Names struct {
 
 type nameEntry struct {
 	name    string
-	source  flows.NameSource
+	source  model.NameSource
 	expires time.Time
 	// others are the other names the address had, with when they expire.
 	others map[string]time.Time
@@ -44,7 +44,7 @@ type NamesStats struct {
 // NameInfo is what Lookup knows of an address.
 type NameInfo struct {
 	Name   string
-	Source flows.NameSource
+	Source model.NameSource
 	// Others is how many other live names the address had: the name is
 	// the most recent of Others+1.
 	Others int
@@ -65,7 +65,7 @@ func NewNames(max int) *Names {
 // Add keeps nm's name for its address until its TTL ends, counted from
 // nm.Seen (or now, if zero). A TTL of 0 is kept for a minute: the answer
 // was used at least once.
-func (n *Names) Add(nm flows.Name, now time.Time) {
+func (n *Names) Add(nm model.Name, now time.Time) {
 	if !nm.Addr.IsValid() || nm.Name == "" {
 		return
 	}
@@ -136,13 +136,13 @@ func (n *Names) Len() int { return n.cache.Len() }
 
 // Name names ep, an end of a flow at addr, by its DNS or TLS name where
 // nothing better named it: an unknown endpoint, or an external one known
-// by its address alone, becomes KindExternal named by the name, with
+// by its address alone, becomes model.KindExternal named by the name, with
 // " (+N)" after it when N other names shared the address. Other kinds, and
 // external ends that a CIDR source named, keep their names.
-func (n *Names) Name(ep *Endpoint, addr netip.Addr, now time.Time) {
+func (n *Names) Name(ep *model.Endpoint, addr netip.Addr, now time.Time) {
 	switch {
-	case ep.Kind == KindUnknown, ep.Kind == "":
-	case ep.Kind == KindExternal && (ep.ID == "" || ep.ID == addr.String()):
+	case ep.Kind == model.KindUnknown, ep.Kind == "":
+	case ep.Kind == model.KindExternal && (ep.ID == "" || ep.ID == addr.String()):
 	default:
 		return
 	}
@@ -154,13 +154,13 @@ func (n *Names) Name(ep *Endpoint, addr netip.Addr, now time.Time) {
 	if info.Others > 0 {
 		name += " (+" + strconv.Itoa(info.Others) + ")"
 	}
-	ep.Kind = KindExternal
+	ep.Kind = model.KindExternal
 	ep.Name = name
 	if ep.ID == "" {
 		ep.ID = addr.String()
 	}
 	ep.Source = "dns"
-	if info.Source == flows.NameTLS {
+	if info.Source == model.NameTLS {
 		ep.Source = "tls"
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/flowmap/flowmap/flows"
 	"github.com/flowmap/flowmap/internal/sandbox"
 	"github.com/flowmap/flowmap/internal/testenv"
+	"github.com/flowmap/flowmap/model"
 )
 
 // TestDNSNamesEndToEnd runs a real DNS server (dnsmasq) in a sandbox, looks
@@ -72,13 +73,13 @@ func TestDNSNamesEndToEnd(t *testing.T) {
 	// As the agent's pipeline does: a batch's names first, then its flows
 	// named by address alone and by the names.
 	names := enrich.NewNames(0)
-	byAddr := func(a netip.Addr) enrich.Endpoint {
-		return enrich.Endpoint{Kind: enrich.KindUnknown, ID: a.String(), Name: a.String()}
+	byAddr := func(a netip.Addr) model.Endpoint {
+		return model.Endpoint{Kind: model.KindUnknown, ID: a.String(), Name: a.String()}
 	}
-	var web, dns *enrich.Flow
+	var web, dns *model.Flow
 	deadline := time.After(10 * time.Second)
 	for web == nil || dns == nil {
-		var b flows.Batch
+		var b model.Batch
 		select {
 		case b = <-batches:
 		case <-deadline:
@@ -88,7 +89,7 @@ func TestDNSNamesEndToEnd(t *testing.T) {
 			names.Add(n, b.End)
 		}
 		for _, r := range b.Records {
-			f := enrich.Flow{Record: r, SrcEndpoint: byAddr(r.Src), DstEndpoint: byAddr(r.Dst)}
+			f := model.Flow{Record: r, SrcEndpoint: byAddr(r.Src), DstEndpoint: byAddr(r.Dst)}
 			names.Name(&f.SrcEndpoint, f.Src, b.End)
 			names.Name(&f.DstEndpoint, f.Dst, b.End)
 			switch {
@@ -99,12 +100,12 @@ func TestDNSNamesEndToEnd(t *testing.T) {
 			}
 		}
 	}
-	if ep := web.DstEndpoint; ep.Kind != enrich.KindExternal || ep.Name != name || ep.Source != "dns" || ep.ID != w.Addr.String() {
-		t.Errorf("web server = %s %q (id %s) from %q, want %s %q (id %s) from dns", ep.Kind, ep.Name, ep.ID, ep.Source, enrich.KindExternal, name, w.Addr)
+	if ep := web.DstEndpoint; ep.Kind != model.KindExternal || ep.Name != name || ep.Source != "dns" || ep.ID != w.Addr.String() {
+		t.Errorf("web server = %s %q (id %s) from %q, want %s %q (id %s) from dns", ep.Kind, ep.Name, ep.ID, ep.Source, model.KindExternal, name, w.Addr)
 	}
 	for _, c := range []struct {
 		what string
-		ep   enrich.Endpoint
+		ep   model.Endpoint
 		addr netip.Addr
 	}{{"web client", web.SrcEndpoint, a.Addr}, {"dns server", dns.DstEndpoint, d.Addr}} {
 		if want := byAddr(c.addr); c.ep.Kind != want.Kind || c.ep.Name != want.Name || c.ep.Source != "" {
@@ -119,7 +120,7 @@ func TestDNSNamesEndToEnd(t *testing.T) {
 // runDatapath runs the datapath on a bridge's ports until the test ends,
 // and returns its batches once it has attached: a packet sent before is
 // not counted.
-func runDatapath(t *testing.T, bridge string) <-chan flows.Batch {
+func runDatapath(t *testing.T, bridge string) <-chan model.Batch {
 	t.Helper()
 	dp, err := flows.New(flows.Config{Interfaces: []string{bridge}, Interval: 300 * time.Millisecond})
 	if err != nil {
@@ -127,7 +128,7 @@ func runDatapath(t *testing.T, bridge string) <-chan flows.Batch {
 	}
 	t.Cleanup(func() { dp.Close() })
 	ctx, stop := context.WithCancel(context.Background())
-	batches := make(chan flows.Batch, 64)
+	batches := make(chan model.Batch, 64)
 	done := make(chan error, 1)
 	go func() { done <- dp.Run(ctx, batches) }()
 	t.Cleanup(func() { stop(); <-done })

@@ -1,7 +1,7 @@
 // Package enrich names the ends of flows: it keeps an inventory of who is
 // behind each address (network namespaces and their processes, containers,
 // Kubernetes pods, services and workloads, the cloud instance, user-named
-// CIDRs) and resolves each end of a flows.Record to an Endpoint from
+// CIDRs) and resolves each end of a Record to an Endpoint from
 // bounded caches, so that the hot path never calls a runtime.
 //
 // # Sources
@@ -19,7 +19,7 @@
 //     Needs no runtime API: with the engine's socket gone a container is
 //     still named, by its short id, with the runtime that the path names in
 //     the label flowmap.runtime; a namespace without container is
-//     KindNetNS, named by its name under /run/netns. Rescans after link events, so a new
+//     model.KindNetNS, named by its name under /run/netns. Rescans after link events, so a new
 //     container is seen within a second or so.
 //   - docker, podman (Config.DockerSocket, Config.PodmanSocket): the Docker
 //     Engine API, or Podman's Docker-compatible one, on a unix socket: name,
@@ -60,7 +60,7 @@
 // source owns. It makes no call and allocates nothing once an address has
 // been seen (35 to 50 ns for a known address, about 100 ns for an external
 // one, on the 2-core machine this was written on; BenchmarkResolve). An address behind a veth that no source knows is
-// KindUnknown; any other unowned address KindExternal, named by the CIDR
+// model.KindUnknown; any other unowned address model.KindExternal, named by the CIDR
 // file where a line covers it, else by itself (for the DNS names a later
 // stage may add).
 //

@@ -14,6 +14,7 @@ import (
 	"github.com/flowmap/flowmap/flows"
 	"github.com/flowmap/flowmap/internal/dockertest"
 	"github.com/flowmap/flowmap/internal/testenv"
+	"github.com/flowmap/flowmap/model"
 )
 
 // container is a container the test started, as the engine reports it.
@@ -68,9 +69,9 @@ func runContainer(t *testing.T, e engine, image, name string, labels map[string]
 
 // checkNamed fails t unless ep is c as the Docker API names it: by name,
 // image and labels.
-func checkNamed(t *testing.T, what string, ep enrich.Endpoint, c container) {
+func checkNamed(t *testing.T, what string, ep model.Endpoint, c container) {
 	t.Helper()
-	if ep.Kind != enrich.KindContainer || ep.ID != c.id || ep.Name != c.name || ep.Image != c.image || c.image == "" {
+	if ep.Kind != model.KindContainer || ep.ID != c.id || ep.Name != c.name || ep.Image != c.image || c.image == "" {
 		t.Errorf("%s = %s %q name %q image %q, want container %q name %q image %q", what, ep.Kind, ep.ID, ep.Name, ep.Image, c.id, c.name, c.image)
 	}
 	for k, v := range c.labels {
@@ -85,9 +86,9 @@ func checkNamed(t *testing.T, what string, ep enrich.Endpoint, c container) {
 
 // checkByID fails t unless ep is c as the netns source names it without
 // the engine: kind, full id and the short id as name.
-func checkByID(t *testing.T, what string, ep enrich.Endpoint, c container) {
+func checkByID(t *testing.T, what string, ep model.Endpoint, c container) {
 	t.Helper()
-	if ep.Kind != enrich.KindContainer || ep.ID != c.id || ep.Name != c.id[:12] || ep.Source != "netns" {
+	if ep.Kind != model.KindContainer || ep.ID != c.id || ep.Name != c.id[:12] || ep.Source != "netns" {
 		t.Errorf("%s = %s %q name %q from %q, want container %q name %q from netns", what, ep.Kind, ep.ID, ep.Name, ep.Source, c.id, c.id[:12])
 	}
 }
@@ -96,14 +97,14 @@ func checkByID(t *testing.T, what string, ep enrich.Endpoint, c container) {
 // counted at the sender's veth: the steady state. (While the datapath
 // attaches to a bridge's ports at start, a packet may be counted at the
 // receiver's veth instead, with no SrcIf.)
-func waitFlow(t *testing.T, batches <-chan flows.Batch, src, dst netip.Addr, port uint16, limit time.Duration) flows.Record {
+func waitFlow(t *testing.T, batches <-chan model.Batch, src, dst netip.Addr, port uint16, limit time.Duration) model.Record {
 	t.Helper()
 	deadline := time.After(limit)
 	for {
 		select {
 		case b := <-batches:
 			for _, r := range b.Records {
-				if r.Src == src && r.Dst == dst && r.DstPort == port && r.Proto == flows.ProtoTCP && r.SrcIf.Index != 0 {
+				if r.Src == src && r.Dst == dst && r.DstPort == port && r.Proto == model.ProtoTCP && r.SrcIf.Index != 0 {
 					return r
 				}
 			}
@@ -115,11 +116,11 @@ func waitFlow(t *testing.T, batches <-chan flows.Batch, src, dst netip.Addr, por
 
 // waitNamed resolves addr until check accepts it, and returns how long it
 // took.
-func waitNamed(t *testing.T, inv *enrich.Inventory, addr netip.Addr, limit time.Duration, ok func(enrich.Endpoint) bool) (enrich.Endpoint, time.Duration) {
+func waitNamed(t *testing.T, inv *enrich.Inventory, addr netip.Addr, limit time.Duration, ok func(model.Endpoint) bool) (model.Endpoint, time.Duration) {
 	t.Helper()
 	start := time.Now()
 	for {
-		ep := inv.Resolve(addr, flows.Interface{})
+		ep := inv.Resolve(addr, model.Interface{})
 		if ok(ep) {
 			return ep, time.Since(start)
 		}
@@ -175,14 +176,14 @@ func TestDocker(t *testing.T) {
 		inv := startInventory(t, enrich.Config{NetNS: true, DockerSocket: d.AgentSocket, Logger: testLogger(t)})
 		r := waitFlow(t, batches, cli.addr, srv.addr, 8080, 20*time.Second)
 		// The netns source syncs at start; give the merge a moment.
-		waitNamed(t, inv, srv.addr, 2*time.Second, func(ep enrich.Endpoint) bool { return ep.Kind == enrich.KindContainer })
+		waitNamed(t, inv, srv.addr, 2*time.Second, func(ep model.Endpoint) bool { return ep.Kind == model.KindContainer })
 		f := inv.Enrich(r)
 		checkByID(t, "source", f.SrcEndpoint, cli)
 		checkByID(t, "destination", f.DstEndpoint, srv)
 
 		start := time.Now()
 		late := runContainer(t, e, image, "fme-late2", nil, "sleep", "3600")
-		ep, _ := waitNamed(t, inv, late.addr, 2*time.Second, func(ep enrich.Endpoint) bool { return ep.ID == late.id })
+		ep, _ := waitNamed(t, inv, late.addr, 2*time.Second, func(ep model.Endpoint) bool { return ep.ID == late.id })
 		took := time.Since(start)
 		t.Logf("without the engine, container started while running named %v after run began", took)
 		if took > 2*time.Second {
@@ -205,7 +206,7 @@ func TestDocker(t *testing.T) {
 // testEngineNames checks that an inventory of cfg names both ends of the
 // flow from cli to srv by container name, image and labels, a container
 // started while it runs within 2s, and forgets a removed one.
-func testEngineNames(t *testing.T, e engine, cfg enrich.Config, batches <-chan flows.Batch, image string, cli, srv container) {
+func testEngineNames(t *testing.T, e engine, cfg enrich.Config, batches <-chan model.Batch, image string, cli, srv container) {
 	t.Helper()
 	ctx := context.Background()
 	inv := startInventory(t, cfg)
@@ -219,7 +220,7 @@ func testEngineNames(t *testing.T, e engine, cfg enrich.Config, batches <-chan f
 
 	start := time.Now()
 	late := runContainer(t, e, image, "fme-late", map[string]string{"late": "yes"}, "sleep", "3600")
-	ep, _ := waitNamed(t, inv, late.addr, 2*time.Second, func(ep enrich.Endpoint) bool { return ep.Name == late.name })
+	ep, _ := waitNamed(t, inv, late.addr, 2*time.Second, func(ep model.Endpoint) bool { return ep.Name == late.name })
 	// From before docker run: the engine's own start time included.
 	took := time.Since(start)
 	t.Logf("container started while running named %v after run began", took)
@@ -231,8 +232,8 @@ func testEngineNames(t *testing.T, e engine, cfg enrich.Config, batches <-chan f
 	if _, err := e.cli(ctx, append(e.rm, late.name)...); err != nil {
 		t.Fatalf("remove late container: %v", err)
 	}
-	waitNamed(t, inv, late.addr, 2*time.Second, func(ep enrich.Endpoint) bool { return ep.Kind == enrich.KindExternal })
-	if ep := inv.Resolve(late.addr, flows.Interface{}); ep.Kind != enrich.KindExternal {
+	waitNamed(t, inv, late.addr, 2*time.Second, func(ep model.Endpoint) bool { return ep.Kind == model.KindExternal })
+	if ep := inv.Resolve(late.addr, model.Interface{}); ep.Kind != model.KindExternal {
 		t.Errorf("removed container's address resolves to %s %q, want external", ep.Kind, ep.Name)
 	} else {
 		t.Logf("removed container forgotten %v after rm began", time.Since(start))
@@ -246,7 +247,7 @@ func testEngineNames(t *testing.T, e engine, cfg enrich.Config, batches <-chan f
 
 // watchBridge runs the datapath on the ports of bridge until the test
 // ends, and returns its batches.
-func watchBridge(t *testing.T, bridge string) <-chan flows.Batch {
+func watchBridge(t *testing.T, bridge string) <-chan model.Batch {
 	t.Helper()
 	dp, err := flows.New(flows.Config{Interfaces: []string{bridge}, Interval: 500 * time.Millisecond})
 	if err != nil {
@@ -254,7 +255,7 @@ func watchBridge(t *testing.T, bridge string) <-chan flows.Batch {
 	}
 	t.Cleanup(func() { dp.Close() })
 	ctx, stop := context.WithCancel(context.Background())
-	batches := make(chan flows.Batch, 16)
+	batches := make(chan model.Batch, 16)
 	done := make(chan error, 1)
 	go func() { done <- dp.Run(ctx, batches) }()
 	t.Cleanup(func() { stop(); <-done })

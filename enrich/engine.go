@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/flowmap/flowmap/model"
 )
 
 // engineSource reads the Docker Engine API, or Podman's Docker-compatible
@@ -257,8 +259,8 @@ func (e *engineSource) inspect(ctx context.Context, id string) (record, bool, er
 	if c.ID == "" {
 		return record{}, false, &engineError{"decode", fmt.Errorf("inspect container %s: no id in the answer", id)}
 	}
-	ep := Endpoint{
-		Kind:   KindContainer,
+	ep := model.Endpoint{
+		Kind:   model.KindContainer,
 		ID:     c.ID,
 		Name:   strings.TrimPrefix(c.Name, "/"),
 		Image:  c.Config.Image,

@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/flowmap/flowmap/enrich"
-	"github.com/flowmap/flowmap/flows"
+	"github.com/flowmap/flowmap/model"
 )
 
 const (
@@ -153,10 +153,10 @@ func TestEngineBadInput(t *testing.T) {
 			// did read, and the inventory rebuilds its caches after that:
 			// wait for both.
 			var n float64
-			var f enrich.Flow
+			var f model.Flow
 			for start := time.Now(); time.Since(start) < 3*time.Second; time.Sleep(20 * time.Millisecond) {
 				n = errorCount(t, inv, "docker", tt.reason)
-				f = inv.Enrich(flows.Record{Src: good, Dst: other, Proto: flows.ProtoTCP, DstPort: 80})
+				f = inv.Enrich(model.Record{Src: good, Dst: other, Proto: model.ProtoTCP, DstPort: 80})
 				if n > 0 && (!tt.named || f.SrcEndpoint.Name == "good") {
 					break
 				}
@@ -172,10 +172,10 @@ func TestEngineBadInput(t *testing.T) {
 				if f.SrcEndpoint.Name != "good" || f.SrcEndpoint.Labels["role"] != "good" {
 					t.Errorf("source = %s %q labels %v, want container good", f.SrcEndpoint.Kind, f.SrcEndpoint.Name, f.SrcEndpoint.Labels)
 				}
-			} else if f.SrcEndpoint.Kind != enrich.KindExternal || f.SrcEndpoint.Name != good.String() {
+			} else if f.SrcEndpoint.Kind != model.KindExternal || f.SrcEndpoint.Name != good.String() {
 				t.Errorf("source = %s %q, want external %s", f.SrcEndpoint.Kind, f.SrcEndpoint.Name, good)
 			}
-			if f.DstEndpoint.Kind != enrich.KindExternal || f.DstEndpoint.Name != other.String() {
+			if f.DstEndpoint.Kind != model.KindExternal || f.DstEndpoint.Name != other.String() {
 				t.Errorf("destination = %s %q, want external %s", f.DstEndpoint.Kind, f.DstEndpoint.Name, other)
 			}
 			for _, st := range inv.Status() {
@@ -215,7 +215,7 @@ func TestCIDRFile(t *testing.T) {
 	}
 	inv := startInventory(t, enrich.Config{CIDRFile: path, Resync: 100 * time.Millisecond, Logger: testLogger(t)})
 	addr := netip.MustParseAddr("203.0.113.9")
-	if ep, _ := waitNamed(t, inv, addr, 2*time.Second, func(ep enrich.Endpoint) bool { return ep.Name == "corp network" }); ep.Name != "corp network" || ep.ID != "203.0.113.0/24" || ep.Kind != enrich.KindExternal {
+	if ep, _ := waitNamed(t, inv, addr, 2*time.Second, func(ep model.Endpoint) bool { return ep.Name == "corp network" }); ep.Name != "corp network" || ep.ID != "203.0.113.0/24" || ep.Kind != model.KindExternal {
 		t.Fatalf("Resolve(%v) = %s %q %q, want external %q %q", addr, ep.Kind, ep.ID, ep.Name, "203.0.113.0/24", "corp network")
 	}
 	if n := errorCount(t, inv, "cidr", "parse"); n != 1 {
@@ -227,10 +227,10 @@ func TestCIDRFile(t *testing.T) {
 	if err := os.Rename(path+".new", path); err != nil { // as editors and ConfigMaps replace files
 		t.Fatal(err)
 	}
-	if ep, took := waitNamed(t, inv, addr, 3*time.Second, func(ep enrich.Endpoint) bool { return ep.Name == "lab" }); ep.Name != "lab" {
+	if ep, took := waitNamed(t, inv, addr, 3*time.Second, func(ep model.Endpoint) bool { return ep.Name == "lab" }); ep.Name != "lab" {
 		t.Fatalf("after the edit, Resolve(%v).Name = %q after %v, want %q", addr, ep.Name, took, "lab")
 	}
-	if ep := inv.Resolve(netip.MustParseAddr("203.0.113.200"), flows.Interface{}); ep.Name != "203.0.113.200" {
+	if ep := inv.Resolve(netip.MustParseAddr("203.0.113.200"), model.Interface{}); ep.Name != "203.0.113.200" {
 		t.Errorf("an address the edited file no longer covers is named %q, want its address", ep.Name)
 	}
 	if st := inv.Status(); !strings.Contains(fmt.Sprint(st), "cidr") {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/flowmap/flowmap/enrich"
 	"github.com/flowmap/flowmap/flows"
+	"github.com/flowmap/flowmap/model"
 )
 
 // The agent's wiring: the datapath's batches are enriched as they come,
@@ -38,7 +39,7 @@ func Example() {
 		return
 	}
 	defer dp.Close()
-	batches := make(chan flows.Batch, 4)
+	batches := make(chan model.Batch, 4)
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return inv.Run(ctx) })
 	g.Go(func() error { return dp.Run(ctx, batches) })

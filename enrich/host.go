@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/flowmap/flowmap/model"
 )
 
 // hostSource names this machine's own addresses: those of the agent's
@@ -75,7 +77,7 @@ func hostRecord() (record, error) {
 	if err != nil {
 		return record{}, fmt.Errorf("list addresses: %w", err)
 	}
-	ep := Endpoint{Kind: KindHost, ID: name, Name: name, Addrs: ownAddrs(list)}
+	ep := model.Endpoint{Kind: model.KindHost, ID: name, Name: name, Addrs: ownAddrs(list)}
 	return record{ep: ep, keys: []joinKey{hostKey()}}, nil
 }
 

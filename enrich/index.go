@@ -4,11 +4,13 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+
+	"github.com/flowmap/flowmap/model"
 )
 
 // record is what one source knows of one endpoint.
 type record struct {
-	ep Endpoint
+	ep model.Endpoint
 	// keys join this record with other sources' records of the same
 	// endpoint, besides its network namespace and addresses.
 	keys []joinKey
@@ -109,19 +111,19 @@ func join(recs []record) []group {
 // what the endpoint is (not merely a namespace or unknown) gives its kind,
 // id and source; each other field comes from the most trusted source that
 // has it; labels and addresses are the union.
-func (g group) endpoint() Endpoint {
+func (g group) endpoint() model.Endpoint {
 	if len(g) == 1 {
 		return g[0].ep
 	}
 	primary := 0
 	for i, r := range g {
-		if r.ep.Kind != KindNetNS && r.ep.Kind != KindUnknown && r.ep.Kind != "" {
+		if r.ep.Kind != model.KindNetNS && r.ep.Kind != model.KindUnknown && r.ep.Kind != "" {
 			primary = i
 			break
 		}
 	}
 	ep := g[primary].ep
-	first := func(get func(*Endpoint) string) string {
+	first := func(get func(*model.Endpoint) string) string {
 		if v := get(&ep); v != "" {
 			return v
 		}
@@ -132,10 +134,10 @@ func (g group) endpoint() Endpoint {
 		}
 		return ""
 	}
-	ep.Name = first(func(e *Endpoint) string { return e.Name })
-	ep.Namespace = first(func(e *Endpoint) string { return e.Namespace })
-	ep.Node = first(func(e *Endpoint) string { return e.Node })
-	ep.Image = first(func(e *Endpoint) string { return e.Image })
+	ep.Name = first(func(e *model.Endpoint) string { return e.Name })
+	ep.Namespace = first(func(e *model.Endpoint) string { return e.Namespace })
+	ep.Node = first(func(e *model.Endpoint) string { return e.Node })
+	ep.Image = first(func(e *model.Endpoint) string { return e.Image })
 	if ep.Workload == "" {
 		for _, r := range g {
 			if r.ep.Workload != "" {

@@ -13,7 +13,7 @@ import (
 
 	lru "github.com/hashicorp/golang-lru/v2"
 
-	"github.com/flowmap/flowmap/flows"
+	"github.com/flowmap/flowmap/model"
 )
 
 // Config selects the inventory's sources and bounds its caches. Every
@@ -103,8 +103,8 @@ type Inventory struct {
 	// The caches Resolve reads. Only the merger writes to them.
 	// Keyed by the address's 16 bytes: netip.Addr hashes (zone handle
 	// and all) at twice the cost.
-	byAddr *lru.Cache[[16]byte, *Endpoint]
-	byNSID *lru.Cache[int, *Endpoint]
+	byAddr *lru.Cache[[16]byte, *model.Endpoint]
+	byNSID *lru.Cache[int, *model.Endpoint]
 	// ext caches the answers for addresses that no source owns, with the
 	// generation of the index they were made from.
 	ext *lru.Cache[extKey, *extEntry]
@@ -134,7 +134,7 @@ type extKey struct {
 
 type extEntry struct {
 	gen uint64
-	ep  Endpoint
+	ep  model.Endpoint
 }
 
 // source is one origin of endpoints. run publishes through s until ctx is
@@ -190,10 +190,10 @@ func New(cfg Config) (*Inventory, error) {
 		dirty:   make(chan struct{}, 1),
 	}
 	var err error
-	if inv.byAddr, err = lru.New[[16]byte, *Endpoint](cfg.MaxEndpoints); err != nil {
+	if inv.byAddr, err = lru.New[[16]byte, *model.Endpoint](cfg.MaxEndpoints); err != nil {
 		return nil, fmt.Errorf("make address cache: %w", err)
 	}
-	if inv.byNSID, err = lru.New[int, *Endpoint](cfg.MaxEndpoints); err != nil {
+	if inv.byNSID, err = lru.New[int, *model.Endpoint](cfg.MaxEndpoints); err != nil {
 		return nil, fmt.Errorf("make namespace id cache: %w", err)
 	}
 	if inv.ext, err = lru.New[extKey, *extEntry](cfg.MaxEndpoints); err != nil {
@@ -366,13 +366,13 @@ const (
 // interface iface (the zero Interface where there is none). It reads only
 // the caches: an address in a namespace that a source knows (through
 // iface's peer namespace, or the address itself) is that namespace's
-// endpoint; an address behind a veth that no source knows is KindUnknown;
-// any other address is KindExternal, named by the CIDR file where a line
+// endpoint; an address behind a veth that no source knows is model.KindUnknown;
+// any other address is model.KindExternal, named by the CIDR file where a line
 // covers it, else by itself.
-func (inv *Inventory) Resolve(addr netip.Addr, iface flows.Interface) Endpoint {
+func (inv *Inventory) Resolve(addr netip.Addr, iface model.Interface) model.Endpoint {
 	addr = addr.Unmap()
 	behindVeth := iface.Index != 0 && iface.PeerNetNSID >= 0
-	var nsEP *Endpoint
+	var nsEP *model.Endpoint
 	var haveNS bool
 	if behindVeth {
 		nsEP, haveNS = inv.byNSID.Get(iface.PeerNetNSID)
@@ -405,8 +405,8 @@ func (inv *Inventory) Resolve(addr netip.Addr, iface flows.Interface) Endpoint {
 	return ep
 }
 
-func (inv *Inventory) count(k Kind) {
-	if k == KindUnknown {
+func (inv *Inventory) count(k model.EndpointKind) {
+	if k == model.KindUnknown {
 		inv.resolved[resolvedLocal].Add(1)
 	} else {
 		inv.resolved[resolvedExternal].Add(1)
@@ -414,19 +414,19 @@ func (inv *Inventory) count(k Kind) {
 }
 
 // unowned makes the endpoint of an address that no source owns.
-func (inv *Inventory) unowned(addr netip.Addr, local bool) Endpoint {
+func (inv *Inventory) unowned(addr netip.Addr, local bool) model.Endpoint {
 	if !addr.IsValid() {
-		return Endpoint{Kind: KindUnknown, ID: "invalid", Name: "invalid"}
+		return model.Endpoint{Kind: model.KindUnknown, ID: "invalid", Name: "invalid"}
 	}
 	s := addr.String()
 	addrs := []netip.Addr{addr}
 	if local {
-		return Endpoint{Kind: KindUnknown, ID: s, Name: s, Addrs: addrs}
+		return model.Endpoint{Kind: model.KindUnknown, ID: s, Name: s, Addrs: addrs}
 	}
 	if c, ok := inv.cidrs.Load().lookup(addr); ok {
-		return Endpoint{Kind: KindExternal, ID: c.Prefix.String(), Name: c.Name, Addrs: addrs, Source: "cidr"}
+		return model.Endpoint{Kind: model.KindExternal, ID: c.Prefix.String(), Name: c.Name, Addrs: addrs, Source: "cidr"}
 	}
-	return Endpoint{Kind: KindExternal, ID: s, Name: s, Addrs: addrs}
+	return model.Endpoint{Kind: model.KindExternal, ID: s, Name: s, Addrs: addrs}
 }
 
 func containsAddr(addrs []netip.Addr, a netip.Addr) bool {
@@ -439,8 +439,8 @@ func containsAddr(addrs []netip.Addr, a netip.Addr) bool {
 }
 
 // Enrich returns r with both ends resolved.
-func (inv *Inventory) Enrich(r flows.Record) Flow {
-	return Flow{
+func (inv *Inventory) Enrich(r model.Record) model.Flow {
+	return model.Flow{
 		Record:      r,
 		SrcEndpoint: inv.Resolve(r.Src, r.SrcIf),
 		DstEndpoint: inv.Resolve(r.Dst, r.DstIf),

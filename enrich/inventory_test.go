@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/flowmap/flowmap/flows"
+	"github.com/flowmap/flowmap/model"
 )
 
 const (
@@ -49,26 +49,26 @@ func newTestInventory(t testing.TB, bySource map[string][]record) *Inventory {
 func TestResolve(t *testing.T) {
 	inv := newTestInventory(t, map[string][]record{
 		"docker": {{
-			ep:   Endpoint{Kind: KindContainer, ID: cidA, Name: "web", Image: "busybox", Labels: map[string]string{"app": "web"}, Addrs: addrs("198.51.100.2"), NetNS: 4026532001},
+			ep:   model.Endpoint{Kind: model.KindContainer, ID: cidA, Name: "web", Image: "busybox", Labels: map[string]string{"app": "web"}, Addrs: addrs("198.51.100.2"), NetNS: 4026532001},
 			keys: []joinKey{containerKey(cidA)},
 		}},
 		"netns": {
 			{
-				ep:    Endpoint{Kind: KindContainer, ID: cidA, Name: cidA[:12], NetNS: 4026532001, PIDNS: 4026532002, Addrs: addrs("198.51.100.2", "2001:db8::2")},
+				ep:    model.Endpoint{Kind: model.KindContainer, ID: cidA, Name: cidA[:12], NetNS: 4026532001, PIDNS: 4026532002, Addrs: addrs("198.51.100.2", "2001:db8::2")},
 				keys:  []joinKey{containerKey(cidA)},
 				nsids: []int{3},
 			},
 			{
-				ep:    Endpoint{Kind: KindNetNS, ID: "netns:4026532009", Name: "lab", NetNS: 4026532009, Addrs: addrs("198.51.100.9")},
+				ep:    model.Endpoint{Kind: model.KindNetNS, ID: "netns:4026532009", Name: "lab", NetNS: 4026532009, Addrs: addrs("198.51.100.9")},
 				nsids: []int{7},
 			},
 		},
 		"kubernetes": {{
-			ep:   Endpoint{Kind: KindPod, ID: uidA, Name: "checkout-7d9f", Namespace: "shop", Workload: "checkout", WorkloadKind: "Deployment", Node: "n1", Addrs: addrs("198.51.100.20")},
+			ep:   model.Endpoint{Kind: model.KindPod, ID: uidA, Name: "checkout-7d9f", Namespace: "shop", Workload: "checkout", WorkloadKind: "Deployment", Node: "n1", Addrs: addrs("198.51.100.20")},
 			keys: []joinKey{podKey(uidA), containerKey(cidB)},
 		}},
 		"cri": {{
-			ep:   Endpoint{Kind: KindPod, ID: uidA, Name: "checkout-7d9f", Namespace: "shop", Image: "shop/checkout:1.2", Labels: map[string]string{"io.kubernetes.pod.name": "checkout-7d9f"}, Addrs: addrs("198.51.100.20")},
+			ep:   model.Endpoint{Kind: model.KindPod, ID: uidA, Name: "checkout-7d9f", Namespace: "shop", Image: "shop/checkout:1.2", Labels: map[string]string{"io.kubernetes.pod.name": "checkout-7d9f"}, Addrs: addrs("198.51.100.20")},
 			keys: []joinKey{podKey(uidA), containerKey(cidB)},
 		}},
 	})
@@ -76,38 +76,38 @@ func TestResolve(t *testing.T) {
 		{netip.MustParsePrefix("203.0.113.0/24"), "corp network"},
 		{netip.MustParsePrefix("203.0.113.10/32"), "payments lb"},
 	}))
-	veth := func(nsid int) flows.Interface {
-		return flows.Interface{Index: 42, Name: "vethx", Kind: "veth", PeerNetNSID: nsid}
+	veth := func(nsid int) model.Interface {
+		return model.Interface{Index: 42, Name: "vethx", Kind: "veth", PeerNetNSID: nsid}
 	}
 	tests := []struct {
 		name  string
 		addr  string
-		iface flows.Interface
-		want  Endpoint
+		iface model.Interface
+		want  model.Endpoint
 	}{
 		{
 			name: "container by address, docker and netns joined",
 			addr: "198.51.100.2",
-			want: Endpoint{Kind: KindContainer, ID: cidA, Name: "web", Image: "busybox", Labels: map[string]string{"app": "web"},
+			want: model.Endpoint{Kind: model.KindContainer, ID: cidA, Name: "web", Image: "busybox", Labels: map[string]string{"app": "web"},
 				NetNS: 4026532001, PIDNS: 4026532002, Addrs: addrs("198.51.100.2", "2001:db8::2"), Source: "docker"},
 		},
 		{
 			name:  "container by peer namespace",
 			addr:  "2001:db8::2",
 			iface: veth(3),
-			want: Endpoint{Kind: KindContainer, ID: cidA, Name: "web", Image: "busybox", Labels: map[string]string{"app": "web"},
+			want: model.Endpoint{Kind: model.KindContainer, ID: cidA, Name: "web", Image: "busybox", Labels: map[string]string{"app": "web"},
 				NetNS: 4026532001, PIDNS: 4026532002, Addrs: addrs("198.51.100.2", "2001:db8::2"), Source: "docker"},
 		},
 		{
 			name: "IPv4-mapped address",
 			addr: "::ffff:198.51.100.2",
-			want: Endpoint{Kind: KindContainer, ID: cidA, Name: "web", Image: "busybox", Labels: map[string]string{"app": "web"},
+			want: model.Endpoint{Kind: model.KindContainer, ID: cidA, Name: "web", Image: "busybox", Labels: map[string]string{"app": "web"},
 				NetNS: 4026532001, PIDNS: 4026532002, Addrs: addrs("198.51.100.2", "2001:db8::2"), Source: "docker"},
 		},
 		{
 			name: "pod: kubernetes names, cri adds image and labels",
 			addr: "198.51.100.20",
-			want: Endpoint{Kind: KindPod, ID: uidA, Name: "checkout-7d9f", Namespace: "shop", Workload: "checkout", WorkloadKind: "Deployment",
+			want: model.Endpoint{Kind: model.KindPod, ID: uidA, Name: "checkout-7d9f", Namespace: "shop", Workload: "checkout", WorkloadKind: "Deployment",
 				Node: "n1", Image: "shop/checkout:1.2", Labels: map[string]string{"io.kubernetes.pod.name": "checkout-7d9f"},
 				Addrs: addrs("198.51.100.20"), Source: "kubernetes"},
 		},
@@ -115,39 +115,39 @@ func TestResolve(t *testing.T) {
 			name:  "named namespace without container",
 			addr:  "198.51.100.9",
 			iface: veth(7),
-			want:  Endpoint{Kind: KindNetNS, ID: "netns:4026532009", Name: "lab", NetNS: 4026532009, Addrs: addrs("198.51.100.9"), Source: "netns"},
+			want:  model.Endpoint{Kind: model.KindNetNS, ID: "netns:4026532009", Name: "lab", NetNS: 4026532009, Addrs: addrs("198.51.100.9"), Source: "netns"},
 		},
 		{
 			name:  "address the namespace does not list is still behind its veth",
 			addr:  "198.51.100.99",
 			iface: veth(7),
-			want:  Endpoint{Kind: KindNetNS, ID: "netns:4026532009", Name: "lab", NetNS: 4026532009, Addrs: addrs("198.51.100.9"), Source: "netns"},
+			want:  model.Endpoint{Kind: model.KindNetNS, ID: "netns:4026532009", Name: "lab", NetNS: 4026532009, Addrs: addrs("198.51.100.9"), Source: "netns"},
 		},
 		{
 			name:  "unknown namespace behind a veth",
 			addr:  "198.51.100.50",
 			iface: veth(11),
-			want:  Endpoint{Kind: KindUnknown, ID: "198.51.100.50", Name: "198.51.100.50", Addrs: addrs("198.51.100.50")},
+			want:  model.Endpoint{Kind: model.KindUnknown, ID: "198.51.100.50", Name: "198.51.100.50", Addrs: addrs("198.51.100.50")},
 		},
 		{
 			name: "zero interface is not namespace id 0",
 			addr: "198.51.100.51",
-			want: Endpoint{Kind: KindExternal, ID: "198.51.100.51", Name: "198.51.100.51", Addrs: addrs("198.51.100.51")},
+			want: model.Endpoint{Kind: model.KindExternal, ID: "198.51.100.51", Name: "198.51.100.51", Addrs: addrs("198.51.100.51")},
 		},
 		{
 			name: "external, longest CIDR",
 			addr: "203.0.113.10",
-			want: Endpoint{Kind: KindExternal, ID: "203.0.113.10/32", Name: "payments lb", Addrs: addrs("203.0.113.10"), Source: "cidr"},
+			want: model.Endpoint{Kind: model.KindExternal, ID: "203.0.113.10/32", Name: "payments lb", Addrs: addrs("203.0.113.10"), Source: "cidr"},
 		},
 		{
 			name: "external, CIDR",
 			addr: "203.0.113.11",
-			want: Endpoint{Kind: KindExternal, ID: "203.0.113.0/24", Name: "corp network", Addrs: addrs("203.0.113.11"), Source: "cidr"},
+			want: model.Endpoint{Kind: model.KindExternal, ID: "203.0.113.0/24", Name: "corp network", Addrs: addrs("203.0.113.11"), Source: "cidr"},
 		},
 		{
 			name: "external, no CIDR",
 			addr: "2001:db8:ffff::1",
-			want: Endpoint{Kind: KindExternal, ID: "2001:db8:ffff::1", Name: "2001:db8:ffff::1", Addrs: addrs("2001:db8:ffff::1")},
+			want: model.Endpoint{Kind: model.KindExternal, ID: "2001:db8:ffff::1", Name: "2001:db8:ffff::1", Addrs: addrs("2001:db8:ffff::1")},
 		},
 	}
 	for _, tt := range tests {
@@ -163,14 +163,14 @@ func TestResolve(t *testing.T) {
 }
 
 // endpointDiff says how got differs from want, field by field.
-func endpointDiff(got, want Endpoint) string {
+func endpointDiff(got, want model.Endpoint) string {
 	var b strings.Builder
 	check := func(field string, g, w any) {
 		if fmt.Sprint(g) != fmt.Sprint(w) {
 			fmt.Fprintf(&b, "\t%s = %v, want %v\n", field, g, w)
 		}
 	}
-	check("Kind", got.Kind, want.Kind)
+	check("model.EndpointKind", got.Kind, want.Kind)
 	check("ID", got.ID, want.ID)
 	check("Name", got.Name, want.Name)
 	check("Namespace", got.Namespace, want.Namespace)
@@ -192,21 +192,21 @@ func endpointDiff(got, want Endpoint) string {
 
 func TestRebuildForgets(t *testing.T) {
 	inv := newTestInventory(t, map[string][]record{
-		"docker": {{ep: Endpoint{Kind: KindContainer, ID: cidA, Name: "web", Addrs: addrs("198.51.100.2")}}},
+		"docker": {{ep: model.Endpoint{Kind: model.KindContainer, ID: cidA, Name: "web", Addrs: addrs("198.51.100.2")}}},
 	})
 	a := netip.MustParseAddr("198.51.100.2")
-	if got := inv.Resolve(a, flows.Interface{}); got.Name != "web" {
+	if got := inv.Resolve(a, model.Interface{}); got.Name != "web" {
 		t.Fatalf("Resolve(%s).Name = %q, want %q", a, got.Name, "web")
 	}
 	inv.publish("docker", nil)
 	inv.rebuild()
-	if got := inv.Resolve(a, flows.Interface{}); got.Kind != KindExternal {
-		t.Fatalf("after the container went, Resolve(%s).Kind = %q, want %q", a, got.Kind, KindExternal)
+	if got := inv.Resolve(a, model.Interface{}); got.Kind != model.KindExternal {
+		t.Fatalf("after the container went, Resolve(%s).Kind = %q, want %q", a, got.Kind, model.KindExternal)
 	}
 	// And back: the external answer cached before is not served.
-	inv.publish("docker", []record{{ep: Endpoint{Kind: KindContainer, ID: cidB, Name: "api", Addrs: addrs("198.51.100.2")}}})
+	inv.publish("docker", []record{{ep: model.Endpoint{Kind: model.KindContainer, ID: cidB, Name: "api", Addrs: addrs("198.51.100.2")}}})
 	inv.rebuild()
-	if got := inv.Resolve(a, flows.Interface{}); got.Name != "api" {
+	if got := inv.Resolve(a, model.Interface{}); got.Name != "api" {
 		t.Fatalf("after a new container took the address, Resolve(%s).Name = %q, want %q", a, got.Name, "api")
 	}
 }
@@ -214,11 +214,11 @@ func TestRebuildForgets(t *testing.T) {
 func TestEnrich(t *testing.T) {
 	inv := newTestInventory(t, map[string][]record{
 		"docker": {
-			{ep: Endpoint{Kind: KindContainer, ID: cidA, Name: "client", Addrs: addrs("198.51.100.2")}},
-			{ep: Endpoint{Kind: KindContainer, ID: cidB, Name: "server", Addrs: addrs("198.51.100.3")}},
+			{ep: model.Endpoint{Kind: model.KindContainer, ID: cidA, Name: "client", Addrs: addrs("198.51.100.2")}},
+			{ep: model.Endpoint{Kind: model.KindContainer, ID: cidB, Name: "server", Addrs: addrs("198.51.100.3")}},
 		},
 	})
-	r := flows.Record{Src: netip.MustParseAddr("198.51.100.2"), Dst: netip.MustParseAddr("198.51.100.3"), Proto: flows.ProtoTCP, DstPort: 80}
+	r := model.Record{Src: netip.MustParseAddr("198.51.100.2"), Dst: netip.MustParseAddr("198.51.100.3"), Proto: model.ProtoTCP, DstPort: 80}
 	f := inv.Enrich(r)
 	if f.SrcEndpoint.Name != "client" || f.DstEndpoint.Name != "server" {
 		t.Fatalf("Enrich: src %q, dst %q, want client, server", f.SrcEndpoint.Name, f.DstEndpoint.Name)
@@ -236,7 +236,7 @@ func BenchmarkResolve(b *testing.B) {
 	for i := range 10000 {
 		a := netip.AddrFrom4([4]byte{198, 51, byte(i >> 8), byte(i)})
 		recs = append(recs, record{
-			ep:    Endpoint{Kind: KindContainer, ID: fmt.Sprintf("%064x", i), Name: fmt.Sprintf("c%d", i), NetNS: uint64(4026531000 + i), Addrs: []netip.Addr{a}},
+			ep:    model.Endpoint{Kind: model.KindContainer, ID: fmt.Sprintf("%064x", i), Name: fmt.Sprintf("c%d", i), NetNS: uint64(4026531000 + i), Addrs: []netip.Addr{a}},
 			nsids: []int{i},
 		})
 	}
@@ -244,7 +244,7 @@ func BenchmarkResolve(b *testing.B) {
 	inv.setCIDRs(newCIDRTable([]CIDR{{netip.MustParsePrefix("203.0.113.0/24"), "corp"}, {netip.MustParsePrefix("203.0.113.128/25"), "lab"}}))
 	known := netip.AddrFrom4([4]byte{198, 51, 10, 10})
 	external := netip.MustParseAddr("203.0.113.200")
-	bench := func(name string, addr netip.Addr, iface flows.Interface, want Kind) {
+	bench := func(name string, addr netip.Addr, iface model.Interface, want model.EndpointKind) {
 		b.Run(name, func(b *testing.B) {
 			if got := inv.Resolve(addr, iface); got.Kind != want {
 				b.Fatalf("Resolve(%s).Kind = %q, want %q", addr, got.Kind, want)
@@ -255,19 +255,19 @@ func BenchmarkResolve(b *testing.B) {
 			}
 		})
 	}
-	bench("netns", known, flows.Interface{Index: 9, Kind: "veth", PeerNetNSID: 10*256 + 10}, KindContainer)
-	bench("addr", known, flows.Interface{}, KindContainer)
-	bench("external", external, flows.Interface{}, KindExternal)
+	bench("netns", known, model.Interface{Index: 9, Kind: "veth", PeerNetNSID: 10*256 + 10}, model.KindContainer)
+	bench("addr", known, model.Interface{}, model.KindContainer)
+	bench("external", external, model.Interface{}, model.KindExternal)
 }
 
 func TestResolveAllocs(t *testing.T) {
 	inv := newTestInventory(t, map[string][]record{
-		"docker": {{ep: Endpoint{Kind: KindContainer, ID: cidA, Name: "web", Addrs: addrs("198.51.100.2")}}},
+		"docker": {{ep: model.Endpoint{Kind: model.KindContainer, ID: cidA, Name: "web", Addrs: addrs("198.51.100.2")}}},
 	})
 	for _, a := range []string{"198.51.100.2", "203.0.113.7"} {
 		addr := netip.MustParseAddr(a)
-		inv.Resolve(addr, flows.Interface{})
-		if n := testing.AllocsPerRun(100, func() { inv.Resolve(addr, flows.Interface{}) }); n != 0 {
+		inv.Resolve(addr, model.Interface{})
+		if n := testing.AllocsPerRun(100, func() { inv.Resolve(addr, model.Interface{}) }); n != 0 {
 			t.Errorf("Resolve(%s) allocates %v times, want 0", a, n)
 		}
 	}
@@ -277,12 +277,12 @@ func TestResolveAllocs(t *testing.T) {
 func BenchmarkEnrich(b *testing.B) {
 	inv := newTestInventory(b, map[string][]record{
 		"docker": {
-			{ep: Endpoint{Kind: KindContainer, ID: cidA, Name: "client", Addrs: addrs("198.51.100.2")}},
-			{ep: Endpoint{Kind: KindContainer, ID: cidB, Name: "server", Addrs: addrs("198.51.100.3")}},
+			{ep: model.Endpoint{Kind: model.KindContainer, ID: cidA, Name: "client", Addrs: addrs("198.51.100.2")}},
+			{ep: model.Endpoint{Kind: model.KindContainer, ID: cidB, Name: "server", Addrs: addrs("198.51.100.3")}},
 		},
 	})
-	r := flows.Record{Src: netip.MustParseAddr("198.51.100.2"), Dst: netip.MustParseAddr("198.51.100.3"), Proto: flows.ProtoTCP, DstPort: 80,
-		SrcIf: flows.Interface{Index: 7, Kind: "veth", PeerNetNSID: 1}}
+	r := model.Record{Src: netip.MustParseAddr("198.51.100.2"), Dst: netip.MustParseAddr("198.51.100.3"), Proto: model.ProtoTCP, DstPort: 80,
+		SrcIf: model.Interface{Index: 7, Kind: "veth", PeerNetNSID: 1}}
 	b.ReportAllocs()
 	for b.Loop() {
 		inv.Enrich(r)
@@ -297,9 +297,9 @@ func BenchmarkRebuild(b *testing.B) {
 	for i := range 10000 {
 		a := netip.AddrFrom4([4]byte{198, 51, byte(i >> 8), byte(i)})
 		id := fmt.Sprintf("%064x", i)
-		engine = append(engine, record{ep: Endpoint{Kind: KindContainer, ID: id, Name: fmt.Sprintf("c%d", i), Labels: map[string]string{"app": "x"}, NetNS: uint64(4026531000 + i), Addrs: []netip.Addr{a}}, keys: []joinKey{containerKey(id)}})
-		netns = append(netns, record{ep: Endpoint{Kind: KindContainer, ID: id, NetNS: uint64(4026531000 + i), Addrs: []netip.Addr{a}}, keys: []joinKey{containerKey(id)}, nsids: []int{i}})
-		kube = append(kube, record{ep: Endpoint{Kind: KindPod, ID: fmt.Sprint(i), Name: fmt.Sprintf("p%d", i), Labels: map[string]string{"app": "y"}, Addrs: []netip.Addr{a}}})
+		engine = append(engine, record{ep: model.Endpoint{Kind: model.KindContainer, ID: id, Name: fmt.Sprintf("c%d", i), Labels: map[string]string{"app": "x"}, NetNS: uint64(4026531000 + i), Addrs: []netip.Addr{a}}, keys: []joinKey{containerKey(id)}})
+		netns = append(netns, record{ep: model.Endpoint{Kind: model.KindContainer, ID: id, NetNS: uint64(4026531000 + i), Addrs: []netip.Addr{a}}, keys: []joinKey{containerKey(id)}, nsids: []int{i}})
+		kube = append(kube, record{ep: model.Endpoint{Kind: model.KindPod, ID: fmt.Sprint(i), Name: fmt.Sprintf("p%d", i), Labels: map[string]string{"app": "y"}, Addrs: []netip.Addr{a}}})
 	}
 	inv := newTestInventory(b, map[string][]record{"docker": engine, "netns": netns, "kubernetes": kube})
 	b.ReportAllocs()

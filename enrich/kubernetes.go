@@ -21,6 +21,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/flowmap/flowmap/model"
 )
 
 // kubeSource reads the Kubernetes API through client-go informers: pods
@@ -205,7 +207,7 @@ func kubeRecords(inf kubeInformers, host string) []record {
 			continue
 		}
 		services[svc.Namespace+"/"+svc.Name] = svc
-		ep := Endpoint{Kind: KindService, ID: string(svc.UID), Name: svc.Name, Namespace: svc.Namespace, Labels: svc.Labels}
+		ep := model.Endpoint{Kind: model.KindService, ID: string(svc.UID), Name: svc.Name, Namespace: svc.Namespace, Labels: svc.Labels}
 		ips := append(append([]string{}, svc.Spec.ClusterIPs...), svc.Spec.ExternalIPs...)
 		for _, in := range svc.Status.LoadBalancer.Ingress {
 			ips = append(ips, in.IP)
@@ -235,7 +237,7 @@ func kubeRecords(inf kubeInformers, host string) []record {
 			}
 			// An endpoint that is not a pod (a database VM behind a
 			// selectorless service) is known only as its service's.
-			ep := Endpoint{Kind: KindService, ID: id, Name: name, Namespace: es.Namespace, Labels: svcLabels, Addrs: parseAddrs(e.Addresses)}
+			ep := model.Endpoint{Kind: model.KindService, ID: id, Name: name, Namespace: es.Namespace, Labels: svcLabels, Addrs: parseAddrs(e.Addresses)}
 			if len(ep.Addrs) > 0 {
 				recs = append(recs, record{ep: ep})
 			}
@@ -246,7 +248,7 @@ func kubeRecords(inf kubeInformers, host string) []record {
 		if !ok {
 			continue
 		}
-		ep := Endpoint{Kind: KindHost, ID: n.Name, Name: n.Name, Node: n.Name, Labels: n.Labels}
+		ep := model.Endpoint{Kind: model.KindHost, ID: n.Name, Name: n.Name, Node: n.Name, Labels: n.Labels}
 		var ips []string
 		for _, a := range n.Status.Addresses {
 			if a.Type == corev1.NodeInternalIP || a.Type == corev1.NodeExternalIP {
@@ -266,8 +268,8 @@ func kubeRecords(inf kubeInformers, host string) []record {
 // podRecord names a pod, its workload through its owners, and the
 // containers that the netns and CRI sources know by id.
 func podRecord(p *corev1.Pod, inf kubeInformers) record {
-	ep := Endpoint{
-		Kind:      KindPod,
+	ep := model.Endpoint{
+		Kind:      model.KindPod,
 		ID:        string(p.UID),
 		Name:      p.Name,
 		Namespace: p.Namespace,

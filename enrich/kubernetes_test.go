@@ -17,7 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/flowmap/flowmap/enrich"
-	"github.com/flowmap/flowmap/flows"
+	"github.com/flowmap/flowmap/model"
 )
 
 // apiServer answers as the Kubernetes API server does, from API responses
@@ -148,32 +148,32 @@ func TestKubernetes(t *testing.T) {
 
 	// late-2 comes on the third pods watch, after two breaks.
 	late2 := netip.MustParseAddr("198.51.100.51")
-	if ep, took := waitNamed(t, inv, late2, 10*time.Second, func(ep enrich.Endpoint) bool { return ep.Name == "late-2" }); ep.Name != "late-2" {
+	if ep, took := waitNamed(t, inv, late2, 10*time.Second, func(ep model.Endpoint) bool { return ep.Name == "late-2" }); ep.Name != "late-2" {
 		t.Fatalf("pod from the watch after a break: Resolve(%v) = %s %q after %v, want pod late-2", late2, ep.Kind, ep.Name, took)
 	}
 	tests := []struct {
 		addr string
-		want enrich.Endpoint
+		want model.Endpoint
 	}{
-		{"198.51.100.20", enrich.Endpoint{Kind: enrich.KindPod, ID: "6c1f8b2e-4a5d-4e3f-9b2a-1c0d2e3f4a5b", Name: "checkout-7d9f-abcde", Namespace: "shop",
+		{"198.51.100.20", model.Endpoint{Kind: model.KindPod, ID: "6c1f8b2e-4a5d-4e3f-9b2a-1c0d2e3f4a5b", Name: "checkout-7d9f-abcde", Namespace: "shop",
 			Workload: "checkout", WorkloadKind: "Deployment", Node: "n1", Image: "registry.example/shop/checkout:1.2"}},
-		{"2001:db8:20::20", enrich.Endpoint{Kind: enrich.KindPod, Name: "checkout-7d9f-abcde", Workload: "checkout", WorkloadKind: "Deployment"}},
-		{"198.51.100.30", enrich.Endpoint{Kind: enrich.KindPod, Name: "db-0", Namespace: "data", Workload: "db", WorkloadKind: "StatefulSet", Node: "n2"}},
-		{"198.51.100.40", enrich.Endpoint{Kind: enrich.KindPod, Name: "report-29412345-q8w9e", Workload: "report", WorkloadKind: "CronJob"}},
+		{"2001:db8:20::20", model.Endpoint{Kind: model.KindPod, Name: "checkout-7d9f-abcde", Workload: "checkout", WorkloadKind: "Deployment"}},
+		{"198.51.100.30", model.Endpoint{Kind: model.KindPod, Name: "db-0", Namespace: "data", Workload: "db", WorkloadKind: "StatefulSet", Node: "n2"}},
+		{"198.51.100.40", model.Endpoint{Kind: model.KindPod, Name: "report-29412345-q8w9e", Workload: "report", WorkloadKind: "CronJob"}},
 		// The host-network DaemonSet pod has the node's address: the node.
-		{"203.0.113.5", enrich.Endpoint{Kind: enrich.KindHost, ID: "n1", Name: "n1", Node: "n1"}},
-		{"2001:db8:6::6", enrich.Endpoint{Kind: enrich.KindHost, Name: "n2"}},
-		{"198.51.100.100", enrich.Endpoint{Kind: enrich.KindService, ID: "c27f4b8e-a0b3-4e95-91b8-7c6d8e9fa0b1", Name: "checkout", Namespace: "shop"}},
+		{"203.0.113.5", model.Endpoint{Kind: model.KindHost, ID: "n1", Name: "n1", Node: "n1"}},
+		{"2001:db8:6::6", model.Endpoint{Kind: model.KindHost, Name: "n2"}},
+		{"198.51.100.100", model.Endpoint{Kind: model.KindService, ID: "c27f4b8e-a0b3-4e95-91b8-7c6d8e9fa0b1", Name: "checkout", Namespace: "shop"}},
 		// The endpoint of a selectorless service is known as the service.
-		{"203.0.113.77", enrich.Endpoint{Kind: enrich.KindService, ID: "d3805c9f-b1c4-4fa6-a2c9-8d7e9fa0b1c2", Name: "legacy-db", Namespace: "data"}},
-		{"198.51.100.50", enrich.Endpoint{Kind: enrich.KindPod, Name: "late-1", Namespace: "shop"}},
+		{"203.0.113.77", model.Endpoint{Kind: model.KindService, ID: "d3805c9f-b1c4-4fa6-a2c9-8d7e9fa0b1c2", Name: "legacy-db", Namespace: "data"}},
+		{"198.51.100.50", model.Endpoint{Kind: model.KindPod, Name: "late-1", Namespace: "shop"}},
 		// Deleted in the third watch; a finished pod's address is free.
-		{"198.51.100.41", enrich.Endpoint{Kind: enrich.KindExternal, Name: "198.51.100.41"}},
-		{"198.51.100.42", enrich.Endpoint{Kind: enrich.KindExternal, Name: "198.51.100.42"}},
+		{"198.51.100.41", model.Endpoint{Kind: model.KindExternal, Name: "198.51.100.41"}},
+		{"198.51.100.42", model.Endpoint{Kind: model.KindExternal, Name: "198.51.100.42"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.addr, func(t *testing.T) {
-			got := inv.Resolve(netip.MustParseAddr(tt.addr), flows.Interface{})
+			got := inv.Resolve(netip.MustParseAddr(tt.addr), model.Interface{})
 			w := tt.want
 			for _, c := range []struct{ field, got, want string }{
 				{"Kind", string(got.Kind), string(w.Kind)}, {"ID", got.ID, w.ID}, {"Name", got.Name, w.Name},
@@ -186,7 +186,7 @@ func TestKubernetes(t *testing.T) {
 			}
 		})
 	}
-	if ep := inv.Resolve(netip.MustParseAddr("198.51.100.20"), flows.Interface{}); ep.Labels["app"] != "checkout" {
+	if ep := inv.Resolve(netip.MustParseAddr("198.51.100.20"), model.Interface{}); ep.Labels["app"] != "checkout" {
 		t.Errorf("pod labels = %v, want app=checkout", ep.Labels)
 	}
 

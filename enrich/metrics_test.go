@@ -9,22 +9,22 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/flowmap/flowmap/flows"
+	"github.com/flowmap/flowmap/model"
 )
 
 func TestCollector(t *testing.T) {
 	inv := newTestInventory(t, map[string][]record{
-		"docker": {{ep: Endpoint{Kind: KindContainer, ID: cidA, Name: "web", Addrs: addrs("198.51.100.2")}}},
+		"docker": {{ep: model.Endpoint{Kind: model.KindContainer, ID: cidA, Name: "web", Addrs: addrs("198.51.100.2")}}},
 	})
-	veth := flows.Interface{Index: 3, Kind: "veth", PeerNetNSID: 9}
+	veth := model.Interface{Index: 3, Kind: "veth", PeerNetNSID: 9}
 	for _, r := range []struct {
 		addr  string
-		iface flows.Interface
+		iface model.Interface
 	}{
-		{"198.51.100.2", flows.Interface{}},
-		{"198.51.100.2", flows.Interface{}},
+		{"198.51.100.2", model.Interface{}},
+		{"198.51.100.2", model.Interface{}},
 		{"198.51.100.9", veth},
-		{"203.0.113.1", flows.Interface{}},
+		{"203.0.113.1", model.Interface{}},
 	} {
 		inv.Resolve(netip.MustParseAddr(r.addr), r.iface)
 	}

@@ -12,10 +12,12 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/flowmap/flowmap/flows"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/flowmap/flowmap/flows"
+	"github.com/flowmap/flowmap/model"
 )
 
 // netnsSource names the network namespaces behind the host-side veths:
@@ -184,7 +186,7 @@ func (n *netnsSource) scan(s *sourceState) error {
 func (n *netnsSource) record(s *sourceState, ns *netnsInfo, nsid int, addrs []netip.Addr) record {
 	slices.Sort(ns.pids) // the lowest pid started first: the container that made the namespace
 	rec := record{nsids: []int{nsid}}
-	ep := Endpoint{NetNS: ns.inode, Addrs: addrs}
+	ep := model.Endpoint{NetNS: ns.inode, Addrs: addrs}
 	var first CgroupContainer
 	var unknown string
 	for _, pid := range ns.pids {
@@ -213,12 +215,12 @@ func (n *netnsSource) record(s *sourceState, ns *netnsInfo, nsid int, addrs []ne
 	}
 	switch {
 	case first.PodUID != "":
-		ep.Kind, ep.ID, ep.Name = KindPod, first.PodUID, first.PodUID
+		ep.Kind, ep.ID, ep.Name = model.KindPod, first.PodUID, first.PodUID
 		rec.keys = append(rec.keys, podKey(first.PodUID))
 	case first.ID != "":
-		ep.Kind, ep.ID, ep.Name = KindContainer, first.ID, first.ID[:12]
+		ep.Kind, ep.ID, ep.Name = model.KindContainer, first.ID, first.ID[:12]
 	default:
-		ep.Kind, ep.ID = KindNetNS, "netns:"+strconv.FormatUint(ns.inode, 10)
+		ep.Kind, ep.ID = model.KindNetNS, "netns:"+strconv.FormatUint(ns.inode, 10)
 		ep.Name = ns.name
 		if ep.Name == "" {
 			ep.Name = ep.ID

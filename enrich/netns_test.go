@@ -16,6 +16,7 @@ import (
 	"github.com/flowmap/flowmap/enrich"
 	"github.com/flowmap/flowmap/internal/sandbox"
 	"github.com/flowmap/flowmap/internal/testenv"
+	"github.com/flowmap/flowmap/model"
 )
 
 // TestNetNS checks the netns source without any runtime: namespaces made
@@ -84,14 +85,14 @@ func TestNetNS(t *testing.T) {
 	}()
 
 	r := waitFlow(t, batches, a.Addr, b.Addr, 9000, 10*time.Second)
-	waitNamed(t, inv, b.Addr, 2*time.Second, func(ep enrich.Endpoint) bool { return ep.Name == b.NetNS })
+	waitNamed(t, inv, b.Addr, 2*time.Second, func(ep model.Endpoint) bool { return ep.Name == b.NetNS })
 	f := inv.Enrich(r)
 	for _, c := range []struct {
 		what string
-		ep   enrich.Endpoint
+		ep   model.Endpoint
 		h    *sandbox.Host
 	}{{"source", f.SrcEndpoint, a}, {"destination", f.DstEndpoint, b}} {
-		if c.ep.Kind != enrich.KindNetNS || c.ep.Name != c.h.NetNS || c.ep.NetNS != c.h.NetNSInode || c.ep.Source != "netns" {
+		if c.ep.Kind != model.KindNetNS || c.ep.Name != c.h.NetNS || c.ep.NetNS != c.h.NetNSInode || c.ep.Source != "netns" {
 			t.Errorf("%s = %s %q netns %d from %q, want netns %q (%d) from netns", c.what, c.ep.Kind, c.ep.Name, c.ep.NetNS, c.ep.Source, c.h.NetNS, c.h.NetNSInode)
 		}
 	}

@@ -9,6 +9,8 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/flowmap/flowmap/model"
 )
 
 // AttachMode chooses how TC programs are attached.
@@ -74,7 +76,7 @@ const filterPriority = 1
 
 // attachment is what flowmap attached to one interface.
 type attachment struct {
-	iface  Interface
+	iface  model.Interface
 	bridge bool        // watched through its ports: no program of its own
 	links  []link.Link // TCX and XDP links
 	// clsact filters, and whether flowmap made the qdisc they hang on.

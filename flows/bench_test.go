@@ -7,6 +7,8 @@ import (
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
+
+	"github.com/flowmap/flowmap/model"
 )
 
 // benchDirections is the size of the synthetic flow map: a busy node's
@@ -28,13 +30,13 @@ func benchKey(i int) bpfFlowKey {
 	k.Saddr, k.Daddr = src, dst
 	switch i % 10 {
 	case 0:
-		k.Proto = uint8(ProtoICMP)
+		k.Proto = uint8(model.ProtoICMP)
 		k.Sport = 8 // echo request, code 0
 	case 1, 2, 3:
-		k.Proto = uint8(ProtoUDP)
+		k.Proto = uint8(model.ProtoUDP)
 		k.Sport, k.Dport = uint16(32768+i%28000), 53
 	default:
-		k.Proto = uint8(ProtoTCP)
+		k.Proto = uint8(model.ProtoTCP)
 		k.Sport, k.Dport = uint16(32768+i%28000), 443
 	}
 	return k
@@ -46,15 +48,15 @@ func benchDirs(n int) map[bpfFlowKey]*direction {
 	dirs := make(map[bpfFlowKey]*direction, n)
 	for i := 0; len(dirs) < n; i++ {
 		k := benchKey(i)
-		fwd := &direction{Direction: Direction{Bytes: 1500, Packets: 10, Point: PointTCIngress, Ifindex: 2 + i%32},
+		fwd := &direction{Direction: model.Direction{Bytes: 1500, Packets: 10, Point: model.PointTCIngress, Ifindex: 2 + i%32},
 			first: uint64(i), lastJ: uint64(i) + 1000}
-		rev := &direction{Direction: Direction{Bytes: 64000, Packets: 50, Point: PointTCEgress, Ifindex: 2 + i%32},
+		rev := &direction{Direction: model.Direction{Bytes: 64000, Packets: 50, Point: model.PointTCEgress, Ifindex: 2 + i%32},
 			first: uint64(i) + 10, lastJ: uint64(i) + 2000}
-		if k.Proto == uint8(ProtoTCP) {
+		if k.Proto == uint8(model.ProtoTCP) {
 			fwd.TCPFlags, rev.TCPFlags = benchACK, benchACK
 			if i%3 == 0 {
-				fwd.TCPFlags |= FlagSYNOnly
-				rev.TCPFlags |= FlagSYNACK
+				fwd.TCPFlags |= model.FlagSYNOnly
+				rev.TCPFlags |= model.FlagSYNACK
 				rev.rtt = 50_000
 			}
 		}
@@ -82,7 +84,7 @@ func BenchmarkDrainerAdd(b *testing.B) {
 	vals := make([]bpfFlowStats, benchCPUs)
 	for c := range vals {
 		vals[c] = bpfFlowStats{Bytes: 1500, Packets: 1, FirstNs: uint64(c + 1), LastJiffies: uint64(c + 2),
-			Ifindex: 3, TcpFlags: benchACK, Point: uint8(PointTCIngress)}
+			Ifindex: 3, TcpFlags: benchACK, Point: uint8(model.PointTCIngress)}
 	}
 	b.ReportAllocs()
 	for b.Loop() {
@@ -99,14 +101,14 @@ func BenchmarkRecords(b *testing.B) {
 	d := benchDrainer(b)
 	dirs := benchDirs(benchDirections)
 	// As Datapath.iface: a lookup of interfaces known beforehand.
-	known := map[int]Interface{}
+	known := map[int]model.Interface{}
 	for idx := 2; idx < 34; idx++ {
-		known[idx] = Interface{Index: idx, Name: fmt.Sprintf("veth%d", idx), Kind: "veth", PeerNetNSID: idx}
+		known[idx] = model.Interface{Index: idx, Name: fmt.Sprintf("veth%d", idx), Kind: "veth", PeerNetNSID: idx}
 	}
-	ifaces := func(idx int) Interface { return known[idx] }
+	ifaces := func(idx int) model.Interface { return known[idx] }
 	clk := clockReading{wall: time.Now(), ns: 1 << 40, j: 1 << 30, tick: 4 * time.Millisecond}
 	b.ReportAllocs()
-	var recs []Record
+	var recs []model.Record
 	for b.Loop() {
 		recs = d.records(dirs, ifaces, clk)
 	}
@@ -124,9 +126,9 @@ func BenchmarkMerge(b *testing.B) {
 		flows   = benchDirections / 2
 	)
 	d := benchDrainer(b)
-	ifaces := func(idx int) Interface { return Interface{Index: idx, PeerNetNSID: -1} }
+	ifaces := func(idx int) model.Interface { return model.Interface{Index: idx, PeerNetNSID: -1} }
 	start := time.Now()
-	var in []Batch
+	var in []model.Batch
 	for i := range batches {
 		dirs := make(map[bpfFlowKey]*direction, benchDirections)
 		for j := range flows {
@@ -135,17 +137,17 @@ func BenchmarkMerge(b *testing.B) {
 				n = flows + i*flows + j // new in this batch
 			}
 			k := benchKey(n)
-			dirs[k] = &direction{Direction: Direction{Bytes: 1500, Packets: 10, Point: PointTCIngress, Ifindex: 3}, first: 1, lastJ: 2}
-			dirs[reverse(k)] = &direction{Direction: Direction{Bytes: 900, Packets: 9, Point: PointTCEgress, Ifindex: 4}, first: 1, lastJ: 2}
+			dirs[k] = &direction{Direction: model.Direction{Bytes: 1500, Packets: 10, Point: model.PointTCIngress, Ifindex: 3}, first: 1, lastJ: 2}
+			dirs[reverse(k)] = &direction{Direction: model.Direction{Bytes: 900, Packets: 9, Point: model.PointTCEgress, Ifindex: 4}, first: 1, lastJ: 2}
 		}
 		t := start.Add(time.Duration(i) * 5 * time.Second)
 		clk := clockReading{wall: t, ns: 1 << 40, j: 1 << 30, tick: 4 * time.Millisecond}
-		in = append(in, Batch{Start: t, End: t.Add(5 * time.Second), Records: d.records(dirs, ifaces, clk)})
+		in = append(in, model.Batch{Start: t, End: t.Add(5 * time.Second), Records: d.records(dirs, ifaces, clk)})
 	}
 	b.ReportAllocs()
-	var out Batch
+	var out model.Batch
 	for b.Loop() {
-		out = Merge(in...)
+		out = model.Merge(in...)
 	}
 	// Keys wrap at 256 clients and 28000 ports; count what Merge saw.
 	if len(out.Records) == 0 || len(out.Records) > batches*flows {

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flowmap/flowmap/internal/testenv"
+	"github.com/flowmap/flowmap/model"
 )
 
 // These tests run the programs of bpf/flow.c through BPF_PROG_TEST_RUN
@@ -41,7 +42,7 @@ import (
 
 // TCP flag bits as they are in the TCP header (RFC 9293), with NS (RFC 3540)
 // in bit 8, which is how flow_stats.tcp_flags holds them; above them,
-// flow.c adds FlagSYNOnly and FlagSYNACK.
+// flow.c adds model.FlagSYNOnly and model.FlagSYNACK.
 const (
 	hdrFIN = 0x01
 	hdrSYN = 0x02
@@ -62,9 +63,9 @@ func segFlags(segs ...uint16) uint16 {
 		f |= s
 		switch {
 		case s&hdrSYN != 0 && s&hdrACK != 0:
-			f |= FlagSYNACK
+			f |= model.FlagSYNACK
 		case s&hdrSYN != 0:
-			f |= FlagSYNOnly
+			f |= model.FlagSYNOnly
 		}
 	}
 	return f

@@ -16,6 +16,8 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/flowmap/flowmap/model"
 )
 
 // Config is what the datapath attaches to and how.
@@ -56,12 +58,12 @@ type Datapath struct {
 	clock  *clock
 
 	mu       sync.Mutex
-	attached map[int]*attachment // by ifindex
-	known    map[int]Interface   // every interface that was attached since the last drain
+	attached map[int]*attachment     // by ifindex
+	known    map[int]model.Interface // every interface that was attached since the last drain
 	stats    Stats
 	closed   bool
-	running  bool   // Run has attached to the interfaces there were
-	names    []Name // read from l7_names since the last drain
+	running  bool         // Run has attached to the interfaces there were
+	names    []model.Name // read from l7_names since the last drain
 }
 
 // Stats are the datapath's own counters, for /metrics.
@@ -134,7 +136,7 @@ func New(cfg Config) (*Datapath, error) {
 	if err := spec.Variables[bpfVarDnsPort].Set(cfg.DNSPort); err != nil {
 		return nil, fmt.Errorf("set dns port %d: %w", cfg.DNSPort, err)
 	}
-	d := &Datapath{cfg: cfg, log: log, attached: map[int]*attachment{}, known: map[int]Interface{}}
+	d := &Datapath{cfg: cfg, log: log, attached: map[int]*attachment{}, known: map[int]model.Interface{}}
 	d.stats.MaxFlows = cfg.MaxFlows
 	if err := spec.LoadAndAssign(&d.objs, nil); err != nil {
 		var ve *ebpf.VerifierError
@@ -241,10 +243,10 @@ func (d *Datapath) Stats() Stats {
 
 // Attached returns the interfaces that have programs, and the bridges
 // watched through their ports.
-func (d *Datapath) Attached() []Interface {
+func (d *Datapath) Attached() []model.Interface {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	out := make([]Interface, 0, len(d.attached))
+	out := make([]model.Interface, 0, len(d.attached))
 	for _, a := range d.attached {
 		out = append(out, a.iface)
 	}
@@ -286,7 +288,7 @@ func SubscribeLinks(done <-chan struct{}) (updates <-chan netlink.LinkUpdate, er
 // and sends one Batch to out every interval, until ctx is done. Then it
 // sends the last batch, if out takes it, and returns ctx's error; the
 // caller still owns Close.
-func (d *Datapath) Run(ctx context.Context, out chan<- Batch) error {
+func (d *Datapath) Run(ctx context.Context, out chan<- model.Batch) error {
 	done := make(chan struct{})
 	defer close(done)
 	updates, subErr, err := SubscribeLinks(done)
@@ -411,7 +413,7 @@ func matchAny(globs []string, name string) bool {
 // attachLocked attaches the programs to l. The caller holds d.mu.
 func (d *Datapath) attachLocked(l netlink.Link) (err error) {
 	attrs := l.Attrs()
-	a := &attachment{iface: Interface{
+	a := &attachment{iface: model.Interface{
 		Index:       attrs.Index,
 		Name:        attrs.Name,
 		Kind:        l.Type(),
@@ -517,18 +519,18 @@ func (d *Datapath) releaseLocked(idx int) error {
 
 // Drain empties the flow map and returns its flows as a batch that starts
 // at start.
-func (d *Datapath) Drain(start time.Time) (Batch, error) {
+func (d *Datapath) Drain(start time.Time) (model.Batch, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return Batch{}, errors.New("drain: datapath closed")
+		return model.Batch{}, errors.New("drain: datapath closed")
 	}
 	t0 := time.Now()
 	dirs, err := d.drain.drain()
 	d.stats.Drains++
 	if err != nil {
 		d.stats.DrainErrors++
-		return Batch{}, err
+		return model.Batch{}, err
 	}
 	if len(dirs) > 0 {
 		// Join the directions of NATed connections (see natJoin). Without
@@ -543,7 +545,7 @@ func (d *Datapath) Drain(start time.Time) (Batch, error) {
 	}
 	clk, err := d.clock.read()
 	if err != nil {
-		return Batch{}, err
+		return model.Batch{}, err
 	}
 	recs := d.drain.records(dirs, d.iface, clk)
 	d.readCounters()
@@ -561,11 +563,11 @@ func (d *Datapath) Drain(start time.Time) (Batch, error) {
 	d.log.Debug("drained", "directions", len(dirs), "flows", len(recs), "took", d.stats.LastDrain)
 	names := d.names
 	d.names = nil
-	return Batch{Start: start, End: end, Records: recs, Names: names}, nil
+	return model.Batch{Start: start, End: end, Records: recs, Names: names}, nil
 }
 
 // addName keeps a name for the next batch, up to maxNamesPerBatch.
-func (d *Datapath) addName(n Name) {
+func (d *Datapath) addName(n model.Name) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if len(d.names) >= maxNamesPerBatch {
@@ -581,11 +583,11 @@ func (d *Datapath) badName() {
 	d.mu.Unlock()
 }
 
-func (d *Datapath) iface(idx int) Interface {
+func (d *Datapath) iface(idx int) model.Interface {
 	if i, ok := d.known[idx]; ok {
 		return i
 	}
-	return Interface{Index: idx, PeerNetNSID: -1}
+	return model.Interface{Index: idx, PeerNetNSID: -1}
 }
 
 // readCounters sums the per-CPU counters into stats. The caller holds d.mu.

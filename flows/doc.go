@@ -1,6 +1,6 @@
 // Package flows loads flowmap's eBPF programs, attaches them to network
 // interfaces as they come and go, and drains their per-flow counters into
-// [Record]s, one [Batch] per interval.
+// [model.Record]s, one [model.Batch] per interval.
 //
 // # Where a packet is counted
 //
@@ -30,7 +30,7 @@
 // container at the NIC (ingress); container to outside at the container's
 // veth. Where a flow is counted tells who is behind each end: the interface
 // of an ingress count is the source's, that of an egress count the
-// destination's ([Record.SrcIf], [Record.DstIf]).
+// destination's ([model.Record.SrcIf], [model.Record.DstIf]).
 //
 // NAT: a connection the host translates is counted, one way, before the
 // translation and, the other way, before the reverse one: a masqueraded
@@ -61,10 +61,10 @@
 // DNS, PostgreSQL, MySQL, Redis, Kafka), count HTTP requests by method and
 // responses by status class, DNS queries and responses by response code,
 // and join each response to its request (HTTP in order on a connection, up
-// to 4 waiting; DNS by id) for a latency histogram ([L7], [Record.L7]).
+// to 4 waiting; DNS by id) for a latency histogram ([model.L7], [model.Record.L7]).
 // A message is known by its segment's first bytes: requests pipelined into
 // one segment count once, and a response whose request came before the
-// programs were attached has no latency ([L7.Unmatched]). A message's time
+// programs were attached has no latency ([model.L7.Unmatched]). A message's time
 // is when its sender's TCP stack sent it where the packet carries that (a
 // local socket's departure time, which crosses network namespaces: a
 // container's messages at its host-side veth, kernel 5.18 and newer), else
@@ -76,7 +76,7 @@
 // addresses to names as the graph needs: DNS responses with answers and
 // TLS ClientHellos go, their first 1024 bytes, through a ring buffer to
 // user space, which keeps of them only the question's name, the answers'
-// addresses and TTLs, and the TLS server name ([Name], [Batch.Names]); the
+// addresses and TTLs, and the TLS server name ([model.Name], [model.Batch.Names]); the
 // rest of the message is dropped once decoded. Encrypted traffic (TLS,
 // HTTP/2 over TLS) is counted as such, with no methods or statuses.
 package flows

@@ -10,6 +10,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	lru "github.com/hashicorp/golang-lru/v2"
+
+	"github.com/flowmap/flowmap/model"
 )
 
 // drainGrace is how long a drain waits after flipping the double buffer
@@ -24,7 +26,7 @@ const drainBatch = 4096
 
 // direction is one flow direction summed over the CPUs.
 type direction struct {
-	Direction
+	model.Direction
 	first uint64 // CLOCK_MONOTONIC ns; 0 if only a retransmit was seen
 	lastJ uint64 // jiffies
 	rtt   uint64
@@ -53,7 +55,7 @@ type drainer struct {
 	// cache is the per-CPU slots of the last IPv4 flow each CPU counted,
 	// one per half.
 	cache *ebpf.Map
-	l7    map[bpfFlowKey]*L7
+	l7    map[bpfFlowKey]*pendingL7
 	// The L7 drain's batch buffers: l7Batch keys, l7Batch × ncpu values.
 	l7keys4 []bpfFlowKey4
 	l7keys6 []bpfFlowKey
@@ -79,7 +81,7 @@ func newDrainer(objs *bpfObjects, maxFlows int) (*drainer, error) {
 		clients: clients,
 		l7s:     [2]half{{objs.L7s4A, objs.L7s6A}, {objs.L7s4B, objs.L7s6B}},
 		cache:   objs.FlowCache,
-		l7:      map[bpfFlowKey]*L7{},
+		l7:      map[bpfFlowKey]*pendingL7{},
 		l7keys4: make([]bpfFlowKey4, l7Batch),
 		l7keys6: make([]bpfFlowKey, l7Batch),
 		l7vals:  make([]bpfL7Stats, l7Batch*ncpu),
@@ -200,7 +202,7 @@ func (d *drainer) add(out map[bpfFlowKey]*direction, k bpfFlowKey, percpu []bpfF
 		dir.Retransmits += v.Retransmits
 		dir.TCPFlags |= v.TcpFlags
 		if v.Point != 0 && dir.Point == 0 {
-			dir.Point = Point(v.Point)
+			dir.Point = pointOf(bpfPoint(v.Point))
 			dir.Ifindex = int(v.Ifindex)
 		}
 		if v.FirstNs != 0 && (dir.first == 0 || v.FirstNs < dir.first) {
@@ -212,9 +214,9 @@ func (d *drainer) add(out map[bpfFlowKey]*direction, k bpfFlowKey, percpu []bpfF
 }
 
 // icmpReply pairs ICMP and ICMPv6 query types with their reply types.
-var icmpReply = map[Proto]map[uint16]uint16{
-	ProtoICMP:   {8: 0, 0: 8, 13: 14, 14: 13}, // echo, timestamp
-	ProtoICMPv6: {128: 129, 129: 128},         // echo
+var icmpReply = map[model.Proto]map[uint16]uint16{
+	model.ProtoICMP:   {8: 0, 0: 8, 13: 14, 14: 13}, // echo, timestamp
+	model.ProtoICMPv6: {128: 129, 129: 128},         // echo
 }
 
 // reverse returns the key of the other direction. For ICMP, whose ports
@@ -222,7 +224,7 @@ var icmpReply = map[Proto]map[uint16]uint16{
 // of a reply; other ICMP types keep their type.
 func reverse(k bpfFlowKey) bpfFlowKey {
 	k.Saddr, k.Daddr = k.Daddr, k.Saddr
-	if types, ok := icmpReply[Proto(k.Proto)]; ok {
+	if types, ok := icmpReply[model.Proto(k.Proto)]; ok {
 		if t, ok := types[k.Sport]; ok {
 			k.Sport = t
 		}
@@ -231,12 +233,6 @@ func reverse(k bpfFlowKey) bpfFlowKey {
 	k.Sport, k.Dport = k.Dport, k.Sport
 	return k
 }
-
-// The flags that flow.c adds above the TCP header's nine.
-const (
-	FlagSYNOnly = 0x200 // a SYN without ACK: the direction opened the connection
-	FlagSYNACK  = 0x400 // a SYN with ACK: the direction accepted it
-)
 
 // isClient reports whether k is the client's direction of its flow, and
 // remembers the answer so that later intervals orient the flow alike:
@@ -272,15 +268,15 @@ const ephemeralPorts = 32768
 // guessClient is isClient without memory; sure is false for the guess by
 // port number alone, which a later interval may improve on.
 func guessClient(k bpfFlowKey, dir, rev *direction) (client, sure bool) {
-	switch Proto(k.Proto) {
-	case ProtoTCP:
-		if dir != nil && (dir.TCPFlags&FlagSYNOnly != 0 || rev != nil && rev.TCPFlags&FlagSYNACK != 0) {
+	switch model.Proto(k.Proto) {
+	case model.ProtoTCP:
+		if dir != nil && (dir.TCPFlags&model.FlagSYNOnly != 0 || rev != nil && rev.TCPFlags&model.FlagSYNACK != 0) {
 			return true, true
 		}
-		if rev != nil && (rev.TCPFlags&FlagSYNOnly != 0 || dir != nil && dir.TCPFlags&FlagSYNACK != 0) {
+		if rev != nil && (rev.TCPFlags&model.FlagSYNOnly != 0 || dir != nil && dir.TCPFlags&model.FlagSYNACK != 0) {
 			return false, true
 		}
-	case ProtoICMP, ProtoICMPv6:
+	case model.ProtoICMP, model.ProtoICMPv6:
 		switch k.Sport {
 		case 0, 14, 129: // replies
 			return false, true
@@ -302,8 +298,8 @@ func guessClient(k bpfFlowKey, dir, rev *direction) (client, sure bool) {
 
 // records joins the two directions of each flow into a Record. ifaces
 // names the interfaces by index; clk turns the programs' times into times.
-func (d *drainer) records(dirs map[bpfFlowKey]*direction, ifaces func(int) Interface, clk clockReading) []Record {
-	recs := make([]Record, 0, len(dirs))
+func (d *drainer) records(dirs map[bpfFlowKey]*direction, ifaces func(int) model.Interface, clk clockReading) []model.Record {
+	recs := make([]model.Record, 0, len(dirs))
 	done := make(map[bpfFlowKey]bool, len(dirs))
 	for k, dir := range dirs {
 		if done[k] {
@@ -329,18 +325,18 @@ func (d *drainer) records(dirs map[bpfFlowKey]*direction, ifaces func(int) Inter
 		if rev != nil {
 			back = *rev
 		}
-		r := Record{
+		r := model.Record{
 			Src:          addr(k.Saddr),
 			Dst:          addr(k.Daddr),
-			Proto:        Proto(k.Proto),
+			Proto:        model.Proto(k.Proto),
 			SrcPort:      k.Sport,
 			DstPort:      k.Dport,
 			VLAN:         k.Vlan,
 			Forward:      fwd.Direction,
 			Reverse:      back.Direction,
 			HandshakeRTT: time.Duration(max(fwd.rtt, back.rtt)),
-			SrcIf:        Interface{PeerNetNSID: -1},
-			DstIf:        Interface{PeerNetNSID: -1},
+			SrcIf:        model.Interface{PeerNetNSID: -1},
+			DstIf:        model.Interface{PeerNetNSID: -1},
 		}
 		first := fwd.first
 		if first == 0 || (back.first != 0 && back.first < first) {
@@ -357,14 +353,14 @@ func (d *drainer) records(dirs map[bpfFlowKey]*direction, ifaces func(int) Inter
 		// An ingress count is at the sender's interface, an egress count
 		// at the receiver's.
 		for _, c := range []struct {
-			dir      Direction
-			src, dst *Interface
+			dir      model.Direction
+			src, dst *model.Interface
 		}{{fwd.Direction, &r.SrcIf, &r.DstIf}, {back.Direction, &r.DstIf, &r.SrcIf}} {
 			switch {
 			case c.dir.Ifindex == 0:
 			case c.dir.Point.Ingress() && c.src.Index == 0:
 				*c.src = ifaces(c.dir.Ifindex)
-			case c.dir.Point == PointTCEgress && c.dst.Index == 0:
+			case c.dir.Point == model.PointTCEgress && c.dst.Index == 0:
 				*c.dst = ifaces(c.dir.Ifindex)
 			}
 		}
@@ -384,7 +380,7 @@ func (d *drainer) records(dirs map[bpfFlowKey]*direction, ifaces func(int) Inter
 
 // takeL7 returns the L7 stats of the flow whose client direction is k (or
 // rk, where the L7 parsers found the client other than the L4 guess).
-func (d *drainer) takeL7(k, rk bpfFlowKey) *L7 {
+func (d *drainer) takeL7(k, rk bpfFlowKey) *model.L7 {
 	l := d.l7[k]
 	if l == nil {
 		l = d.l7[rk]
@@ -395,8 +391,13 @@ func (d *drainer) takeL7(k, rk bpfFlowKey) *L7 {
 	}
 	delete(d.l7, k)
 	delete(d.l7, rk)
-	l.carried = false
-	return l
+	return &l.L7
+}
+
+// pendingL7 is a flow's L7 stats waiting for the flow's record.
+type pendingL7 struct {
+	model.L7
+	carried bool // the drain kept it over from the one before
 }
 
 // addr turns an IPv6 or IPv4-mapped key address into an address.

@@ -17,6 +17,7 @@ import (
 	"github.com/flowmap/flowmap/flows"
 	"github.com/flowmap/flowmap/internal/sandbox"
 	"github.com/flowmap/flowmap/internal/testenv"
+	"github.com/flowmap/flowmap/model"
 )
 
 // serverDelay is how long the HTTP server waits before each response, so
@@ -95,7 +96,7 @@ func TestEndToEndL7(t *testing.T) {
 	recs := c.flows(t)
 
 	t.Run("http", func(t *testing.T) {
-		rs := find(recs, a.Addr, b.Addr, flows.ProtoTCP, httpPort)
+		rs := find(recs, a.Addr, b.Addr, model.ProtoTCP, httpPort)
 		r := one(t, rs)
 		if r.Src != a.Addr || r.Dst != b.Addr {
 			t.Fatalf("flow %s → %s, want %s → %s", r.Src, r.Dst, a.Addr, b.Addr)
@@ -104,11 +105,11 @@ func TestEndToEndL7(t *testing.T) {
 		if l == nil {
 			t.Fatalf("flow %s → %s:%d has no L7", r.Src, r.Dst, r.DstPort)
 		}
-		if l.Protocol != flows.L7HTTP {
+		if l.Protocol != model.L7HTTP {
 			t.Errorf("protocol = %s, want http", l.Protocol)
 		}
-		var wantMethods [flows.NumMethods]uint64
-		wantMethods[flows.MethodGET], wantMethods[flows.MethodPOST], wantMethods[flows.MethodDELETE] = 20, 7, 5
+		var wantMethods [model.NumMethods]uint64
+		wantMethods[model.MethodGET], wantMethods[model.MethodPOST], wantMethods[model.MethodDELETE] = 20, 7, 5
 		if l.Methods != wantMethods {
 			t.Errorf("methods = %v, want %v", l.Methods, wantMethods)
 		}
@@ -126,10 +127,10 @@ func TestEndToEndL7(t *testing.T) {
 	})
 
 	t.Run("dns", func(t *testing.T) {
-		var sum flows.L7
+		var sum model.L7
 		var n int
 		for _, r := range recs {
-			if r.Proto != flows.ProtoUDP || r.Src != a.Addr || r.Dst != d.Addr || r.DstPort != 53 {
+			if r.Proto != model.ProtoUDP || r.Src != a.Addr || r.Dst != d.Addr || r.DstPort != 53 {
 				continue
 			}
 			if r.L7 == nil {
@@ -142,13 +143,13 @@ func TestEndToEndL7(t *testing.T) {
 		if n == 0 {
 			t.Fatalf("no dns flow %s → %s:53 in %d records", a.Addr, d.Addr, len(recs))
 		}
-		if sum.Protocol != flows.L7DNS {
+		if sum.Protocol != model.L7DNS {
 			t.Errorf("protocol = %s, want dns", sum.Protocol)
 		}
 		if want := uint64(len(lookups)); sum.Queries != want {
 			t.Errorf("queries = %d, want %d", sum.Queries, want)
 		}
-		want := [flows.NumRcodes]uint64{0: found, 3: nx}
+		want := [model.NumRcodes]uint64{0: found, 3: nx}
 		if sum.Rcodes != want {
 			t.Errorf("rcodes = %v, want %v (NOERROR %d, NXDOMAIN %d)", sum.Rcodes, want, found, nx)
 		}
@@ -165,7 +166,7 @@ func TestEndToEndL7(t *testing.T) {
 		}
 		got := map[key]int{}
 		for _, nm := range c.names() {
-			if nm.Source != flows.NameDNS || nm.TTL != sandbox.DNSTTL*time.Second || nm.Seen.IsZero() {
+			if nm.Source != model.NameDNS || nm.TTL != sandbox.DNSTTL*time.Second || nm.Seen.IsZero() {
 				t.Errorf("name %+v: want source dns, ttl %ds, a time seen", nm, sandbox.DNSTTL)
 			}
 			got[key{nm.Addr, nm.Name, nm.Client}]++
@@ -183,10 +184,10 @@ func TestEndToEndL7(t *testing.T) {
 }
 
 // names returns every name the batches so far carried.
-func (c *collector) names() []flows.Name {
+func (c *collector) names() []model.Name {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var out []flows.Name
+	var out []model.Name
 	for _, b := range c.batches {
 		out = append(out, b.Names...)
 	}

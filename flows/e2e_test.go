@@ -10,10 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/flowmap/flowmap/flows"
 	"github.com/flowmap/flowmap/internal/sandbox"
 	"github.com/flowmap/flowmap/internal/testenv"
-	"github.com/vishvananda/netlink"
+	"github.com/flowmap/flowmap/model"
 )
 
 // e2eSubnet keeps this package's sandboxes apart from other packages'
@@ -24,7 +26,7 @@ var e2eSubnet = netip.MustParsePrefix("203.0.113.128/25")
 type collector struct {
 	dp      *flows.Datapath
 	mu      sync.Mutex
-	batches []flows.Batch
+	batches []model.Batch
 }
 
 // runDatapath starts a datapath on the sandbox's interfaces, waits until
@@ -40,7 +42,7 @@ func runDatapath(t *testing.T, cfg flows.Config) *collector {
 	}
 	c := &collector{dp: dp}
 	ctx, cancel := context.WithCancel(context.Background())
-	out := make(chan flows.Batch)
+	out := make(chan model.Batch)
 	done := make(chan error, 1)
 	go func() { done <- dp.Run(ctx, out) }()
 	go func() {
@@ -66,7 +68,7 @@ func runDatapath(t *testing.T, cfg flows.Config) *collector {
 
 // flows returns every flow seen so far, merged across batches, after one
 // more drain.
-func (c *collector) flows(t *testing.T) []flows.Record {
+func (c *collector) flows(t *testing.T) []model.Record {
 	t.Helper()
 	c.mu.Lock()
 	n := len(c.batches)
@@ -78,7 +80,7 @@ func (c *collector) flows(t *testing.T) []flows.Record {
 	})
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return flows.Merge(c.batches...).Records
+	return model.Merge(c.batches...).Records
 }
 
 func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
@@ -94,8 +96,8 @@ func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
 
 // find returns the records between two addresses on a protocol and
 // server port, in either orientation.
-func find(recs []flows.Record, a, b netip.Addr, proto flows.Proto, port uint16) []flows.Record {
-	var out []flows.Record
+func find(recs []model.Record, a, b netip.Addr, proto model.Proto, port uint16) []model.Record {
+	var out []model.Record
 	for _, r := range recs {
 		if r.Proto != proto {
 			continue
@@ -203,7 +205,7 @@ func TestEndToEnd(t *testing.T) {
 	recs := c.flows(t)
 
 	t.Run("tcp", func(t *testing.T) {
-		r := one(t, find(recs, a.Addr, b.Addr, flows.ProtoTCP, tcpPort))
+		r := one(t, find(recs, a.Addr, b.Addr, model.ProtoTCP, tcpPort))
 		checkEnds(t, r, a.Addr, b.Addr, a, b)
 		sent := tcpBytes + tcpRetrans
 		minPkts := sent / mss4
@@ -230,14 +232,14 @@ func TestEndToEnd(t *testing.T) {
 		}
 	})
 	t.Run("tcp6", func(t *testing.T) {
-		r := one(t, find(recs, a.Addr6, b.Addr6, flows.ProtoTCP, tcp6Port))
+		r := one(t, find(recs, a.Addr6, b.Addr6, model.ProtoTCP, tcp6Port))
 		checkEnds(t, r, a.Addr6, b.Addr6, a, b)
 		if want := 1<<20 + tcp6Retrans + r.Forward.Packets*tcp6Overhead; !within(r.Forward.Bytes, want, 0.01) {
 			t.Errorf("forward bytes = %d, want %d ±1%%", r.Forward.Bytes, want)
 		}
 	})
 	t.Run("udp", func(t *testing.T) {
-		r := one(t, find(recs, a.Addr, b.Addr, flows.ProtoUDP, udpPort))
+		r := one(t, find(recs, a.Addr, b.Addr, model.ProtoUDP, udpPort))
 		checkEnds(t, r, a.Addr, b.Addr, a, b)
 		if r.Forward.Packets != uint64(udpN) || r.Forward.Bytes != uint64(udpN*(1000+udp4Overhead)) {
 			t.Errorf("forward = %d packets, %d bytes; want %d, %d", r.Forward.Packets, r.Forward.Bytes, udpN, udpN*(1000+udp4Overhead))
@@ -247,11 +249,11 @@ func TestEndToEnd(t *testing.T) {
 		}
 	})
 	t.Run("host to namespace", func(t *testing.T) {
-		r := one(t, find(recs, sb.Addr(), b.Addr, flows.ProtoTCP, hostPort))
+		r := one(t, find(recs, sb.Addr(), b.Addr, model.ProtoTCP, hostPort))
 		if r.Src != sb.Addr() || r.Dst != b.Addr {
 			t.Fatalf("flow %s → %s, want %s → %s", r.Src, r.Dst, sb.Addr(), b.Addr)
 		}
-		if r.Forward.Point != flows.PointTCEgress || r.DstIf.Name != b.HostIf || r.SrcIf.Index != 0 {
+		if r.Forward.Point != model.PointTCEgress || r.DstIf.Name != b.HostIf || r.SrcIf.Index != 0 {
 			t.Errorf("counted at %s, src if %q, dst if %q; want tc-egress, none, %q", r.Forward.Point, r.SrcIf.Name, r.DstIf.Name, b.HostIf)
 		}
 		if want := 256<<10 + hostRetrans + r.Forward.Packets*tcp4Overhead; !within(r.Forward.Bytes, want, 0.01) {
@@ -259,7 +261,7 @@ func TestEndToEnd(t *testing.T) {
 		}
 	})
 	t.Run("late namespace", func(t *testing.T) {
-		r := one(t, find(recs, late.Addr, a.Addr, flows.ProtoTCP, latePort))
+		r := one(t, find(recs, late.Addr, a.Addr, model.ProtoTCP, latePort))
 		checkEnds(t, r, late.Addr, a.Addr, late, a)
 	})
 }
@@ -282,7 +284,7 @@ func mustHost(t *testing.T, sb *sandbox.Net, name string) *sandbox.Host {
 	return h
 }
 
-func one(t *testing.T, recs []flows.Record) flows.Record {
+func one(t *testing.T, recs []model.Record) model.Record {
 	t.Helper()
 	if len(recs) != 1 {
 		t.Fatalf("got %d records of the flow, want exactly 1: %+v", len(recs), recs)
@@ -291,7 +293,7 @@ func one(t *testing.T, recs []flows.Record) flows.Record {
 }
 
 // checkEnds checks the orientation and the interfaces behind each end.
-func checkEnds(t *testing.T, r flows.Record, src, dst netip.Addr, client, server *sandbox.Host) {
+func checkEnds(t *testing.T, r model.Record, src, dst netip.Addr, client, server *sandbox.Host) {
 	t.Helper()
 	if r.Src != src || r.Dst != dst {
 		t.Errorf("flow %s → %s, want %s → %s (client to server)", r.Src, r.Dst, src, dst)
@@ -302,7 +304,7 @@ func checkEnds(t *testing.T, r flows.Record, src, dst netip.Addr, client, server
 	if r.SrcIf.PeerNetNSID < 0 || r.SrcIf.PeerIndex != client.PeerIfIndex {
 		t.Errorf("src peer netnsid %d, ifindex %d; want a namespace id and %d", r.SrcIf.PeerNetNSID, r.SrcIf.PeerIndex, client.PeerIfIndex)
 	}
-	if r.Forward.Point != flows.PointTCIngress || r.Reverse.Point != flows.PointTCIngress {
+	if r.Forward.Point != model.PointTCIngress || r.Reverse.Point != model.PointTCIngress {
 		t.Errorf("counted at %s, %s; want tc-ingress both ways (where each packet entered the host)", r.Forward.Point, r.Reverse.Point)
 	}
 }
@@ -365,7 +367,7 @@ func TestDetach(t *testing.T) {
 			}
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan error, 1)
-			go func() { done <- dp.Run(ctx, make(chan flows.Batch, 1)) }()
+			go func() { done <- dp.Run(ctx, make(chan model.Batch, 1)) }()
 			waitFor(t, 5*time.Second, "datapath ready", func() bool { return dp.Ready() == nil })
 			for _, h := range []*sandbox.Host{a, b} {
 				if n := programsOn(t, h.HostIfIndex, mode); n != 2 {
@@ -415,8 +417,8 @@ func TestXDP(t *testing.T) {
 	b := mustHost(t, sb, "b")
 	c := runDatapath(t, flows.Config{Interfaces: []string{"fmx-*"}, XDP: []string{"fmx-*"}})
 	port, n := exchangeUDP(t, a, b, 50, 700, 300)
-	r := one(t, find(c.flows(t), a.Addr, b.Addr, flows.ProtoUDP, port))
-	if r.Forward.Point != flows.PointXDPIngress || r.Reverse.Point != flows.PointXDPIngress {
+	r := one(t, find(c.flows(t), a.Addr, b.Addr, model.ProtoUDP, port))
+	if r.Forward.Point != model.PointXDPIngress || r.Reverse.Point != model.PointXDPIngress {
 		t.Errorf("counted at %s, %s; want xdp both ways", r.Forward.Point, r.Reverse.Point)
 	}
 	if r.SrcIf.Name != a.HostIf || r.DstIf.Name != b.HostIf {
@@ -480,12 +482,12 @@ func TestMapFull(t *testing.T) {
 	// entries too.
 	var others uint64
 	for _, r := range b0.Records {
-		if r.Proto == flows.ProtoUDP && (r.Dst == b.Addr || r.Src == b.Addr) {
+		if r.Proto == model.ProtoUDP && (r.Dst == b.Addr || r.Src == b.Addr) {
 			counted += r.Forward.Packets + r.Reverse.Packets
 			bytes += r.Forward.Bytes + r.Reverse.Bytes
 			continue
 		}
-		for _, d := range []flows.Direction{r.Forward, r.Reverse} {
+		for _, d := range []model.Direction{r.Forward, r.Reverse} {
 			if d.Packets > 0 {
 				others++
 			}

@@ -15,6 +15,7 @@ import (
 	"github.com/google/gopacket/layers"
 
 	"github.com/flowmap/flowmap/internal/testenv"
+	"github.com/flowmap/flowmap/model"
 )
 
 // These tests run the L7 parsers of bpf/flow.c through BPF_PROG_TEST_RUN on
@@ -119,8 +120,8 @@ func ioReadFull(c net.Conn, b []byte) (int, error) {
 // l7Want is what one flow's L7 entry should hold; the latency histogram
 // is checked for its count only.
 type l7Want struct {
-	proto     L7Protocol
-	methods   map[Method]uint32
+	proto     model.L7Protocol
+	methods   map[model.Method]uint32
 	statuses  map[int]uint32
 	queries   uint32
 	rcodes    map[int]uint32
@@ -128,8 +129,8 @@ type l7Want struct {
 	latencies uint32
 }
 
-func (w l7Want) l7() L7 {
-	l := L7{Protocol: w.proto, Queries: uint64(w.queries), Unmatched: uint64(w.unmatched)}
+func (w l7Want) l7() model.L7 {
+	l := model.L7{Protocol: w.proto, Queries: uint64(w.queries), Unmatched: uint64(w.unmatched)}
 	for m, n := range w.methods {
 		l.Methods[m] = uint64(n)
 	}
@@ -144,17 +145,17 @@ func (w l7Want) l7() L7 {
 
 // readL7 returns the L7 maps of half a (b false) or b by client-to-server
 // key, IPv4 keys IPv4-mapped, summed over the CPUs.
-func readL7(t testing.TB, objs *bpfObjects, b bool) map[bpfFlowKey]L7 {
+func readL7(t testing.TB, objs *bpfObjects, b bool) map[bpfFlowKey]model.L7 {
 	t.Helper()
 	m4, m6 := objs.L7s4A, objs.L7s6A
 	if b {
 		m4, m6 = objs.L7s4B, objs.L7s6B
 	}
-	got := map[bpfFlowKey]L7{}
+	got := map[bpfFlowKey]model.L7{}
 	add := func(k bpfFlowKey, percpu []bpfL7Stats) {
 		l := got[k]
 		for i := range percpu {
-			l.addStats(&percpu[i])
+			addL7Stats(&l, &percpu[i])
 		}
 		got[k] = l
 	}
@@ -201,7 +202,7 @@ func checkL7(t testing.TB, objs *bpfObjects, want map[bpfFlowKey]l7Want, before 
 		if max := time.Duration(n) * before; n > 0 && (g.Latency.Sum == 0 || g.Latency.Sum > max) {
 			t.Errorf("%s: latency sum %v, want within (0, %v]", keyString(k), g.Latency.Sum, max)
 		}
-		g.Latency = Histogram{}
+		g.Latency = model.Histogram{}
 		if ws := w.l7(); g != ws {
 			t.Errorf("%s:\ngot  %+v\nwant %+v", keyString(k), g, ws)
 		}
@@ -249,14 +250,14 @@ func TestBPFL7(t *testing.T) {
 		{
 			name:   "http request and response",
 			frames: [][]byte{req(get), resp(ok200)},
-			want: map[bpfFlowKey]l7Want{up: {proto: L7HTTP, methods: map[Method]uint32{MethodGET: 1},
+			want: map[bpfFlowKey]l7Want{up: {proto: model.L7HTTP, methods: map[model.Method]uint32{model.MethodGET: 1},
 				statuses: map[int]uint32{2: 1}, latencies: 1}},
 		},
 		{
 			name: "http over ipv6",
 			frames: [][]byte{tcpPayload(t, true, l7Cli6, l7Srv6, 42000, 80, []byte("DELETE /x HTTP/1.1\r\n\r\n")),
 				tcpPayload(t, true, l7Srv6, l7Cli6, 80, 42000, []byte("HTTP/1.0 404 Not Found\r\n\r\n"))},
-			want: map[bpfFlowKey]l7Want{up6: {proto: L7HTTP, methods: map[Method]uint32{MethodDELETE: 1},
+			want: map[bpfFlowKey]l7Want{up6: {proto: model.L7HTTP, methods: map[model.Method]uint32{model.MethodDELETE: 1},
 				statuses: map[int]uint32{4: 1}, latencies: 1}},
 		},
 		{
@@ -268,8 +269,8 @@ func TestBPFL7(t *testing.T) {
 				req("PATCH /d HTTP/1.1\r\n\r\n"), resp("HTTP/1.1 302 Found\r\n\r\n"),
 				req("OPTIONS * HTTP/1.1\r\n\r\n"), resp("HTTP/1.1 200 OK\r\n\r\n"),
 			},
-			want: map[bpfFlowKey]l7Want{up: {proto: L7HTTP,
-				methods:   map[Method]uint32{MethodGET: 1, MethodPOST: 1, MethodPUT: 1, MethodHEAD: 1, MethodPATCH: 1, MethodOPTIONS: 1},
+			want: map[bpfFlowKey]l7Want{up: {proto: model.L7HTTP,
+				methods:   map[model.Method]uint32{model.MethodGET: 1, model.MethodPOST: 1, model.MethodPUT: 1, model.MethodHEAD: 1, model.MethodPATCH: 1, model.MethodOPTIONS: 1},
 				statuses:  map[int]uint32{2: 3, 3: 1, 4: 1, 5: 1},
 				latencies: 6}},
 		},
@@ -280,19 +281,19 @@ func TestBPFL7(t *testing.T) {
 				resp("HTTP/1.1 201 Created\r\nContent-Length: 9000\r\n\r\n"), resp("HTTP/1.1 is what the body says"),
 				resp("<html>…"),
 			},
-			want: map[bpfFlowKey]l7Want{up: {proto: L7HTTP, methods: map[Method]uint32{MethodPOST: 1},
+			want: map[bpfFlowKey]l7Want{up: {proto: model.L7HTTP, methods: map[model.Method]uint32{model.MethodPOST: 1},
 				statuses: map[int]uint32{2: 1}, latencies: 1}},
 		},
 		{
 			name:   "100 continue then the response",
 			frames: [][]byte{req("PUT /big HTTP/1.1\r\nExpect: 100-continue\r\n\r\n"), resp("HTTP/1.1 100 Continue\r\n\r\n"), resp(ok200)},
-			want: map[bpfFlowKey]l7Want{up: {proto: L7HTTP, methods: map[Method]uint32{MethodPUT: 1},
+			want: map[bpfFlowKey]l7Want{up: {proto: model.L7HTTP, methods: map[model.Method]uint32{model.MethodPUT: 1},
 				statuses: map[int]uint32{1: 1, 2: 1}, latencies: 1}},
 		},
 		{
 			name:   "response without request",
 			frames: [][]byte{resp(ok200)},
-			want:   map[bpfFlowKey]l7Want{up: {proto: L7HTTP, statuses: map[int]uint32{2: 1}, unmatched: 1}},
+			want:   map[bpfFlowKey]l7Want{up: {proto: model.L7HTTP, statuses: map[int]uint32{2: 1}, unmatched: 1}},
 		},
 		{
 			name: "garbage that looks almost like http",
@@ -306,7 +307,7 @@ func TestBPFL7(t *testing.T) {
 		{
 			name:   "dns query and answer",
 			frames: [][]byte{dnsQ(0x1234), dnsR(0x1234, layers.DNSResponseCodeNoErr, "203.0.113.9", "203.0.113.10")},
-			want: map[bpfFlowKey]l7Want{dnsUp: {proto: L7DNS, queries: 1, rcodes: map[int]uint32{0: 1},
+			want: map[bpfFlowKey]l7Want{dnsUp: {proto: model.L7DNS, queries: 1, rcodes: map[int]uint32{0: 1},
 				latencies: 1}},
 			names: []string{"dns"},
 		},
@@ -314,7 +315,7 @@ func TestBPFL7(t *testing.T) {
 			name: "dns ids match their own responses",
 			frames: [][]byte{dnsQ(1), dnsQ(2), dnsR(2, layers.DNSResponseCodeNXDomain), dnsR(1, layers.DNSResponseCodeServFail),
 				dnsR(3, layers.DNSResponseCodeNoErr, "203.0.113.9"), dnsR(1, layers.DNSResponseCodeRefused)},
-			want: map[bpfFlowKey]l7Want{dnsUp: {proto: L7DNS, queries: 2,
+			want: map[bpfFlowKey]l7Want{dnsUp: {proto: model.L7DNS, queries: 2,
 				rcodes: map[int]uint32{0: 1, 2: 1, 3: 1, 5: 1}, unmatched: 2, latencies: 2}},
 			names: []string{"dns"},
 		},
@@ -325,14 +326,14 @@ func TestBPFL7(t *testing.T) {
 				m[2] |= 0x02 // TC
 				return udpPayload(t, l7Srv, l7Cli, 53, 41000, m[:len(m)-6])
 			}()},
-			want:  map[bpfFlowKey]l7Want{dnsUp: {proto: L7DNS, queries: 1, rcodes: map[int]uint32{0: 1}, latencies: 1}},
+			want:  map[bpfFlowKey]l7Want{dnsUp: {proto: model.L7DNS, queries: 1, rcodes: map[int]uint32{0: 1}, latencies: 1}},
 			names: []string{"dns"},
 		},
 		{
 			name: "dns over tcp",
 			frames: [][]byte{tcpTo(53, withLen(dnsMsg(t, 9, false, 0, "shop.example"))),
 				tcpFrom(53, withLen(dnsMsg(t, 9, true, 0, "shop.example", "203.0.113.9")))},
-			want:  map[bpfFlowKey]l7Want{dnsTCPUp: {proto: L7DNS, queries: 1, rcodes: map[int]uint32{0: 1}, latencies: 1}},
+			want:  map[bpfFlowKey]l7Want{dnsTCPUp: {proto: model.L7DNS, queries: 1, rcodes: map[int]uint32{0: 1}, latencies: 1}},
 			names: []string{"dns"},
 		},
 		{
@@ -347,7 +348,7 @@ func TestBPFL7(t *testing.T) {
 		{
 			name:   "tls client hello",
 			frames: [][]byte{tcpTo(443, hello)},
-			want:   map[bpfFlowKey]l7Want{flowKey(l7Cli, l7Srv, 42000, 443, layers.IPProtocolTCP, 0): {proto: L7TLS}},
+			want:   map[bpfFlowKey]l7Want{flowKey(l7Cli, l7Srv, 42000, 443, layers.IPProtocolTCP, 0): {proto: model.L7TLS}},
 			names:  []string{"tls"},
 		},
 		{
@@ -361,11 +362,11 @@ func TestBPFL7(t *testing.T) {
 				tcpPayload(t, false, l7Cli, l7Srv, 42006, 5001, bytes.Repeat([]byte{0xa5}, 1400)), // bulk data: nothing
 			},
 			want: map[bpfFlowKey]l7Want{
-				flowKey(l7Cli, l7Srv, 42001, 8080, layers.IPProtocolTCP, 0): {proto: L7HTTP2},
-				flowKey(l7Cli, l7Srv, 42002, 5432, layers.IPProtocolTCP, 0): {proto: L7Postgres},
-				flowKey(l7Cli, l7Srv, 42003, 3306, layers.IPProtocolTCP, 0): {proto: L7MySQL},
-				flowKey(l7Cli, l7Srv, 42004, 6379, layers.IPProtocolTCP, 0): {proto: L7Redis},
-				flowKey(l7Cli, l7Srv, 42005, 9092, layers.IPProtocolTCP, 0): {proto: L7Kafka},
+				flowKey(l7Cli, l7Srv, 42001, 8080, layers.IPProtocolTCP, 0): {proto: model.L7HTTP2},
+				flowKey(l7Cli, l7Srv, 42002, 5432, layers.IPProtocolTCP, 0): {proto: model.L7Postgres},
+				flowKey(l7Cli, l7Srv, 42003, 3306, layers.IPProtocolTCP, 0): {proto: model.L7MySQL},
+				flowKey(l7Cli, l7Srv, 42004, 6379, layers.IPProtocolTCP, 0): {proto: model.L7Redis},
+				flowKey(l7Cli, l7Srv, 42005, 9092, layers.IPProtocolTCP, 0): {proto: model.L7Kafka},
 			},
 		},
 	}
@@ -395,10 +396,10 @@ func TestBPFL7(t *testing.T) {
 						if n.Client.String() != l7Cli || n.Seen != start {
 							t.Errorf("name %+v: client %v seen %v, want %s %v", n, n.Client, n.Seen, l7Cli, start)
 						}
-						if n.Source == NameTLS && (n.Name != "api.example.com" || n.Addr.String() != l7Srv) {
+						if n.Source == model.NameTLS && (n.Name != "api.example.com" || n.Addr.String() != l7Srv) {
 							t.Errorf("tls name %+v, want api.example.com for %s", n, l7Srv)
 						}
-						if n.Source == NameDNS && (n.Name != "shop.example" || n.TTL != 300*time.Second) {
+						if n.Source == model.NameDNS && (n.Name != "shop.example" || n.TTL != 300*time.Second) {
 							t.Errorf("dns name %+v, want shop.example for 300s", n)
 						}
 					}
@@ -415,8 +416,8 @@ func TestBPFL7(t *testing.T) {
 		}
 		h := testHooks(t, objs)[0]
 		h.run(t, req(get))
-		if v, ok := readL7(t, objs, true)[up]; !ok || v.Methods[MethodGET] != 1 {
-			t.Errorf("half b: %s GET requests = %d (entry %v), want 1", keyString(up), v.Methods[MethodGET], ok)
+		if v, ok := readL7(t, objs, true)[up]; !ok || v.Methods[model.MethodGET] != 1 {
+			t.Errorf("half b: %s GET requests = %d (entry %v), want 1", keyString(up), v.Methods[model.MethodGET], ok)
 		}
 		if got := readL7(t, objs, false); len(got) != 0 {
 			t.Errorf("half a has %d entries, want 0", len(got))
@@ -453,7 +454,7 @@ func TestBPFL7MapFull(t *testing.T) {
 				t.Errorf("L7 map holds %d flows, want %d", len(got), maxFlows)
 			}
 			first := flowKey(cli, srv, 42000, 80, layers.IPProtocolTCP, 0)
-			if n := got[first].Methods[MethodGET]; n != 2 {
+			if n := got[first].Methods[model.MethodGET]; n != 2 {
 				t.Errorf("%s: GET requests = %d, want 2", keyString(first), n)
 			}
 			if _, ok := got[flowKey(cli, srv, 42000+maxFlows, 80, layers.IPProtocolTCP, 0)]; ok {

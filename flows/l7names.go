@@ -14,46 +14,9 @@ import (
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
+
+	"github.com/flowmap/flowmap/model"
 )
-
-// Name is a name for an address, as a DNS answer or a TLS ClientHello's
-// server name gave it.
-type Name struct {
-	Addr netip.Addr `json:"addr"`
-	Name string     `json:"name"`
-	// TTL is the DNS record's; for a TLS server name, NameTTLTLS.
-	TTL    time.Duration `json:"ttl_ns"`
-	Source NameSource    `json:"source"`
-	// Client asked for the name.
-	Client netip.Addr `json:"client"`
-	Seen   time.Time  `json:"seen"`
-}
-
-// NameSource is where a name came from.
-type NameSource uint8
-
-// The sources of names.
-const (
-	NameDNS = NameSource(bpfNameKindNAME_DNS)
-	NameTLS = NameSource(bpfNameKindNAME_TLS)
-)
-
-func (s NameSource) String() string {
-	switch s {
-	case NameDNS:
-		return "dns"
-	case NameTLS:
-		return "tls"
-	}
-	return "unknown"
-}
-
-// MarshalText writes the source's name.
-func (s NameSource) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
-
-// NameTTLTLS is how long a TLS server name names its server's address: the
-// ClientHello says nothing of it, and a connection is a sign of use.
-const NameTTLTLS = 10 * time.Minute
 
 // maxNamesPerBatch bounds the names a batch carries; more are counted as
 // lost (Stats.NamesLost).
@@ -71,7 +34,7 @@ var (
 //
 // A message cut short (a truncated response, or one longer than the
 // programs copy) gives the answers that fit whole.
-func DecodeDNSNames(msg []byte, dns *layers.DNS) ([]Name, error) {
+func DecodeDNSNames(msg []byte, dns *layers.DNS) ([]model.Name, error) {
 	if err := decodeDNS(msg, dns); err != nil {
 		if !decodeWhole(msg, dns) {
 			return nil, fmt.Errorf("decode dns response: %w", err)
@@ -84,7 +47,7 @@ func DecodeDNSNames(msg []byte, dns *layers.DNS) ([]Name, error) {
 	if q == "" {
 		return nil, errors.New("decode dns response: empty question")
 	}
-	var out []Name
+	var out []model.Name
 	for _, a := range dns.Answers {
 		if a.Class != layers.DNSClassIN || (a.Type != layers.DNSTypeA && a.Type != layers.DNSTypeAAAA) {
 			continue
@@ -93,7 +56,7 @@ func DecodeDNSNames(msg []byte, dns *layers.DNS) ([]Name, error) {
 		if !ok {
 			continue
 		}
-		out = append(out, Name{Addr: addr.Unmap(), Name: q, TTL: time.Duration(a.TTL) * time.Second, Source: NameDNS})
+		out = append(out, model.Name{Addr: addr.Unmap(), Name: q, TTL: time.Duration(a.TTL) * time.Second, Source: model.NameDNS})
 	}
 	return out, nil
 }
@@ -197,7 +160,7 @@ type nameDecoder struct {
 }
 
 // decode returns the names in one event of l7_names.
-func (nd *nameDecoder) decode(raw []byte, seen time.Time) ([]Name, error) {
+func (nd *nameDecoder) decode(raw []byte, seen time.Time) ([]model.Name, error) {
 	var ev bpfNameEvent
 	hdr := binary.Size(ev.Flow) + 8
 	if len(raw) < hdr {
@@ -215,26 +178,26 @@ func (nd *nameDecoder) decode(raw []byte, seen time.Time) ([]Name, error) {
 	}
 	data = data[:n]
 	client, server := addr(ev.Flow.Saddr), addr(ev.Flow.Daddr)
-	switch NameSource(kind) {
-	case NameDNS:
+	switch bpfNameKind(kind) {
+	case bpfNameKindNAME_DNS:
 		names, err := DecodeDNSNames(data, &nd.dns)
 		for i := range names {
 			names[i].Client, names[i].Seen = client, seen
 		}
 		return names, err
-	case NameTLS:
+	case bpfNameKindNAME_TLS:
 		sni, err := ServerName(data)
 		if err != nil {
 			return nil, err
 		}
-		return []Name{{Addr: server, Name: sni, TTL: NameTTLTLS, Source: NameTLS, Client: client, Seen: seen}}, nil
+		return []model.Name{{Addr: server, Name: sni, TTL: model.NameTTLTLS, Source: model.NameTLS, Client: client, Seen: seen}}, nil
 	}
 	return nil, fmt.Errorf("name event of kind %d", kind)
 }
 
 // readNames reads l7_names until ctx is done, and hands each name to add.
 // Events that do not decode are counted by bad.
-func readNames(ctx context.Context, m *ebpf.Map, add func(Name), bad func()) error {
+func readNames(ctx context.Context, m *ebpf.Map, add func(model.Name), bad func()) error {
 	rd, err := ringbuf.NewReader(m)
 	if err != nil {
 		return fmt.Errorf("read ring buffer %s: %w", m, err)

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/google/gopacket/layers"
+
+	"github.com/flowmap/flowmap/model"
 )
 
 // dnsCompressed is a response for www.example.com whose answers name it by
@@ -29,13 +31,13 @@ func TestDecodeDNSNames(t *testing.T) {
 	cases := []struct {
 		name    string
 		msg     []byte
-		want    []Name
+		want    []model.Name
 		wantErr bool
 	}{
 		{
 			name: "compression pointers name the address by the question",
 			msg:  dnsCompressed,
-			want: []Name{{Addr: netip.MustParseAddr("203.0.113.50"), Name: "www.example.com", TTL: 30 * time.Second, Source: NameDNS}},
+			want: []model.Name{{Addr: netip.MustParseAddr("203.0.113.50"), Name: "www.example.com", TTL: 30 * time.Second, Source: model.NameDNS}},
 		},
 		{
 			name: "cut inside the last answer",
@@ -164,8 +166,8 @@ func FuzzNameEvent(f *testing.F) {
 		copy(b[hdr:], data)
 		return b
 	}
-	f.Add(ev(byte(NameDNS), dnsCompressed))
-	f.Add(ev(byte(NameTLS), clientHello(f, "api.example.com")))
+	f.Add(ev(byte(model.NameDNS), dnsCompressed))
+	f.Add(ev(byte(model.NameTLS), clientHello(f, "api.example.com")))
 	f.Add(ev(9, nil))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		var nd nameDecoder

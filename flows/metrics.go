@@ -34,7 +34,7 @@ var (
 	descFrames = prometheus.NewDesc("flowmap_frames_skipped_total",
 		"Frames the programs saw but could not count as a flow, by reason.", []string{"reason"}, nil)
 	descL7Lost = prometheus.NewDesc("flowmap_l7_messages_lost_total",
-		"L7 messages not counted because the L7 map was full.", nil, nil)
+		"L7 messages not counted because the model.L7 map was full.", nil, nil)
 	descNamesLost = prometheus.NewDesc("flowmap_name_events_lost_total",
 		"DNS answers and TLS server names not read, by reason.", []string{"reason"}, nil)
 	descNATJoined = prometheus.NewDesc("flowmap_nat_joined_total",

@@ -6,6 +6,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/flowmap/flowmap/model"
 )
 
 // natJoin gives both directions of a NATed connection one tuple. The
@@ -65,7 +67,7 @@ func (d *direction) merge(o *direction) {
 	d.Packets += o.Packets
 	d.Retransmits += o.Retransmits
 	d.TCPFlags |= o.TCPFlags
-	if d.Point == PointNone {
+	if d.Point == model.PointNone {
 		d.Point, d.Ifindex = o.Point, o.Ifindex
 	}
 	if o.first != 0 && (d.first == 0 || o.first < d.first) {

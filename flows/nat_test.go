@@ -6,6 +6,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/flowmap/flowmap/model"
 )
 
 func TestNATJoin(t *testing.T) {
@@ -22,8 +24,8 @@ func TestNATJoin(t *testing.T) {
 			Reverse: netlink.IPTuple{SrcIP: net.ParseIP(rsrc), DstIP: net.ParseIP(rdst), SrcPort: rsport, DstPort: rdport, Protocol: unix.IPPROTO_TCP},
 		}
 	}
-	dir := func(bytes uint64, p Point) *direction {
-		return &direction{Direction: Direction{Bytes: bytes, Packets: 1, Point: p, Ifindex: 3}, first: 10, lastJ: 5}
+	dir := func(bytes uint64, p model.Point) *direction {
+		return &direction{Direction: model.Direction{Bytes: bytes, Packets: 1, Point: p, Ifindex: 3}, first: 10, lastJ: 5}
 	}
 	const (
 		pod  = "198.51.100.34"
@@ -39,8 +41,8 @@ func TestNATJoin(t *testing.T) {
 	}{{
 		name: "masquerade: the reply counted at the NIC joins the request counted at the pod's veth",
 		dirs: map[bpfFlowKey]*direction{
-			key(pod, out, 40000, 443):  dir(100, PointTCIngress),
-			key(out, node, 443, 50000): dir(900, PointTCIngress),
+			key(pod, out, 40000, 443):  dir(100, model.PointTCIngress),
+			key(out, node, 443, 50000): dir(900, model.PointTCIngress),
 		},
 		conns: []*netlink.ConntrackFlow{ct(pod, out, 40000, 443, out, node, 443, 50000)},
 		want:  map[bpfFlowKey]uint64{key(pod, out, 40000, 443): 100, key(out, pod, 443, 40000): 900},
@@ -48,8 +50,8 @@ func TestNATJoin(t *testing.T) {
 	}, {
 		name: "published port: the pod's reply joins the request counted at the NIC",
 		dirs: map[bpfFlowKey]*direction{
-			key(out, node, 5555, 8080): dir(100, PointTCIngress),
-			key(pod, out, 80, 5555):    dir(700, PointTCIngress),
+			key(out, node, 5555, 8080): dir(100, model.PointTCIngress),
+			key(pod, out, 80, 5555):    dir(700, model.PointTCIngress),
 		},
 		conns: []*netlink.ConntrackFlow{ct(out, node, 5555, 8080, pod, out, 80, 5555)},
 		want:  map[bpfFlowKey]uint64{key(out, node, 5555, 8080): 100, key(node, out, 8080, 5555): 700},
@@ -57,8 +59,8 @@ func TestNATJoin(t *testing.T) {
 	}, {
 		name: "counted at both tuples in one interval: added up",
 		dirs: map[bpfFlowKey]*direction{
-			key(out, node, 443, 50000): dir(900, PointTCIngress),
-			key(out, pod, 443, 40000):  dir(50, PointTCEgress),
+			key(out, node, 443, 50000): dir(900, model.PointTCIngress),
+			key(out, pod, 443, 40000):  dir(50, model.PointTCEgress),
 		},
 		conns: []*netlink.ConntrackFlow{ct(pod, out, 40000, 443, out, node, 443, 50000)},
 		want:  map[bpfFlowKey]uint64{key(out, pod, 443, 40000): 950},
@@ -66,14 +68,14 @@ func TestNATJoin(t *testing.T) {
 	}, {
 		name: "not NATed: left alone",
 		dirs: map[bpfFlowKey]*direction{
-			key(pod, out, 40000, 443): dir(100, PointTCIngress),
-			key(out, pod, 443, 40000): dir(900, PointTCIngress),
+			key(pod, out, 40000, 443): dir(100, model.PointTCIngress),
+			key(out, pod, 443, 40000): dir(900, model.PointTCIngress),
 		},
 		conns: []*netlink.ConntrackFlow{ct(pod, out, 40000, 443, out, pod, 443, 40000)},
 		want:  map[bpfFlowKey]uint64{key(pod, out, 40000, 443): 100, key(out, pod, 443, 40000): 900},
 	}, {
 		name:  "conntrack of flows not counted: nothing to do",
-		dirs:  map[bpfFlowKey]*direction{key(pod, out, 1, 2): dir(1, PointTCIngress)},
+		dirs:  map[bpfFlowKey]*direction{key(pod, out, 1, 2): dir(1, model.PointTCIngress)},
 		conns: []*netlink.ConntrackFlow{ct(pod, out, 40000, 443, out, node, 443, 50000)},
 		want:  map[bpfFlowKey]uint64{key(pod, out, 1, 2): 1},
 	}} {

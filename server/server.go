@@ -14,9 +14,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/flowmap/flowmap/flows"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/flowmap/flowmap/model"
 )
 
 // FlowsVersion is the version of the /api/v1/flows document.
@@ -29,7 +30,7 @@ type FlowsDoc struct {
 	Start     time.Time      `json:"start"`
 	End       time.Time      `json:"end"`
 	Intervals int            `json:"intervals"`
-	Flows     []flows.Record `json:"flows"`
+	Flows     []model.Record `json:"flows"`
 }
 
 // Server keeps the last batches of flows and serves them.
@@ -43,7 +44,7 @@ type Server struct {
 	status func() any // the sources' status, for /readyz
 
 	mu      sync.Mutex
-	batches []flows.Batch // oldest first, at most keep
+	batches []model.Batch // oldest first, at most keep
 }
 
 type route struct {
@@ -58,7 +59,7 @@ func New(keep int, ready func() error, g prometheus.Gatherer, log *slog.Logger) 
 }
 
 // Add keeps a batch, dropping the oldest past keep.
-func (s *Server) Add(b flows.Batch) {
+func (s *Server) Add(b model.Batch) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.batches = append(s.batches, b)
@@ -71,10 +72,10 @@ func (s *Server) Add(b flows.Batch) {
 func (s *Server) Flows(n int) FlowsDoc {
 	s.mu.Lock()
 	bs := s.batches[max(len(s.batches)-n, 0):]
-	m := flows.Merge(bs...)
+	m := model.Merge(bs...)
 	s.mu.Unlock()
 	if m.Records == nil {
-		m.Records = []flows.Record{}
+		m.Records = []model.Record{}
 	}
 	return FlowsDoc{Version: FlowsVersion, Start: m.Start, End: m.End, Intervals: len(bs), Flows: m.Records}
 }

@@ -12,15 +12,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flowmap/flowmap/flows"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/flowmap/flowmap/model"
 )
 
-func batch(start time.Time, bytes uint64) flows.Batch {
-	return flows.Batch{Start: start, End: start.Add(time.Second), Records: []flows.Record{{
+func batch(start time.Time, bytes uint64) model.Batch {
+	return model.Batch{Start: start, End: start.Add(time.Second), Records: []model.Record{{
 		Src: netip.MustParseAddr("198.51.100.2"), Dst: netip.MustParseAddr("198.51.100.3"),
-		Proto: flows.ProtoTCP, SrcPort: 40000, DstPort: 80,
-		Forward: flows.Direction{Bytes: bytes, Packets: 1},
+		Proto: model.ProtoTCP, SrcPort: 40000, DstPort: 80,
+		Forward: model.Direction{Bytes: bytes, Packets: 1},
 	}}}
 }
 
@@ -88,5 +89,48 @@ func TestServer(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 {
 		t.Errorf("/readyz once ready = %d, want 200", resp.StatusCode)
+	}
+}
+
+// TestFlowsRepeatable checks that reading the flows leaves what the server
+// keeps unchanged: /api/v1/flows?last=3 twice gives the same body, L7
+// counts included (a merge once added into the stored records' L7).
+func TestFlowsRepeatable(t *testing.T) {
+	s := New(3, func() error { return nil }, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	t0 := time.Date(2026, 12, 2, 9, 0, 0, 0, time.UTC)
+	for i := range 3 {
+		b := batch(t0.Add(time.Duration(i)*time.Second), 100)
+		l := &model.L7{Protocol: model.L7HTTP}
+		l.Methods[model.MethodGET] = 10
+		l.Statuses[2] = 10
+		b.Records[0].L7 = l
+		s.Add(b)
+	}
+	srv := httptest.NewServer(s.Handler())
+	defer srv.Close()
+	get := func() string {
+		resp, err := http.Get(srv.URL + "/api/v1/flows?last=3")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(body)
+	}
+	first := get()
+	var doc FlowsDoc
+	if err := json.Unmarshal([]byte(first), &doc); err != nil {
+		t.Fatal(err)
+	}
+	if len(doc.Flows) != 1 || doc.Flows[0].L7 == nil || doc.Flows[0].L7.Methods[model.MethodGET] != 30 {
+		t.Fatalf("flows = %+v, want one with 30 GETs", doc.Flows)
+	}
+	for i := range 2 {
+		if again := get(); again != first {
+			t.Fatalf("read %d:\n%s\nwant as the first:\n%s", i+2, again, first)
+		}
 	}
 }

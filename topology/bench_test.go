@@ -7,28 +7,27 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flowmap/flowmap/enrich"
-	"github.com/flowmap/flowmap/flows"
+	"github.com/flowmap/flowmap/model"
 )
 
 // benchFlows returns n flows of n edges: clients × servers × one port, as
 // a cluster's containers calling its services.
-func benchFlows(n int) []enrich.Flow {
+func benchFlows(n int) []model.Flow {
 	const servers = 100
 	clients := (n + servers - 1) / servers
-	eps := make([]enrich.Endpoint, clients+servers)
+	eps := make([]model.Endpoint, clients+servers)
 	for i := range eps {
 		name := "c" + strconv.Itoa(i)
-		eps[i] = enrich.Endpoint{Kind: enrich.KindContainer, ID: "container-id-" + name, Name: name,
+		eps[i] = model.Endpoint{Kind: model.KindContainer, ID: "container-id-" + name, Name: name,
 			Namespace: "ns" + strconv.Itoa(i%10), Workload: "w" + strconv.Itoa(i%50), Node: "node" + strconv.Itoa(i%20)}
 	}
-	fs := make([]enrich.Flow, n)
+	fs := make([]model.Flow, n)
 	for i := range fs {
 		f := &fs[i]
 		f.SrcEndpoint, f.DstEndpoint = eps[i/servers], eps[clients+i%servers]
-		f.Proto, f.SrcPort, f.DstPort = flows.ProtoTCP, uint16(30000+i%30000), 8080
-		f.Forward = flows.Direction{Bytes: 1500, Packets: 10, TCPFlags: flows.FlagSYNOnly | 0x18}
-		f.Reverse = flows.Direction{Bytes: 15000, Packets: 12, TCPFlags: flows.FlagSYNACK | 0x18}
+		f.Proto, f.SrcPort, f.DstPort = model.ProtoTCP, uint16(30000+i%30000), 8080
+		f.Forward = model.Direction{Bytes: 1500, Packets: 10, TCPFlags: model.FlagSYNOnly | 0x18}
+		f.Reverse = model.Direction{Bytes: 15000, Packets: 12, TCPFlags: model.FlagSYNACK | 0x18}
 		f.HandshakeRTT = 50 * time.Microsecond
 	}
 	return fs
@@ -44,7 +43,7 @@ func BenchmarkFold(b *testing.B) {
 
 // benchIntervals hands add drain intervals of 10,000 flows, one every 5s
 // of graph time, and reports the flows it took per second.
-func benchIntervals(b *testing.B, add func(time.Time, ...enrich.Flow)) {
+func benchIntervals(b *testing.B, add func(time.Time, ...model.Flow)) {
 	fs := benchFlows(10000)
 	t := t0
 	b.ReportAllocs()

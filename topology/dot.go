@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/flowmap/flowmap/enrich"
+	"github.com/flowmap/flowmap/model"
 )
 
 // WriteDOT writes the snapshot as a Graphviz digraph: one cluster per host
@@ -106,11 +106,11 @@ func WriteDOT(w io.Writer, s *Snapshot) error {
 
 func nodeStyle(n *Node) string {
 	switch n.Kind {
-	case enrich.KindExternal:
+	case model.KindExternal:
 		return `, shape=ellipse, fillcolor="#fdebd3", color="#c07a26"`
-	case enrich.KindUnknown, KindOverflow:
+	case model.KindUnknown, KindOverflow:
 		return `, shape=ellipse, fillcolor="#eeeeee", color="#888888"`
-	case enrich.KindHost:
+	case model.KindHost:
 		return `, shape=box3d, fillcolor="#e4f4e4", color="#4f8a4f"`
 	}
 	return ""

@@ -15,12 +15,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flowmap/flowmap/flows"
-	"github.com/flowmap/flowmap/internal/testenv"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/common/expfmt"
 	"github.com/santhosh-tekuri/jsonschema/v6"
+
+	"github.com/flowmap/flowmap/internal/testenv"
+	"github.com/flowmap/flowmap/model"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")
@@ -86,7 +87,7 @@ func TestJSONSchema(t *testing.T) {
 		t.Fatalf("compile schema: %v", err)
 	}
 	g := fixture()
-	g.Add(t0, flow(web1, payments, flows.ProtoICMP, 8, 84, 84, 0))
+	g.Add(t0, flow(web1, payments, model.ProtoICMP, 8, 84, 84, 0))
 	for _, level := range Levels {
 		for i, w := range Windows {
 			t.Run(string(level)+"-"+windowNames[i], func(t *testing.T) {

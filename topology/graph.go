@@ -25,8 +25,7 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/flowmap/flowmap/enrich"
-	"github.com/flowmap/flowmap/flows"
+	"github.com/flowmap/flowmap/model"
 )
 
 // tiers are the bucket widths and how long buckets of each width are
@@ -73,19 +72,19 @@ type Graph struct {
 }
 
 type epKey struct {
-	kind enrich.Kind
+	kind model.EndpointKind
 	id   string
 }
 
 type endpoint struct {
-	ep   enrich.Endpoint
+	ep   model.Endpoint
 	refs int32 // edges that name it
 }
 
 type edgeKey struct {
 	src, dst uint32 // endpoint indexes
 	port     uint16
-	proto    flows.Proto
+	proto    model.Proto
 }
 
 type edge struct {
@@ -106,7 +105,7 @@ type counts struct {
 	rttN    uint32
 	rttMax  uint32 // ns, saturated at 4.29s
 	// l7 is the messages the L7 parsers saw; nil on most edges (l7.go).
-	l7 *flows.L7
+	l7 *model.L7
 }
 
 type bucket struct {
@@ -131,7 +130,7 @@ func New(opts Options) *Graph {
 
 // Add folds flows into the graph's bucket for time t. Flows are added in
 // time order: one added before the newest bucket counts in the newest.
-func (g *Graph) Add(t time.Time, fs ...enrich.Flow) {
+func (g *Graph) Add(t time.Time, fs ...model.Flow) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	now := t.UnixNano()
@@ -154,7 +153,7 @@ func (g *Graph) Add(t time.Time, fs ...enrich.Flow) {
 	}
 }
 
-func (g *Graph) fold(now int64, f *enrich.Flow) {
+func (g *Graph) fold(now int64, f *model.Flow) {
 	g.flows++
 	k := edgeKey{port: f.DstPort, proto: f.Proto}
 	k.src = g.intern(&f.SrcEndpoint)
@@ -192,8 +191,8 @@ func (g *Graph) fold(now int64, f *enrich.Flow) {
 }
 
 // opened reports whether the record's client opened its connection in it.
-func opened(r *flows.Record) bool {
-	return r.Proto == flows.ProtoTCP && r.Forward.TCPFlags&flows.FlagSYNOnly != 0
+func opened(r *model.Record) bool {
+	return r.Proto == model.ProtoTCP && r.Forward.TCPFlags&model.FlagSYNOnly != 0
 }
 
 // newEdge adds the edge k, or returns the overflow edge past the cap.
@@ -207,7 +206,7 @@ func (g *Graph) newEdge(k edgeKey, now int64) uint32 {
 		if g.overflow >= 0 {
 			return uint32(g.overflow)
 		}
-		o := &enrich.Endpoint{Kind: KindOverflow, ID: "overflow", Name: "overflow"}
+		o := &model.Endpoint{Kind: KindOverflow, ID: "overflow", Name: "overflow"}
 		k = edgeKey{src: g.intern(o), dst: g.intern(o)}
 	}
 	e := edge{key: k, seq: 0, first: now}
@@ -232,7 +231,7 @@ func (g *Graph) newEdge(k edgeKey, now int64) uint32 {
 
 // intern returns ep's index, keeping its latest version, which may name
 // it better than the first.
-func (g *Graph) intern(ep *enrich.Endpoint) uint32 {
+func (g *Graph) intern(ep *model.Endpoint) uint32 {
 	if i, ok := g.epIndex[epKey{ep.Kind, ep.ID}]; ok {
 		if g.eps[i].ep.Name != ep.Name || g.eps[i].ep.Workload != ep.Workload {
 			g.eps[i].ep = *ep
@@ -407,7 +406,7 @@ func (g *Graph) Snapshot(now time.Time, level Level, window time.Duration) *Snap
 	type rollKey struct {
 		src, dst int32
 		port     uint16
-		proto    flows.Proto
+		proto    model.Proto
 	}
 	nodes := map[string]int32{}
 	nodeOfEP := make([]int32, len(g.eps))
@@ -433,7 +432,7 @@ func (g *Graph) Snapshot(now time.Time, level Level, window time.Duration) *Snap
 	type rolled struct {
 		Edge
 		rttSum uint64
-		l7     *flows.L7
+		l7     *model.L7
 	}
 	var edges []rolled
 	idx := map[rollKey]int{}

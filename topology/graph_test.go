@@ -6,15 +6,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flowmap/flowmap/enrich"
-	"github.com/flowmap/flowmap/flows"
+	"github.com/flowmap/flowmap/model"
 )
 
 // t0 is the fixed graph's now.
 var t0 = time.Date(2026, 11, 25, 9, 0, 0, 0, time.UTC)
 
-func container(name, ns, workload, node, addr string) enrich.Endpoint {
-	return enrich.Endpoint{Kind: enrich.KindContainer, ID: "c-" + name, Name: name, Namespace: ns,
+func container(name, ns, workload, node, addr string) model.Endpoint {
+	return model.Endpoint{Kind: model.KindContainer, ID: "c-" + name, Name: name, Namespace: ns,
 		Workload: workload, WorkloadKind: "Deployment", Node: node, Addrs: []netip.Addr{netip.MustParseAddr(addr)},
 		Labels: map[string]string{labelPodUID: "uid-" + name, labelPodName: name + "-pod", labelPodNamespace: ns}}
 }
@@ -23,7 +22,7 @@ func container(name, ns, workload, node, addr string) enrich.Endpoint {
 // machine itself, a service outside and an address no one knows.
 var (
 	web1     = container("web-1", "shop", "web", "n1", "198.51.100.11")
-	web1side = func() enrich.Endpoint { // a sidecar in web-1's pod
+	web1side = func() model.Endpoint { // a sidecar in web-1's pod
 		e := container("web-1-proxy", "shop", "web", "n1", "198.51.100.11")
 		e.Labels = map[string]string{labelPodUID: "uid-web-1", labelPodName: "web-1-pod", labelPodNamespace: "shop"}
 		return e
@@ -32,21 +31,21 @@ var (
 	api1     = container("api-1", "shop", "api", "n1", "198.51.100.13")
 	db0      = container("db-0", "shop", "db", "n2", "198.51.100.14")
 	prom     = container("prometheus-0", "monitoring", "prometheus", "n1", "198.51.100.15")
-	n1       = enrich.Endpoint{Kind: enrich.KindHost, ID: "n1", Name: "n1", Node: "n1", Addrs: []netip.Addr{netip.MustParseAddr("198.51.100.1")}}
-	payments = enrich.Endpoint{Kind: enrich.KindExternal, ID: "203.0.113.10", Name: "payments.example", Addrs: []netip.Addr{netip.MustParseAddr("203.0.113.10")}}
-	stranger = enrich.Endpoint{Kind: enrich.KindUnknown, ID: "198.51.100.77"}
+	n1       = model.Endpoint{Kind: model.KindHost, ID: "n1", Name: "n1", Node: "n1", Addrs: []netip.Addr{netip.MustParseAddr("198.51.100.1")}}
+	payments = model.Endpoint{Kind: model.KindExternal, ID: "203.0.113.10", Name: "payments.example", Addrs: []netip.Addr{netip.MustParseAddr("203.0.113.10")}}
+	stranger = model.Endpoint{Kind: model.KindUnknown, ID: "198.51.100.77"}
 )
 
 // flow is a flow of one connection (for TCP, opened in the interval, with
 // a handshake of rtt).
-func flow(src, dst enrich.Endpoint, proto flows.Proto, port uint16, fwd, rev uint64, rtt time.Duration) enrich.Flow {
-	f := enrich.Flow{SrcEndpoint: src, DstEndpoint: dst}
+func flow(src, dst model.Endpoint, proto model.Proto, port uint16, fwd, rev uint64, rtt time.Duration) model.Flow {
+	f := model.Flow{SrcEndpoint: src, DstEndpoint: dst}
 	f.Proto, f.SrcPort, f.DstPort = proto, 40000, port
-	f.Forward = flows.Direction{Bytes: fwd, Packets: fwd/1000 + 1}
-	f.Reverse = flows.Direction{Bytes: rev, Packets: rev/1000 + 1}
-	if proto == flows.ProtoTCP {
-		f.Forward.TCPFlags = flows.FlagSYNOnly | 0x18
-		f.Reverse.TCPFlags = flows.FlagSYNACK | 0x18
+	f.Forward = model.Direction{Bytes: fwd, Packets: fwd/1000 + 1}
+	f.Reverse = model.Direction{Bytes: rev, Packets: rev/1000 + 1}
+	if proto == model.ProtoTCP {
+		f.Forward.TCPFlags = model.FlagSYNOnly | 0x18
+		f.Reverse.TCPFlags = model.FlagSYNACK | 0x18
 		f.HandshakeRTT = rtt
 	}
 	return f
@@ -54,28 +53,28 @@ func flow(src, dst enrich.Endpoint, proto flows.Proto, port uint16, fwd, rev uin
 
 type batch struct {
 	at    time.Time
-	flows []enrich.Flow
+	flows []model.Flow
 }
 
 // fixtureFlows are the fixed graph's flows, in batches.
 func fixtureFlows() []batch {
-	at := func(ago time.Duration, fs ...enrich.Flow) batch { return batch{t0.Add(-ago), fs} }
+	at := func(ago time.Duration, fs ...model.Flow) batch { return batch{t0.Add(-ago), fs} }
 	return []batch{
-		at(50*time.Minute, flow(prom, web1, flows.ProtoTCP, 9090, 300, 20000, 80*time.Microsecond)),
+		at(50*time.Minute, flow(prom, web1, model.ProtoTCP, 9090, 300, 20000, 80*time.Microsecond)),
 		at(10*time.Minute,
-			flow(web1, api1, flows.ProtoTCP, 8080, 2000, 50000, 40*time.Microsecond),
-			flow(prom, web1, flows.ProtoTCP, 9090, 300, 21000, 90*time.Microsecond)),
+			flow(web1, api1, model.ProtoTCP, 8080, 2000, 50000, 40*time.Microsecond),
+			flow(prom, web1, model.ProtoTCP, 9090, 300, 21000, 90*time.Microsecond)),
 		at(3*time.Minute,
-			flow(web2, db0, flows.ProtoTCP, 5432, 500, 120000, 300*time.Microsecond),
-			flow(api1, payments, flows.ProtoTCP, 443, 1500, 6000, 12*time.Millisecond)),
+			flow(web2, db0, model.ProtoTCP, 5432, 500, 120000, 300*time.Microsecond),
+			flow(api1, payments, model.ProtoTCP, 443, 1500, 6000, 12*time.Millisecond)),
 		at(30*time.Second,
-			flow(web1, api1, flows.ProtoTCP, 8080, 2100, 52000, 50*time.Microsecond),
-			flow(web1side, api1, flows.ProtoTCP, 8080, 700, 9000, 0),
-			flow(web2, db0, flows.ProtoTCP, 5432, 400, 100000, 250*time.Microsecond),
-			flow(n1, web1, flows.ProtoTCP, 8080, 150, 300, 20*time.Microsecond),
-			flow(stranger, web2, flows.ProtoTCP, 22, 60, 0, 0),
-			flow(api1, payments, flows.ProtoTCP, 443, 1400, 5000, 11*time.Millisecond),
-			flow(web1, db0, flows.ProtoUDP, 53, 80, 160, 0)),
+			flow(web1, api1, model.ProtoTCP, 8080, 2100, 52000, 50*time.Microsecond),
+			flow(web1side, api1, model.ProtoTCP, 8080, 700, 9000, 0),
+			flow(web2, db0, model.ProtoTCP, 5432, 400, 100000, 250*time.Microsecond),
+			flow(n1, web1, model.ProtoTCP, 8080, 150, 300, 20*time.Microsecond),
+			flow(stranger, web2, model.ProtoTCP, 22, 60, 0, 0),
+			flow(api1, payments, model.ProtoTCP, 443, 1400, 5000, 11*time.Millisecond),
+			flow(web1, db0, model.ProtoUDP, 53, 80, 160, 0)),
 	}
 }
 
@@ -180,7 +179,7 @@ func TestLevels(t *testing.T) {
 func TestEdgeStats(t *testing.T) {
 	g := New(Options{})
 	for i, rtt := range []time.Duration{100 * time.Microsecond, 300 * time.Microsecond, 0} {
-		f := flow(web1, api1, flows.ProtoTCP, 8080, 1000, 2000, rtt)
+		f := flow(web1, api1, model.ProtoTCP, 8080, 1000, 2000, rtt)
 		f.Forward.Retransmits = uint32(i)
 		if rtt == 0 {
 			f.Forward.TCPFlags = 0x18 // a connection opened earlier
@@ -217,12 +216,12 @@ func TestEdgeStats(t *testing.T) {
 // its last flow, and buckets merge as they age.
 func TestAging(t *testing.T) {
 	g := New(Options{})
-	g.Add(t0, flow(web1, api1, flows.ProtoTCP, 8080, 1, 1, 0), flow(web2, db0, flows.ProtoTCP, 5432, 1, 1, 0))
+	g.Add(t0, flow(web1, api1, model.ProtoTCP, 8080, 1, 1, 0), flow(web2, db0, model.ProtoTCP, 5432, 1, 1, 0))
 	for m := range 70 {
 		// web-2 → db-0 goes on; web-1 → api-1 stopped.
-		g.Add(t0.Add(time.Duration(m)*time.Minute), flow(web2, db0, flows.ProtoTCP, 5432, 1, 1, 0))
+		g.Add(t0.Add(time.Duration(m)*time.Minute), flow(web2, db0, model.ProtoTCP, 5432, 1, 1, 0))
 		for s := 10; s < 60; s += 10 {
-			g.Add(t0.Add(time.Duration(m)*time.Minute+time.Duration(s)*time.Second), flow(web2, db0, flows.ProtoTCP, 5432, 1, 1, 0))
+			g.Add(t0.Add(time.Duration(m)*time.Minute+time.Duration(s)*time.Second), flow(web2, db0, model.ProtoTCP, 5432, 1, 1, 0))
 		}
 	}
 	now := t0.Add(70 * time.Minute)
@@ -252,7 +251,7 @@ func TestEdgeCap(t *testing.T) {
 	g := New(Options{MaxEdges: 3})
 	var want uint64
 	for i := range 10 {
-		g.Add(t0, flow(web1, api1, flows.ProtoTCP, uint16(8000+i), 100, 0, 0))
+		g.Add(t0, flow(web1, api1, model.ProtoTCP, uint16(8000+i), 100, 0, 0))
 		want += 100
 	}
 	st := g.Stats()

@@ -9,8 +9,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/flowmap/flowmap/enrich"
-	"github.com/flowmap/flowmap/flows"
+	"github.com/flowmap/flowmap/model"
 )
 
 // Version is the version of the JSON document, raised when a field changes
@@ -50,14 +49,14 @@ func (w Window) Seconds() float64 { return max(w.End.Sub(w.Start).Seconds(), 1) 
 type Node struct {
 	// ID is unique in the snapshot and stable: "<kind>:<key>", such as
 	// "workload:shop/web" or "external:203.0.113.10".
-	ID           string       `json:"id"`
-	Kind         enrich.Kind  `json:"kind"`
-	Name         string       `json:"name"`
-	Namespace    string       `json:"namespace,omitempty"`
-	Workload     string       `json:"workload,omitempty"`
-	WorkloadKind string       `json:"workload_kind,omitempty"`
-	Host         string       `json:"host,omitempty"`
-	Addrs        []netip.Addr `json:"addrs,omitempty"`
+	ID           string             `json:"id"`
+	Kind         model.EndpointKind `json:"kind"`
+	Name         string             `json:"name"`
+	Namespace    string             `json:"namespace,omitempty"`
+	Workload     string             `json:"workload,omitempty"`
+	WorkloadKind string             `json:"workload_kind,omitempty"`
+	Host         string             `json:"host,omitempty"`
+	Addrs        []netip.Addr       `json:"addrs,omitempty"`
 }
 
 // Edge is the flows from a client node to a server node on one protocol and
@@ -66,7 +65,7 @@ type Edge struct {
 	ID       string      `json:"id"`
 	Source   string      `json:"source"`
 	Target   string      `json:"target"`
-	Protocol flows.Proto `json:"protocol"`
+	Protocol model.Proto `json:"protocol"`
 	Port     uint16      `json:"port"`
 	// Forward is client to server, Reverse server to client.
 	Forward     Traffic `json:"forward"`

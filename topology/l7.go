@@ -5,14 +5,14 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/flowmap/flowmap/flows"
+	"github.com/flowmap/flowmap/model"
 )
 
 // addL7 adds o to l, which it allocates on first use: edges without L7
 // carry none.
-func addL7(l, o *flows.L7) *flows.L7 {
+func addL7(l, o *model.L7) *model.L7 {
 	if l == nil {
-		l = &flows.L7{}
+		l = &model.L7{}
 	}
 	l.Add(o)
 	return l
@@ -20,7 +20,7 @@ func addL7(l, o *flows.L7) *flows.L7 {
 
 // newL7 is an edge's L7 export from its summed messages over a window of
 // span ns.
-func newL7(l *flows.L7, span int64) *L7 {
+func newL7(l *model.L7, span int64) *L7 {
 	out := &L7{
 		Protocol:  l.Protocol.String(),
 		Requests:  l.Requests(),
@@ -38,7 +38,7 @@ func newL7(l *flows.L7, span int64) *L7 {
 			if out.Methods == nil {
 				out.Methods = map[string]uint64{}
 			}
-			out.Methods[flows.Method(i).String()] = n
+			out.Methods[model.Method(i).String()] = n
 		}
 	}
 	for i, n := range l.Statuses {
@@ -54,7 +54,7 @@ func newL7(l *flows.L7, span int64) *L7 {
 			if out.Rcodes == nil {
 				out.Rcodes = map[string]uint64{}
 			}
-			out.Rcodes[flows.RcodeName(i)] = n
+			out.Rcodes[model.RcodeName(i)] = n
 		}
 	}
 	if n := l.Latency.Count(); n > 0 {

@@ -7,36 +7,35 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flowmap/flowmap/enrich"
-	"github.com/flowmap/flowmap/flows"
+	"github.com/flowmap/flowmap/model"
 )
 
 // l7Flow is a flow from web to api with HTTP messages: ok 2xx and failed
 // 5xx responses, each 2 ms after its request.
-func l7Flow(ok, failed uint64) enrich.Flow {
-	l := &flows.L7{Protocol: flows.L7HTTP}
-	l.Methods[flows.MethodGET] = ok + failed
+func l7Flow(ok, failed uint64) model.Flow {
+	l := &model.L7{Protocol: model.L7HTTP}
+	l.Methods[model.MethodGET] = ok + failed
 	l.Statuses[2], l.Statuses[5] = ok, failed
 	for range ok + failed {
 		l.Latency.Counts[latencyBucket(2*time.Millisecond)]++
 		l.Latency.Sum += 2 * time.Millisecond
 	}
-	return enrich.Flow{
-		Record: flows.Record{Src: netip.MustParseAddr("2001:db8::1"), Dst: netip.MustParseAddr("2001:db8::2"),
-			Proto: flows.ProtoTCP, SrcPort: 40000, DstPort: 80, L7: l},
-		SrcEndpoint: enrich.Endpoint{Kind: enrich.KindContainer, ID: "web", Name: "web"},
-		DstEndpoint: enrich.Endpoint{Kind: enrich.KindExternal, ID: "2001:db8::2", Name: "api.example.com"},
+	return model.Flow{
+		Record: model.Record{Src: netip.MustParseAddr("2001:db8::1"), Dst: netip.MustParseAddr("2001:db8::2"),
+			Proto: model.ProtoTCP, SrcPort: 40000, DstPort: 80, L7: l},
+		SrcEndpoint: model.Endpoint{Kind: model.KindContainer, ID: "web", Name: "web"},
+		DstEndpoint: model.Endpoint{Kind: model.KindExternal, ID: "2001:db8::2", Name: "api.example.com"},
 	}
 }
 
 // latencyBucket is the histogram bucket of d, as flow.c sorts it.
 func latencyBucket(d time.Duration) int {
-	for i := range flows.LatencyBuckets {
-		if d < flows.BucketUpper(i) {
+	for i := range model.LatencyBuckets {
+		if d < model.BucketUpper(i) {
 			return i
 		}
 	}
-	return flows.LatencyBuckets - 1
+	return model.LatencyBuckets - 1
 }
 
 func TestGraphL7(t *testing.T) {
@@ -60,7 +59,7 @@ func TestGraphL7(t *testing.T) {
 		t.Fatalf("latency %+v, want 100 samples", l.Latency)
 	}
 	// One bucket holds every sample: its width bounds the error.
-	lo, hi := flows.BucketLower(latencyBucket(2*time.Millisecond)), flows.BucketUpper(latencyBucket(2*time.Millisecond))
+	lo, hi := model.BucketLower(latencyBucket(2*time.Millisecond)), model.BucketUpper(latencyBucket(2*time.Millisecond))
 	for _, q := range []time.Duration{l.Latency.P50, l.Latency.P90, l.Latency.P99} {
 		if q < lo || q > hi {
 			t.Errorf("quantile %v, want within [%v, %v]", q, lo, hi)
@@ -99,7 +98,7 @@ func TestHistogramQuantile(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			var h flows.Histogram
+			var h model.Histogram
 			for _, d := range tc.samples {
 				h.Counts[latencyBucket(d)]++
 			}

@@ -6,8 +6,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/flowmap/flowmap/enrich"
-	"github.com/flowmap/flowmap/flows"
+	"github.com/flowmap/flowmap/model"
 )
 
 // DefaultL7MaxEdges bounds the edges with L7 series.
@@ -27,8 +26,8 @@ type L7Metrics struct {
 	level    Level
 	maxEdges int
 	node     string
-	ends     func(f *enrich.Flow) Ends
-	edges    map[l7Key]*flows.L7
+	ends     func(f *model.Flow) Ends
+	edges    map[l7Key]*model.L7
 }
 
 type l7Key struct{ src, dst, proto, reporter string }
@@ -46,11 +45,11 @@ func NewL7Metrics(opts MetricsOptions) *L7Metrics {
 	if opts.Ends == nil {
 		opts.Ends = defaultEnds
 	}
-	return &L7Metrics{level: opts.Level, maxEdges: opts.MaxEdges, node: opts.Node, ends: opts.Ends, edges: map[l7Key]*flows.L7{}}
+	return &L7Metrics{level: opts.Level, maxEdges: opts.MaxEdges, node: opts.Node, ends: opts.Ends, edges: map[l7Key]*model.L7{}}
 }
 
 // Add folds the L7 counts of fs in.
-func (m *L7Metrics) Add(fs ...enrich.Flow) {
+func (m *L7Metrics) Add(fs ...model.Flow) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for i := range fs {
@@ -91,7 +90,7 @@ var (
 // octave, too many series for Prometheus.
 var l7PromBuckets = func() []int {
 	var out []int
-	for i := 4 * 4; i < flows.LatencyBuckets-1; i += 8 {
+	for i := 4 * 4; i < model.LatencyBuckets-1; i += 8 {
 		out = append(out, i) // the bucket whose lower bound is the bound
 	}
 	return out
@@ -111,17 +110,17 @@ func (m *L7Metrics) Collect(ch chan<- prometheus.Metric) {
 	defer m.mu.Unlock()
 	for k, l := range m.edges {
 		switch l.Protocol {
-		case flows.L7HTTP:
+		case model.L7HTTP:
 			for c := 1; c <= 5; c++ {
 				ch <- prometheus.MustNewConstMetric(descHTTPRequests, prometheus.CounterValue, float64(l.Statuses[c]),
 					k.src, k.dst, m.node, k.reporter, strconv.Itoa(c)+"xx")
 			}
 			ch <- histogram(descHTTPDuration, &l.Latency, k.src, k.dst, m.node, k.reporter)
-		case flows.L7DNS:
-			for c := range flows.NumRcodes {
+		case model.L7DNS:
+			for c := range model.NumRcodes {
 				if l.Rcodes[c] > 0 {
 					ch <- prometheus.MustNewConstMetric(descDNSRequests, prometheus.CounterValue, float64(l.Rcodes[c]),
-						k.src, k.dst, m.node, k.reporter, flows.RcodeName(c))
+						k.src, k.dst, m.node, k.reporter, model.RcodeName(c))
 				}
 			}
 			ch <- histogram(descDNSDuration, &l.Latency, k.src, k.dst, m.node, k.reporter)
@@ -129,13 +128,13 @@ func (m *L7Metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-func histogram(d *prometheus.Desc, h *flows.Histogram, labels ...string) prometheus.Metric {
+func histogram(d *prometheus.Desc, h *model.Histogram, labels ...string) prometheus.Metric {
 	buckets := make(map[float64]uint64, len(l7PromBuckets))
 	var cum uint64
 	next := 0
 	for i, c := range h.Counts {
 		for next < len(l7PromBuckets) && l7PromBuckets[next] == i {
-			buckets[flows.BucketLower(i).Seconds()] = cum
+			buckets[model.BucketLower(i).Seconds()] = cum
 			next++
 		}
 		cum += c

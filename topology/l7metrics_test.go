@@ -4,30 +4,30 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/flowmap/flowmap/enrich"
-	"github.com/flowmap/flowmap/flows"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/flowmap/flowmap/model"
 )
 
 func TestL7Metrics(t *testing.T) {
-	ep := func(name string) enrich.Endpoint {
-		return enrich.Endpoint{Kind: enrich.KindContainer, ID: name, Name: name}
+	ep := func(name string) model.Endpoint {
+		return model.Endpoint{Kind: model.KindContainer, ID: name, Name: name}
 	}
-	httpFlow := func(client, server string, clientHere bool, ok, notFound, failed uint64) enrich.Flow {
-		l := &flows.L7{Protocol: flows.L7HTTP}
+	httpFlow := func(client, server string, clientHere bool, ok, notFound, failed uint64) model.Flow {
+		l := &model.L7{Protocol: model.L7HTTP}
 		l.Methods[0] = ok + notFound + failed
 		l.Statuses[2], l.Statuses[4], l.Statuses[5] = ok, notFound, failed
-		f := enrich.Flow{Record: flows.Record{Proto: flows.ProtoTCP, DstPort: 80, L7: l},
+		f := model.Flow{Record: model.Record{Proto: model.ProtoTCP, DstPort: 80, L7: l},
 			SrcEndpoint: ep(client), DstEndpoint: ep(server)}
 		if clientHere {
-			f.SrcIf = flows.Interface{Index: 7, Name: "veth7"}
+			f.SrcIf = model.Interface{Index: 7, Name: "veth7"}
 		}
 		return f
 	}
-	dns := &flows.L7{Protocol: flows.L7DNS, Queries: 3}
+	dns := &model.L7{Protocol: model.L7DNS, Queries: 3}
 	dns.Rcodes[0], dns.Rcodes[3] = 2, 1
 	// "elsewhere" is a client on another node: neither end runs here.
-	ends := func(f *enrich.Flow) Ends {
+	ends := func(f *model.Flow) Ends {
 		if f.SrcEndpoint.Name == "elsewhere" {
 			return Ends{ServerHere: true, ClientElsewhere: true}
 		}
@@ -39,9 +39,9 @@ func TestL7Metrics(t *testing.T) {
 		httpFlow("web", "api", true, 1, 0, 0), // adds up
 		httpFlow("lb", "web", false, 4, 0, 0), // server's node reports
 		httpFlow("elsewhere", "web", false, 9, 9, 9),
-		enrich.Flow{Record: flows.Record{Proto: flows.ProtoUDP, DstPort: 53, L7: dns, SrcIf: flows.Interface{Index: 7}},
+		model.Flow{Record: model.Record{Proto: model.ProtoUDP, DstPort: 53, L7: dns, SrcIf: model.Interface{Index: 7}},
 			SrcEndpoint: ep("web"), DstEndpoint: ep("dns")},
-		enrich.Flow{Record: flows.Record{Proto: flows.ProtoTCP, DstPort: 22}, SrcEndpoint: ep("a"), DstEndpoint: ep("b")}, // no L7
+		model.Flow{Record: model.Record{Proto: model.ProtoTCP, DstPort: 22}, SrcEndpoint: ep("a"), DstEndpoint: ep("b")}, // no L7
 	)
 	want := `
 # HELP flowmap_dns_requests_total DNS responses seen in the kernel, by edge and response code.

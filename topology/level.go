@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/flowmap/flowmap/enrich"
+	"github.com/flowmap/flowmap/model"
 )
 
 // Level is how coarsely a snapshot groups endpoints into nodes.
@@ -80,9 +80,9 @@ func windowName(d time.Duration) string {
 // Node kinds that are not endpoint kinds: what an endpoint was rolled up
 // into, and the one node past the edge cap.
 const (
-	KindWorkload  enrich.Kind = "workload"
-	KindNamespace enrich.Kind = "namespace"
-	KindOverflow  enrich.Kind = "overflow"
+	KindWorkload  model.EndpointKind = "workload"
+	KindNamespace model.EndpointKind = "namespace"
+	KindOverflow  model.EndpointKind = "overflow"
 )
 
 // The CRI labels of a pod's containers.
@@ -94,18 +94,18 @@ const (
 
 // nodeOf returns the node that stands for ep at level l: its ID, kind and
 // name, and where it lives.
-func nodeOf(ep *enrich.Endpoint, l Level) Node {
+func nodeOf(ep *model.Endpoint, l Level) Node {
 	switch l {
 	case LevelHost:
 		if ep.Node != "" {
-			return Node{ID: "host:" + ep.Node, Kind: enrich.KindHost, Name: ep.Node, Host: ep.Node}
+			return Node{ID: "host:" + ep.Node, Kind: model.KindHost, Name: ep.Node, Host: ep.Node}
 		}
-		if ep.Kind == enrich.KindHost {
+		if ep.Kind == model.KindHost {
 			return endpointNode(ep)
 		}
-		if ep.Kind != enrich.KindExternal && ep.Kind != enrich.KindUnknown && ep.Kind != KindOverflow {
+		if ep.Kind != model.KindExternal && ep.Kind != model.KindUnknown && ep.Kind != KindOverflow {
 			// Somewhere on a machine the inventory did not name.
-			return Node{ID: "host:", Kind: enrich.KindHost, Name: "unknown host"}
+			return Node{ID: "host:", Kind: model.KindHost, Name: "unknown host"}
 		}
 		return endpointNode(ep)
 	case LevelNamespace:
@@ -121,25 +121,25 @@ func nodeOf(ep *enrich.Endpoint, l Level) Node {
 		}
 		return nodeOf(ep, LevelPod)
 	case LevelPod:
-		if uid := ep.Labels[labelPodUID]; uid != "" && ep.Kind == enrich.KindContainer {
+		if uid := ep.Labels[labelPodUID]; uid != "" && ep.Kind == model.KindContainer {
 			ns := ep.Labels[labelPodNamespace]
 			if ns == "" {
 				ns = ep.Namespace
 			}
-			return Node{ID: "pod:" + uid, Kind: enrich.KindPod, Name: ep.Labels[labelPodName], Namespace: ns,
+			return Node{ID: "pod:" + uid, Kind: model.KindPod, Name: ep.Labels[labelPodName], Namespace: ns,
 				Workload: ep.Workload, WorkloadKind: ep.WorkloadKind, Host: ep.Node, Addrs: ep.Addrs}
 		}
 	}
 	return endpointNode(ep)
 }
 
-func endpointNode(ep *enrich.Endpoint) Node {
+func endpointNode(ep *model.Endpoint) Node {
 	n := Node{ID: string(ep.Kind) + ":" + ep.ID, Kind: ep.Kind, Name: ep.Name, Namespace: ep.Namespace,
 		Workload: ep.Workload, WorkloadKind: ep.WorkloadKind, Host: ep.Node, Addrs: ep.Addrs}
 	if n.Name == "" {
 		n.Name = ep.ID
 	}
-	if ep.Kind == enrich.KindHost && n.Host == "" {
+	if ep.Kind == model.KindHost && n.Host == "" {
 		n.Host = n.Name
 	}
 	return n

@@ -5,9 +5,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/flowmap/flowmap/enrich"
-	"github.com/flowmap/flowmap/flows"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/flowmap/flowmap/model"
 )
 
 // Defaults of MetricsOptions.
@@ -42,7 +42,7 @@ type MetricsOptions struct {
 	// Ends says where the ends of a flow run, for the reporting rule (see
 	// the package comment). Nil takes every flow as this node's: the client
 	// as here when the flow has its interface (SrcIf), the server else.
-	Ends func(f *enrich.Flow) Ends
+	Ends func(f *model.Flow) Ends
 }
 
 // Ends is where the ends of a flow run, as the agent that counted it sees
@@ -68,7 +68,7 @@ func (e Ends) Reporter() string {
 	return ""
 }
 
-func defaultEnds(f *enrich.Flow) Ends {
+func defaultEnds(f *model.Flow) Ends {
 	here := f.SrcIf.Index != 0
 	return Ends{ClientHere: here, ServerHere: !here}
 }
@@ -107,7 +107,7 @@ type Metrics struct {
 	maxEdges int
 	idle     time.Duration
 	node     string
-	ends     func(*enrich.Flow) Ends
+	ends     func(*model.Flow) Ends
 
 	mu            sync.Mutex
 	series        map[seriesKey]*series
@@ -123,7 +123,7 @@ type nodeLabels struct{ kind, namespace, name string }
 
 type seriesKey struct {
 	src, dst nodeLabels
-	proto    flows.Proto
+	proto    model.Proto
 	port     uint16
 	reporter string
 }
@@ -161,7 +161,7 @@ func NewMetrics(opts MetricsOptions) *Metrics {
 }
 
 // Add counts flows seen at time t.
-func (m *Metrics) Add(t time.Time, fs ...enrich.Flow) {
+func (m *Metrics) Add(t time.Time, fs ...model.Flow) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if t.Sub(m.swept) >= time.Minute {
@@ -222,7 +222,7 @@ func (m *Metrics) Add(t time.Time, fs ...enrich.Flow) {
 
 // nodeLabels returns the labels of the node ep is part of, from a cache
 // bounded to a few times the series cap.
-func (m *Metrics) nodeLabels(ep *enrich.Endpoint) nodeLabels {
+func (m *Metrics) nodeLabels(ep *model.Endpoint) nodeLabels {
 	k := epKey{ep.Kind, ep.ID}
 	if l, ok := m.labels[k]; ok {
 		return l
@@ -318,7 +318,7 @@ func collectSeries(ch chan<- prometheus.Metric, s *series, lv []string) {
 	ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(s.bytes[1]), dir("reverse")...)
 	ch <- prometheus.MustNewConstMetric(packetsDesc, prometheus.CounterValue, float64(s.packets[0]), dir("forward")...)
 	ch <- prometheus.MustNewConstMetric(packetsDesc, prometheus.CounterValue, float64(s.packets[1]), dir("reverse")...)
-	if lv[6] != flows.ProtoTCP.String() && lv[6] != "overflow" {
+	if lv[6] != model.ProtoTCP.String() && lv[6] != "overflow" {
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(connsDesc, prometheus.CounterValue, float64(s.conns), lv...)

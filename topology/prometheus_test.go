@@ -5,18 +5,18 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flowmap/flowmap/enrich"
-	"github.com/flowmap/flowmap/flows"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/flowmap/flowmap/model"
 )
 
 // TestMetricsReportOnce runs the reporting rule over the two agents that
 // see a cross-node flow, and others: each flow is in the series of one
 // node, labelled with the side that reports it.
 func TestMetricsReportOnce(t *testing.T) {
-	a := enrich.Endpoint{Kind: enrich.KindUnknown, ID: "198.51.100.34", Name: "198.51.100.34"}
-	b := enrich.Endpoint{Kind: enrich.KindUnknown, ID: "198.51.100.42", Name: "198.51.100.42"}
-	f := flow(a, b, flows.ProtoTCP, 8080, 1000, 2000, 0)
+	a := model.Endpoint{Kind: model.KindUnknown, ID: "198.51.100.34", Name: "198.51.100.34"}
+	b := model.Endpoint{Kind: model.KindUnknown, ID: "198.51.100.42", Name: "198.51.100.42"}
+	f := flow(a, b, model.ProtoTCP, 8080, 1000, 2000, 0)
 	for _, tc := range []struct {
 		name string
 		ends Ends
@@ -32,7 +32,7 @@ func TestMetricsReportOnce(t *testing.T) {
 		{"routed through", Ends{}, "", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			m := NewMetrics(MetricsOptions{Level: LevelContainer, Node: "n1", Ends: func(*enrich.Flow) Ends { return tc.ends }})
+			m := NewMetrics(MetricsOptions{Level: LevelContainer, Node: "n1", Ends: func(*model.Flow) Ends { return tc.ends }})
 			m.Add(t0, f)
 			reg := prometheus.NewPedanticRegistry()
 			reg.MustRegister(m)
@@ -88,12 +88,12 @@ func TestMetricsReportOnce(t *testing.T) {
 // TestMetricsLocalIdle checks that endpoint_info forgets endpoints idle for
 // longer than Idle.
 func TestMetricsLocalIdle(t *testing.T) {
-	a := enrich.Endpoint{Kind: enrich.KindUnknown, ID: "198.51.100.34", Name: "198.51.100.34"}
-	b := enrich.Endpoint{Kind: enrich.KindUnknown, ID: "198.51.100.42", Name: "198.51.100.42"}
+	a := model.Endpoint{Kind: model.KindUnknown, ID: "198.51.100.34", Name: "198.51.100.34"}
+	b := model.Endpoint{Kind: model.KindUnknown, ID: "198.51.100.42", Name: "198.51.100.42"}
 	m := NewMetrics(MetricsOptions{Level: LevelContainer, Node: "n1", Idle: 5 * time.Minute,
-		Ends: func(*enrich.Flow) Ends { return Ends{ClientHere: true} }})
-	m.Add(t0, flow(a, b, flows.ProtoTCP, 80, 1, 1, 0))
-	m.Add(t0.Add(10*time.Minute), flow(b, a, flows.ProtoTCP, 80, 1, 1, 0))
+		Ends: func(*model.Flow) Ends { return Ends{ClientHere: true} }})
+	m.Add(t0, flow(a, b, model.ProtoTCP, 80, 1, 1, 0))
+	m.Add(t0.Add(10*time.Minute), flow(b, a, model.ProtoTCP, 80, 1, 1, 0))
 	if got, want := len(m.local), 1; got != want {
 		t.Errorf("%d local endpoints after a's idle time, want %d", got, want)
 	}

@@ -8,11 +8,11 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/flowmap/flowmap/enrich"
-	"github.com/flowmap/flowmap/flows"
 	"github.com/prometheus/client_golang/api"
 	promv1 "github.com/prometheus/client_golang/api/prometheus/v1"
-	"github.com/prometheus/common/model"
+	pmodel "github.com/prometheus/common/model"
+
+	"github.com/flowmap/flowmap/model"
 )
 
 // PromQL builds snapshots of a whole cluster from the flow series that its
@@ -45,7 +45,7 @@ const edgeLabels = "src_kind, src_namespace, src, dst_kind, dst_namespace, dst, 
 // summed by the edge labels and extra.
 func (p *PromQL) increase(name, extra string, w time.Duration) string {
 	sel := name + "{" + p.Selector + "}"
-	d := model.Duration(w).String()
+	d := pmodel.Duration(w).String()
 	by := edgeLabels
 	if extra != "" {
 		by += ", " + extra
@@ -67,12 +67,12 @@ func (p *PromQL) Snapshot(ctx context.Context, end time.Time, level Level, windo
 		return nil, fmt.Errorf("prometheus client for %s: %w", p.URL, err)
 	}
 	v1 := promv1.NewAPI(c)
-	query := func(q string) (model.Vector, error) {
+	query := func(q string) (pmodel.Vector, error) {
 		v, _, _, err := v1.Query(ctx, q, end)
 		if err != nil {
 			return nil, fmt.Errorf("query %s at %s: %w", p.URL, q, err)
 		}
-		vec, ok := v.(model.Vector)
+		vec, ok := v.(pmodel.Vector)
 		if !ok {
 			return nil, fmt.Errorf("query %s at %s: got a %s, want a vector", p.URL, q, v.Type())
 		}
@@ -81,7 +81,7 @@ func (p *PromQL) Snapshot(ctx context.Context, end time.Time, level Level, windo
 
 	// Where each endpoint runs.
 	info, err := query(fmt.Sprintf("max by (kind, namespace, name, node) (max_over_time(flowmap_endpoint_info{%s}[%s]))",
-		p.Selector, model.Duration(window)))
+		p.Selector, pmodel.Duration(window)))
 	if err != nil {
 		return nil, err
 	}
@@ -102,7 +102,7 @@ func (p *PromQL) Snapshot(ctx context.Context, end time.Time, level Level, windo
 		rttN   float64
 	}
 	edges := map[key]*acc{}
-	get := func(m model.Metric) *acc {
+	get := func(m pmodel.Metric) *acc {
 		k := key{
 			src:   nodeLabels{kind: string(m["src_kind"]), namespace: string(m["src_namespace"]), name: string(m["src"])},
 			dst:   nodeLabels{kind: string(m["dst_kind"]), namespace: string(m["dst_namespace"]), name: string(m["dst"])},
@@ -117,25 +117,25 @@ func (p *PromQL) Snapshot(ctx context.Context, end time.Time, level Level, windo
 	}
 	for _, q := range []struct {
 		name, by string
-		add      func(e *acc, m model.Metric, v uint64, f float64)
+		add      func(e *acc, m pmodel.Metric, v uint64, f float64)
 	}{
-		{"flowmap_flow_bytes_total", "direction", func(e *acc, m model.Metric, v uint64, _ float64) {
+		{"flowmap_flow_bytes_total", "direction", func(e *acc, m pmodel.Metric, v uint64, _ float64) {
 			if m["direction"] == "reverse" {
 				e.Reverse.Bytes += v
 			} else {
 				e.Forward.Bytes += v
 			}
 		}},
-		{"flowmap_flow_packets_total", "direction", func(e *acc, m model.Metric, v uint64, _ float64) {
+		{"flowmap_flow_packets_total", "direction", func(e *acc, m pmodel.Metric, v uint64, _ float64) {
 			if m["direction"] == "reverse" {
 				e.Reverse.Packets += v
 			} else {
 				e.Forward.Packets += v
 			}
 		}},
-		{"flowmap_tcp_connections_total", "", func(e *acc, _ model.Metric, v uint64, _ float64) { e.Connections += v }},
-		{"flowmap_tcp_handshake_rtt_seconds_sum", "", func(e *acc, _ model.Metric, _ uint64, f float64) { e.rttSum += f }},
-		{"flowmap_tcp_handshake_rtt_seconds_count", "", func(e *acc, _ model.Metric, _ uint64, f float64) { e.rttN += f }},
+		{"flowmap_tcp_connections_total", "", func(e *acc, _ pmodel.Metric, v uint64, _ float64) { e.Connections += v }},
+		{"flowmap_tcp_handshake_rtt_seconds_sum", "", func(e *acc, _ pmodel.Metric, _ uint64, f float64) { e.rttSum += f }},
+		{"flowmap_tcp_handshake_rtt_seconds_count", "", func(e *acc, _ pmodel.Metric, _ uint64, f float64) { e.rttN += f }},
 	} {
 		vec, err := query(p.increase(q.name, q.by, window))
 		if err != nil {
@@ -175,7 +175,7 @@ func (p *PromQL) Snapshot(ctx context.Context, end time.Time, level Level, windo
 			continue
 		}
 		port, _ := strconv.ParseUint(k.port, 10, 16)
-		var proto flows.Proto
+		var proto model.Proto
 		if err := proto.UnmarshalText([]byte(k.proto)); err != nil {
 			// The overflow series: past the agents' caps.
 			proto = 0
@@ -215,15 +215,15 @@ func (p *PromQL) Snapshot(ctx context.Context, end time.Time, level Level, windo
 
 // labelsEndpoint returns the endpoint that a series' labels name, running
 // on the nodes given (on one, it is the endpoint's Node).
-func labelsEndpoint(l nodeLabels, nodes []string) enrich.Endpoint {
-	ep := enrich.Endpoint{Kind: enrich.Kind(l.kind), ID: l.name, Name: l.name, Namespace: l.namespace}
+func labelsEndpoint(l nodeLabels, nodes []string) model.Endpoint {
+	ep := model.Endpoint{Kind: model.EndpointKind(l.kind), ID: l.name, Name: l.name, Namespace: l.namespace}
 	if l.namespace != "" {
 		ep.ID = l.namespace + "/" + l.name
 	}
 	switch ep.Kind {
 	case KindWorkload:
 		ep.Workload = l.name
-	case enrich.KindHost:
+	case model.KindHost:
 		ep.Node = l.name
 	}
 	// A workload or namespace on several nodes runs on none of them alone.

@@ -12,6 +12,7 @@ import (
 	"github.com/vishvananda/netlink/nl"
 
 	"github.com/flowmap/flowmap/flows"
+	"github.com/flowmap/flowmap/model"
 )
 
 // hook is where a mode's ingress program runs; egress is always TCX.
@@ -135,7 +136,7 @@ func (b *bench) attachAgent(ctx context.Context, m mode, ifindexes []int) (_ *at
 		return nil, fmt.Errorf("load datapath: %w", err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	out := make(chan flows.Batch)
+	out := make(chan model.Batch)
 	runErr := make(chan error, 1)
 	countedc := make(chan uint64, 1)
 	go func() { runErr <- d.Run(ctx, out) }()

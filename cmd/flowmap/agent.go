@@ -10,13 +10,15 @@ import (
 	"strings"
 	"time"
 
-	"github.com/flowmap/flowmap/enrich"
-	"github.com/flowmap/flowmap/flows"
-	"github.com/flowmap/flowmap/server"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
 	"k8s.io/klog/v2"
+
+	"github.com/flowmap/flowmap/enrich"
+	"github.com/flowmap/flowmap/flows"
+	"github.com/flowmap/flowmap/model"
+	"github.com/flowmap/flowmap/server"
 )
 
 // globs is a comma-separated list of interface name globs.
@@ -84,7 +86,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 // agent runs the datapath and the HTTP server until ctx is done. Each
 // batch also goes to each, if not nil.
-func agent(ctx context.Context, a agentFlags, log *slog.Logger, each func(flows.Batch)) error {
+func agent(ctx context.Context, a agentFlags, log *slog.Logger, each func(model.Batch)) error {
 	a.cfg.Logger = log.With("component", "flows")
 	dp, err := flows.New(a.cfg)
 	if err != nil {
@@ -113,13 +115,13 @@ func agent(ctx context.Context, a agentFlags, log *slog.Logger, each func(flows.
 		}
 		reg.MustRegister(enrich.NewCollector(inv))
 		srv.ReportStatus(func() any { return inv.Status() })
-		names = func(r *flows.Record) enrich.Flow { return inv.Enrich(*r) }
+		names = func(r *model.Record) model.Flow { return inv.Enrich(*r) }
 		g.Go(func() error { return inv.Run(ctx) })
 	}
 	pipe := newPipeline(a.graph, names, reg, log.With("component", "topology"))
 	pipe.mount(srv)
 
-	batches := make(chan flows.Batch, 1)
+	batches := make(chan model.Batch, 1)
 	g.Go(func() error {
 		return dp.Run(ctx, batches)
 	})

@@ -18,11 +18,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/flowmap/flowmap/enrich"
-	"github.com/flowmap/flowmap/flows"
-	"github.com/flowmap/flowmap/internal/sandbox"
-	"github.com/flowmap/flowmap/topology"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/flowmap/flowmap/internal/sandbox"
+	"github.com/flowmap/flowmap/model"
+	"github.com/flowmap/flowmap/topology"
 )
 
 // demoPrefix names everything the demo creates, so that a crashed demo's
@@ -169,21 +169,21 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 // by role, in their namespace, on this machine.
 func demoNamer(sb *sandbox.Net, hosts map[string]*sandbox.Host) namer {
 	machine, _ := os.Hostname()
-	eps := map[netip.Addr]enrich.Endpoint{
-		sb.Addr(): {Kind: enrich.KindHost, ID: machine, Name: machine, Node: machine, Addrs: []netip.Addr{sb.Addr()}},
+	eps := map[netip.Addr]model.Endpoint{
+		sb.Addr(): {Kind: model.KindHost, ID: machine, Name: machine, Node: machine, Addrs: []netip.Addr{sb.Addr()}},
 	}
 	for _, s := range shop {
 		h := hosts[s.name]
-		ep := enrich.Endpoint{Kind: enrich.KindNetNS, ID: h.NetNS, Name: s.name, Namespace: s.ns, Workload: s.name,
+		ep := model.Endpoint{Kind: model.KindNetNS, ID: h.NetNS, Name: s.name, Namespace: s.ns, Workload: s.name,
 			WorkloadKind: "Deployment", Node: machine, NetNS: h.NetNSInode, Addrs: []netip.Addr{h.Addr}, Source: "demo"}
 		if s.ns == "" {
-			ep = enrich.Endpoint{Kind: enrich.KindExternal, ID: h.Addr.String(), Name: s.name + ".example",
+			ep = model.Endpoint{Kind: model.KindExternal, ID: h.Addr.String(), Name: s.name + ".example",
 				Addrs: []netip.Addr{h.Addr}, Source: "demo"}
 		}
 		eps[h.Addr] = ep
 	}
 	fallback := addrNamer()
-	return func(r *flows.Record) enrich.Flow {
+	return func(r *model.Record) model.Flow {
 		f := fallback(r)
 		if ep, ok := eps[r.Src]; ok {
 			f.SrcEndpoint = ep

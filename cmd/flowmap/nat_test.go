@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flowmap/flowmap/flows"
 	"github.com/flowmap/flowmap/internal/cluster"
 	"github.com/flowmap/flowmap/internal/testenv"
+	"github.com/flowmap/flowmap/model"
 	"github.com/flowmap/flowmap/server"
 )
 
@@ -82,7 +82,7 @@ func TestAgentNAT(t *testing.T) {
 	// was last seen.
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
-	var recs []flows.Record
+	var recs []model.Record
 	for ctx.Err() == nil {
 		var doc server.FlowsDoc
 		resp, err := httpClient.Get(api + "/api/v1/flows?last=12")
@@ -93,9 +93,9 @@ func TestAgentNAT(t *testing.T) {
 		if err != nil {
 			t.Fatalf("get flows: %v", err)
 		}
-		var now []flows.Record
+		var now []model.Record
 		for _, r := range doc.Flows {
-			if r.Proto == flows.ProtoTCP && (r.DstPort == uint16(port) || r.SrcPort == uint16(port)) {
+			if r.Proto == model.ProtoTCP && (r.DstPort == uint16(port) || r.SrcPort == uint16(port)) {
 				now = append(now, r)
 			}
 		}

@@ -12,12 +12,13 @@ import (
 	"sync"
 	"time"
 
-	"github.com/flowmap/flowmap/enrich"
-	"github.com/flowmap/flowmap/flows"
-	"github.com/flowmap/flowmap/server"
-	"github.com/flowmap/flowmap/topology"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
+
+	"github.com/flowmap/flowmap/enrich"
+	"github.com/flowmap/flowmap/model"
+	"github.com/flowmap/flowmap/server"
+	"github.com/flowmap/flowmap/topology"
 )
 
 // graphFlags are the settings of the graph and its flow series.
@@ -80,7 +81,7 @@ func (g *graphFlags) register(fs *flag.FlagSet) {
 }
 
 // namer names the ends of a flow record.
-type namer func(r *flows.Record) enrich.Flow
+type namer func(r *model.Record) model.Flow
 
 // pipeline folds each batch of flows, named, into the graph and the flow
 // series, and serves the graph's exports.
@@ -116,11 +117,11 @@ func newPipeline(gf graphFlags, name namer, reg prometheus.Registerer, log *slog
 }
 
 // add folds a batch in, at the time it ends.
-func (p *pipeline) add(b flows.Batch) {
+func (p *pipeline) add(b model.Batch) {
 	for _, n := range b.Names {
 		p.names.Add(n, b.End)
 	}
-	fs := make([]enrich.Flow, len(b.Records))
+	fs := make([]model.Flow, len(b.Records))
 	for i := range b.Records {
 		fs[i] = p.name(&b.Records[i])
 		p.names.Name(&fs[i].SrcEndpoint, fs[i].Src, b.End)
@@ -149,16 +150,16 @@ func addrNamer() namer {
 // nodeNamer is addrNamer with this machine named node.
 func nodeNamer(node string) namer {
 	own := ownAddrs()
-	host := enrich.Endpoint{Kind: enrich.KindHost, ID: node, Name: node, Node: node}
-	end := func(a netip.Addr) enrich.Endpoint {
+	host := model.Endpoint{Kind: model.KindHost, ID: node, Name: node, Node: node}
+	end := func(a netip.Addr) model.Endpoint {
 		if own[a] {
 			return host
 		}
 		s := a.String()
-		return enrich.Endpoint{Kind: enrich.KindUnknown, ID: s, Name: s}
+		return model.Endpoint{Kind: model.KindUnknown, ID: s, Name: s}
 	}
-	return func(r *flows.Record) enrich.Flow {
-		return enrich.Flow{Record: *r, SrcEndpoint: end(r.Src), DstEndpoint: end(r.Dst)}
+	return func(r *model.Record) model.Flow {
+		return model.Flow{Record: *r, SrcEndpoint: end(r.Src), DstEndpoint: end(r.Dst)}
 	}
 }
 
@@ -180,9 +181,9 @@ func ownAddrs() map[netip.Addr]bool {
 // behind a watched interface that is not an uplink, or is one of this
 // host's addresses; a client runs elsewhere when the inventory places it
 // on another node or it is in --cluster-cidrs.
-func clusterEnds(gf graphFlags, own map[netip.Addr]bool) func(*enrich.Flow) topology.Ends {
+func clusterEnds(gf graphFlags, own map[netip.Addr]bool) func(*model.Flow) topology.Ends {
 	up := uplinks{globs: gf.uplinks}
-	return func(f *enrich.Flow) topology.Ends {
+	return func(f *model.Flow) topology.Ends {
 		e := topology.Ends{
 			ClientHere: (f.SrcIf.Index != 0 && !up.is(f.SrcIf)) || own[f.Src],
 			ServerHere: (f.DstIf.Index != 0 && !up.is(f.DstIf)) || own[f.Dst],
@@ -197,7 +198,7 @@ func clusterEnds(gf graphFlags, own map[netip.Addr]bool) func(*enrich.Flow) topo
 			}
 		}
 		switch ep := &f.SrcEndpoint; ep.Kind {
-		case enrich.KindPod, enrich.KindContainer, enrich.KindHost:
+		case model.KindPod, model.KindContainer, model.KindHost:
 			e.ClientElsewhere = ep.Node != "" && ep.Node != gf.node
 		}
 		return e
@@ -216,7 +217,7 @@ type uplinks struct {
 	looked   time.Time
 }
 
-func (u *uplinks) is(i flows.Interface) bool {
+func (u *uplinks) is(i model.Interface) bool {
 	if len(u.globs) > 0 {
 		for _, g := range u.globs {
 			if ok, _ := path.Match(g, i.Name); ok {

@@ -1,4 +1,4 @@
-package flows
+package model
 
 import (
 	"fmt"
@@ -35,8 +35,63 @@ type Record struct {
 	DstIf Interface `json:"dst_if"`
 
 	// L7 is what the L7 parsers saw of the flow's messages, nil where
-	// they saw none (see l7.go).
+	// they saw none.
 	L7 *L7 `json:"l7,omitempty"`
+}
+
+// Key is what makes two records the same flow.
+type Key struct {
+	Src, Dst         netip.Addr
+	Proto            Proto
+	SrcPort, DstPort uint16
+	VLAN             uint16
+}
+
+// Key returns the record's flow key.
+func (r *Record) Key() Key {
+	return Key{r.Src, r.Dst, r.Proto, r.SrcPort, r.DstPort, r.VLAN}
+}
+
+// Clone returns a copy of r that shares nothing with it.
+func (r Record) Clone() Record {
+	if r.L7 != nil {
+		l := *r.L7
+		r.L7 = &l
+	}
+	return r
+}
+
+// Add adds o, a record of the same flow, to r: counts are summed, flags
+// ORed, the seen times widened; the handshake time and interfaces are
+// taken from o where r has none. r's L7 is replaced by a sum of its own,
+// never added into in place, so that a record r was copied from is left
+// unchanged.
+func (r *Record) Add(o *Record) {
+	r.Forward.Add(o.Forward)
+	r.Reverse.Add(o.Reverse)
+	if r.FirstSeen.IsZero() || (!o.FirstSeen.IsZero() && o.FirstSeen.Before(r.FirstSeen)) {
+		r.FirstSeen = o.FirstSeen
+	}
+	if o.LastSeen.After(r.LastSeen) {
+		r.LastSeen = o.LastSeen
+	}
+	if r.HandshakeRTT == 0 {
+		r.HandshakeRTT = o.HandshakeRTT
+	}
+	if r.SrcIf.Index == 0 {
+		r.SrcIf = o.SrcIf
+	}
+	if r.DstIf.Index == 0 {
+		r.DstIf = o.DstIf
+	}
+	if o.L7 != nil {
+		var l L7
+		if r.L7 != nil {
+			l = *r.L7
+		}
+		l.Add(o.L7)
+		r.L7 = &l
+	}
 }
 
 // Direction is what was counted one way.
@@ -52,6 +107,25 @@ type Direction struct {
 	Ifindex int   `json:"ifindex,omitempty"`
 }
 
+// Add adds o to d: counts summed, flags ORed, the counting point taken
+// from o where d has none.
+func (d *Direction) Add(o Direction) {
+	d.Bytes += o.Bytes
+	d.Packets += o.Packets
+	d.TCPFlags |= o.TCPFlags
+	d.Retransmits += o.Retransmits
+	if d.Point == PointNone {
+		d.Point, d.Ifindex = o.Point, o.Ifindex
+	}
+}
+
+// Flags of Direction.TCPFlags beyond the TCP header's, which the programs
+// set to tell the client: the OR of a connection's flags cannot.
+const (
+	FlagSYNOnly = 0x200 // a SYN without ACK: the direction opened the connection
+	FlagSYNACK  = 0x400 // a SYN with ACK: the direction accepted it
+)
+
 // Interface is a network interface flowmap watches, on this host.
 type Interface struct {
 	Index int    `json:"index,omitempty"`
@@ -63,16 +137,6 @@ type Interface struct {
 	PeerNetNSID int `json:"peer_netnsid"`
 	// PeerIndex is the veth peer's ifindex inside its namespace.
 	PeerIndex int `json:"peer_ifindex,omitempty"`
-}
-
-// Batch is the flows of one drain interval.
-type Batch struct {
-	Start   time.Time `json:"start"`
-	End     time.Time `json:"end"`
-	Records []Record  `json:"flows"`
-	// Names are the names that DNS answers and TLS server names gave
-	// addresses during the interval.
-	Names []Name `json:"names,omitempty"`
 }
 
 // Proto is an IP protocol number.
@@ -122,22 +186,19 @@ func (p *Proto) UnmarshalText(b []byte) error {
 // Point is where a direction was counted.
 type Point uint8
 
-// The counting points, as the BPF programs number them.
+// The counting points.
 const (
-	PointNone       = Point(bpfPointPOINT_NONE)
-	PointTCIngress  = Point(bpfPointPOINT_TC_INGRESS)
-	PointTCEgress   = Point(bpfPointPOINT_TC_EGRESS)
-	PointXDPIngress = Point(bpfPointPOINT_XDP)
+	PointNone Point = iota
+	PointTCIngress
+	PointTCEgress
+	PointXDPIngress
 )
 
+var pointNames = [...]string{"none", "tc-ingress", "tc-egress", "xdp"}
+
 func (p Point) String() string {
-	switch p {
-	case PointTCIngress:
-		return "tc-ingress"
-	case PointTCEgress:
-		return "tc-egress"
-	case PointXDPIngress:
-		return "xdp"
+	if int(p) < len(pointNames) {
+		return pointNames[p]
 	}
 	return "none"
 }
@@ -150,9 +211,9 @@ func (p Point) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
 
 // UnmarshalText reads what MarshalText wrote.
 func (p *Point) UnmarshalText(b []byte) error {
-	for _, q := range []Point{PointNone, PointTCIngress, PointTCEgress, PointXDPIngress} {
-		if q.String() == string(b) {
-			*p = q
+	for i, n := range pointNames {
+		if n == string(b) {
+			*p = Point(i)
 			return nil
 		}
 	}

@@ -1,33 +1,29 @@
-package enrich
+package model
 
-import (
-	"net/netip"
-
-	"github.com/flowmap/flowmap/flows"
-)
+import "net/netip"
 
 // Kind is what an endpoint is.
-type Kind string
+type EndpointKind string
 
 // The kinds of endpoint.
 const (
-	KindContainer Kind = "container"
-	KindPod       Kind = "pod"
-	KindHost      Kind = "host"
-	KindService   Kind = "service"
-	KindExternal  Kind = "external"
-	KindUnknown   Kind = "unknown"
+	KindContainer EndpointKind = "container"
+	KindPod       EndpointKind = "pod"
+	KindHost      EndpointKind = "host"
+	KindService   EndpointKind = "service"
+	KindExternal  EndpointKind = "external"
+	KindUnknown   EndpointKind = "unknown"
 	// KindNetNS is a network namespace in which no source found a
 	// container: one made by `ip netns add`, or by a runtime no source
 	// knows. Its Name is the namespace's name under /run/netns, if any.
-	KindNetNS Kind = "netns"
+	KindNetNS EndpointKind = "netns"
 )
 
 // Endpoint is one end of a flow, as the inventory knows it. Endpoints that
 // the inventory hands out share their Labels and Addrs with its caches:
 // callers must not modify them.
 type Endpoint struct {
-	Kind Kind `json:"kind"`
+	Kind EndpointKind `json:"kind"`
 	// ID is stable for the endpoint's life: a container id, a pod UID, a
 	// host name, a CIDR, or the address itself for an unknown one.
 	ID   string `json:"id"`
@@ -52,7 +48,7 @@ type Endpoint struct {
 
 // Flow is a flow record with both ends named.
 type Flow struct {
-	flows.Record
+	Record
 	SrcEndpoint Endpoint `json:"src_endpoint"`
 	DstEndpoint Endpoint `json:"dst_endpoint"`
 }
