@@ -114,6 +114,8 @@ func TestEngineBadInput(t *testing.T) {
 				// The engine answers once, then its events stream dies
 				// mid-event and it answers nothing more.
 				var dead atomic.Bool
+				inspected := make(chan struct{})
+				var once sync.Once
 				mux := http.NewServeMux()
 				mux.HandleFunc("/containers/json", func(w http.ResponseWriter, r *http.Request) {
 					if dead.Load() {
@@ -124,6 +126,7 @@ func TestEngineBadInput(t *testing.T) {
 				})
 				mux.HandleFunc("/containers/"+goodID+"/json", func(w http.ResponseWriter, r *http.Request) {
 					fmt.Fprint(w, inspectJSON(goodID, "good", good.String()))
+					once.Do(func() { close(inspected) })
 				})
 				mux.HandleFunc("/events", func(w http.ResponseWriter, r *http.Request) {
 					if dead.Load() {
@@ -131,7 +134,11 @@ func TestEngineBadInput(t *testing.T) {
 						return
 					}
 					w.(http.Flusher).Flush()
-					time.Sleep(200 * time.Millisecond) // after the list
+					select { // die once the list was read
+					case <-inspected:
+					case <-r.Context().Done():
+						return
+					}
 					fmt.Fprint(w, `{"Type":"container","Action":"sta`)
 					w.(http.Flusher).Flush()
 					dead.Store(true)
@@ -149,23 +156,27 @@ func TestEngineBadInput(t *testing.T) {
 			var logs syncBuffer
 			logger := slog.New(slog.NewTextHandler(io.MultiWriter(&logs, tWriter{t}), nil))
 			inv := startInventory(t, enrich.Config{DockerSocket: tt.engine(t), Logger: logger})
-			// The error may be counted before the source publishes what it
-			// did read, and the inventory rebuilds its caches after that:
-			// wait for both.
+			// The error is counted before the source logs it and before it
+			// publishes what it did read, and the inventory rebuilds its
+			// caches after that: wait for all three.
 			var n float64
 			var f model.Flow
-			for start := time.Now(); time.Since(start) < 3*time.Second; time.Sleep(20 * time.Millisecond) {
+			warned := func() bool {
+				got := logs.String()
+				return strings.Contains(got, "level=WARN") && strings.Contains(got, "source=docker")
+			}
+			for start := time.Now(); time.Since(start) < 5*time.Second; time.Sleep(20 * time.Millisecond) {
 				n = errorCount(t, inv, "docker", tt.reason)
 				f = inv.Enrich(model.Record{Src: good, Dst: other, Proto: model.ProtoTCP, DstPort: 80})
-				if n > 0 && (!tt.named || f.SrcEndpoint.Name == "good") {
+				if n > 0 && (!tt.named || f.SrcEndpoint.Name == "good") && warned() {
 					break
 				}
 			}
 			if n == 0 {
-				t.Fatalf("docker errors{reason=%q} = 0 after 3s, want at least 1 (status %+v)", tt.reason, inv.Status())
+				t.Fatalf("docker errors{reason=%q} = 0 after 5s, want at least 1 (status %+v)", tt.reason, inv.Status())
 			}
-			if got := logs.String(); !strings.Contains(got, "level=WARN") || !strings.Contains(got, "source=docker") {
-				t.Errorf("logs = %q, want a warning from the docker source", got)
+			if !warned() {
+				t.Errorf("logs = %q, want a warning from the docker source", logs.String())
 			}
 			// The flow is reported with what is known.
 			if tt.named {
