@@ -87,6 +87,18 @@ type Traffic struct {
 	Retransmits uint64 `json:"retransmits"`
 }
 
+// Add adds o to t.
+func (t *Traffic) Add(o Traffic) {
+	t.Bytes += o.Bytes
+	t.Packets += o.Packets
+	t.Retransmits += o.Retransmits
+}
+
+// trafficOf is what a flow's direction counted.
+func trafficOf(d model.Direction) Traffic {
+	return Traffic{Bytes: d.Bytes, Packets: d.Packets, Retransmits: uint64(d.Retransmits)}
+}
+
 // RTT is the TCP handshakes' round-trip times (SYN to SYN-ACK).
 type RTT struct {
 	Samples uint64        `json:"samples"`

@@ -3,6 +3,7 @@ package topology
 import (
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -13,45 +14,45 @@ import (
 const DefaultL7MaxEdges = 1000
 
 // L7Metrics exports the L7 parsers' counts as Prometheus series, summed
-// since start by edge (client and server endpoint names, at the level the
-// flow series use) with the node and reporter labels of the flow series:
-// flowmap_http_requests_total{status_class},
+// since start by edge (client and server ends, labelled at the level the
+// flow series use, as they are) with the node and reporter labels of the
+// flow series: flowmap_http_requests_total{status_class},
 // flowmap_http_request_duration_seconds, flowmap_dns_requests_total{rcode},
 // flowmap_dns_request_duration_seconds. The agents of a cluster report each
 // flow once, by the rule of [Metrics]: the node that reports a flow's
-// bytes reports its requests. Edges past MaxEdges count under src and dst
-// "overflow". Its methods are safe for concurrent use.
+// bytes reports its requests. Edges past MaxEdges count under an edge whose
+// labels are all "overflow"; an edge without requests for longer than Idle
+// leaves the series, and makes room under MaxEdges. Its methods are safe
+// for concurrent use.
 type L7Metrics struct {
-	mu       sync.Mutex
-	level    Level
-	maxEdges int
-	node     string
-	ends     func(f *model.Flow) Ends
-	edges    map[l7Key]*model.L7
+	mu sync.Mutex
+	seriesBase
+	edges idleTable[l7Key, model.L7]
+	// overflow are the edges past the cap, by protocol and reporter.
+	overflow map[l7Key]*model.L7
 }
 
-type l7Key struct{ src, dst, proto, reporter string }
+type l7Key struct {
+	edge            edgeLabels
+	proto, reporter string
+}
 
 // NewL7Metrics returns a collector of L7 series at opts.Level, on node
 // opts.Node, reporting by opts.Ends, with at most opts.MaxEdges edges
-// (DefaultL7MaxEdges if <= 0). opts.Idle is not used: the series stay.
+// (DefaultL7MaxEdges if <= 0), each kept for opts.Idle after its last
+// requests.
 func NewL7Metrics(opts MetricsOptions) *L7Metrics {
-	if opts.Level == "" {
-		opts.Level = DefaultMetricsLevel
-	}
-	if opts.MaxEdges <= 0 {
-		opts.MaxEdges = DefaultL7MaxEdges
-	}
-	if opts.Ends == nil {
-		opts.Ends = defaultEnds
-	}
-	return &L7Metrics{level: opts.Level, maxEdges: opts.MaxEdges, node: opts.Node, ends: opts.Ends, edges: map[l7Key]*model.L7{}}
+	b := newSeriesBase(opts, DefaultL7MaxEdges)
+	return &L7Metrics{seriesBase: b, edges: newIdleTable[l7Key, model.L7](b.maxEdges, b.idle), overflow: map[l7Key]*model.L7{}}
 }
 
-// Add folds the L7 counts of fs in.
-func (m *L7Metrics) Add(fs ...model.Flow) {
+// Add folds in the L7 counts of fs, seen at time t.
+func (m *L7Metrics) Add(t time.Time, fs ...model.Flow) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.sweepDue(t) {
+		m.edges.sweep(t)
+	}
 	for i := range fs {
 		f := &fs[i]
 		if f.L7 == nil || (f.L7.Requests() == 0 && f.L7.Responses() == 0) {
@@ -61,28 +62,32 @@ func (m *L7Metrics) Add(fs ...model.Flow) {
 		if rep == "" {
 			continue
 		}
-		src, dst := nodeOf(&f.SrcEndpoint, m.level), nodeOf(&f.DstEndpoint, m.level)
-		k := l7Key{src.Name, dst.Name, f.L7.Protocol.String(), rep}
-		if _, ok := m.edges[k]; !ok && len(m.edges) >= m.maxEdges {
-			k.src, k.dst = "overflow", "overflow"
+		k := l7Key{m.edge(f), f.L7.Protocol.String(), rep}
+		if l := m.edges.use(k, t); l != nil {
+			l.Add(f.L7)
+			continue
 		}
-		m.edges[k] = addL7(m.edges[k], f.L7)
+		k.edge = overflowEdge
+		m.overflow[k] = addL7(m.overflow[k], f.L7)
 	}
 }
 
 var (
+	// l7Labels are the labels of every L7 series: those of the flow series
+	// but the protocol and port.
+	l7Labels         = append(edgeLabelNames[:len(edgeLabelNames):len(edgeLabelNames)], "node", "reporter")
 	descHTTPRequests = prometheus.NewDesc("flowmap_http_requests_total",
 		"HTTP/1.x responses seen in the kernel, by edge and status class (1xx to 5xx).",
-		[]string{"src", "dst", "node", "reporter", "status_class"}, nil)
+		append(l7Labels[:len(l7Labels):len(l7Labels)], "status_class"), nil)
 	descHTTPDuration = prometheus.NewDesc("flowmap_http_request_duration_seconds",
 		"HTTP/1.x time from a request's first byte to its response's, as the host saw them.",
-		[]string{"src", "dst", "node", "reporter"}, nil)
+		l7Labels, nil)
 	descDNSRequests = prometheus.NewDesc("flowmap_dns_requests_total",
 		"DNS responses seen in the kernel, by edge and response code.",
-		[]string{"src", "dst", "node", "reporter", "rcode"}, nil)
+		append(l7Labels[:len(l7Labels):len(l7Labels)], "rcode"), nil)
 	descDNSDuration = prometheus.NewDesc("flowmap_dns_request_duration_seconds",
 		"DNS time from a query to its response, as the host saw them.",
-		[]string{"src", "dst", "node", "reporter"}, nil)
+		l7Labels, nil)
 )
 
 // l7PromBuckets are the upper bounds exported, every other octave of the
@@ -108,23 +113,33 @@ func (m *L7Metrics) Describe(ch chan<- *prometheus.Desc) {
 func (m *L7Metrics) Collect(ch chan<- prometheus.Metric) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for k, l := range m.edges {
-		switch l.Protocol {
-		case model.L7HTTP:
-			for c := 1; c <= 5; c++ {
-				ch <- prometheus.MustNewConstMetric(descHTTPRequests, prometheus.CounterValue, float64(l.Statuses[c]),
-					k.src, k.dst, m.node, k.reporter, strconv.Itoa(c)+"xx")
-			}
-			ch <- histogram(descHTTPDuration, &l.Latency, k.src, k.dst, m.node, k.reporter)
-		case model.L7DNS:
-			for c := range model.NumRcodes {
-				if l.Rcodes[c] > 0 {
-					ch <- prometheus.MustNewConstMetric(descDNSRequests, prometheus.CounterValue, float64(l.Rcodes[c]),
-						k.src, k.dst, m.node, k.reporter, model.RcodeName(c))
-				}
-			}
-			ch <- histogram(descDNSDuration, &l.Latency, k.src, k.dst, m.node, k.reporter)
+	for k, r := range m.edges.rows {
+		collectL7(ch, &r.v, k.edge.values(m.node, k.reporter))
+	}
+	for k, l := range m.overflow {
+		collectL7(ch, l, k.edge.values(m.node, k.reporter))
+	}
+}
+
+// collectL7 sends the series of one edge's counts l, labelled lv (the
+// values of l7Labels).
+func collectL7(ch chan<- prometheus.Metric, l *model.L7, lv []string) {
+	with := func(v string) []string { return append(lv[:len(lv):len(lv)], v) }
+	switch l.Protocol {
+	case model.L7HTTP:
+		for c := 1; c <= 5; c++ {
+			ch <- prometheus.MustNewConstMetric(descHTTPRequests, prometheus.CounterValue, float64(l.Statuses[c]),
+				with(strconv.Itoa(c)+"xx")...)
 		}
+		ch <- histogram(descHTTPDuration, &l.Latency, lv...)
+	case model.L7DNS:
+		for c := range model.NumRcodes {
+			if l.Rcodes[c] > 0 {
+				ch <- prometheus.MustNewConstMetric(descDNSRequests, prometheus.CounterValue, float64(l.Rcodes[c]),
+					with(model.RcodeName(c))...)
+			}
+		}
+		ch <- histogram(descDNSDuration, &l.Latency, lv...)
 	}
 }
 

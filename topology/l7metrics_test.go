@@ -3,7 +3,9 @@ package topology
 import (
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/flowmap/flowmap/model"
@@ -34,7 +36,7 @@ func TestL7Metrics(t *testing.T) {
 		return defaultEnds(f)
 	}
 	m := NewL7Metrics(MetricsOptions{Level: LevelContainer, Node: "n1", Ends: ends})
-	m.Add(
+	m.Add(t0,
 		httpFlow("web", "api", true, 20, 7, 5),
 		httpFlow("web", "api", true, 1, 0, 0), // adds up
 		httpFlow("lb", "web", false, 4, 0, 0), // server's node reports
@@ -46,22 +48,98 @@ func TestL7Metrics(t *testing.T) {
 	want := `
 # HELP flowmap_dns_requests_total DNS responses seen in the kernel, by edge and response code.
 # TYPE flowmap_dns_requests_total counter
-flowmap_dns_requests_total{dst="dns",node="n1",rcode="NOERROR",reporter="client",src="web"} 2
-flowmap_dns_requests_total{dst="dns",node="n1",rcode="NXDOMAIN",reporter="client",src="web"} 1
+flowmap_dns_requests_total{dst="dns",dst_kind="container",dst_namespace="",node="n1",rcode="NOERROR",reporter="client",src="web",src_kind="container",src_namespace=""} 2
+flowmap_dns_requests_total{dst="dns",dst_kind="container",dst_namespace="",node="n1",rcode="NXDOMAIN",reporter="client",src="web",src_kind="container",src_namespace=""} 1
 # HELP flowmap_http_requests_total HTTP/1.x responses seen in the kernel, by edge and status class (1xx to 5xx).
 # TYPE flowmap_http_requests_total counter
-flowmap_http_requests_total{dst="api",node="n1",reporter="client",src="web",status_class="1xx"} 0
-flowmap_http_requests_total{dst="api",node="n1",reporter="client",src="web",status_class="2xx"} 21
-flowmap_http_requests_total{dst="api",node="n1",reporter="client",src="web",status_class="3xx"} 0
-flowmap_http_requests_total{dst="api",node="n1",reporter="client",src="web",status_class="4xx"} 7
-flowmap_http_requests_total{dst="api",node="n1",reporter="client",src="web",status_class="5xx"} 5
-flowmap_http_requests_total{dst="web",node="n1",reporter="server",src="lb",status_class="1xx"} 0
-flowmap_http_requests_total{dst="web",node="n1",reporter="server",src="lb",status_class="2xx"} 4
-flowmap_http_requests_total{dst="web",node="n1",reporter="server",src="lb",status_class="3xx"} 0
-flowmap_http_requests_total{dst="web",node="n1",reporter="server",src="lb",status_class="4xx"} 0
-flowmap_http_requests_total{dst="web",node="n1",reporter="server",src="lb",status_class="5xx"} 0
+flowmap_http_requests_total{dst="api",dst_kind="container",dst_namespace="",node="n1",reporter="client",src="web",src_kind="container",src_namespace="",status_class="1xx"} 0
+flowmap_http_requests_total{dst="api",dst_kind="container",dst_namespace="",node="n1",reporter="client",src="web",src_kind="container",src_namespace="",status_class="2xx"} 21
+flowmap_http_requests_total{dst="api",dst_kind="container",dst_namespace="",node="n1",reporter="client",src="web",src_kind="container",src_namespace="",status_class="3xx"} 0
+flowmap_http_requests_total{dst="api",dst_kind="container",dst_namespace="",node="n1",reporter="client",src="web",src_kind="container",src_namespace="",status_class="4xx"} 7
+flowmap_http_requests_total{dst="api",dst_kind="container",dst_namespace="",node="n1",reporter="client",src="web",src_kind="container",src_namespace="",status_class="5xx"} 5
+flowmap_http_requests_total{dst="web",dst_kind="container",dst_namespace="",node="n1",reporter="server",src="lb",src_kind="container",src_namespace="",status_class="1xx"} 0
+flowmap_http_requests_total{dst="web",dst_kind="container",dst_namespace="",node="n1",reporter="server",src="lb",src_kind="container",src_namespace="",status_class="2xx"} 4
+flowmap_http_requests_total{dst="web",dst_kind="container",dst_namespace="",node="n1",reporter="server",src="lb",src_kind="container",src_namespace="",status_class="3xx"} 0
+flowmap_http_requests_total{dst="web",dst_kind="container",dst_namespace="",node="n1",reporter="server",src="lb",src_kind="container",src_namespace="",status_class="4xx"} 0
+flowmap_http_requests_total{dst="web",dst_kind="container",dst_namespace="",node="n1",reporter="server",src="lb",src_kind="container",src_namespace="",status_class="5xx"} 0
 `
 	if err := testutil.CollectAndCompare(m, strings.NewReader(want), "flowmap_http_requests_total", "flowmap_dns_requests_total"); err != nil {
 		t.Error(err)
+	}
+}
+
+// l7Series returns the label sets of the flowmap_http_requests_total
+// series of class 2xx that m collects, each as its labels joined.
+func l7Series(t *testing.T, m *L7Metrics) []string {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(m)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, mf := range mfs {
+		if mf.GetName() != "flowmap_http_requests_total" {
+			continue
+		}
+		for _, mt := range mf.Metric {
+			var ls []string
+			class := ""
+			for _, lp := range mt.Label {
+				if lp.GetName() == "status_class" {
+					class = lp.GetValue()
+					continue
+				}
+				ls = append(ls, lp.GetName()+"="+lp.GetValue())
+			}
+			if class == "2xx" {
+				out = append(out, strings.Join(ls, ","))
+			}
+		}
+	}
+	return sorted(out)
+}
+
+// httpOKFlow is an HTTP flow of n 200s from client to server, reported by
+// the client's node.
+func httpOKFlow(client, server model.Endpoint, n uint64) model.Flow {
+	l := &model.L7{Protocol: model.L7HTTP}
+	l.Methods[model.MethodGET], l.Statuses[2] = n, n
+	return model.Flow{Record: model.Record{Proto: model.ProtoTCP, DstPort: 80, L7: l, SrcIf: model.Interface{Index: 7}},
+		SrcEndpoint: client, DstEndpoint: server}
+}
+
+// TestL7MetricsNamespaces checks that two workloads of one name in two
+// namespaces are two ends of the L7 series, as of the flow series.
+func TestL7MetricsNamespaces(t *testing.T) {
+	web := container("web-1", "shop", "web", "n1", "198.51.100.11")
+	shopAPI := container("api-1", "shop", "api", "n1", "198.51.100.13")
+	billingAPI := container("api-2", "billing", "api", "n1", "198.51.100.16")
+	m := NewL7Metrics(MetricsOptions{Level: LevelWorkload, Node: "n1"})
+	m.Add(t0, httpOKFlow(web, shopAPI, 3), httpOKFlow(web, billingAPI, 5))
+	got := l7Series(t, m)
+	want := []string{
+		"dst=api,dst_kind=workload,dst_namespace=billing,node=n1,reporter=client,src=web,src_kind=workload,src_namespace=shop",
+		"dst=api,dst_kind=workload,dst_namespace=shop,node=n1,reporter=client,src=web,src_kind=workload,src_namespace=shop",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("2xx series:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// TestL7MetricsIdle checks that the edges idle for longer than Idle leave
+// the L7 series, and make room under MaxEdges for new ones.
+func TestL7MetricsIdle(t *testing.T) {
+	ep := func(name string) model.Endpoint {
+		return model.Endpoint{Kind: model.KindContainer, ID: name, Name: name}
+	}
+	m := NewL7Metrics(MetricsOptions{Level: LevelContainer, Node: "n1", MaxEdges: 2, Idle: 5 * time.Minute})
+	m.Add(t0, httpOKFlow(ep("a"), ep("b"), 1), httpOKFlow(ep("a"), ep("c"), 1))
+	m.Add(t0.Add(10*time.Minute), httpOKFlow(ep("a"), ep("d"), 1))
+	got := l7Series(t, m)
+	want := []string{"dst=d,dst_kind=container,dst_namespace=,node=n1,reporter=client,src=a,src_kind=container,src_namespace="}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("2xx series after the first two edges' idle time:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }

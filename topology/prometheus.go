@@ -103,38 +103,28 @@ func defaultEnds(f *model.Flow) Ends {
 // own API keep every flow the host saw; the rule is only for the series,
 // which are summed across nodes.
 type Metrics struct {
-	level    Level
-	maxEdges int
-	idle     time.Duration
-	node     string
-	ends     func(*model.Flow) Ends
-
-	mu            sync.Mutex
-	series        map[seriesKey]*series
+	mu sync.Mutex
+	seriesBase
+	series        idleTable[seriesKey, series]
 	overflow      *series
 	overflowFlows uint64
-	labels        map[epKey]nodeLabels     // cache of nodeOf's labels
-	local         map[nodeLabels]time.Time // endpoints running here, last seen
-	skipped       uint64                   // flows another node reports
-	swept         time.Time
+	local         idleTable[nodeLabels, struct{}] // endpoints running here
+	skipped       uint64                          // flows another node reports
 }
 
-type nodeLabels struct{ kind, namespace, name string }
-
 type seriesKey struct {
-	src, dst nodeLabels
+	edge     edgeLabels
 	proto    model.Proto
 	port     uint16
 	reporter string
 }
 
 type series struct {
-	bytes, packets [2]uint64
-	conns          uint64
-	rtt            []uint64 // per bucket of RTTBuckets, not cumulative
-	rttN           uint64
-	rttSum         float64
-	last           time.Time
+	traffic [2]Traffic // forward, reverse
+	conns   uint64
+	rtt     []uint64 // per bucket of RTTBuckets, not cumulative
+	rttN    uint64
+	rttSum  float64
 	// shown: the series were collected once. They are first collected at
 	// zero, so that increase() and rate() count what a new edge carried
 	// before its first scrape (they take a series' first sample as its
@@ -144,28 +134,18 @@ type series struct {
 
 // NewMetrics returns a collector of flow series.
 func NewMetrics(opts MetricsOptions) *Metrics {
-	if opts.Level == "" {
-		opts.Level = DefaultMetricsLevel
-	}
-	if opts.MaxEdges <= 0 {
-		opts.MaxEdges = DefaultMetricsMaxEdges
-	}
-	if opts.Idle <= 0 {
-		opts.Idle = DefaultMetricsIdle
-	}
-	if opts.Ends == nil {
-		opts.Ends = defaultEnds
-	}
-	return &Metrics{level: opts.Level, maxEdges: opts.MaxEdges, idle: opts.Idle, node: opts.Node, ends: opts.Ends,
-		series: map[seriesKey]*series{}, labels: map[epKey]nodeLabels{}, local: map[nodeLabels]time.Time{}}
+	b := newSeriesBase(opts, DefaultMetricsMaxEdges)
+	return &Metrics{seriesBase: b, series: newIdleTable[seriesKey, series](b.maxEdges, b.idle),
+		local: newIdleTable[nodeLabels, struct{}](2*b.maxEdges, b.idle)}
 }
 
 // Add counts flows seen at time t.
 func (m *Metrics) Add(t time.Time, fs ...model.Flow) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if t.Sub(m.swept) >= time.Minute {
-		m.sweep(t)
+	if m.sweepDue(t) {
+		m.series.sweep(t)
+		m.local.sweep(t)
 	}
 	for i := range fs {
 		f := &fs[i]
@@ -175,34 +155,27 @@ func (m *Metrics) Add(t time.Time, fs ...model.Flow) {
 			m.skipped++
 			continue
 		}
-		k := seriesKey{src: m.nodeLabels(&f.SrcEndpoint), dst: m.nodeLabels(&f.DstEndpoint), proto: f.Proto, port: f.DstPort, reporter: rep}
+		k := seriesKey{edge: m.edge(f), proto: f.Proto, port: f.DstPort, reporter: rep}
 		// The endpoints that run here, bounded as the series are.
-		for _, e := range []struct {
-			here bool
-			l    nodeLabels
-		}{{ends.ClientHere, k.src}, {ends.ServerHere, k.dst}} {
-			if _, ok := m.local[e.l]; e.here && (ok || len(m.local) < 2*m.maxEdges) {
-				m.local[e.l] = t
-			}
+		if ends.ClientHere {
+			m.local.use(k.edge.src, t)
 		}
-		s := m.series[k]
+		if ends.ServerHere {
+			m.local.use(k.edge.dst, t)
+		}
+		s := m.series.use(k, t)
 		if s == nil {
-			if len(m.series) >= m.maxEdges {
-				m.overflowFlows++
-				if m.overflow == nil {
-					m.overflow = &series{rtt: make([]uint64, len(RTTBuckets))}
-				}
-				s = m.overflow
-			} else {
-				s = &series{rtt: make([]uint64, len(RTTBuckets))}
-				m.series[k] = s
+			m.overflowFlows++
+			if m.overflow == nil {
+				m.overflow = &series{}
 			}
+			s = m.overflow
 		}
-		s.last = t
-		s.bytes[0] += f.Forward.Bytes
-		s.bytes[1] += f.Reverse.Bytes
-		s.packets[0] += f.Forward.Packets
-		s.packets[1] += f.Reverse.Packets
+		if s.rtt == nil {
+			s.rtt = make([]uint64, len(RTTBuckets))
+		}
+		s.traffic[0].Add(trafficOf(f.Forward))
+		s.traffic[1].Add(trafficOf(f.Reverse))
 		if opened(&f.Record) {
 			s.conns++
 		}
@@ -220,42 +193,11 @@ func (m *Metrics) Add(t time.Time, fs ...model.Flow) {
 	}
 }
 
-// nodeLabels returns the labels of the node ep is part of, from a cache
-// bounded to a few times the series cap.
-func (m *Metrics) nodeLabels(ep *model.Endpoint) nodeLabels {
-	k := epKey{ep.Kind, ep.ID}
-	if l, ok := m.labels[k]; ok {
-		return l
-	}
-	if len(m.labels) >= 4*m.maxEdges {
-		clear(m.labels)
-	}
-	n := nodeOf(ep, m.level)
-	l := nodeLabels{kind: string(n.Kind), namespace: n.Namespace, name: n.Name}
-	m.labels[k] = l
-	return l
-}
-
-// sweep drops the series idle since before now-idle.
-func (m *Metrics) sweep(now time.Time) {
-	m.swept = now
-	for k, s := range m.series {
-		if now.Sub(s.last) > m.idle {
-			delete(m.series, k)
-		}
-	}
-	for k, last := range m.local {
-		if now.Sub(last) > m.idle {
-			delete(m.local, k)
-		}
-	}
-	// The endpoints behind the labels may have been renamed.
-	clear(m.labels)
-}
-
 var (
-	flowLabels = []string{"src_kind", "src_namespace", "src", "dst_kind", "dst_namespace", "dst", "proto", "port", "node", "reporter"}
-	bytesDesc  = prometheus.NewDesc("flowmap_flow_bytes_total",
+	// flowEdgeLabels tell the edges of the flow series apart.
+	flowEdgeLabels = append(edgeLabelNames[:len(edgeLabelNames):len(edgeLabelNames)], "proto", "port")
+	flowLabels     = append(flowEdgeLabels[:len(flowEdgeLabels):len(flowEdgeLabels)], "node", "reporter")
+	bytesDesc      = prometheus.NewDesc("flowmap_flow_bytes_total",
 		"Wire bytes of the flows from src (the client) to dst (the server) on the server's port: direction forward is client to server, reverse server to client.",
 		append(flowLabels[:len(flowLabels):len(flowLabels)], "direction"), nil)
 	packetsDesc = prometheus.NewDesc("flowmap_flow_packets_total",
@@ -285,26 +227,23 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
-var overflowLabels = []string{"overflow", "overflow", "overflow", "overflow", "overflow", "overflow", "overflow", "overflow"}
-
 // Collect implements prometheus.Collector.
 func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	ch <- prometheus.MustNewConstMetric(seriesEdgesDesc, prometheus.GaugeValue, float64(len(m.series)))
+	ch <- prometheus.MustNewConstMetric(seriesEdgesDesc, prometheus.GaugeValue, float64(len(m.series.rows)))
 	ch <- prometheus.MustNewConstMetric(seriesCapDesc, prometheus.GaugeValue, float64(m.maxEdges))
 	ch <- prometheus.MustNewConstMetric(overflowDesc, prometheus.CounterValue, float64(m.overflowFlows))
 	ch <- prometheus.MustNewConstMetric(skippedDesc, prometheus.CounterValue, float64(m.skipped))
-	for k := range m.local {
+	for k := range m.local.rows {
 		ch <- prometheus.MustNewConstMetric(endpointDesc, prometheus.GaugeValue, 1, k.kind, k.namespace, k.name, m.node)
 	}
-	for k, s := range m.series {
-		collectSeries(ch, s, []string{k.src.kind, k.src.namespace, k.src.name, k.dst.kind, k.dst.namespace, k.dst.name,
-			k.proto.String(), strconv.Itoa(int(k.port)), m.node, k.reporter})
+	for k, r := range m.series.rows {
+		collectSeries(ch, &r.v, k.edge.values(k.proto.String(), strconv.Itoa(int(k.port)), m.node, k.reporter))
 	}
 	if m.overflow != nil {
-		// Past the cap, one series whatever the reporter.
-		collectSeries(ch, m.overflow, append(overflowLabels[:len(overflowLabels):len(overflowLabels)], m.node, "overflow"))
+		// Past the cap, one series whatever the protocol, port and reporter.
+		collectSeries(ch, m.overflow, overflowEdge.values("overflow", "overflow", m.node, "overflow"))
 	}
 }
 
@@ -314,11 +253,11 @@ func collectSeries(ch chan<- prometheus.Metric, s *series, lv []string) {
 		s = &series{rtt: make([]uint64, len(RTTBuckets))}
 	}
 	dir := func(d string) []string { return append(lv[:len(lv):len(lv)], d) }
-	ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(s.bytes[0]), dir("forward")...)
-	ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(s.bytes[1]), dir("reverse")...)
-	ch <- prometheus.MustNewConstMetric(packetsDesc, prometheus.CounterValue, float64(s.packets[0]), dir("forward")...)
-	ch <- prometheus.MustNewConstMetric(packetsDesc, prometheus.CounterValue, float64(s.packets[1]), dir("reverse")...)
-	if lv[6] != model.ProtoTCP.String() && lv[6] != "overflow" {
+	ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(s.traffic[0].Bytes), dir("forward")...)
+	ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(s.traffic[1].Bytes), dir("reverse")...)
+	ch <- prometheus.MustNewConstMetric(packetsDesc, prometheus.CounterValue, float64(s.traffic[0].Packets), dir("forward")...)
+	ch <- prometheus.MustNewConstMetric(packetsDesc, prometheus.CounterValue, float64(s.traffic[1].Packets), dir("reverse")...)
+	if proto := lv[len(edgeLabelNames)]; proto != model.ProtoTCP.String() && proto != "overflow" {
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(connsDesc, prometheus.CounterValue, float64(s.conns), lv...)

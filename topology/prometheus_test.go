@@ -94,7 +94,7 @@ func TestMetricsLocalIdle(t *testing.T) {
 		Ends: func(*model.Flow) Ends { return Ends{ClientHere: true} }})
 	m.Add(t0, flow(a, b, model.ProtoTCP, 80, 1, 1, 0))
 	m.Add(t0.Add(10*time.Minute), flow(b, a, model.ProtoTCP, 80, 1, 1, 0))
-	if got, want := len(m.local), 1; got != want {
+	if got, want := len(m.local.rows), 1; got != want {
 		t.Errorf("%d local endpoints after a's idle time, want %d", got, want)
 	}
 }

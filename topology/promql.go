@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/api"
@@ -38,15 +39,12 @@ type PromQL struct {
 	Selector string
 }
 
-// edgeLabels are the labels that tell an edge in the flow series.
-const edgeLabels = "src_kind, src_namespace, src, dst_kind, dst_namespace, dst, proto, port"
-
 // increase returns the PromQL of the increase of the counter name over w,
 // summed by the edge labels and extra.
 func (p *PromQL) increase(name, extra string, w time.Duration) string {
 	sel := name + "{" + p.Selector + "}"
 	d := pmodel.Duration(w).String()
-	by := edgeLabels
+	by := strings.Join(flowEdgeLabels, ", ")
 	if extra != "" {
 		by += ", " + extra
 	}
@@ -92,9 +90,9 @@ func (p *PromQL) Snapshot(ctx context.Context, end time.Time, level Level, windo
 	}
 
 	type key struct {
-		src, dst nodeLabels
-		proto    string
-		port     string
+		edge  edgeLabels
+		proto string
+		port  string
 	}
 	type acc struct {
 		Edge
@@ -104,8 +102,7 @@ func (p *PromQL) Snapshot(ctx context.Context, end time.Time, level Level, windo
 	edges := map[key]*acc{}
 	get := func(m pmodel.Metric) *acc {
 		k := key{
-			src:   nodeLabels{kind: string(m["src_kind"]), namespace: string(m["src_namespace"]), name: string(m["src"])},
-			dst:   nodeLabels{kind: string(m["dst_kind"]), namespace: string(m["dst_namespace"]), name: string(m["dst"])},
+			edge:  parseEdgeLabels(func(name string) string { return string(m[pmodel.LabelName(name)]) }),
 			proto: string(m["proto"]), port: string(m["port"]),
 		}
 		e := edges[k]
@@ -180,7 +177,7 @@ func (p *PromQL) Snapshot(ctx context.Context, end time.Time, level Level, windo
 			// The overflow series: past the agents' caps.
 			proto = 0
 		}
-		e.Source, e.Target, e.Protocol, e.Port = node(k.src), node(k.dst), proto, uint16(port)
+		e.Source, e.Target, e.Protocol, e.Port = node(k.edge.src), node(k.edge.dst), proto, uint16(port)
 		e.ID = edgeID(&e.Edge)
 		r := rolled[e.ID]
 		if r == nil {
@@ -189,10 +186,8 @@ func (p *PromQL) Snapshot(ctx context.Context, end time.Time, level Level, windo
 			rolled[e.ID] = r
 			ids = append(ids, e.ID)
 		}
-		r.Forward.Bytes += e.Forward.Bytes
-		r.Reverse.Bytes += e.Reverse.Bytes
-		r.Forward.Packets += e.Forward.Packets
-		r.Reverse.Packets += e.Reverse.Packets
+		r.Forward.Add(e.Forward)
+		r.Reverse.Add(e.Reverse)
 		r.Connections += e.Connections
 		r.rttSum += e.rttSum
 		r.rttN += e.rttN

@@ -129,7 +129,7 @@ func (p *pipeline) add(b model.Batch) {
 	}
 	p.graph.Add(b.End, fs...)
 	p.metrics.Add(b.End, fs...)
-	p.l7.Add(fs...)
+	p.l7.Add(b.End, fs...)
 	p.log.Debug("folded", "flows", len(fs))
 }
 
