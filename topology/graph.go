@@ -170,24 +170,46 @@ func (g *Graph) fold(now int64, f *model.Flow) {
 		e.slot = int32(len(cur.entries))
 		cur.entries = append(cur.entries, counts{edge: i})
 	}
-	c := &cur.entries[e.slot]
-	c.bytes[0] += f.Forward.Bytes
-	c.bytes[1] += f.Reverse.Bytes
-	c.packets[0] += f.Forward.Packets
-	c.packets[1] += f.Reverse.Packets
-	c.retrans[0] += f.Forward.Retransmits
-	c.retrans[1] += f.Reverse.Retransmits
+	o := flowCounts(f)
+	cur.entries[e.slot].add(&o)
+}
+
+// flowCounts are the counts of one flow, of no edge.
+func flowCounts(f *model.Flow) counts {
+	c := counts{
+		bytes:   [2]uint64{f.Forward.Bytes, f.Reverse.Bytes},
+		packets: [2]uint64{f.Forward.Packets, f.Reverse.Packets},
+		retrans: [2]uint32{f.Forward.Retransmits, f.Reverse.Retransmits},
+		l7:      f.L7,
+	}
 	if opened(&f.Record) {
-		c.conns++
+		c.conns = 1
 	}
 	if rtt := f.HandshakeRTT; rtt > 0 {
-		c.rttN++
-		c.rttSum += uint64(rtt)
-		c.rttMax = max(c.rttMax, uint32(min(rtt, 1<<32-1)))
+		c.rttN, c.rttSum, c.rttMax = 1, uint64(rtt), uint32(min(rtt, 1<<32-1))
 	}
-	if f.L7 != nil {
-		c.l7 = addL7(c.l7, f.L7)
+	return c
+}
+
+// add adds o's counts to c. c's L7 is a sum of its own, never o's.
+func (c *counts) add(o *counts) {
+	for j := range 2 {
+		c.bytes[j] += o.bytes[j]
+		c.packets[j] += o.packets[j]
+		c.retrans[j] += o.retrans[j]
 	}
+	c.conns += o.conns
+	c.rttN += o.rttN
+	c.rttSum += o.rttSum
+	c.rttMax = max(c.rttMax, o.rttMax)
+	if o.l7 != nil {
+		c.l7 = addL7(c.l7, o.l7)
+	}
+}
+
+// traffic returns what went one way: forward (0) or reverse (1).
+func (c *counts) traffic(dir int) Traffic {
+	return Traffic{Bytes: c.bytes[dir], Packets: c.packets[dir], Retransmits: uint64(c.retrans[dir])}
 }
 
 // opened reports whether the record's client opened its connection in it.
@@ -308,19 +330,7 @@ func merge(dst, src *bucket) {
 			dst.entries = append(dst.entries, c)
 			continue
 		}
-		d := &dst.entries[i]
-		for j := range 2 {
-			d.bytes[j] += c.bytes[j]
-			d.packets[j] += c.packets[j]
-			d.retrans[j] += c.retrans[j]
-		}
-		d.conns += c.conns
-		d.rttN += c.rttN
-		d.rttSum += c.rttSum
-		d.rttMax = max(d.rttMax, c.rttMax)
-		if c.l7 != nil {
-			d.l7 = addL7(d.l7, c.l7)
-		}
+		dst.entries[i].add(&c)
 	}
 	dst.seq = max(dst.seq, src.seq)
 }
@@ -457,12 +467,8 @@ func (g *Graph) Snapshot(now time.Time, level Level, window time.Duration) *Snap
 				}})
 			}
 			r := &edges[i]
-			r.Forward.Bytes += c.bytes[0]
-			r.Reverse.Bytes += c.bytes[1]
-			r.Forward.Packets += c.packets[0]
-			r.Reverse.Packets += c.packets[1]
-			r.Forward.Retransmits += uint64(c.retrans[0])
-			r.Reverse.Retransmits += uint64(c.retrans[1])
+			r.Forward.Add(c.traffic(0))
+			r.Reverse.Add(c.traffic(1))
 			r.Connections += uint64(c.conns)
 			if c.rttN > 0 {
 				if r.RTT == nil {
