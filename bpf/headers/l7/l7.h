@@ -1,0 +1,217 @@
+// SPDX-License-Identifier: GPL-2.0
+//
+// l7.h counts the L7 messages of a packet the L4 path counted.
+//
+// L7 looks at the first bytes of TCP payload and of UDP to or from the DNS
+// port, on packets already counted by the L4 path (so under the same
+// counted-once rule: a request where it enters the host, its response where
+// that enters). It reads a few dozen bytes at most, never loops over a
+// payload, and keeps no URL, header or body: HTTP gives its method and
+// status class, DNS its id and response code; only DNS responses and TLS
+// ClientHellos go to user space, through l7_names, for the names in them.
+
+#pragma once
+
+#include "common.h"
+#include "names.h"
+#include "parse.h"
+#include "l7/dns.h"
+#include "l7/http.h"
+#include "l7/kafka.h"
+#include "l7/match.h"
+#include "l7/msg.h"
+#include "l7/mysql.h"
+#include "l7/postgres.h"
+#include "l7/redis.h"
+#include "l7/stats.h"
+#include "l7/tls.h"
+
+// classify_tcp reads what b, the first bytes of a TCP payload of plen
+// bytes (zero-padded where it is shorter), is. The first four bytes
+// decide HTTP's cases in one switch; the other sniffers follow in this
+// order, and the first that knows b decides.
+//
+// HTTP's switch stays here and not in http.h: behind a helper that returns
+// whether it matched, clang 19 lays out the code after it differently and
+// spills more (9 more instructions a program).
+static __always_inline void classify_tcp(struct packet *p, const __u8 *b, __u32 plen, int dns,
+					 struct l7_msg *m)
+{
+	if (dns) {
+		// DNS over TCP: a two-byte length, then the message.
+		dns_header(p, b + 2, 2, m);
+		return;
+	}
+	__u32 w;
+	__builtin_memcpy(&w, b, 4);
+	switch (w) {
+	case FOUR('G', 'E', 'T', ' '):
+		http_request(b, 3, METHOD_GET, m);
+		return;
+	case FOUR('P', 'U', 'T', ' '):
+		http_request(b, 3, METHOD_PUT, m);
+		return;
+	case FOUR('P', 'O', 'S', 'T'):
+		http_request(b, 4, METHOD_POST, m);
+		return;
+	case FOUR('H', 'E', 'A', 'D'):
+		http_request(b, 4, METHOD_HEAD, m);
+		return;
+	case FOUR('D', 'E', 'L', 'E'):
+		if (b[4] == 'T' && b[5] == 'E')
+			http_request(b, 6, METHOD_DELETE, m);
+		return;
+	case FOUR('P', 'A', 'T', 'C'):
+		if (b[4] == 'H')
+			http_request(b, 5, METHOD_PATCH, m);
+		return;
+	case FOUR('O', 'P', 'T', 'I'):
+		if (b[4] == 'O' && b[5] == 'N' && b[6] == 'S')
+			http_request(b, 7, METHOD_OPTIONS, m);
+		return;
+	case FOUR('C', 'O', 'N', 'N'):
+		if (b[4] == 'E' && b[5] == 'C' && b[6] == 'T')
+			http_request(b, 7, METHOD_OTHER, m);
+		return;
+	case FOUR('T', 'R', 'A', 'C'):
+		if (b[4] == 'E')
+			http_request(b, 5, METHOD_OTHER, m);
+		return;
+	case FOUR('H', 'T', 'T', 'P'):
+		http_status(b, m);
+		return;
+	case FOUR('P', 'R', 'I', ' '):
+		http2_preface(b, m);
+		return;
+	}
+	if (tls(b, m))
+		return;
+	if (postgres(b, m))
+		return;
+	if (mysql(b, plen, m))
+		return;
+	if (redis(b, m))
+		return;
+	kafka(b, plen, m);
+}
+
+// l7 classifies the payload of p, a TCP segment with payload or a UDP
+// datagram to or from the DNS port, and counts the message in it.
+static __always_inline void l7(void *ctx, int xdp, struct packet *p, void *data, void *data_end,
+			       __u64 len)
+{
+	__u32 off = p->hdr_len;
+	// The IP header's length, not the frame's: a short frame's padding
+	// is no payload. GSO and BIG TCP packets may say 0 or less.
+	__u64 end = len;
+	if (p->ip_end > off && p->ip_end < end)
+		end = p->ip_end;
+	if (end <= off || off > 1024)
+		return;
+	__u32 plen = end - off;
+	int dns = p->key.sport == dns_port || p->key.dport == dns_port;
+
+	__u8 b[L7_PEEK] = {};
+	void *pl = data + off;
+	if (pl + L7_PEEK <= data_end) {
+		__builtin_memcpy(b, pl, L7_PEEK);
+	} else {
+		__u64 n = plen < L7_PEEK ? plen : L7_PEEK;
+		asm volatile("" : "+r"(n)); // as in send_name
+		if (n < 1 || peek(ctx, xdp, off, b, n))
+			return;
+	}
+
+	struct l7_msg m = {};
+	if (p->key.proto == IPPROTO_UDP) {
+		if (plen < 12)
+			return;
+		dns_header(p, b, 0, &m);
+	} else {
+		classify_tcp(p, b, plen, dns, &m);
+	}
+	if (!m.proto)
+		return;
+
+	__u64 sent = send_time(ctx, xdp);
+	// The flow client to server: the packet's, turned round for a message
+	// from the server. Each map at a call site of its own, as in
+	// count_frame.
+	__u64 lat;
+	struct l7_stats *s;
+	if (p->v4) {
+		struct l7_pending_key4 pk = {
+			.flow = {
+				.saddr = m.reverse ? p->daddr4 : p->saddr4,
+				.daddr = m.reverse ? p->saddr4 : p->daddr4,
+				.sport = m.reverse ? p->key.dport : p->key.sport,
+				.dport = m.reverse ? p->key.sport : p->key.dport,
+				.proto = p->key.proto,
+				.vlan = p->key.vlan,
+			},
+			.id = m.id,
+		};
+		if (m.name) {
+			struct flow_key k6;
+			key6_of4(&pk.flow, &k6);
+			send_name(ctx, xdp, &k6, m.name, off + m.name_off, plen - m.name_off);
+		}
+		asm volatile("/* l7_pending4 */");
+		lat = pending_msg(&l7_pending4, &pk, &m, sent);
+		if (active_buf) {
+			asm volatile("/* l7s4_b */");
+			s = l7_entry(&l7s4_b, &pk.flow);
+		} else {
+			asm volatile("/* l7s4_a */");
+			s = l7_entry(&l7s4_a, &pk.flow);
+		}
+	} else {
+		struct l7_pending_key pk = {.flow = p->key, .id = m.id};
+		if (m.reverse) {
+			struct flow_key *k = &pk.flow;
+			__u8 a[16];
+			__builtin_memcpy(a, k->saddr, 16);
+			__builtin_memcpy(k->saddr, k->daddr, 16);
+			__builtin_memcpy(k->daddr, a, 16);
+			__u16 port = k->sport;
+			k->sport = k->dport;
+			k->dport = port;
+		}
+		if (m.name)
+			send_name(ctx, xdp, &pk.flow, m.name, off + m.name_off, plen - m.name_off);
+		asm volatile("/* l7_pending6 */");
+		lat = pending_msg(&l7_pending6, &pk, &m, sent);
+		if (active_buf) {
+			asm volatile("/* l7s6_b */");
+			s = l7_entry(&l7s6_b, &pk.flow);
+		} else {
+			asm volatile("/* l7s6_a */");
+			s = l7_entry(&l7s6_a, &pk.flow);
+		}
+	}
+	if (!s) {
+		if (m.kind != MSG_NONE)
+			bump(COUNTER_L7_MAP_FULL, 1);
+		return;
+	}
+	s->proto = m.proto;
+	if (m.kind == MSG_REQUEST) {
+		if (m.proto == L7_DNS)
+			s->queries += 1;
+		else
+			s->methods[m.method & (METHOD_MAX - 1)] += 1;
+		return;
+	}
+	if (m.kind != MSG_RESPONSE)
+		return;
+	if (m.proto == L7_DNS)
+		s->rcodes[m.status & (L7_RCODES - 1)] += 1;
+	else if (m.status < 6)
+		s->statuses[m.status] += 1;
+	if (lat) {
+		s->latency[latency_bucket(lat)] += 1;
+		s->latency_sum_ns += lat;
+	} else if (!(m.proto == L7_HTTP && m.status == 1)) {
+		s->unmatched += 1;
+	}
+}

@@ -1,0 +1,86 @@
+// SPDX-License-Identifier: GPL-2.0
+//
+// stats.h counts L7 messages, per client-to-server flow: requests by
+// method, responses by status, and the latency between them.
+
+#pragma once
+
+#include "common.h"
+#include "l7/dns.h"
+#include "l7/http.h"
+#include "l7/msg.h"
+
+// L7_BUCKETS latency buckets, four to an octave: bucket i holds times from
+// 2^(10 + i/4) * (1 + (i%4)/4) ns, 1 us to about 68 s; the last bucket
+// holds all above.
+#define L7_BUCKETS 104
+
+// l7_stats is one client-to-server flow's messages since the last drain,
+// as one CPU counted them: per CPU, so that the request's CPU and the
+// response's add without atomics and without moving the entry's lines
+// between them (Go sums the CPUs).
+struct l7_stats {
+	__u64 latency_sum_ns; // over the matched responses
+	__u32 latency[L7_BUCKETS]; // request (first byte) to response (first byte)
+	__u32 methods[METHOD_MAX]; // HTTP requests by method
+	__u32 statuses[6]; // HTTP responses by status class: [1] is 1xx … [5] 5xx
+	__u32 rcodes[L7_RCODES]; // DNS responses by response code
+	__u32 queries;   // DNS queries
+	__u32 unmatched; // responses without a request seen: latency unknown
+	__u8 proto;      // enum l7_proto
+	__u8 pad[7];
+};
+
+#define MAX_L7_FLOWS 16384 // Go sets max_entries from --max-flows
+
+// l7s4_a, l7s4_b (IPv4), l7s6_a, l7s6_b: the client-to-server flow key ->
+// per-CPU l7_stats, double-buffered by active_buf as the flow maps are.
+// Not LRU: a full map refuses new flows and counts their messages
+// (COUNTER_L7_MAP_FULL). Not preallocated: an entry is ncpu × 528 bytes,
+// and most flows carry no message.
+#define L7_MAP(name, key_type)                                                                     \
+	struct {                                                                                   \
+		__uint(type, BPF_MAP_TYPE_PERCPU_HASH);                                            \
+		__uint(map_flags, BPF_F_NO_PREALLOC);                                              \
+		__uint(max_entries, MAX_L7_FLOWS);                                                 \
+		__type(key, key_type);                                                             \
+		__type(value, struct l7_stats);                                                    \
+	} name SEC(".maps")
+
+L7_MAP(l7s4_a, struct flow_key4);
+L7_MAP(l7s4_b, struct flow_key4);
+L7_MAP(l7s6_a, struct flow_key);
+L7_MAP(l7s6_b, struct flow_key);
+
+// latency_bucket returns ns's bucket of l7_stats.latency.
+static __always_inline __u32 latency_bucket(__u64 ns)
+{
+	if (ns < 1024)
+		return 0;
+	// log2 without a loop.
+	__u32 l = 0;
+	__u64 v = ns;
+	if (v >> 32) { v >>= 32; l += 32; }
+	if (v >> 16) { v >>= 16; l += 16; }
+	if (v >> 8) { v >>= 8; l += 8; }
+	if (v >> 4) { v >>= 4; l += 4; }
+	if (v >> 2) { v >>= 2; l += 2; }
+	if (v >> 1) { l += 1; }
+	__u32 sub = (ns >> (l - 2)) & 3; // the two bits after the leading one
+	__u32 i = (l - 10) * 4 + sub;
+	return i < L7_BUCKETS ? i : L7_BUCKETS - 1;
+}
+
+// l7_entry returns flow k's L7 stats in the map l7s, inserted if new; NULL
+// if the map is full. As with account, each call site names its map.
+static __always_inline struct l7_stats *l7_entry(void *l7s, void *k)
+{
+	struct l7_stats *s = bpf_map_lookup_elem(l7s, k);
+	if (s)
+		return s;
+	// Zeroed, and not on the stack: l7_stats is larger than the stack
+	// can spare; BPF_NOEXIST keeps another CPU's entry.
+	static const struct l7_stats zero = {};
+	bpf_map_update_elem(l7s, k, &zero, BPF_NOEXIST);
+	return bpf_map_lookup_elem(l7s, k);
+}

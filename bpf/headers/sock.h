@@ -1,0 +1,34 @@
+// SPDX-License-Identifier: GPL-2.0
+//
+// sock.h declares the fields of struct sock that tcp_retransmit reads,
+// relocated by CO-RE against the running kernel's BTF.
+
+#pragma once
+
+#include "common.h"
+
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+struct sock_common {
+	union {
+		struct {
+			__be32 skc_daddr;
+			__be32 skc_rcv_saddr;
+		};
+	};
+	union {
+		struct {
+			__be16 skc_dport;
+			__u16 skc_num;
+		};
+	};
+	unsigned short skc_family;
+	struct in6_addr skc_v6_daddr;
+	struct in6_addr skc_v6_rcv_saddr;
+};
+struct sock {
+	struct sock_common __sk_common;
+};
+#pragma clang attribute pop
+
+#define AF_INET 2
+#define AF_INET6 10
