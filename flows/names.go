@@ -153,32 +153,46 @@ func validHostName(b []byte) bool {
 	return label > 0
 }
 
-// nameDecoder turns name events into names; it keeps its DNS layer to
-// decode without allocating one per event.
+// nameDecoder turns name events into names; it keeps its event and its
+// DNS layer to decode without allocating one per event.
 type nameDecoder struct {
+	ev  bpfNameEvent
 	dns layers.DNS
 }
 
-// decode returns the names in one event of l7_names.
+// nameEventHeader is the bytes of a name_event before its data.
+var nameEventHeader = binary.Size(bpfNameEvent{}) - len(bpfNameEvent{}.Data)
+
+// decode returns the names in one event of l7_names. The event may end
+// where its data does (the ring buffer's carry the whole of Data); a length
+// past the end is an error.
 func (nd *nameDecoder) decode(raw []byte, seen time.Time) ([]model.Name, error) {
-	var ev bpfNameEvent
-	hdr := binary.Size(ev.Flow) + 8
-	if len(raw) < hdr {
-		return nil, fmt.Errorf("name event of %d bytes, want at least %d", len(raw), hdr)
+	if len(raw) < nameEventHeader {
+		return nil, fmt.Errorf("name event of %d bytes, want at least %d", len(raw), nameEventHeader)
 	}
-	if _, err := binary.Decode(raw[:hdr], binary.NativeEndian, &ev.Flow); err != nil {
-		return nil, fmt.Errorf("decode name event: %w", err)
+	// The generated struct's fields up to Data, in its order; Data is
+	// taken from raw as far as Len says. (binary.Decode of the whole
+	// struct would read Data's 1024 bytes one by one, by reflection.)
+	ev := &nd.ev
+	off := 0
+	for _, f := range [...]any{&ev.Flow, &ev.Len, &ev.Kind, &ev.Pad} {
+		n, err := binary.Decode(raw[off:], binary.NativeEndian, f)
+		if err != nil {
+			return nil, fmt.Errorf("decode name event: %w", err)
+		}
+		off += n
 	}
-	off := binary.Size(ev.Flow)
-	n := int(binary.NativeEndian.Uint16(raw[off:]))
-	kind := raw[off+2]
-	data := raw[hdr:]
-	if n > len(data) {
-		return nil, fmt.Errorf("name event of %d bytes says %d", len(data), n)
+	if off != nameEventHeader {
+		// name_event has a field before data that this list lacks.
+		return nil, fmt.Errorf("decode name event: header of %d bytes, want %d", off, nameEventHeader)
 	}
-	data = data[:n]
+	data := raw[off:]
+	if int(ev.Len) > len(data) {
+		return nil, fmt.Errorf("name event of %d bytes says %d", len(data), ev.Len)
+	}
+	data = data[:ev.Len]
 	client, server := addr(ev.Flow.Saddr), addr(ev.Flow.Daddr)
-	switch bpfNameKind(kind) {
+	switch bpfNameKind(ev.Kind) {
 	case bpfNameKindNAME_DNS:
 		names, err := DecodeDNSNames(data, &nd.dns)
 		for i := range names {
@@ -192,7 +206,7 @@ func (nd *nameDecoder) decode(raw []byte, seen time.Time) ([]model.Name, error) 
 		}
 		return []model.Name{{Addr: server, Name: sni, TTL: model.NameTTLTLS, Source: model.NameTLS, Client: client, Seen: seen}}, nil
 	}
-	return nil, fmt.Errorf("name event of kind %d", kind)
+	return nil, fmt.Errorf("name event of kind %d", ev.Kind)
 }
 
 // readNames reads l7_names until ctx is done, and hands each name to add.

@@ -155,20 +155,86 @@ func FuzzServerName(f *testing.F) {
 	})
 }
 
+// nameEvent returns a name_event of kind from client to server carrying
+// data, at most as much as the programs send, as encodeNameEvent encodes
+// it.
+func nameEvent(t testing.TB, kind bpfNameKind, client, server string, data []byte) []byte {
+	t.Helper()
+	ev := bpfNameEvent{Kind: uint8(kind)}
+	ev.Flow.Saddr = netip.MustParseAddr(client).As16()
+	ev.Flow.Daddr = netip.MustParseAddr(server).As16()
+	ev.Len = uint16(copy(ev.Data[:], data))
+	return encodeNameEvent(t, &ev, int(ev.Len))
+}
+
+// encodeNameEvent encodes ev through the generated struct and cuts it
+// after n bytes of data, as decode takes it.
+func encodeNameEvent(t testing.TB, ev *bpfNameEvent, n int) []byte {
+	t.Helper()
+	b, err := binary.Append(nil, binary.NativeEndian, ev)
+	if err != nil {
+		t.Fatalf("encode name event: %v", err)
+	}
+	return b[:nameEventHeader+n]
+}
+
+func TestNameDecoder(t *testing.T) {
+	const cli, srv = "::ffff:198.51.100.2", "::ffff:203.0.113.9"
+	seen := time.Unix(1700000000, 0)
+	dns := nameEvent(t, bpfNameKindNAME_DNS, cli, srv, dnsCompressed)
+	tls := nameEvent(t, bpfNameKindNAME_TLS, cli, srv, clientHello(t, "api.example.com"))
+	whole := nameEvent(t, bpfNameKindNAME_DNS, cli, srv, dnsCompressed)
+	whole = append(whole, make([]byte, binary.Size(bpfNameEvent{})-len(whole))...)
+	var past bpfNameEvent
+	past.Kind = uint8(bpfNameKindNAME_DNS)
+	past.Len = uint16(copy(past.Data[:], dnsCompressed)) + 1
+	lenPast := encodeNameEvent(t, &past, len(dnsCompressed))
+	client := netip.MustParseAddr("198.51.100.2")
+	cases := []struct {
+		name    string
+		raw     []byte
+		want    []model.Name
+		wantErr bool
+	}{
+		{name: "dns response", raw: dns, want: []model.Name{
+			{Addr: netip.MustParseAddr("203.0.113.50"), Name: "www.example.com", TTL: 30 * time.Second, Source: model.NameDNS, Client: client, Seen: seen},
+		}},
+		{name: "whole event, as the ring buffer has it", raw: whole, want: []model.Name{
+			{Addr: netip.MustParseAddr("203.0.113.50"), Name: "www.example.com", TTL: 30 * time.Second, Source: model.NameDNS, Client: client, Seen: seen},
+		}},
+		{name: "tls client hello", raw: tls, want: []model.Name{
+			{Addr: netip.MustParseAddr("203.0.113.9"), Name: "api.example.com", TTL: model.NameTTLTLS, Source: model.NameTLS, Client: client, Seen: seen},
+		}},
+		{name: "length past the data", raw: lenPast, wantErr: true},
+		{name: "cut inside the header", raw: dns[:nameEventHeader-1], wantErr: true},
+		{name: "empty", raw: nil, wantErr: true},
+		{name: "unknown kind", raw: nameEvent(t, 9, cli, srv, dnsCompressed), wantErr: true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var nd nameDecoder
+			got, err := nd.decode(tc.raw, seen)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("decode error = %v, want error %v", err, tc.wantErr)
+			}
+			if len(got) != len(tc.want) {
+				t.Fatalf("decode = %+v, want %+v", got, tc.want)
+			}
+			for i := range got {
+				if got[i] != tc.want[i] {
+					t.Errorf("name %d = %+v, want %+v", i, got[i], tc.want[i])
+				}
+			}
+		})
+	}
+}
+
 // FuzzNameEvent feeds the ring buffer's decoder whole events.
 func FuzzNameEvent(f *testing.F) {
-	ev := func(kind byte, data []byte) []byte {
-		var e bpfNameEvent
-		hdr := binary.Size(e.Flow) + 8
-		b := make([]byte, hdr+len(data))
-		binary.NativeEndian.PutUint16(b[binary.Size(e.Flow):], uint16(len(data)))
-		b[binary.Size(e.Flow)+2] = kind
-		copy(b[hdr:], data)
-		return b
-	}
-	f.Add(ev(byte(model.NameDNS), dnsCompressed))
-	f.Add(ev(byte(model.NameTLS), clientHello(f, "api.example.com")))
-	f.Add(ev(9, nil))
+	const cli, srv = "::ffff:198.51.100.2", "::ffff:203.0.113.9"
+	f.Add(nameEvent(f, bpfNameKindNAME_DNS, cli, srv, dnsCompressed))
+	f.Add(nameEvent(f, bpfNameKindNAME_TLS, cli, srv, clientHello(f, "api.example.com")))
+	f.Add(nameEvent(f, 9, cli, srv, nil))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		var nd nameDecoder
 		nd.decode(raw, time.Time{})
