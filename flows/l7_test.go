@@ -18,7 +18,7 @@ import (
 	"github.com/flowmap/flowmap/model"
 )
 
-// These tests run the L7 parsers of bpf/flow.c through BPF_PROG_TEST_RUN on
+// These tests run the L7 parsers (bpf/headers/l7) through BPF_PROG_TEST_RUN on
 // gopacket-built frames, as bpf_test.go does the L4 path, and read the L7
 // maps and the l7_names ring buffer back.
 

@@ -202,8 +202,8 @@ func BucketUpper(i int) time.Duration {
 	return bucketStart(i + 1)
 }
 
-// bucketStart is 2^(10 + i/4) * (1 + (i%4)/4) ns, as flow.c's
-// latency_bucket sorts.
+// bucketStart is 2^(10 + i/4) * (1 + (i%4)/4) ns, as the programs'
+// latency_bucket (bpf/headers/l7/stats.h) sorts.
 func bucketStart(i int) time.Duration {
 	oct := time.Duration(1) << (10 + i/4)
 	return oct + oct/4*time.Duration(i%4)

@@ -28,7 +28,7 @@ func l7Flow(ok, failed uint64) model.Flow {
 	}
 }
 
-// latencyBucket is the histogram bucket of d, as flow.c sorts it.
+// latencyBucket is the histogram bucket of d, as the programs sort it (bpf/headers/l7/stats.h).
 func latencyBucket(d time.Duration) int {
 	for i := range model.LatencyBuckets {
 		if d < model.BucketUpper(i) {
