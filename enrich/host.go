@@ -2,19 +2,17 @@ package enrich
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net/netip"
-	"os"
 	"time"
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/flowmap/flowmap/model"
+	"github.com/flowmap/flowmap/host"
 )
 
 // hostSource names this machine's own addresses: those of the agent's
-// network namespace, followed through netlink address events.
+// network namespace, followed through netlink address events, as the
+// endpoint host.Endpoint of Config.Node.
 type hostSource struct{}
 
 func (h *hostSource) run(ctx context.Context, s *sourceState) error {
@@ -40,7 +38,7 @@ func (h *hostSource) follow(ctx context.Context, s *sourceState) error {
 	tick := time.NewTicker(s.inv.cfg.Resync)
 	defer tick.Stop()
 	for {
-		rec, err := hostRecord()
+		rec, err := hostRecord(s.inv.cfg.Node)
 		if err != nil {
 			return err
 		}
@@ -66,50 +64,12 @@ func (h *hostSource) follow(ctx context.Context, s *sourceState) error {
 	}
 }
 
-// hostRecord is this machine: its name and the addresses of its
-// namespace, bar loopback and link-local ones, which every machine has.
-func hostRecord() (record, error) {
-	name, err := os.Hostname()
+// hostRecord is this machine, named name, with the addresses of its
+// namespace that name it (see host.AddrsOf).
+func hostRecord(name string) (record, error) {
+	addrs, err := host.Addrs()
 	if err != nil {
-		return record{}, fmt.Errorf("get host name: %w", err)
+		return record{}, err
 	}
-	list, err := dump(func() ([]netlink.Addr, error) { return netlink.AddrList(nil, netlink.FAMILY_ALL) })
-	if err != nil {
-		return record{}, fmt.Errorf("list addresses: %w", err)
-	}
-	ep := model.Endpoint{Kind: model.KindHost, ID: name, Name: name, Addrs: ownAddrs(list)}
-	return record{ep: ep, keys: []joinKey{hostKey()}}, nil
-}
-
-// ownAddrs are the addresses of list that name an endpoint: not loopback,
-// not link-local (each namespace may have the same ones).
-func ownAddrs(list []netlink.Addr) []netip.Addr {
-	var out []netip.Addr
-	for _, a := range list {
-		ip, ok := netip.AddrFromSlice(a.IP)
-		if !ok {
-			continue
-		}
-		ip = ip.Unmap()
-		if ip.IsLoopback() || ip.IsLinkLocalUnicast() || ip.IsUnspecified() || ip.IsMulticast() {
-			continue
-		}
-		out = append(out, ip)
-	}
-	return out
-}
-
-// dump retries a netlink dump that the kernel interrupted because what it
-// lists changed meanwhile (links and addresses come and go with
-// containers): the partial answer may miss what we look for.
-func dump[T any](f func() ([]T, error)) ([]T, error) {
-	var list []T
-	var err error
-	for range 5 {
-		list, err = f()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return list, err
-		}
-	}
-	return list, err
+	return record{ep: host.Endpoint(name, addrs), keys: []joinKey{hostKey()}}, nil
 }

@@ -13,6 +13,7 @@ import (
 
 	lru "github.com/hashicorp/golang-lru/v2"
 
+	"github.com/flowmap/flowmap/host"
 	"github.com/flowmap/flowmap/model"
 )
 
@@ -61,6 +62,11 @@ type Config struct {
 	// CIDRFile is the path of a file of CIDR → name lines (see
 	// ParseCIDRs); "" disables it. The file is read again when it changes.
 	CIDRFile string
+
+	// Node is this machine's name in the cluster: the name of the host
+	// source's endpoint, and of the Kubernetes Node that is this machine.
+	// "" is host.Name().
+	Node string
 
 	// MaxEndpoints bounds each cache (addresses, namespaces, external
 	// addresses); 0 is 65536.
@@ -166,6 +172,9 @@ func New(cfg Config) (*Inventory, error) {
 	}
 	if cfg.Resync <= 0 {
 		cfg.Resync = 30 * time.Second
+	}
+	if cfg.Node == "" {
+		cfg.Node = host.Name()
 	}
 	if cfg.ProcRoot == "" {
 		cfg.ProcRoot = "/proc"

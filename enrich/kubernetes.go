@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -120,9 +119,8 @@ func (k *kubeSource) run(ctx context.Context, s *sourceState) error {
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return nil // ctx is done
 	}
-	host, _ := os.Hostname()
 	for {
-		s.publish(kubeRecords(inf, host))
+		s.publish(kubeRecords(inf, s.inv.cfg.Node))
 		select {
 		case <-ctx.Done():
 			return nil
@@ -189,9 +187,9 @@ func stripManagedFields(obj any) (any, error) {
 	return obj, nil
 }
 
-// kubeRecords makes the records of everything the informers hold; host is
+// kubeRecords makes the records of everything the informers hold; node is
 // this machine's name, to join its Node with the host source.
-func kubeRecords(inf kubeInformers, host string) []record {
+func kubeRecords(inf kubeInformers, node string) []record {
 	var recs []record
 	for _, obj := range inf.pods.GetStore().List() {
 		p, ok := obj.(*corev1.Pod)
@@ -257,7 +255,7 @@ func kubeRecords(inf kubeInformers, host string) []record {
 		}
 		ep.Addrs = parseAddrs(ips)
 		rec := record{ep: ep}
-		if n.Name == host {
+		if n.Name == node {
 			rec.keys = []joinKey{hostKey()}
 		}
 		recs = append(recs, rec)

@@ -16,7 +16,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/flowmap/flowmap/flows"
+	"github.com/flowmap/flowmap/host"
 	"github.com/flowmap/flowmap/model"
 )
 
@@ -52,7 +52,7 @@ func (n *netnsSource) run(ctx context.Context, s *sourceState) error {
 func (n *netnsSource) follow(ctx context.Context, s *sourceState) error {
 	done := make(chan struct{})
 	defer close(done)
-	updates, subErr, err := flows.SubscribeLinks(done)
+	updates, subErr, err := host.SubscribeLinks(done)
 	if err != nil {
 		return err
 	}
@@ -102,7 +102,7 @@ type netnsInfo struct {
 // scan looks at every network namespace that a host-side veth leads to
 // and publishes one record for each.
 func (n *netnsSource) scan(s *sourceState) error {
-	links, err := dump(netlink.LinkList)
+	links, err := host.Dump(netlink.LinkList)
 	if err != nil {
 		return fmt.Errorf("list links: %w", err)
 	}
@@ -278,9 +278,9 @@ func nsLook(path string) (int, []netip.Addr, error) {
 		return nsid, nil, fmt.Errorf("open netlink in %s: %w", path, err)
 	}
 	defer h.Close()
-	list, err := dump(func() ([]netlink.Addr, error) { return h.AddrList(nil, netlink.FAMILY_ALL) })
+	list, err := host.Dump(func() ([]netlink.Addr, error) { return h.AddrList(nil, netlink.FAMILY_ALL) })
 	if err != nil {
 		return nsid, nil, fmt.Errorf("list addresses in %s: %w", path, err)
 	}
-	return nsid, ownAddrs(list), nil
+	return nsid, host.AddrsOf(list), nil
 }

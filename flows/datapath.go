@@ -17,6 +17,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/flowmap/flowmap/host"
 	"github.com/flowmap/flowmap/model"
 )
 
@@ -25,7 +26,7 @@ type Config struct {
 	// Interfaces are name globs (path.Match) of the interfaces to watch.
 	// Empty means the default: every veth whose peer is in another
 	// namespace, bridge (through its ports), vxlan and geneve device, and
-	// the interface of the default route.
+	// the interfaces of the default routes (see host.DefaultLinks).
 	Interfaces []string
 	// XDP are globs of interfaces whose ingress is counted by XDP instead
 	// of TC (for NICs with a native XDP driver). They must also be watched.
@@ -263,26 +264,6 @@ func sizeMaps(spec *ebpf.CollectionSpec, maxFlows uint32) {
 	}
 }
 
-// SubscribeLinks subscribes to the host's netlink link events until done
-// is closed: the events come on updates; the subscription's first error,
-// after which no more come, on errs.
-func SubscribeLinks(done <-chan struct{}) (updates <-chan netlink.LinkUpdate, errs <-chan error, err error) {
-	up := make(chan netlink.LinkUpdate, 256)
-	subErr := make(chan error, 1)
-	err = netlink.LinkSubscribeWithOptions(up, done, netlink.LinkSubscribeOptions{
-		ErrorCallback: func(err error) {
-			select {
-			case subErr <- err:
-			default:
-			}
-		},
-	})
-	if err != nil {
-		return nil, nil, fmt.Errorf("subscribe to link events: %w", err)
-	}
-	return up, subErr, nil
-}
-
 // Run attaches to the interfaces the config names, follows netlink link
 // events to attach to new ones within a second and release vanished ones,
 // and sends one Batch to out every interval, until ctx is done. Then it
@@ -291,11 +272,15 @@ func SubscribeLinks(done <-chan struct{}) (updates <-chan netlink.LinkUpdate, er
 func (d *Datapath) Run(ctx context.Context, out chan<- model.Batch) error {
 	done := make(chan struct{})
 	defer close(done)
-	updates, subErr, err := SubscribeLinks(done)
+	updates, subErr, err := host.SubscribeLinks(done)
 	if err != nil {
 		return err
 	}
-	defRoute := defaultRouteIndex()
+	routes, err := host.Routes()
+	if err != nil {
+		d.log.Warn("find default routes", "err", err)
+	}
+	defRoutes := host.DefaultLinks(routes)
 	// Subscribed first, listed second: a link made in between is in both,
 	// and update is idempotent.
 	links, err := netlink.LinkList()
@@ -303,7 +288,7 @@ func (d *Datapath) Run(ctx context.Context, out chan<- model.Batch) error {
 		return fmt.Errorf("list links: %w", err)
 	}
 	for _, l := range links {
-		d.update(netlink.LinkUpdate{Header: unix.NlMsghdr{Type: unix.RTM_NEWLINK}, Link: l}, defRoute)
+		d.update(netlink.LinkUpdate{Header: unix.NlMsghdr{Type: unix.RTM_NEWLINK}, Link: l}, defRoutes)
 	}
 	d.mu.Lock()
 	d.running = true
@@ -332,7 +317,7 @@ func (d *Datapath) Run(ctx context.Context, out chan<- model.Batch) error {
 			if !ok {
 				return errors.New("link events: subscription closed")
 			}
-			d.update(u, defRoute)
+			d.update(u, defRoutes)
 		case <-tick.C:
 			b, err := d.Drain(start)
 			if err != nil {
@@ -349,7 +334,7 @@ func (d *Datapath) Run(ctx context.Context, out chan<- model.Batch) error {
 }
 
 // update attaches to or releases the interface of one link event.
-func (d *Datapath) update(u netlink.LinkUpdate, defRoute int) {
+func (d *Datapath) update(u netlink.LinkUpdate, defRoutes map[int]bool) {
 	attrs := u.Link.Attrs()
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -368,7 +353,7 @@ func (d *Datapath) update(u netlink.LinkUpdate, defRoute int) {
 	if _, ok := d.attached[attrs.Index]; ok {
 		return
 	}
-	if !d.wants(u.Link, defRoute) {
+	if !d.wants(u.Link, defRoutes) {
 		return
 	}
 	if err := d.attachLocked(u.Link); err != nil {
@@ -377,8 +362,9 @@ func (d *Datapath) update(u netlink.LinkUpdate, defRoute int) {
 	}
 }
 
-// wants reports whether the config covers l. The caller holds d.mu.
-func (d *Datapath) wants(l netlink.Link, defRoute int) bool {
+// wants reports whether the config covers l; defRoutes are the links of
+// the default routes. The caller holds d.mu.
+func (d *Datapath) wants(l netlink.Link, defRoutes map[int]bool) bool {
 	attrs := l.Attrs()
 	if attrs.Flags&unix.IFF_LOOPBACK != 0 {
 		return false
@@ -396,7 +382,7 @@ func (d *Datapath) wants(l netlink.Link, defRoute int) bool {
 		case "veth", "bridge", "vxlan", "geneve":
 			return true
 		}
-		return attrs.Index == defRoute
+		return defRoutes[attrs.Index]
 	}
 	return matchAny(d.cfg.Interfaces, attrs.Name)
 }
@@ -476,7 +462,7 @@ func (d *Datapath) attachPortsLocked(bridge int) {
 		if l.Attrs().MasterIndex != bridge {
 			continue
 		}
-		if _, ok := d.attached[l.Attrs().Index]; ok || !d.wants(l, 0) {
+		if _, ok := d.attached[l.Attrs().Index]; ok || !d.wants(l, nil) {
 			continue
 		}
 		if err := d.attachLocked(l); err != nil {
@@ -611,23 +597,6 @@ func (d *Datapath) readCounters() {
 		}
 		*dst = sum
 	}
-}
-
-// defaultRouteIndex returns the ifindex of the IPv4 (else IPv6) default
-// route, or 0.
-func defaultRouteIndex() int {
-	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		routes, err := netlink.RouteList(nil, fam)
-		if err != nil {
-			continue
-		}
-		for _, r := range routes {
-			if (r.Dst == nil || r.Dst.IP.IsUnspecified()) && r.LinkIndex > 0 {
-				return r.LinkIndex
-			}
-		}
-	}
-	return 0
 }
 
 // probeInsns is the smallest TC program: return TC_ACT_UNSPEC.

@@ -42,6 +42,7 @@ type MetricsOptions struct {
 	// Ends says where the ends of a flow run, for the reporting rule (see
 	// the package comment). Nil takes every flow as this node's: the client
 	// as here when the flow has its interface (SrcIf), the server else.
+	// Metrics calls it outside its lock; L7Metrics under its own.
 	Ends func(f *model.Flow) Ends
 }
 
@@ -141,6 +142,13 @@ func NewMetrics(opts MetricsOptions) *Metrics {
 
 // Add counts flows seen at time t.
 func (m *Metrics) Add(t time.Time, fs ...model.Flow) {
+	// The rule is the caller's and may look at the host: not under m.mu,
+	// which scrapes wait for.
+	var buf [64]Ends
+	all := buf[:0]
+	for i := range fs {
+		all = append(all, m.ends(&fs[i]))
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.sweepDue(t) {
@@ -149,7 +157,7 @@ func (m *Metrics) Add(t time.Time, fs ...model.Flow) {
 	}
 	for i := range fs {
 		f := &fs[i]
-		ends := m.ends(f)
+		ends := all[i]
 		rep := ends.Reporter()
 		if rep == "" {
 			m.skipped++

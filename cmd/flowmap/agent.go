@@ -18,6 +18,7 @@ import (
 	"github.com/flowmap/flowmap/enrich"
 	"github.com/flowmap/flowmap/flows"
 	"github.com/flowmap/flowmap/model"
+	"github.com/flowmap/flowmap/pipeline"
 	"github.com/flowmap/flowmap/server"
 )
 
@@ -44,8 +45,9 @@ type agentFlags struct {
 	logLevel slog.Level
 	graph    graphFlags
 	inv      inventoryFlags
-	// names names the ends of flows; nil names them by address alone.
-	names namer
+	// namer names the ends of flows; nil: the inventory, or with
+	// --no-inventory the address alone.
+	namer pipeline.Namer
 }
 
 func (a *agentFlags) register(fs *flag.FlagSet) {
@@ -81,12 +83,12 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("agent: --interval=%s: want at least 100ms", a.cfg.Interval)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: a.logLevel}))
-	return agent(ctx, a, log, nil)
+	return agent(ctx, a, log)
 }
 
-// agent runs the datapath and the HTTP server until ctx is done. Each
-// batch also goes to each, if not nil.
-func agent(ctx context.Context, a agentFlags, log *slog.Logger, each func(model.Batch)) error {
+// agent runs the datapath, the pipeline and the HTTP server until ctx is
+// done.
+func agent(ctx context.Context, a agentFlags, log *slog.Logger) error {
 	a.cfg.Logger = log.With("component", "flows")
 	dp, err := flows.New(a.cfg)
 	if err != nil {
@@ -104,9 +106,10 @@ func agent(ctx context.Context, a agentFlags, log *slog.Logger, each func(model.
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv := server.New(a.keep, dp.Ready, reg, log.With("component", "server"))
 	g, ctx := errgroup.WithContext(ctx)
-	names := a.names
-	if names == nil && !a.inv.off {
+	namer := a.namer
+	if namer == nil && !a.inv.off {
 		a.inv.cfg.Logger = log // enrich names its components itself
+		a.inv.cfg.Node = a.graph.node
 		// client-go logs through klog, to stderr unless told otherwise.
 		klog.SetSlogLogger(log.With("component", "client-go"))
 		inv, err := enrich.New(a.inv.cfg)
@@ -115,30 +118,16 @@ func agent(ctx context.Context, a agentFlags, log *slog.Logger, each func(model.
 		}
 		reg.MustRegister(enrich.NewCollector(inv))
 		srv.ReportStatus(func() any { return inv.Status() })
-		names = func(r *model.Record) model.Flow { return inv.Enrich(*r) }
+		namer = func(r *model.Record) model.Flow { return inv.Enrich(*r) }
 		g.Go(func() error { return inv.Run(ctx) })
 	}
-	pipe := newPipeline(a.graph, names, reg, log.With("component", "topology"))
-	pipe.mount(srv)
+	pipe := pipeline.New(a.graph.options(namer, srv, log.With("component", "topology")))
+	reg.MustRegister(pipe.Collectors()...)
+	pipe.Mount(srv)
 
 	batches := make(chan model.Batch, 1)
-	g.Go(func() error {
-		return dp.Run(ctx, batches)
-	})
-	g.Go(func() error {
-		for {
-			select {
-			case b := <-batches:
-				srv.Add(b)
-				pipe.add(b)
-				if each != nil {
-					each(b)
-				}
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}
-	})
+	g.Go(func() error { return dp.Run(ctx, batches) })
+	g.Go(func() error { return pipe.Run(ctx, batches) })
 	g.Go(func() error {
 		return srv.Serve(ctx, a.listen)
 	})

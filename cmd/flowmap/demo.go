@@ -20,8 +20,10 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/flowmap/flowmap/host"
 	"github.com/flowmap/flowmap/internal/sandbox"
 	"github.com/flowmap/flowmap/model"
+	"github.com/flowmap/flowmap/pipeline"
 	"github.com/flowmap/flowmap/topology"
 )
 
@@ -104,12 +106,12 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if a.cfg.Interval == 5*time.Second {
 		a.cfg.Interval = time.Second
 	}
-	a.names = demoNamer(sb, hosts)
+	a.namer = demoNamer(sb, hosts)
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: max(a.logLevel, slog.LevelWarn)}))
 	actx, stopAgent := context.WithCancel(ctx)
 	defer stopAgent()
 	g, gctx := errgroup.WithContext(actx)
-	g.Go(func() error { return agent(gctx, a, log, nil) })
+	g.Go(func() error { return agent(gctx, a, log) })
 	base := "http://" + a.listen
 	var snap *topology.Snapshot
 	g.Go(func() error {
@@ -167,10 +169,10 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 // demoNamer names the shop's hosts as an inventory would name containers:
 // by role, in their namespace, on this machine.
-func demoNamer(sb *sandbox.Net, hosts map[string]*sandbox.Host) namer {
-	machine, _ := os.Hostname()
+func demoNamer(sb *sandbox.Net, hosts map[string]*sandbox.Host) pipeline.Namer {
+	machine := host.Name()
 	eps := map[netip.Addr]model.Endpoint{
-		sb.Addr(): {Kind: model.KindHost, ID: machine, Name: machine, Node: machine, Addrs: []netip.Addr{sb.Addr()}},
+		sb.Addr(): host.Endpoint(machine, []netip.Addr{sb.Addr()}),
 	}
 	for _, s := range shop {
 		h := hosts[s.name]
@@ -182,7 +184,7 @@ func demoNamer(sb *sandbox.Net, hosts map[string]*sandbox.Host) namer {
 		}
 		eps[h.Addr] = ep
 	}
-	fallback := addrNamer()
+	fallback := pipeline.AddrNamer(machine)
 	return func(r *model.Record) model.Flow {
 		f := fallback(r)
 		if ep, ok := eps[r.Src]; ok {
