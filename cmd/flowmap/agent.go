@@ -53,7 +53,7 @@ type agentFlags struct {
 func (a *agentFlags) register(fs *flag.FlagSet) {
 	a.cfg.Attach = flows.AttachAuto
 	fs.Var((*globs)(&a.cfg.Interfaces), "interfaces",
-		"comma-separated name globs of the interfaces to watch (default: veths with a peer in another namespace, bridges (through their ports), vxlan and geneve devices, and the default route's interface)")
+		"comma-separated name globs of the interfaces to watch (default: veths with a peer in another namespace, bridges (through their ports), vxlan and geneve devices, and the default routes' interfaces)")
 	fs.Var((*globs)(&a.cfg.XDP), "xdp",
 		"comma-separated name globs of watched interfaces whose ingress XDP counts instead of TC: native mode where the driver has it, generic otherwise (for NICs; on veths TC is faster)")
 	a.cfg.XDPMode = flows.XDPAuto

@@ -61,7 +61,7 @@ func (g *graphFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&g.metricsMaxEdges, "metrics-max-edges", topology.DefaultMetricsMaxEdges,
 		"edges with flow series on /metrics (each 4 byte and packet series, and for TCP 17 connection and RTT series); flows of more count in the series labelled overflow")
 	g.node = host.Name()
-	fs.StringVar(&g.node, "node-name", g.node, "name of this node: the node label of the flow series (default: $NODE_NAME, else the host name)")
+	fs.StringVar(&g.node, "node-name", g.node, "name of this node: the node label of the flow series, the host's endpoint and the Kubernetes Node that is this machine (default: $NODE_NAME, else the host name)")
 	fs.Var(&g.uplinks, "uplinks",
 		"comma-separated name globs of the interfaces that lead to other nodes and the outside, behind which no end runs on this node (default: the default routes' interfaces, and vxlan, geneve and physical devices)")
 	fs.Var(&g.clusterCIDRs, "cluster-cidrs",
