@@ -146,6 +146,9 @@ func (m *Metrics) Add(t time.Time, fs ...model.Flow) {
 	// which scrapes wait for.
 	var buf [64]Ends
 	all := buf[:0]
+	if len(fs) > len(buf) {
+		all = make([]Ends, 0, len(fs))
+	}
 	for i := range fs {
 		all = append(all, m.ends(&fs[i]))
 	}
