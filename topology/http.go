@@ -1,10 +1,12 @@
 package topology
 
 import (
-	"bytes"
+	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"time"
@@ -24,11 +26,20 @@ const (
 //	GET /api/v1/nodegraph/nodes, /api/v1/nodegraph/edges  the node graph frames, for the Infinity data source
 //	GET /api/v1/nodegraph/api/health, …/api/graph/fields, …/api/graph/data  for the Node Graph API data source, with /api/v1/nodegraph as its base URL
 //
-// svg and png are rendered by Graphviz's dot command: 501 without it.
+// svg and png are rendered by Graphviz's dot command: 501 without it, and
+// 503 (with Retry-After) while MaxRenders renders run already, as each
+// starts a process. JSON is written as it is encoded, a node or edge at a
+// time.
 func Handler(g *Graph, log *slog.Logger) http.Handler {
-	h := &handler{g: g, log: log, now: time.Now}
-	return h.routes()
+	return newHandler(g, log).routes()
 }
+
+func newHandler(g *Graph, log *slog.Logger) *handler {
+	return &handler{g: g, log: log, now: time.Now, render: Render, renders: make(chan struct{}, MaxRenders)}
+}
+
+// MaxRenders is how many svg or png renders by dot a Handler runs at once.
+const MaxRenders = 2
 
 func (h *handler) routes() http.Handler {
 	mux := http.NewServeMux()
@@ -37,7 +48,7 @@ func (h *handler) routes() http.Handler {
 	mux.HandleFunc("GET /api/v1/nodegraph/edges", h.nodegraph(func(ng *NodeGraph) any { return ng.Edges }))
 	mux.HandleFunc("GET /api/v1/nodegraph/api/graph/data", h.nodegraph(func(ng *NodeGraph) any { return ng }))
 	mux.HandleFunc("GET /api/v1/nodegraph/api/graph/fields", func(w http.ResponseWriter, r *http.Request) {
-		h.write(w, "application/json", func(b *bytes.Buffer) error { return json.NewEncoder(b).Encode(Fields()) })
+		h.write(w, "application/json", func(b io.Writer) error { return json.NewEncoder(b).Encode(Fields()) })
 	})
 	mux.HandleFunc("GET /api/v1/nodegraph/api/health", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
@@ -49,6 +60,10 @@ type handler struct {
 	g   *Graph
 	log *slog.Logger
 	now func() time.Time
+	// render is Render; tests put a slow one.
+	render func(ctx context.Context, w io.Writer, s *Snapshot, format string) error
+	// renders holds a token per render running.
+	renders chan struct{}
 }
 
 // snapshot takes the snapshot the request's level and window ask for.
@@ -85,14 +100,25 @@ func (h *handler) graph(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	h.write(w, ctype, func(b *bytes.Buffer) error {
+	if format == "svg" || format == "png" {
+		select {
+		case h.renders <- struct{}{}:
+			defer func() { <-h.renders }()
+		default:
+			w.Header().Set("Retry-After", "1")
+			http.Error(w, fmt.Sprintf("busy: %d renders by dot run already; retry, or ask for format=json or dot", cap(h.renders)),
+				http.StatusServiceUnavailable)
+			return
+		}
+	}
+	h.write(w, ctype, func(b io.Writer) error {
 		switch format {
 		case "", "json":
 			return WriteJSON(b, s)
 		case "nodegraph":
 			return WriteNodeGraph(b, s)
 		}
-		return Render(r.Context(), b, s, format)
+		return h.render(r.Context(), b, s, format)
 	})
 }
 
@@ -102,22 +128,59 @@ func (h *handler) nodegraph(part func(*NodeGraph) any) http.HandlerFunc {
 		if !ok {
 			return
 		}
-		h.write(w, "application/json", func(b *bytes.Buffer) error { return json.NewEncoder(b).Encode(part(ToNodeGraph(s))) })
+		h.write(w, "application/json", func(b io.Writer) error {
+			ng := ToNodeGraph(s)
+			j := newJSONStream(b, "")
+			switch p := part(ng).(type) {
+			case []NodeGraphNode:
+				array(j, p, 0)
+			case []NodeGraphEdge:
+				array(j, p, 0)
+			default:
+				return writeNodeGraph(j, ng)
+			}
+			j.w.WriteByte('\n')
+			if j.err != nil {
+				return j.err
+			}
+			return j.w.Flush()
+		})
 	}
 }
 
-// write answers with what f writes, or with f's error.
-func (h *handler) write(w http.ResponseWriter, ctype string, f func(*bytes.Buffer) error) {
-	var b bytes.Buffer
-	if err := f(&b); err != nil {
-		code := http.StatusInternalServerError
-		if errors.Is(err, ErrNoGraphviz) {
-			code = http.StatusNotImplemented
-		}
-		h.log.Debug("write graph", "err", err)
-		http.Error(w, err.Error(), code)
+// write answers with what f writes as f writes it, through a buffer. If f
+// fails before the buffer first fills, the answer is f's error; after, the
+// status is sent already: the answer is cut short.
+func (h *handler) write(w http.ResponseWriter, ctype string, f func(io.Writer) error) {
+	cw := &countWriter{w: w}
+	b := bufio.NewWriterSize(cw, 32<<10)
+	w.Header().Set("Content-Type", ctype)
+	err := f(b)
+	if err == nil {
+		err = b.Flush()
+	}
+	if err == nil {
 		return
 	}
-	w.Header().Set("Content-Type", ctype)
-	w.Write(b.Bytes())
+	h.log.Debug("write graph", "err", err)
+	if cw.n > 0 {
+		return
+	}
+	code := http.StatusInternalServerError
+	if errors.Is(err, ErrNoGraphviz) {
+		code = http.StatusNotImplemented
+	}
+	http.Error(w, err.Error(), code)
+}
+
+// countWriter counts the bytes written through it.
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }

@@ -16,7 +16,8 @@ import (
 
 func TestHandler(t *testing.T) {
 	testenv.MustHaveCommand(t, "dot")
-	h := &handler{g: fixture(), log: slog.New(slog.NewTextHandler(io.Discard, nil)), now: func() time.Time { return t0 }}
+	h := newHandler(fixture(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	h.now = func() time.Time { return t0 }
 	srv := httptest.NewServer(h.routes())
 	defer srv.Close()
 	for _, tc := range []struct {

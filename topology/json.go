@@ -151,10 +151,17 @@ func edgeID(e *Edge) string {
 }
 
 // WriteJSON writes the snapshot as the JSON document that Schema describes.
+// It writes a node or an edge at a time, never the whole document at once.
 func WriteJSON(w io.Writer, s *Snapshot) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	if err := enc.Encode(s); err != nil {
+	j := newJSONStream(w, "  ")
+	head := struct {
+		Version int    `json:"version"`
+		Level   Level  `json:"level"`
+		Window  Window `json:"window"`
+	}{s.Version, s.Level, s.Window}
+	err := j.object(head, []string{"nodes", "edges"},
+		func() { array(j, s.Nodes, 1) }, func() { array(j, s.Edges, 1) })
+	if err != nil {
 		return fmt.Errorf("write graph json: %w", err)
 	}
 	return nil

@@ -1,7 +1,6 @@
 package topology
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"math"
@@ -242,11 +241,15 @@ func subtitle(n *Node) string {
 func round(f float64) float64 { return math.Round(f*1e4) / 1e4 }
 
 // WriteNodeGraph writes the snapshot's node graph frames as JSON.
+// It writes a node or an edge at a time, never the whole document at once.
 func WriteNodeGraph(w io.Writer, s *Snapshot) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	if err := enc.Encode(ToNodeGraph(s)); err != nil {
+	if err := writeNodeGraph(newJSONStream(w, "  "), ToNodeGraph(s)); err != nil {
 		return fmt.Errorf("write node graph: %w", err)
 	}
 	return nil
+}
+
+func writeNodeGraph(j *jsonStream, ng *NodeGraph) error {
+	return j.object(struct{}{}, []string{"nodes", "edges"},
+		func() { array(j, ng.Nodes, 1) }, func() { array(j, ng.Edges, 1) })
 }
