@@ -1,21 +1,33 @@
 // Package server serves the agent's HTTP API: the flows of the last
 // intervals as JSON on /api/v1/flows, /healthz, /readyz, and /metrics.
+//
+// It serves beyond this machine only over TLS and to authenticated,
+// authorized callers (see Config); on a loopback address it answers only
+// requests that name a loopback host, against DNS rebinding. It imports no
+// Kubernetes client: an Authenticator and Authorizer that ask the API server
+// are plugged in from outside (package kubeauth).
 package server
 
 import (
+	"bufio"
+	"cmp"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/net/netutil"
 
 	"github.com/flowmap/flowmap/model"
 )
@@ -68,12 +80,15 @@ func (s *Server) Add(b model.Batch) {
 	}
 }
 
-// Flows returns the last n batches merged.
+// Flows returns the last n batches merged. The merge runs outside the
+// lock, on a copy of the batches' list, so that Add does not wait for it:
+// the batches themselves are not changed once added, and Merge clones what
+// it adds into.
 func (s *Server) Flows(n int) FlowsDoc {
 	s.mu.Lock()
-	bs := s.batches[max(len(s.batches)-n, 0):]
-	m := model.Merge(bs...)
+	bs := slices.Clone(s.batches[max(len(s.batches)-n, 0):])
 	s.mu.Unlock()
+	m := model.Merge(bs...)
 	if m.Records == nil {
 		m.Records = []model.Record{}
 	}
@@ -115,14 +130,19 @@ func (s *Server) Handler() http.Handler {
 }
 
 // serveReady answers /readyz: 200 once the datapath is attached, 503
-// before; the body says why not, and how the inventory's sources are.
-func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
+// before; the body says why not, and how the inventory's sources are, to
+// callers with credentials where the server asks for them (the kubelet's
+// probes, without, see the status alone).
+func (s *Server) serveReady(w http.ResponseWriter, req *http.Request) {
 	r := Readiness{Ready: true}
 	if err := s.ready(); err != nil {
 		r = Readiness{Reason: err.Error()}
 	}
 	if s.status != nil {
 		r.Sources = s.status()
+	}
+	if anonymous(req) {
+		r = Readiness{Ready: r.Ready}
 	}
 	w.Header().Set("Content-Type", "application/json")
 	if !r.Ready {
@@ -145,21 +165,161 @@ func (s *Server) serveFlows(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	w.Header().Set("Content-Type", "application/json")
-	if err := json.NewEncoder(w).Encode(s.Flows(min(n, s.keep))); err != nil {
+	bw := bufio.NewWriterSize(w, 32<<10)
+	err := writeFlows(bw, s.Flows(min(n, s.keep)))
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err != nil {
 		s.log.Debug("write flows", "err", err)
 	}
 }
 
-// Serve listens on addr and serves until ctx is done.
-func (s *Server) Serve(ctx context.Context, addr string) error {
+// writeFlows writes doc as json.Encoder would, one record at a time: the
+// flows of 12 intervals of a busy node run to hundreds of megabytes, which
+// Encoder would build whole before writing the first byte.
+func writeFlows(w *bufio.Writer, doc FlowsDoc) error {
+	head, err := json.Marshal(struct {
+		Version   int       `json:"version"`
+		Start     time.Time `json:"start"`
+		End       time.Time `json:"end"`
+		Intervals int       `json:"intervals"`
+	}{doc.Version, doc.Start, doc.End, doc.Intervals})
+	if err != nil {
+		return err
+	}
+	w.Write(head[:len(head)-1]) // without its }
+	w.WriteString(`,"flows":`)
+	if doc.Flows == nil {
+		w.WriteString("null")
+	} else {
+		w.WriteByte('[')
+		for i := range doc.Flows {
+			if i > 0 {
+				w.WriteByte(',')
+			}
+			b, err := json.Marshal(&doc.Flows[i])
+			if err != nil {
+				return fmt.Errorf("encode flow %d: %w", i, err)
+			}
+			if _, err := w.Write(b); err != nil {
+				return err
+			}
+		}
+		w.WriteByte(']')
+	}
+	_, err = w.WriteString("}\n")
+	return err
+}
+
+// Config is how the server serves: TLS, authentication, and its limits.
+// The zero Config serves plain HTTP to anyone, which ServeListener allows on
+// a loopback address only.
+type Config struct {
+	// TLSCert and TLSKey are PEM files of the server's certificate and key,
+	// read again when they change; both or neither.
+	TLSCert, TLSKey string
+	// Authenticator tells who holds a request's bearer token; nil: nobody is
+	// asked for one.
+	Authenticator Authenticator
+	// Authorizer tells what the authenticated may read; nil: everything.
+	Authorizer Authorizer
+	// MaxConns caps the connections served at once (0: DefaultMaxConns);
+	// past it, new ones wait in the listen backlog.
+	MaxConns int
+	// ReadTimeout, WriteTimeout and IdleTimeout are http.Server's; 0 takes
+	// the defaults below.
+	ReadTimeout, WriteTimeout, IdleTimeout time.Duration
+}
+
+// The defaults of Config's limits. A write may take the render of a large
+// graph; an idle connection holds one of MaxConns.
+const (
+	DefaultMaxConns     = 64
+	DefaultReadTimeout  = 10 * time.Second
+	DefaultWriteTimeout = 60 * time.Second
+	DefaultIdleTimeout  = 90 * time.Second
+)
+
+// ErrInsecure is what ServeListener and Check return for a listener beyond
+// loopback without TLS or authentication.
+var ErrInsecure = errors.New("serving beyond loopback needs TLS and authentication")
+
+// Check tells whether the server may serve on addr (host:port) with c:
+// beyond loopback only with TLS and an Authenticator.
+func (c Config) Check(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errors.New("tls: want both a certificate and a key, or neither")
+	}
+	if IsLoopback(host) {
+		return nil
+	}
+	var missing []string
+	if c.TLSCert == "" {
+		missing = append(missing, "no TLS certificate and key")
+	}
+	if c.Authenticator == nil {
+		missing = append(missing, "no authentication")
+	}
+	if missing != nil {
+		return fmt.Errorf("listen on %s, not a loopback address: %w (%s)", addr, ErrInsecure, strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+// Serve listens on addr and serves as c says until ctx is done. It fails
+// at once where Check does.
+func (s *Server) Serve(ctx context.Context, addr string, c Config) error {
+	if err := c.Check(addr); err != nil {
+		return err
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", addr, err)
 	}
-	s.log.Info("listening", "addr", ln.Addr().String())
-	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	return s.ServeListener(ctx, ln, c)
+}
+
+// ServeListener serves on ln as c says until ctx is done, and closes ln.
+// It fails at once where c.Check(ln's address) does.
+func (s *Server) ServeListener(ctx context.Context, ln net.Listener, c Config) error {
+	addr := ln.Addr().String()
+	if err := c.Check(addr); err != nil {
+		ln.Close()
+		return err
+	}
+	host, _, _ := net.SplitHostPort(addr)
+	h := &guard{next: s.Handler(), loopback: IsLoopback(host), authn: c.Authenticator, authz: c.Authorizer, log: s.log}
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       cmp.Or(c.ReadTimeout, DefaultReadTimeout),
+		WriteTimeout:      cmp.Or(c.WriteTimeout, DefaultWriteTimeout),
+		IdleTimeout:       cmp.Or(c.IdleTimeout, DefaultIdleTimeout),
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	if c.TLSCert != "" {
+		certs, err := newCertFiles(c.TLSCert, c.TLSKey, s.log)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		srv.TLSConfig = &tls.Config{GetCertificate: certs.GetCertificate, MinVersion: tls.VersionTLS12}
+	}
+	ln = netutil.LimitListener(ln, cmp.Or(c.MaxConns, DefaultMaxConns))
+	s.log.Info("listening", "addr", addr, "tls", c.TLSCert != "", "auth", c.Authenticator != nil)
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() {
+		if srv.TLSConfig != nil {
+			errc <- srv.ServeTLS(ln, "", "")
+		} else {
+			errc <- srv.Serve(ln)
+		}
+	}()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve %s: %w", addr, err)
