@@ -41,6 +41,7 @@ func (g *globs) Set(s string) error {
 type agentFlags struct {
 	cfg      flows.Config
 	listen   string
+	serve    serveFlags
 	keep     int
 	logLevel slog.Level
 	graph    graphFlags
@@ -61,7 +62,10 @@ func (a *agentFlags) register(fs *flag.FlagSet) {
 	fs.Var(&a.cfg.Attach, "attach", "how to attach TC programs: tcx, clsact or auto (TCX where the kernel has it)")
 	fs.DurationVar(&a.cfg.Interval, "interval", 5*time.Second, "how often to drain the flow map")
 	fs.IntVar(&a.cfg.MaxFlows, "max-flows", 65536, "flow directions the flow maps hold between two drains, and flows with L7 messages the L7 maps hold; more are counted as map-full")
-	fs.StringVar(&a.listen, "listen", "127.0.0.1:9477", "address to serve the HTTP API and /metrics on")
+	a.listen = "127.0.0.1:9477"
+	fs.Var((*hostPort)(&a.listen), "listen",
+		"address to serve the HTTP API and /metrics on, host:port (an IPv6 host as [addr]:port or addr:port); other than loopback, only with --tls-cert, --tls-key and --auth")
+	a.serve.register(fs)
 	fs.IntVar(&a.keep, "keep", 12, "intervals of flows kept for /api/v1/flows?last=N")
 	fs.TextVar(&a.logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
 	a.graph.register(fs)
@@ -89,6 +93,10 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // agent runs the datapath, the pipeline and the HTTP server until ctx is
 // done.
 func agent(ctx context.Context, a agentFlags, log *slog.Logger) error {
+	serveCfg, err := a.serve.config(a.listen, a.inv.cfg, a.graph.node)
+	if err != nil {
+		return err
+	}
 	a.cfg.Logger = log.With("component", "flows")
 	dp, err := flows.New(a.cfg)
 	if err != nil {
@@ -129,7 +137,7 @@ func agent(ctx context.Context, a agentFlags, log *slog.Logger) error {
 	g.Go(func() error { return dp.Run(ctx, batches) })
 	g.Go(func() error { return pipe.Run(ctx, batches) })
 	g.Go(func() error {
-		return srv.Serve(ctx, a.listen)
+		return srv.Serve(ctx, a.listen, serveCfg)
 	})
 	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
 		return err

@@ -344,13 +344,25 @@ func TestDaemonSetArgs(t *testing.T) {
 	if len(cs) != 1 || len(cs[0].Args) == 0 || cs[0].Args[0] != "agent" {
 		t.Fatalf("containers = %+v, want one running the agent", cs)
 	}
-	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	var a agentFlags
-	a.register(fs)
-	// $(VAR) is the kubelet's: any value of the right form will do.
-	args := strings.NewReplacer("$(POD_IP)", "198.51.100.10", "$(NODE_NAME)", "n1").Replace(strings.Join(cs[0].Args[1:], "\n"))
-	if err := fs.Parse(strings.Split(args, "\n")); err != nil {
-		t.Errorf("the DaemonSet's agent args %q: %v", cs[0].Args[1:], err)
+	// $(VAR) is the kubelet's: any value of the right form will do, of
+	// either family ($(POD_IP) is an IPv6 address on an IPv6 cluster).
+	for _, ip := range []string{"198.51.100.10", "fd00::a"} {
+		fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		var a agentFlags
+		a.register(fs)
+		args := strings.NewReplacer("$(POD_IP)", ip, "$(NODE_NAME)", "n1").Replace(strings.Join(cs[0].Args[1:], "\n"))
+		if err := fs.Parse(strings.Split(args, "\n")); err != nil {
+			t.Errorf("the DaemonSet's agent args %q with POD_IP=%s: %v", cs[0].Args[1:], ip, err)
+			continue
+		}
+		if want := net.JoinHostPort(ip, "9477"); a.listen != want {
+			t.Errorf("POD_IP=%s: listen %q, want %q", ip, a.listen, want)
+		}
+		// Beyond loopback: TLS and Kubernetes authentication.
+		if a.serve.tlsCert == "" || a.serve.tlsKey == "" || a.serve.auth != "kubernetes" || !a.inv.cfg.KubeInCluster {
+			t.Errorf("POD_IP=%s: tls %q, %q, auth %q, in cluster %v; want TLS and --auth=kubernetes with --kube-in-cluster",
+				ip, a.serve.tlsCert, a.serve.tlsKey, a.serve.auth, a.inv.cfg.KubeInCluster)
+		}
 	}
 }

@@ -29,6 +29,8 @@ func runGraph(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	format := fs.String("format", "table", "json, dot, svg, png or table (svg and png need Graphviz's dot)")
 	out := fs.String("o", "", "file to write (default: standard output)")
 	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for the agent")
+	var cf clientFlags
+	cf.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -47,14 +49,18 @@ func runGraph(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	default:
 		return fmt.Errorf("graph: format %q: want json, dot, svg, png or table", *format)
 	}
+	client, err := cf.client()
+	if err != nil {
+		return fmt.Errorf("graph: %w", err)
+	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
 	var s *topology.Snapshot
 	if *promURL != "" {
-		q := topology.PromQL{URL: *promURL, Selector: *selector}
+		q := topology.PromQL{URL: *promURL, Selector: *selector, Client: client}
 		s, err = q.Snapshot(ctx, time.Now(), level, win)
 	} else {
-		s, err = fetchGraph(ctx, *agentURL, level, *window)
+		s, err = fetchGraphWith(ctx, client, *agentURL, level, *window)
 	}
 	if err != nil {
 		return fmt.Errorf("graph: %w", err)
@@ -75,13 +81,18 @@ func runGraph(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 // fetchGraph gets the agent's graph at level over window, as JSON.
 func fetchGraph(ctx context.Context, base string, level topology.Level, window string) (*topology.Snapshot, error) {
+	return fetchGraphWith(ctx, http.DefaultClient, base, level, window)
+}
+
+// fetchGraphWith is fetchGraph through client.
+func fetchGraphWith(ctx context.Context, client *http.Client, base string, level topology.Level, window string) (*topology.Snapshot, error) {
 	u := strings.TrimSuffix(base, "/") + "/api/v1/graph?" + url.Values{
 		"level": {string(level)}, "window": {window}, "format": {"json"}}.Encode()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return nil, fmt.Errorf("fetch %s: %w", u, err)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("fetch graph: %w", err)
 	}
