@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -40,6 +41,20 @@ type serviceMonitor struct {
 			ScrapeTimeout   string `json:"scrapeTimeout,omitempty"`
 			HonorLabels     bool   `json:"honorLabels,omitempty"`
 			HonorTimestamps *bool  `json:"honorTimestamps,omitempty"`
+			BearerTokenFile string `json:"bearerTokenFile,omitempty"`
+			Authorization   *struct {
+				Type        string                    `json:"type,omitempty"`
+				Credentials *corev1.SecretKeySelector `json:"credentials,omitempty"`
+			} `json:"authorization,omitempty"`
+			TLSConfig *struct {
+				CA *struct {
+					Secret    *corev1.SecretKeySelector    `json:"secret,omitempty"`
+					ConfigMap *corev1.ConfigMapKeySelector `json:"configMap,omitempty"`
+				} `json:"ca,omitempty"`
+				CAFile             string `json:"caFile,omitempty"`
+				ServerName         string `json:"serverName,omitempty"`
+				InsecureSkipVerify bool   `json:"insecureSkipVerify,omitempty"`
+			} `json:"tlsConfig,omitempty"`
 		} `json:"endpoints"`
 	} `json:"spec"`
 }
@@ -86,7 +101,8 @@ func TestKubernetes(t *testing.T) {
 			t.Errorf("%s is not in kustomization.yaml's resources", f)
 		}
 	}
-	kinds := map[string]any{}
+	kinds := map[string]any{} // the first of each kind
+	named := map[string]any{} // by kind/name
 	for _, r := range k.Resources {
 		path := filepath.Join(dir, r)
 		var tm metav1.TypeMeta
@@ -117,7 +133,19 @@ func TestKubernetes(t *testing.T) {
 			t.Fatalf("%s: unknown kind %s %s", path, tm.APIVersion, tm.Kind)
 		}
 		decode(t, path, v)
-		kinds[tm.Kind] = v
+		var om metav1.ObjectMeta
+		if err := yaml.Unmarshal(raw, &struct {
+			Metadata *metav1.ObjectMeta `json:"metadata"`
+		}{&om}); err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		if named[tm.Kind+"/"+om.Name] != nil {
+			t.Errorf("%s: a second %s %s", path, tm.Kind, om.Name)
+		}
+		named[tm.Kind+"/"+om.Name] = v
+		if kinds[tm.Kind] == nil {
+			kinds[tm.Kind] = v
+		}
 	}
 	for _, want := range []string{"Namespace", "ServiceAccount", "Service", "ClusterRole", "ClusterRoleBinding", "DaemonSet", "ServiceMonitor"} {
 		if kinds[want] == nil {
@@ -126,8 +154,18 @@ func TestKubernetes(t *testing.T) {
 	}
 	ds := kinds["DaemonSet"].(*appsv1.DaemonSet)
 	t.Run("DaemonSet", func(t *testing.T) { checkDaemonSet(t, ds, kinds["ServiceAccount"].(*corev1.ServiceAccount)) })
+	for _, want := range []string{"ClusterRole/flowmap", "ClusterRoleBinding/flowmap", "ClusterRoleBinding/flowmap-auth-delegator",
+		"ClusterRole/flowmap-reader", "ClusterRole/flowmap-metrics-reader"} {
+		if named[want] == nil {
+			t.Fatalf("no %s", want)
+		}
+	}
+	sa := kinds["ServiceAccount"].(*corev1.ServiceAccount)
 	t.Run("RBAC", func(t *testing.T) {
-		checkRBAC(t, kinds["ClusterRole"].(*rbacv1.ClusterRole), kinds["ClusterRoleBinding"].(*rbacv1.ClusterRoleBinding), kinds["ServiceAccount"].(*corev1.ServiceAccount))
+		checkRBAC(t, named["ClusterRole/flowmap"].(*rbacv1.ClusterRole), named["ClusterRoleBinding/flowmap"].(*rbacv1.ClusterRoleBinding), sa)
+	})
+	t.Run("API access", func(t *testing.T) {
+		checkAccess(t, named, sa)
 	})
 	t.Run("scrape", func(t *testing.T) {
 		sm := kinds["ServiceMonitor"].(*serviceMonitor)
@@ -201,8 +239,19 @@ func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet, sa *corev1.ServiceAccoun
 		mounts[m.Name] = m
 	}
 	for _, v := range p.Volumes {
+		if v.Secret != nil {
+			// The API's certificate: read-only, readable by the agent alone.
+			if m, ok := mounts[v.Name]; !ok || !m.ReadOnly {
+				t.Errorf("secret volume %s is not mounted read-only", v.Name)
+			}
+			if v.Secret.DefaultMode == nil || *v.Secret.DefaultMode&0o077 != 0 {
+				t.Errorf("secret volume %s: defaultMode %v, want none for group and others", v.Name, v.Secret.DefaultMode)
+			}
+			delete(mounts, v.Name)
+			continue
+		}
 		if v.HostPath == nil {
-			t.Errorf("volume %s is not a hostPath", v.Name)
+			t.Errorf("volume %s is neither a hostPath nor the TLS Secret", v.Name)
 			continue
 		}
 		if _, ok := mounts[v.Name]; !ok {
@@ -282,6 +331,29 @@ func checkScrape(t *testing.T, ds *appsv1.DaemonSet, svc *corev1.Service, sm *se
 	if !slices.ContainsFunc(c.Args, func(s string) bool { return strings.HasPrefix(s, "--listen=") && strings.HasSuffix(s, ":"+itoa(port)) }) {
 		t.Errorf("args %v: no --listen on port %d", c.Args, port)
 	}
+	// The node's address: HTTPS and Kubernetes tokens only.
+	for _, want := range []string{"--auth=kubernetes", "--tls-cert=", "--tls-key="} {
+		if !slices.ContainsFunc(c.Args, func(s string) bool { return strings.HasPrefix(s, want) }) {
+			t.Errorf("args %v: no %s", c.Args, want)
+		}
+	}
+	if a["prometheus.io/scheme"] != "https" {
+		t.Errorf("prometheus.io/scheme %q, want https", a["prometheus.io/scheme"])
+	}
+	for name, p := range map[string]*corev1.Probe{"readiness": c.ReadinessProbe, "liveness": c.LivenessProbe} {
+		if p == nil || p.HTTPGet == nil || p.HTTPGet.Scheme != corev1.URISchemeHTTPS {
+			t.Errorf("%s probe %+v, want an HTTPS GET", name, p)
+		}
+	}
+	if e := sm.Spec.Endpoints; len(e) > 0 {
+		tc := e[0].TLSConfig
+		if e[0].Scheme != "https" || tc == nil || tc.InsecureSkipVerify || tc.CA == nil || tc.ServerName == "" {
+			t.Errorf("ServiceMonitor endpoint scheme %q, tlsConfig %+v; want https, checked against a CA and a server name", e[0].Scheme, tc)
+		}
+		if e[0].BearerTokenFile == "" && e[0].Authorization == nil {
+			t.Error("ServiceMonitor endpoint sends no bearer token")
+		}
+	}
 	for k, v := range sm.Spec.Selector.MatchLabels {
 		if svc.Labels[k] != v {
 			t.Errorf("ServiceMonitor selector %s=%s does not select the Service (labels %v)", k, v, svc.Labels)
@@ -292,6 +364,31 @@ func checkScrape(t *testing.T, ds *appsv1.DaemonSet, svc *corev1.Service, sm *se
 	}
 	if !slices.Contains(sm.Spec.NamespaceSelector.MatchNames, svc.Namespace) {
 		t.Errorf("ServiceMonitor namespaces %v, want %s", sm.Spec.NamespaceSelector.MatchNames, svc.Namespace)
+	}
+}
+
+// checkAccess checks the RBAC of --auth=kubernetes: the agent may review
+// tokens and access, readers get nodes/flowmap, Prometheus /metrics, and
+// nothing more.
+func checkAccess(t *testing.T, named map[string]any, sa *corev1.ServiceAccount) {
+	crb := named["ClusterRoleBinding/flowmap-auth-delegator"].(*rbacv1.ClusterRoleBinding)
+	if crb.RoleRef.Kind != "ClusterRole" || crb.RoleRef.Name != "system:auth-delegator" {
+		t.Errorf("auth delegation binds %s %s, want ClusterRole system:auth-delegator", crb.RoleRef.Kind, crb.RoleRef.Name)
+	}
+	if len(crb.Subjects) != 1 || crb.Subjects[0].Name != sa.Name || crb.Subjects[0].Namespace != sa.Namespace {
+		t.Errorf("auth delegation subjects %v, want the ServiceAccount %s/%s", crb.Subjects, sa.Namespace, sa.Name)
+	}
+	for _, tc := range []struct {
+		role string
+		want rbacv1.PolicyRule
+	}{
+		{"flowmap-reader", rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"nodes/flowmap"}, Verbs: []string{"get"}}},
+		{"flowmap-metrics-reader", rbacv1.PolicyRule{NonResourceURLs: []string{"/metrics"}, Verbs: []string{"get"}}},
+	} {
+		cr := named["ClusterRole/"+tc.role].(*rbacv1.ClusterRole)
+		if len(cr.Rules) != 1 || !reflect.DeepEqual(cr.Rules[0], tc.want) {
+			t.Errorf("ClusterRole %s rules %+v, want only %+v", tc.role, cr.Rules, tc.want)
+		}
 	}
 }
 
