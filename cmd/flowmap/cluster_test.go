@@ -49,14 +49,15 @@ func TestCluster(t *testing.T) {
 	}
 	agents := map[*cluster.Node]*nodeAgent{}
 	var targets []string
+	creds := newAgentCreds(t) // on the nodes' addresses: TLS and a token
 	for _, n := range c.Nodes {
-		agents[n] = startNodeAgent(t, bin, n, cidrs)
+		agents[n] = startNodeAgent(t, bin, n, cidrs, creds)
 		targets = append(targets, n.Addr.String()+":9477")
 	}
 	for _, n := range c.Nodes {
-		waitHTTP(t, "http://"+n.Addr.String()+":9477/readyz", 30*time.Second)
+		creds.waitReady(t, n.Addr.String()+":9477", 30*time.Second)
 	}
-	prom := startClusterPrometheus(t, promBin, targets)
+	prom := startClusterPrometheus(t, promBin, targets, creds)
 	eventually(t, 30*time.Second, "every agent scraped", func() (bool, string) {
 		v, ok := promScalar(t, prom, `count(up{job="flowmap"} == 1)`)
 		return ok && v == 3, fmt.Sprintf("%v agents up", v)
@@ -197,8 +198,8 @@ func TestCluster(t *testing.T) {
 	// Restart n2's agent: its counters start again from zero, within the
 	// window. Round 2 adds 2 connections an edge.
 	agents[n2].stop(t)
-	agents[n2] = startNodeAgent(t, bin, n2, cidrs)
-	waitHTTP(t, "http://"+n2.Addr.String()+":9477/readyz", 30*time.Second)
+	agents[n2] = startNodeAgent(t, bin, n2, cidrs, creds)
+	creds.waitReady(t, n2.Addr.String()+":9477", 30*time.Second)
 	round(2, nil)
 	// increase() extrapolates the restarted series to the window's ends, by
 	// up to a scrape interval at each; the others are exact.
@@ -246,13 +247,14 @@ type nodeAgent struct {
 	out  *bytes.Buffer
 }
 
-func startNodeAgent(t *testing.T, bin string, n *cluster.Node, cidrs []string) *nodeAgent {
+func startNodeAgent(t *testing.T, bin string, n *cluster.Node, cidrs []string, creds *agentCreds) *nodeAgent {
 	t.Helper()
 	p := &nodeAgent{done: make(chan error, 1), out: &bytes.Buffer{}}
 	// Ends named by address (no inventory): this test is about counting
 	// and reporting once; naming has its own tests in enrich.
-	p.cmd = n.Command(t.Context(), bin, "agent", "--listen="+n.Addr.String()+":9477", "--node-name="+n.Name,
-		"--no-inventory", "--interval=500ms", "--metrics-level=container", "--cluster-cidrs="+strings.Join(cidrs, ","))
+	args := append([]string{"agent", "--listen=" + n.Addr.String() + ":9477", "--node-name=" + n.Name,
+		"--no-inventory", "--interval=500ms", "--metrics-level=container", "--cluster-cidrs=" + strings.Join(cidrs, ",")}, creds.args()...)
+	p.cmd = n.Command(t.Context(), bin, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start agent on %s: %v", n.Name, err)
@@ -282,19 +284,20 @@ func (p *nodeAgent) stop(t *testing.T) {
 	}
 }
 
-// startClusterPrometheus starts Prometheus scraping the agents and itself
-// every second, and returns its base URL.
-func startClusterPrometheus(t *testing.T, bin string, targets []string) string {
+// startClusterPrometheus starts Prometheus scraping the agents (over TLS,
+// with a token) and itself every second, and returns its base URL.
+func startClusterPrometheus(t *testing.T, bin string, targets []string, creds *agentCreds) string {
 	t.Helper()
 	dir := t.TempDir()
 	addr := freeAddr(t)
 	cfg := fmt.Sprintf(`global: {scrape_interval: 1s, evaluation_interval: 1s}
 scrape_configs:
   - job_name: flowmap
+    %s
     static_configs: [{targets: ["%s"]}]
   - job_name: prometheus
     static_configs: [{targets: [%q]}]
-`, strings.Join(targets, `", "`), addr)
+`, creds.promConfig(), strings.Join(targets, `", "`), addr)
 	path := filepath.Join(dir, "prometheus.yml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

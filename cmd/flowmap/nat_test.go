@@ -35,9 +35,10 @@ func TestAgentNAT(t *testing.T) {
 		"-d", out.Addr.String(), "-j", "MASQUERADE").CombinedOutput(); err != nil {
 		t.Fatalf("masquerade in %s: %v\n%s", node.NetNS, err, b)
 	}
-	startNodeAgent(t, buildFlowmap(t), node, nil)
-	api := "http://" + net.JoinHostPort(node.Addr.String(), "9477")
-	waitHTTP(t, api+"/readyz", 30*time.Second)
+	creds := newAgentCreds(t) // on the node's address: TLS and a token
+	startNodeAgent(t, buildFlowmap(t), node, nil, creds)
+	creds.waitReady(t, net.JoinHostPort(node.Addr.String(), "9477"), 30*time.Second)
+	api := "https://" + net.JoinHostPort(node.Addr.String(), "9477")
 
 	const up, down = 200_000, 30_000
 	ln, err := out.Listen("tcp4", out.Addr.String()+":0")
@@ -85,7 +86,7 @@ func TestAgentNAT(t *testing.T) {
 	var recs []model.Record
 	for ctx.Err() == nil {
 		var doc server.FlowsDoc
-		resp, err := httpClient.Get(api + "/api/v1/flows?last=12")
+		resp, err := creds.client.Get(api + "/api/v1/flows?last=12")
 		if err == nil {
 			err = json.NewDecoder(resp.Body).Decode(&doc)
 			resp.Body.Close()

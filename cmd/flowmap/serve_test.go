@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
@@ -233,4 +234,56 @@ func TestAgentTLSAuth(t *testing.T) {
 			t.Errorf("GET /api/v1/flows with token %q: %d, want %d", tc.token, resp.StatusCode, tc.code)
 		}
 	}
+}
+
+// agentCreds are what an agent needs to serve beyond loopback, as the
+// DaemonSet's (a certificate naming flowmap.flowmap.svc, its CA) but with a
+// token file for --auth, and a client that trusts and sends them.
+type agentCreds struct {
+	dir    string
+	client *http.Client
+}
+
+func newAgentCreds(t *testing.T) *agentCreds {
+	t.Helper()
+	c := &agentCreds{dir: t.TempDir()}
+	writeCerts(t, c.dir)
+	if err := os.WriteFile(c.path("token"), []byte("cluster-test-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	client, err := (&clientFlags{tokenFile: c.path("token"), caFile: c.path("ca.crt"), serverName: "flowmap.flowmap.svc"}).client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	client.Timeout = 10 * time.Second
+	c.client = client
+	return c
+}
+
+func (c *agentCreds) path(name string) string { return filepath.Join(c.dir, name) }
+
+// args are the agent's flags of TLS and auth.
+func (c *agentCreds) args() []string {
+	return []string{"--tls-cert=" + c.path("tls.crt"), "--tls-key=" + c.path("tls.key"), "--auth=token", "--auth-token-file=" + c.path("token")}
+}
+
+// promConfig is a scrape job's settings that reach such agents.
+func (c *agentCreds) promConfig() string {
+	return fmt.Sprintf(`scheme: https
+    authorization: {credentials_file: %q}
+    tls_config: {ca_file: %q, server_name: flowmap.flowmap.svc}`, c.path("token"), c.path("ca.crt"))
+}
+
+// waitReady waits until the agent on addr (host:port) answers /readyz.
+func (c *agentCreds) waitReady(t *testing.T, addr string, d time.Duration) {
+	t.Helper()
+	u := "https://" + addr + "/readyz"
+	eventually(t, d, u+" answers 200", func() (bool, string) {
+		resp, err := c.client.Get(u)
+		if err != nil {
+			return false, err.Error()
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, resp.Status
+	})
 }
