@@ -9,7 +9,7 @@ GO ?= go
 # Generated BPF objects and their Go bindings, committed.
 GENERATED = $(shell git ls-files '*_bpfel.go' '*_bpfel.o')
 
-.PHONY: all build generate check-generate test bench demo vet clean
+.PHONY: all build generate check-generate test bench demo vet clean image k8s-test
 
 all: build
 
@@ -48,3 +48,21 @@ demo:
 
 clean:
 	rm -rf bin
+
+# image builds flowmap's container image without a registry or a Docker
+# daemon: a static binary (CGO_ENABLED=0) on an empty base, written as a tar
+# archive (OCI layout and docker-archive in one) by internal/ociimage/mkimage.
+#   docker load -i bin/flowmap-image.tar
+#   ctr -n k8s.io images import bin/flowmap-image.tar
+# IMAGE is the reference it is tagged with: flowmap:dev is what
+# deploy/kubernetes names; a release is ghcr.io/flowmap/flowmap:vX.Y.Z
+# (make image IMAGE=ghcr.io/flowmap/flowmap:v1.2.3 VERSION=v1.2.3).
+IMAGE ?= flowmap:dev
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+image:
+	mkdir -p bin
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o bin/flowmap-static ./cmd/flowmap
+	$(GO) run ./internal/ociimage/mkimage -binary bin/flowmap-static -name $(IMAGE) \
+		-version $(VERSION) -revision $(REVISION) -created $(SOURCE_DATE_EPOCH) -o bin/flowmap-image.tar
