@@ -26,6 +26,7 @@ check-generate: generate
 
 vet:
 	$(GO) vet ./...
+	$(GO) vet -tags k8s ./internal/k8sbox/
 
 # test runs every test. The datapath tests need root (BPF, namespaces) and
 # fail, naming what is missing, without it.
@@ -66,3 +67,12 @@ image:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o bin/flowmap-static ./cmd/flowmap
 	$(GO) run ./internal/ociimage/mkimage -binary bin/flowmap-static -name $(IMAGE) \
 		-version $(VERSION) -revision $(REVISION) -created $(SOURCE_DATE_EPOCH) -o bin/flowmap-image.tar
+
+# k8s-test runs the tests in a real one-node Kubernetes cluster
+# (internal/k8sbox, build tag k8s: make test does not run them): the
+# agent's image applied with kubectl apply -k deploy/kubernetes, its
+# privileges and RBAC. Root. The first run builds the cluster's binaries
+# from the Go module proxy (about 10 minutes on two cores) into
+# /var/cache/flowmap-k8sbox (FLOWMAP_K8SBOX_CACHE to move it).
+k8s-test:
+	$(GO) test -tags k8s -count=1 -timeout 40m -v ./internal/k8sbox/

@@ -103,6 +103,27 @@ func writeKey(path string, key *ecdsa.PrivateKey) error {
 	return writePEM(path, "PRIVATE KEY", der)
 }
 
+// serviceAccountKey writes the key that signs service account tokens,
+// <dir>/sa.key (SEC1), and its public half, <dir>/sa.pub.
+func serviceAccountKey(dir string) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return fmt.Errorf("make service account key: %w", err)
+	}
+	der, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return fmt.Errorf("encode service account key: %w", err)
+	}
+	if err := writePEM(filepath.Join(dir, "sa.key"), "EC PRIVATE KEY", der); err != nil {
+		return err
+	}
+	pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		return fmt.Errorf("encode service account key: %w", err)
+	}
+	return writePEM(filepath.Join(dir, "sa.pub"), "PUBLIC KEY", pub)
+}
+
 // kubeconfig writes a kubeconfig for the certificate <name>.crt to the
 // API server at server.
 func kubeconfig(dir, name, server string) (string, error) {

@@ -61,7 +61,7 @@ type Cluster struct {
 // made. Needs root, containerd, runc, the CNI plugins in /usr/lib/cni,
 // iptables, ip and busybox (Debian: containerd runc
 // containernetworking-plugins iptables iproute2 busybox-static).
-func Start(ctx context.Context, log *slog.Logger) (c *Cluster, err error) {
+func Start(ctx context.Context, log *slog.Logger) (_ *Cluster, err error) {
 	if os.Geteuid() != 0 {
 		return nil, errNotRoot
 	}
@@ -73,15 +73,17 @@ func Start(ctx context.Context, log *slog.Logger) (c *Cluster, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("make cluster directory: %w", err)
 	}
-	c = &Cluster{Dir: dir, Bin: bin, log: log, CRISocket: filepath.Join(dir, "containerd", "containerd.sock")}
+	c := &Cluster{Dir: dir, Bin: bin, log: log, CRISocket: filepath.Join(dir, "containerd", "containerd.sock")}
 	if c.host, err = saveHost(ctx); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
+	// On failure, undo what was made: err is what Start returns.
 	defer func() {
 		if err != nil {
-			c.Close()
-			c = nil
+			if cerr := c.Close(); cerr != nil {
+				log.Warn("close the cluster that failed to start", "err", cerr)
+			}
 		}
 	}()
 	t0 := time.Now()
@@ -169,11 +171,13 @@ func (c *Cluster) certificates() error {
 		{"scheduler", "system:kube-scheduler", nil, nil},
 		{"kubelet", "system:node:" + NodeName, []string{"system:nodes"}, nil},
 		{"kube-proxy", "system:kube-proxy", nil, nil},
-		{"sa", "service-accounts", nil, nil},
 	} {
 		if err := ca.issue(dir, cert.name, cert.cn, cert.orgs, cert.hosts...); err != nil {
 			return err
 		}
+	}
+	if err := serviceAccountKey(dir); err != nil {
+		return err
 	}
 	server := "https://" + NodeIP + ":6443"
 	for _, name := range []string{"admin", "controller-manager", "scheduler", "kubelet", "kube-proxy"} {
@@ -240,8 +244,11 @@ func (c *Cluster) startControlPlane(ctx context.Context) error {
 		"--tls-cert-file="+p("apiserver.crt"), "--tls-private-key-file="+p("apiserver.key"),
 		"--kubelet-client-certificate="+p("apiserver-kubelet-client.crt"),
 		"--kubelet-client-key="+p("apiserver-kubelet-client.key"),
+		// The node by its address: its name is in no DNS, and the
+		// lookup would leave the machine.
+		"--kubelet-preferred-address-types=InternalIP",
 		"--service-account-issuer=https://kubernetes.default.svc",
-		"--service-account-key-file="+p("sa.key"),
+		"--service-account-key-file="+p("sa.pub"),
 		"--service-account-signing-key-file="+p("sa.key"),
 		"--api-audiences=https://kubernetes.default.svc",
 		"--allow-privileged=true",
