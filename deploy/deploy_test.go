@@ -221,6 +221,14 @@ func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet, sa *corev1.ServiceAccoun
 			t.Errorf("capability %s not added", c)
 		}
 	}
+	// The image is the one `make image` tags.
+	mk, err := os.ReadFile("../Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "IMAGE ?= " + c.Image + "\n"; !strings.Contains(string(mk), want) {
+		t.Errorf("image %s: the Makefile has no %q", c.Image, want)
+	}
 	// Every added capability is explained in the manifest.
 	raw, _ := os.ReadFile("kubernetes/daemonset.yaml")
 	for _, c := range sc.Capabilities.Add {
