@@ -29,6 +29,8 @@ func runGraph(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	format := fs.String("format", "table", "json, dot, svg, png or table (svg and png need Graphviz's dot)")
 	out := fs.String("o", "", "file to write (default: standard output)")
 	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for the agent")
+	diff := fs.String("diff", "", "write what changed since then instead of the graph: a duration before now (10m) or an RFC 3339 time; the baseline is the window of the same length that ended then (format json or table)")
+	factor := fs.Float64("factor", topology.DefaultFactor, "with --diff, by how much an edge's rate or error ratio must move to count as changed")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -46,6 +48,10 @@ func runGraph(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	case "json", "dot", "svg", "png", "table":
 	default:
 		return fmt.Errorf("graph: format %q: want json, dot, svg, png or table", *format)
+	}
+	if *diff != "" {
+		return graphDiff(ctx, *timeout, diffArgs{agent: *agentURL, prometheus: *promURL, selector: *selector,
+			level: level, window: *window, win: win, since: *diff, factor: *factor, format: *format, out: *out}, stdout)
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
