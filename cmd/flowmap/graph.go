@@ -31,6 +31,8 @@ func runGraph(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for the agent")
 	diff := fs.String("diff", "", "write what changed since then instead of the graph: a duration before now (10m) or an RFC 3339 time; the baseline is the window of the same length that ended then (format json or table)")
 	factor := fs.Float64("factor", topology.DefaultFactor, "with --diff, by how much an edge's rate or error ratio must move to count as changed")
+	serve := fs.String("serve", "", "with --prometheus, serve the cluster's live map and the graph API on this address (as 127.0.0.1:9478) until interrupted")
+	refresh := fs.Duration("refresh", 5*time.Second, "with --serve, how often the map refreshes")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -48,6 +50,12 @@ func runGraph(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	case "json", "dot", "svg", "png", "table":
 	default:
 		return fmt.Errorf("graph: format %q: want json, dot, svg, png or table", *format)
+	}
+	if *serve != "" {
+		if *promURL == "" {
+			return errors.New("graph: --serve needs --prometheus (the agent serves its own map)")
+		}
+		return serveMap(ctx, *serve, topology.PromQL{URL: *promURL, Selector: *selector}, *refresh, stderr)
 	}
 	if *diff != "" {
 		return graphDiff(ctx, *timeout, diffArgs{agent: *agentURL, prometheus: *promURL, selector: *selector,
