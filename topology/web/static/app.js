@@ -179,9 +179,12 @@
       if (added.has(id)) classes.push('added');
       nodes.push({ group: 'nodes', data: { id, label: n.name || id, kind: n.kind, parent: gs.length ? gs[gs.length - 1].id : undefined }, classes: classes.join(' ') });
     }
+    // Past 1,500 edges, straight lines without labels: bezier bundles and
+    // labels are most of the drawing time of a large map.
+    const many = v.edges.length > 1500;
     for (const e of v.edges) {
       const r = edgeBytes(e) / v.secs;
-      const classes = [];
+      const classes = many ? ['many'] : [];
       if (added.has(e.id)) classes.push('added');
       if (changed.has(e.id)) classes.push('changed');
       edges.push({ group: 'edges', data: { id: e.id, source: e.source, target: e.target, label: e.protocol + '/' + e.port, width: width(r), colour: colour(errorRatio(e)) }, classes: classes.join(' ') });
@@ -199,15 +202,16 @@
 
   // ---- cytoscape
 
-  function makeCy() {
-    const big = () => fm.cy && fm.cy.edges().length > 1500;
+  function makeCy(big) {
     const cy = cytoscape({
       container: $('cy'),
       minZoom: 0.02,
       maxZoom: 4,
       wheelSensitivity: 0.3,
-      textureOnViewport: false,
-      pixelRatio: 'auto',
+      textureOnViewport: big,
+      hideEdgesOnViewport: big,
+      motionBlur: big,
+      pixelRatio: big ? 1 : 'auto',
       style: [
         { selector: 'node', style: { 'label': 'data(label)', 'font-size': 11, 'min-zoomed-font-size': 7, 'text-valign': 'bottom', 'text-margin-y': 3, 'width': 22, 'height': 22, 'background-color': '#3a78c2', 'border-width': 0 } },
         { selector: 'node.external, node.unknown', style: { 'background-color': '#8d6cab', 'shape': 'diamond' } },
@@ -220,6 +224,7 @@
         { selector: 'edge', style: { 'width': 'data(width)', 'line-color': 'data(colour)', 'target-arrow-color': 'data(colour)', 'target-arrow-shape': 'triangle', 'arrow-scale': 0.8, 'curve-style': 'bezier', 'label': 'data(label)', 'font-size': 9, 'min-zoomed-font-size': 9, 'color': '#5a6270', 'text-rotation': 'autorotate', 'text-background-color': '#fff', 'text-background-opacity': 0.8, 'text-background-padding': 1 } },
         { selector: 'edge.added', style: { 'line-style': 'solid', 'underlay-color': '#2f6fdf', 'underlay-opacity': 0.35, 'underlay-padding': 4 } },
         { selector: 'edge.changed', style: { 'underlay-color': '#9b4dca', 'underlay-opacity': 0.35, 'underlay-padding': 4 } },
+        { selector: 'edge.many', style: { 'curve-style': 'straight', 'label': '' } },
         { selector: 'edge.removed', style: { 'line-style': 'dashed', 'opacity': 0.6, 'target-arrow-shape': 'none' } },
         { selector: 'node.added', style: { 'border-width': 4, 'border-color': '#2f6fdf' } },
         { selector: '.match', style: { 'border-width': 4, 'border-color': '#f08c00' } },
@@ -233,14 +238,6 @@
     });
     cy.on('tap', (ev) => {
       if (ev.target === cy) { set({ sel: '' }); showDetails(); }
-    });
-    cy.on('viewport', () => {
-      // Large maps pan and zoom on a texture, and hide edges meanwhile.
-      const b = big();
-      if (cy.renderer().options) {
-        cy.renderer().options.textureOnViewport = b;
-        cy.renderer().options.hideEdgesOnViewport = b;
-      }
     });
     return cy;
   }
@@ -289,12 +286,30 @@
   // draw puts the elements on the map: a whole layout on a new level or
   // window, else an update in place.
   function draw(els, relayout) {
+    const big = els.edges.length > 1500;
+    if (relayout && big !== fm.big) {
+      // Pan and zoom a large map on a texture, without edges meanwhile:
+      // options cytoscape takes only when it starts.
+      fm.cy.destroy();
+      fm.cy = makeCy(big);
+      fm.big = big;
+    }
     const cy = fm.cy;
     const want = new Set();
     for (const l of [els.groups, els.nodes, els.edges]) for (const e of l) want.add(e.data.id);
     let added = 0;
+    const t0 = performance.now();
+    // Out of the batch: removing and adding an element of the same ID in
+    // one batch leaves cytoscape's style triggers with the removed one.
+    if (relayout) cy.elements().remove();
+    // A large map is laid out before it is added: positions given with the
+    // elements spare cytoscape a pass over every compound box per node.
+    const banded = relayout && els.nodes.length > DAGRE_MAX;
+    if (banded) {
+      const pos = bands(els);
+      for (const n of els.nodes) n.position = pos[n.data.id];
+    }
     cy.batch(() => {
-      if (relayout) cy.elements().remove();
       // Boxes first, so nodes can move into them.
       for (const g of els.groups) {
         const have = cy.getElementById(g.data.id);
@@ -325,10 +340,81 @@
         have.classes(e.classes);
       }
     });
+    const t1 = performance.now();
+    fm.timings.phases = { add: t1 - t0 };
     if (relayout && cy.nodes().length) {
-      cy.layout({ name: 'dagre', rankDir: 'LR', nodeSep: 14, rankSep: 140, edgeSep: 6, fit: true, padding: 30, animate: false }).run();
+      if (!banded) {
+        cy.layout({ name: 'dagre', rankDir: 'LR', nodeSep: 14, rankSep: 140, edgeSep: 6, fit: true, padding: 30, animate: false }).run();
+      } else {
+        cy.fit(undefined, 30);
+      }
+      fm.timings.phases.layout = performance.now() - t1;
     }
     return added;
+  }
+
+  // DAGRE_MAX is the most nodes dagre lays out: its crossing reduction on
+  // compound graphs takes minutes at 2,000 nodes. Past it, bands does.
+  const DAGRE_MAX = 400;
+
+  // bands is a layered layout in linear time for large maps: each node's
+  // rank is its longest path from a client that is no one's server (cycles
+  // broken where they block), which keeps the flow left to right; each
+  // namespace box (in its host box) is a horizontal band of its own, so
+  // boxes never overlap, and within a band a rank is a column.
+  function bands(els) {
+    const ids = els.nodes.map((n) => n.data.id);
+    const index = new Map(ids.map((id, i) => [id, i]));
+    const outs = ids.map(() => []), indeg = new Int32Array(ids.length);
+    for (const e of els.edges) {
+      const a = index.get(e.data.source), b = index.get(e.data.target);
+      if (a === undefined || b === undefined || a === b) continue;
+      outs[a].push(b);
+      indeg[b]++;
+    }
+    const rank = new Int32Array(ids.length), done = new Uint8Array(ids.length);
+    const queue = [];
+    for (let i = 0; i < ids.length; i++) if (indeg[i] === 0) queue.push(i);
+    let left = ids.length, next = 0;
+    while (left > 0) {
+      if (next === queue.length) {
+        // A cycle: start from the node left with the fewest clients.
+        let best = -1;
+        for (let i = 0; i < ids.length; i++) if (!done[i] && (best < 0 || indeg[i] < indeg[best])) best = i;
+        queue.push(best);
+      }
+      const u = queue[next++];
+      if (done[u]) continue;
+      done[u] = 1;
+      left--;
+      for (const v of outs[u]) {
+        if (done[v]) continue;
+        rank[v] = Math.max(rank[v], rank[u] + 1);
+        if (--indeg[v] === 0) queue.push(v);
+      }
+    }
+    // Bands by box, in host then namespace order.
+    const bandOf = new Map();
+    els.nodes.forEach((n, i) => {
+      const key = n.data.parent || '~';
+      if (!bandOf.has(key)) bandOf.set(key, []);
+      bandOf.get(key).push(i);
+    });
+    const keys = [...bandOf.keys()].sort();
+    const pos = {};
+    const dx = 180, dy = 44, gap = 70;
+    let y = 0;
+    for (const key of keys) {
+      const cols = new Map();
+      for (const i of bandOf.get(key).sort((a, b) => (ids[a] < ids[b] ? -1 : 1))) {
+        if (!cols.has(rank[i])) cols.set(rank[i], 0);
+        const row = cols.get(rank[i]);
+        cols.set(rank[i], row + 1);
+        pos[ids[i]] = { x: rank[i] * dx, y: y + row * dy };
+      }
+      y += Math.max(...cols.values()) * dy + gap;
+    }
+    return pos;
   }
 
   // ---- the page
@@ -531,7 +617,8 @@
 
   async function start() {
     try { cfg = Object.assign(cfg, await getJSON('config.json')); } catch (err) { fm.errors.push(String(err)); }
-    fm.cy = makeCy();
+    fm.cy = makeCy(false);
+    fm.big = false;
     syncControls();
     bind();
     await refresh();
