@@ -9,7 +9,7 @@ GO ?= go
 # Generated BPF objects and their Go bindings, committed.
 GENERATED = $(shell git ls-files '*_bpfel.go' '*_bpfel.o')
 
-.PHONY: all build generate check-generate test bench demo vet clean image k8s-test
+.PHONY: all build generate check-generate vendor-js test bench demo vet clean image k8s-test
 
 all: build
 
@@ -23,6 +23,13 @@ generate:
 # check-generate fails if the committed objects differ from their sources.
 check-generate: generate
 	@git diff --exit-code -- $(GENERATED) || { echo "generated BPF files differ from their sources: run 'make generate' and commit" >&2; exit 1; }
+
+# vendor-js copies the live map's JavaScript (cytoscape, cytoscape-dagre),
+# pinned in topology/web/npm/package-lock.json, from the npm registry into
+# topology/web/static/vendor with its licences (needs npm). The files are
+# the packages' own pre-built ones: there is no bundle step to check.
+vendor-js:
+	topology/web/npm/vendor.sh
 
 vet:
 	$(GO) vet ./...

@@ -129,6 +129,7 @@ func (p *Pipeline) Collectors() []prometheus.Collector {
 func (p *Pipeline) Mount(mux interface{ Handle(string, http.Handler) }) {
 	g := topology.Handler(p.graph, p.log)
 	mux.Handle("/api/v1/graph", g)
+	mux.Handle("/api/v1/graph/", g)
 	mux.Handle("/api/v1/nodegraph/", g)
 }
 

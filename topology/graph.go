@@ -404,7 +404,8 @@ func (g *Graph) Stats() Stats {
 }
 
 // Snapshot rolls the graph up to level over the window that ends at now:
-// the buckets that end after now-window.
+// the buckets that end after now-window and start before now. A now in the
+// past (a diff's baseline) is exact to the width of the bucket it falls in.
 func (g *Graph) Snapshot(now time.Time, level Level, window time.Duration) *Snapshot {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -448,7 +449,9 @@ func (g *Graph) Snapshot(now time.Time, level Level, window time.Duration) *Snap
 	idx := map[rollKey]int{}
 	first := true
 	for _, b := range g.buckets {
-		if b.end <= cutoff {
+		if b.end <= cutoff || b.start > end {
+			// Outside the window; a bucket after its end is there only
+			// in a snapshot of the past (a diff's baseline).
 			continue
 		}
 		if first {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"time"
 )
 
@@ -23,6 +24,7 @@ const (
 // ?window= (1m, 5m (default), 15m, 1h):
 //
 //	GET /api/v1/graph?format=json|dot|svg|png|nodegraph  (default json)
+//	GET /api/v1/graph/diff?since=10m|RFC3339[&factor=2]  what changed since (diff.go), as JSON
 //	GET /api/v1/nodegraph/nodes, /api/v1/nodegraph/edges  the node graph frames, for the Infinity data source
 //	GET /api/v1/nodegraph/api/health, …/api/graph/fields, …/api/graph/data  for the Node Graph API data source, with /api/v1/nodegraph as its base URL
 //
@@ -41,9 +43,23 @@ func newHandler(g *Graph, log *slog.Logger) *handler {
 // MaxRenders is how many svg or png renders by dot a Handler runs at once.
 const MaxRenders = 2
 
+// Source is where a handler takes its snapshots from: a Graph, or
+// PromQL for the whole cluster.
+type Source interface {
+	Snapshot(ctx context.Context, end time.Time, level Level, window time.Duration) (*Snapshot, error)
+}
+
+// HandlerFor serves what Handler serves from src's snapshots.
+func HandlerFor(src Source, log *slog.Logger) http.Handler {
+	h := newHandler(nil, log)
+	h.src = src
+	return h.routes()
+}
+
 func (h *handler) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/graph", h.graph)
+	mux.HandleFunc("GET /api/v1/graph/diff", h.diff)
 	mux.HandleFunc("GET /api/v1/nodegraph/nodes", h.nodegraph(func(ng *NodeGraph) any { return ng.Nodes }))
 	mux.HandleFunc("GET /api/v1/nodegraph/edges", h.nodegraph(func(ng *NodeGraph) any { return ng.Edges }))
 	mux.HandleFunc("GET /api/v1/nodegraph/api/graph/data", h.nodegraph(func(ng *NodeGraph) any { return ng }))
@@ -57,7 +73,9 @@ func (h *handler) routes() http.Handler {
 }
 
 type handler struct {
-	g   *Graph
+	g *Graph
+	// src, if not nil, is taken snapshots of instead of g.
+	src Source
 	log *slog.Logger
 	now func() time.Time
 	// render is Render; tests put a slow one.
@@ -66,23 +84,88 @@ type handler struct {
 	renders chan struct{}
 }
 
-// snapshot takes the snapshot the request's level and window ask for.
-func (h *handler) snapshot(w http.ResponseWriter, r *http.Request) (*Snapshot, bool) {
+// params returns the request's level and window, or answers 400.
+func (h *handler) params(w http.ResponseWriter, r *http.Request) (Level, time.Duration, bool) {
 	level, window := DefaultLevel, DefaultWindow
 	var err error
 	if v := r.URL.Query().Get("level"); v != "" {
 		if level, err = ParseLevel(v); err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
-			return nil, false
+			return "", 0, false
 		}
 	}
 	if v := r.URL.Query().Get("window"); v != "" {
 		if window, err = ParseWindow(v); err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
-			return nil, false
+			return "", 0, false
 		}
 	}
-	return h.g.Snapshot(h.now(), level, window), true
+	return level, window, true
+}
+
+// take takes the snapshot at level over the window that ends at end, or
+// answers 502 if the source fails.
+func (h *handler) take(w http.ResponseWriter, r *http.Request, end time.Time, level Level, window time.Duration) (*Snapshot, bool) {
+	if h.src == nil {
+		return h.g.Snapshot(end, level, window), true
+	}
+	s, err := h.src.Snapshot(r.Context(), end, level, window)
+	if err != nil {
+		h.log.Debug("snapshot", "err", err)
+		http.Error(w, err.Error(), http.StatusBadGateway)
+		return nil, false
+	}
+	return s, true
+}
+
+// snapshot takes the snapshot the request's level and window ask for.
+func (h *handler) snapshot(w http.ResponseWriter, r *http.Request) (*Snapshot, bool) {
+	level, window, ok := h.params(w, r)
+	if !ok {
+		return nil, false
+	}
+	return h.take(w, r, h.now(), level, window)
+}
+
+// diff answers what changed between the request's window and the window of
+// the same length that ends at since.
+func (h *handler) diff(w http.ResponseWriter, r *http.Request) {
+	level, window, ok := h.params(w, r)
+	if !ok {
+		return
+	}
+	q := r.URL.Query()
+	if q.Get("since") == "" {
+		http.Error(w, "since: want a duration (10m) or an RFC 3339 time", http.StatusBadRequest)
+		return
+	}
+	now := h.now()
+	since, err := ParseSince(q.Get("since"), now)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if h.src == nil && since.Add(-window).Before(now.Add(-tiers[len(tiers)-1].until)) {
+		http.Error(w, fmt.Sprintf("since %s: the baseline window would start more than the hour the graph keeps ago", q.Get("since")),
+			http.StatusBadRequest)
+		return
+	}
+	factor := float64(DefaultFactor)
+	if v := q.Get("factor"); v != "" {
+		if factor, err = strconv.ParseFloat(v, 64); err != nil || factor <= 1 {
+			http.Error(w, fmt.Sprintf("factor %q: want a number above 1", v), http.StatusBadRequest)
+			return
+		}
+	}
+	base, ok := h.take(w, r, since, level, window)
+	if !ok {
+		return
+	}
+	s, ok := h.take(w, r, now, level, window)
+	if !ok {
+		return
+	}
+	h.write(w, "application/json", func(b io.Writer) error { return WriteDiffJSON(b, Compare(base, s, factor)) })
 }
 
 func (h *handler) graph(w http.ResponseWriter, r *http.Request) {

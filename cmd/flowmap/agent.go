@@ -132,6 +132,7 @@ func agent(ctx context.Context, a agentFlags, log *slog.Logger) error {
 	pipe := pipeline.New(a.graph.options(namer, srv, log.With("component", "topology")))
 	reg.MustRegister(pipe.Collectors()...)
 	pipe.Mount(srv)
+	mountPage(srv, a.cfg.Interval)
 
 	batches := make(chan model.Batch, 1)
 	g.Go(func() error { return dp.Run(ctx, batches) })

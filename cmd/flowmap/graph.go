@@ -31,6 +31,10 @@ func runGraph(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for the agent")
 	var cf clientFlags
 	cf.register(fs)
+	diff := fs.String("diff", "", "write what changed since then instead of the graph: a duration before now (10m) or an RFC 3339 time; the baseline is the window of the same length that ended then (format json or table)")
+	factor := fs.Float64("factor", topology.DefaultFactor, "with --diff, by how much an edge's rate or error ratio must move to count as changed")
+	serve := fs.String("serve", "", "with --prometheus, serve the cluster's live map and the graph API on this address (as 127.0.0.1:9478) until interrupted")
+	refresh := fs.Duration("refresh", 5*time.Second, "with --serve, how often the map refreshes")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -52,6 +56,16 @@ func runGraph(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	client, err := cf.client()
 	if err != nil {
 		return fmt.Errorf("graph: %w", err)
+	}
+	if *serve != "" {
+		if *promURL == "" {
+			return errors.New("graph: --serve needs --prometheus (the agent serves its own map)")
+		}
+		return serveMap(ctx, *serve, topology.PromQL{URL: *promURL, Selector: *selector, Client: client}, *refresh, stderr)
+	}
+	if *diff != "" {
+		return graphDiff(ctx, *timeout, diffArgs{agent: *agentURL, prometheus: *promURL, selector: *selector, client: client,
+			level: level, window: *window, win: win, since: *diff, factor: *factor, format: *format, out: *out}, stdout)
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
