@@ -21,9 +21,9 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/flowmap/flowmap/host"
-	"github.com/flowmap/flowmap/internal/sandbox"
 	"github.com/flowmap/flowmap/model"
 	"github.com/flowmap/flowmap/pipeline"
+	"github.com/flowmap/flowmap/sandbox"
 	"github.com/flowmap/flowmap/topology"
 )
 

@@ -32,7 +32,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/flowmap/flowmap/internal/sandbox"
+	"github.com/flowmap/flowmap/sandbox"
 	"github.com/vishvananda/netns"
 )
 
