@@ -70,9 +70,11 @@ func backends(ipv6 bool) []backend {
 	}
 	var bs []backend
 	for _, f := range families {
-		tables := "/proc/net/ip_tables_names"
+		// thread-self: /proc/net is the namespace of the main thread,
+		// which may be left in a host's (see createNetNS).
+		tables := "/proc/thread-self/net/ip_tables_names"
 		if f == "ip6tables" {
-			tables = "/proc/net/ip6_tables_names"
+			tables = "/proc/thread-self/net/ip6_tables_names"
 		}
 		n := len(bs)
 		for _, b := range []backend{{cmd: f + "-nft"}, {cmd: f + "-legacy", tables: tables}} {

@@ -161,6 +161,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// Say what drops the traffic, rather than time out in iperf3.
+	if err := sb.CheckTraffic(ctx, ha, hb); err != nil {
+		return err
+	}
 	srv, err := startIperfServer(ctx, hb)
 	if err != nil {
 		return err

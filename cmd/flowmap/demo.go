@@ -90,6 +90,9 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			return ctx.Err()
 		}
 	}
+	if err := sb.CheckTraffic(ctx, hosts["client"], hosts["web"]); err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
 	for _, h := range shop {
 		where := "namespace " + h.ns
 		if h.ns == "" {
