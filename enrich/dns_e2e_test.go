@@ -10,9 +10,10 @@ import (
 
 	"github.com/flowmap/flowmap/enrich"
 	"github.com/flowmap/flowmap/flows"
-	"github.com/flowmap/flowmap/internal/sandbox"
+	"github.com/flowmap/flowmap/internal/sandboxtest"
 	"github.com/flowmap/flowmap/internal/testenv"
 	"github.com/flowmap/flowmap/model"
+	"github.com/flowmap/flowmap/sandbox"
 )
 
 // TestDNSNamesEndToEnd runs a real DNS server (dnsmasq) in a sandbox, looks
@@ -28,7 +29,7 @@ func TestDNSNamesEndToEnd(t *testing.T) {
 		t.Fatalf("remove leftovers: %v", err)
 	}
 	// This package's tests run one after another: TestNetNS's subnet.
-	sb := sandbox.NewT(t, sandbox.Options{Prefix: "fmed", Subnet: netip.MustParsePrefix("198.51.100.224/28")})
+	sb := sandboxtest.New(t, sandbox.Options{Prefix: "fmed", Subnet: netip.MustParsePrefix("198.51.100.224/28")})
 	var hosts []*sandbox.Host
 	for _, name := range []string{"a", "d", "w"} {
 		h, err := sb.AddHost(name)
@@ -39,7 +40,7 @@ func TestDNSNamesEndToEnd(t *testing.T) {
 	}
 	a, d, w := hosts[0], hosts[1], hosts[2]
 	const name = "web.shop.example"
-	server := d.StartDNSMasq(t, map[string]netip.Addr{name: w.Addr})
+	server := sandboxtest.StartDNSMasq(t, d, map[string]netip.Addr{name: w.Addr})
 	batches := runDatapath(t, sb.BridgeName())
 
 	res := a.Resolver(server)

@@ -14,9 +14,10 @@ import (
 	"time"
 
 	"github.com/flowmap/flowmap/enrich"
-	"github.com/flowmap/flowmap/internal/sandbox"
+	"github.com/flowmap/flowmap/internal/sandboxtest"
 	"github.com/flowmap/flowmap/internal/testenv"
 	"github.com/flowmap/flowmap/model"
+	"github.com/flowmap/flowmap/sandbox"
 )
 
 // TestNetNS checks the netns source without any runtime: namespaces made
@@ -28,7 +29,7 @@ func TestNetNS(t *testing.T) {
 	testenv.MustBeRoot(t)
 	testenv.MustHaveBTF(t)
 	testenv.MustHaveCommand(t, "ip")
-	sb := sandbox.NewT(t, sandbox.Options{Prefix: "fmen", Subnet: netip.MustParsePrefix("198.51.100.224/28")})
+	sb := sandboxtest.New(t, sandbox.Options{Prefix: "fmen", Subnet: netip.MustParsePrefix("198.51.100.224/28")})
 	a, err := sb.AddHost("a")
 	if err != nil {
 		t.Fatal(err)

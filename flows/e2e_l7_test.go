@@ -15,9 +15,10 @@ import (
 	"time"
 
 	"github.com/flowmap/flowmap/flows"
-	"github.com/flowmap/flowmap/internal/sandbox"
+	"github.com/flowmap/flowmap/internal/sandboxtest"
 	"github.com/flowmap/flowmap/internal/testenv"
 	"github.com/flowmap/flowmap/model"
+	"github.com/flowmap/flowmap/sandbox"
 )
 
 // serverDelay is how long the HTTP server waits before each response, so
@@ -40,7 +41,7 @@ func TestEndToEndL7(t *testing.T) {
 	if err := sandbox.Cleanup("fml"); err != nil {
 		t.Fatalf("remove leftovers: %v", err)
 	}
-	sb := sandbox.NewT(t, sandbox.Options{Prefix: "fml", Subnet: e2eSubnet})
+	sb := sandboxtest.New(t, sandbox.Options{Prefix: "fml", Subnet: e2eSubnet})
 	a := mustHost(t, sb, "a")
 	b := mustHost(t, sb, "b")
 	d := mustHost(t, sb, "d")
@@ -64,7 +65,7 @@ func TestEndToEndL7(t *testing.T) {
 	}
 	client.CloseIdleConnections()
 
-	dnsServer := d.StartDNSMasq(t, map[string]netip.Addr{
+	dnsServer := sandboxtest.StartDNSMasq(t, d, map[string]netip.Addr{
 		"api.shop.example": netip.MustParseAddr("198.51.100.77"), "db.shop.example": netip.MustParseAddr("198.51.100.78")})
 	lookups := []struct {
 		name string
@@ -166,8 +167,8 @@ func TestEndToEndL7(t *testing.T) {
 		}
 		got := map[key]int{}
 		for _, nm := range c.names() {
-			if nm.Source != model.NameDNS || nm.TTL != sandbox.DNSTTL*time.Second || nm.Seen.IsZero() {
-				t.Errorf("name %+v: want source dns, ttl %ds, a time seen", nm, sandbox.DNSTTL)
+			if nm.Source != model.NameDNS || nm.TTL != sandboxtest.DNSTTL*time.Second || nm.Seen.IsZero() {
+				t.Errorf("name %+v: want source dns, ttl %ds, a time seen", nm, sandboxtest.DNSTTL)
 			}
 			got[key{nm.Addr, nm.Name, nm.Client}]++
 		}

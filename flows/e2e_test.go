@@ -13,9 +13,10 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/flowmap/flowmap/flows"
-	"github.com/flowmap/flowmap/internal/sandbox"
+	"github.com/flowmap/flowmap/internal/sandboxtest"
 	"github.com/flowmap/flowmap/internal/testenv"
 	"github.com/flowmap/flowmap/model"
+	"github.com/flowmap/flowmap/sandbox"
 )
 
 // e2eSubnet keeps this package's sandboxes apart from other packages'
@@ -176,7 +177,7 @@ func TestEndToEnd(t *testing.T) {
 	if err := sandbox.Cleanup("fmf"); err != nil {
 		t.Fatalf("remove leftovers: %v", err)
 	}
-	sb := sandbox.NewT(t, sandbox.Options{Prefix: "fmf", Subnet: e2eSubnet, IPv6: true})
+	sb := sandboxtest.New(t, sandbox.Options{Prefix: "fmf", Subnet: e2eSubnet, IPv6: true})
 	a := mustHost(t, sb, "a")
 	b := mustHost(t, sb, "b")
 	c := runDatapath(t, flows.Config{Interfaces: []string{"fmf-*"}})
@@ -358,7 +359,7 @@ func TestDetach(t *testing.T) {
 			if err := sandbox.Cleanup(prefix); err != nil {
 				t.Fatalf("remove leftovers: %v", err)
 			}
-			sb := sandbox.NewT(t, sandbox.Options{Prefix: prefix, Subnet: e2eSubnet})
+			sb := sandboxtest.New(t, sandbox.Options{Prefix: prefix, Subnet: e2eSubnet})
 			a := mustHost(t, sb, "a")
 			b := mustHost(t, sb, "b")
 			dp, err := flows.New(flows.Config{Interfaces: []string{prefix + "-*"}, Attach: mode, Interval: time.Hour})
@@ -412,7 +413,7 @@ func TestXDP(t *testing.T) {
 	if err := sandbox.Cleanup("fmx"); err != nil {
 		t.Fatalf("remove leftovers: %v", err)
 	}
-	sb := sandbox.NewT(t, sandbox.Options{Prefix: "fmx", Subnet: e2eSubnet})
+	sb := sandboxtest.New(t, sandbox.Options{Prefix: "fmx", Subnet: e2eSubnet})
 	a := mustHost(t, sb, "a")
 	b := mustHost(t, sb, "b")
 	c := runDatapath(t, flows.Config{Interfaces: []string{"fmx-*"}, XDP: []string{"fmx-*"}})
@@ -440,7 +441,7 @@ func TestMapFull(t *testing.T) {
 	if err := sandbox.Cleanup("fmm"); err != nil {
 		t.Fatalf("remove leftovers: %v", err)
 	}
-	sb := sandbox.NewT(t, sandbox.Options{Prefix: "fmm", Subnet: e2eSubnet})
+	sb := sandboxtest.New(t, sandbox.Options{Prefix: "fmm", Subnet: e2eSubnet})
 	a := mustHost(t, sb, "a")
 	b := mustHost(t, sb, "b")
 	const maxFlows, sockets, size = 8, 20, 100

@@ -14,7 +14,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/flowmap/flowmap/internal/sandbox"
+	"github.com/flowmap/flowmap/sandbox"
 )
 
 // httpPort is where the HTTP server of loadHTTP listens.

@@ -13,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/flowmap/flowmap/internal/sandbox"
+	"github.com/flowmap/flowmap/sandbox"
 )
 
 // load is a kind of traffic from host a to host b.

@@ -1,7 +1,7 @@
 // Command datapath is `make bench` for flowmap's datapath: it measures what
 // the agent's BPF programs cost the traffic they count.
 //
-// Between two namespaces on a bridge (internal/sandbox) it runs three
+// Between two namespaces on a bridge (package sandbox) it runs three
 // loads: a bulk TCP stream (iperf3) and a stream of 64-byte UDP packets (a
 // batched Go sender), under seven modes: no programs; flowmap's programs,
 // as the agent attaches them, with TC ingress (TCX), generic XDP or native
@@ -49,7 +49,7 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 
-	"github.com/flowmap/flowmap/internal/sandbox"
+	"github.com/flowmap/flowmap/sandbox"
 )
 
 func main() {
@@ -159,6 +159,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	hb, err := sb.AddHost("b")
 	if err != nil {
+		return err
+	}
+	// Say what drops the traffic, rather than time out in iperf3.
+	if err := sb.CheckTraffic(ctx, ha, hb); err != nil {
 		return err
 	}
 	srv, err := startIperfServer(ctx, hb)

@@ -15,8 +15,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flowmap/flowmap/internal/sandbox"
+	"github.com/flowmap/flowmap/internal/sandboxtest"
 	"github.com/flowmap/flowmap/internal/testenv"
+	"github.com/flowmap/flowmap/sandbox"
 	"github.com/flowmap/flowmap/server"
 	appsv1 "k8s.io/api/apps/v1"
 	"sigs.k8s.io/yaml"
@@ -128,7 +129,7 @@ func TestAgent(t *testing.T) {
 	if err := sandbox.Cleanup("fma"); err != nil {
 		t.Fatal(err)
 	}
-	sb := sandbox.NewT(t, sandbox.Options{Prefix: "fma", Subnet: cmdSubnet})
+	sb := sandboxtest.New(t, sandbox.Options{Prefix: "fma", Subnet: cmdSubnet})
 	a, b := addHost(t, sb, "a"), addHost(t, sb, "b")
 	bin := buildFlowmap(t)
 	p := startAgent(t, bin, "--interfaces", "fma-*")
@@ -214,7 +215,7 @@ func TestAgentRestartAfterKill(t *testing.T) {
 	if err := sandbox.Cleanup("fmk"); err != nil {
 		t.Fatal(err)
 	}
-	sb := sandbox.NewT(t, sandbox.Options{Prefix: "fmk", Subnet: cmdSubnet})
+	sb := sandboxtest.New(t, sandbox.Options{Prefix: "fmk", Subnet: cmdSubnet})
 	a := addHost(t, sb, "a")
 	bin := buildFlowmap(t)
 

@@ -21,9 +21,9 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/flowmap/flowmap/host"
-	"github.com/flowmap/flowmap/internal/sandbox"
 	"github.com/flowmap/flowmap/model"
 	"github.com/flowmap/flowmap/pipeline"
+	"github.com/flowmap/flowmap/sandbox"
 	"github.com/flowmap/flowmap/topology"
 )
 
@@ -89,6 +89,9 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+	}
+	if err := sb.CheckTraffic(ctx, hosts["client"], hosts["web"]); err != nil {
+		return fmt.Errorf("demo: %w", err)
 	}
 	for _, h := range shop {
 		where := "namespace " + h.ns

@@ -19,8 +19,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flowmap/flowmap/internal/sandbox"
+	"github.com/flowmap/flowmap/internal/sandboxtest"
 	"github.com/flowmap/flowmap/internal/testenv"
+	"github.com/flowmap/flowmap/sandbox"
 	"github.com/flowmap/flowmap/topology"
 )
 
@@ -40,7 +41,7 @@ func TestGraphPrometheus(t *testing.T) {
 	testenv.MustHaveCommand(t, "go")
 	bin := buildGraphBinary(t)
 
-	sb := sandbox.NewT(t, sandbox.Options{Prefix: "fmg", Subnet: graphSubnet})
+	sb := sandboxtest.New(t, sandbox.Options{Prefix: "fmg", Subnet: graphSubnet})
 	a := mustAddHost(t, sb, "a")
 	b := mustAddHost(t, sb, "b")
 

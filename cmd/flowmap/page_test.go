@@ -12,8 +12,9 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/flowmap/flowmap/internal/browser"
-	"github.com/flowmap/flowmap/internal/sandbox"
+	"github.com/flowmap/flowmap/internal/sandboxtest"
 	"github.com/flowmap/flowmap/internal/testenv"
+	"github.com/flowmap/flowmap/sandbox"
 	"github.com/flowmap/flowmap/topology"
 )
 
@@ -70,7 +71,7 @@ func TestAgentPage(t *testing.T) {
 	if err := sandbox.Cleanup("fmp"); err != nil {
 		t.Fatal(err)
 	}
-	sb := sandbox.NewT(t, sandbox.Options{Prefix: "fmp", Subnet: cmdSubnet})
+	sb := sandboxtest.New(t, sandbox.Options{Prefix: "fmp", Subnet: cmdSubnet})
 	a, b := addHost(t, sb, "a"), addHost(t, sb, "b")
 	bin := buildFlowmap(t)
 	agent := startAgent(t, bin, "--interfaces", "fmp-*")

@@ -32,7 +32,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/flowmap/flowmap/internal/sandbox"
+	"github.com/flowmap/flowmap/sandbox"
 	"github.com/vishvananda/netns"
 )
 
@@ -126,6 +126,10 @@ func New(opts Options) (c *Cluster, err error) {
 		return c, err
 	}
 	if err := ipAll([][]string{{"addr", "add", ul, "dev", c.Bridge}, {"link", "set", c.Bridge, "up"}}); err != nil {
+		return c, err
+	}
+	// Close removes the rules, with Cleanup.
+	if _, err := sandbox.AllowBridge(c.Bridge, false); err != nil {
 		return c, err
 	}
 	addr := c.Gateway
@@ -232,15 +236,16 @@ func (c *Cluster) attach(ns *NS, in, bridge string, a netip.Prefix, gw netip.Add
 	})
 }
 
-// Close removes the cluster's namespaces and bridge; the links go with
-// them. It is safe to call twice.
+// Close removes the cluster's namespaces and bridge, and the firewall
+// rules New added for the bridge (see sandbox.AllowBridge); the links go
+// with them. It is safe to call twice.
 func (c *Cluster) Close() error { return Cleanup(c.Prefix) }
 
 // Cleanup removes the namespaces and links whose names start with prefix
-// and "-", as a crashed run left them: as sandbox.Cleanup does, links
-// first, so that the host ends of the veths are gone when it returns (a
-// deleted namespace takes its links with it only later, and a cluster
-// made again at once would find them).
+// and "-", as a crashed run left them, and the firewall rules for its
+// bridge: as sandbox.Cleanup does, links first, so that the host ends of
+// the veths are gone when it returns (a deleted namespace takes its links
+// with it only later, and a cluster made again at once would find them).
 func Cleanup(prefix string) error { return sandbox.Cleanup(prefix) }
 
 // Command returns a command that runs name in the namespace, through

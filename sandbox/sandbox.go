@@ -1,15 +1,24 @@
-// Package sandbox builds networks of namespaces for end-to-end tests,
-// benchmarks and the demo: hosts, each a network namespace with an eth0, joined
-// by veth pairs to a Linux bridge in the calling process's namespace.
+// Package sandbox holds networks of network namespaces on a Linux bridge,
+// built and removed from Go: hosts, each a network namespace with an eth0,
+// joined by veth pairs to a bridge in the calling process's namespace. The
+// demo (flowmap demo), the datapath bench (bench/datapath) and the
+// end-to-end tests run their traffic in one; the tests make theirs with
+// internal/sandboxtest, which closes it when the test ends. The package is
+// linked into the flowmap binary, so it imports no testing code.
 //
 // A sandbox uses documentation addresses only (RFC 5737 and RFC 3849), never
-// private or real ones, and changes nothing outside what it creates: the
-// machine's forwarding and firewall settings stay as they are, so no packet
-// from a sandbox leaves the machine. Every name it gives starts with a
-// caller-chosen prefix, so sandboxes can run side by side and Cleanup can
-// remove what a crashed run left behind.
+// private or real ones, and leaves the machine's forwarding as it is, so no
+// packet from a sandbox leaves the machine. Its one change outside what it
+// creates is for the machine's firewall: where bridged traffic goes through
+// iptables (br_netfilter with net.bridge.bridge-nf-call-iptables=1, as on
+// Kubernetes nodes and Docker hosts) and a FORWARD chain could drop it, New
+// inserts a rule accepting what the sandbox's bridge forwards between its own
+// ports, and Close removes it (see AllowBridge). Every name it gives starts
+// with a caller-chosen prefix, so sandboxes can run side by side and Cleanup
+// can remove what a crashed run left behind.
 //
-//	n := sandbox.NewT(t, sandbox.Options{Prefix: "fmt1"})
+//	n, _ := sandbox.New(sandbox.Options{Prefix: "fmt1"})
+//	defer n.Close()
 //	a, _ := n.AddHost("a") // netns fmt1-a, 198.51.100.2, veth fmt1-a on bridge fmt1-br
 //	b, _ := n.AddHost("b") // netns fmt1-b, 198.51.100.3
 //	l, _ := b.Listen("tcp", ":8080")
@@ -20,8 +29,9 @@
 // IPv4 address has a mirror that reads the same: 198.51.100.3 is
 // 2001:db8:100::3.
 //
-// The package needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) and, for
-// Host.Command, the ip command of iproute2.
+// The package needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN); Host.Command
+// needs the ip command of iproute2, and AllowBridge the iptables commands
+// where the machine's firewall has rules.
 package sandbox
 
 import (
@@ -32,12 +42,9 @@ import (
 	"regexp"
 	"strings"
 	"sync"
-	"testing"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
-
-	"github.com/flowmap/flowmap/internal/testenv"
 )
 
 // maxIfName is the longest interface name Linux takes (IFNAMSIZ-1).
@@ -68,6 +75,12 @@ type Options struct {
 	// in 2001:db8::/32. Without it the sandbox has no IPv6 at all, not even
 	// link-local addresses, so it makes no neighbour discovery traffic.
 	IPv6 bool
+
+	// KeepFirewall leaves the machine's firewall as it is: New adds no rule
+	// accepting the bridge's traffic (see AllowBridge). Where the firewall
+	// drops bridged traffic, hosts then cannot reach each other, as
+	// CheckTraffic reports.
+	KeepFirewall bool
 }
 
 // Net is a sandbox: a bridge and the hosts attached to it. Its methods are
@@ -78,6 +91,7 @@ type Net struct {
 
 	mu      sync.Mutex
 	bridge  netlink.Link
+	unallow func() error   // removes AllowBridge's rules; nil if none
 	subnets []netip.Prefix // on the bridge; the first is opts.Subnet
 	hosts   []*Host
 	used    map[netip.Addr]bool // host addresses handed out
@@ -123,23 +137,6 @@ func New(opts Options) (*Net, error) {
 	return n, nil
 }
 
-// NewT returns a new sandbox that is closed when t ends. It fails t if the
-// test is not run as root or New fails.
-func NewT(t testing.TB, opts Options) *Net {
-	t.Helper()
-	testenv.MustBeRoot(t)
-	n, err := New(opts)
-	if err != nil {
-		t.Fatalf("create sandbox: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := n.Close(); err != nil {
-			t.Errorf("close sandbox %s: %v", opts.Prefix, err)
-		}
-	})
-	return n
-}
-
 func (n *Net) setupBridge() error {
 	link, err := netlink.LinkByName(n.bridgeName)
 	if err != nil {
@@ -154,6 +151,11 @@ func (n *Net) setupBridge() error {
 	}
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("set bridge %s up: %w", n.bridgeName, err)
+	}
+	if !n.opts.KeepFirewall {
+		if n.unallow, err = AllowBridge(n.bridgeName, n.opts.IPv6); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -248,7 +250,8 @@ func (n *Net) Hosts() []*Host {
 	return append([]*Host(nil), n.hosts...)
 }
 
-// Close removes the hosts, last first, then the bridge. Processes and
+// Close removes the hosts, last first, then the bridge and the firewall
+// rules New added for it. Processes and
 // sockets still in a host's namespace keep it alive, without its name and
 // eth0. Close is safe to call twice; it returns the errors of all removals,
 // joined.
@@ -264,11 +267,15 @@ func (n *Net) Close() error {
 		errs = append(errs, n.hosts[i].close())
 	}
 	errs = append(errs, deleteLink(n.bridgeName))
+	if n.unallow != nil {
+		errs = append(errs, n.unallow())
+	}
 	return errors.Join(errs...)
 }
 
 // Cleanup removes the namespaces and links whose names start with prefix
-// and "-", such as a crashed run left behind. It returns the errors of all
+// and "-", such as a crashed run left behind, and the firewall rules
+// AllowBridge added for bridges so named. It returns the errors of all
 // removals, joined.
 func Cleanup(prefix string) error {
 	if err := checkPrefix(prefix); err != nil {
@@ -294,6 +301,7 @@ func Cleanup(prefix string) error {
 			errs = append(errs, deleteNetNS(e.Name()))
 		}
 	}
+	errs = append(errs, removeAllowed(start))
 	return errors.Join(errs...)
 }
 

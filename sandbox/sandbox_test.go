@@ -27,10 +27,27 @@ var testSubnet = netip.MustParsePrefix("203.0.113.0/25")
 // outsideAddr is an address outside testSubnet, for AddHostAddr.
 var outsideAddr = netip.MustParsePrefix("203.0.113.200/25")
 
+// newT returns a new sandbox that is closed when t ends, as
+// internal/sandboxtest's New does (which imports this package).
+func newT(t *testing.T, opts Options) *Net {
+	t.Helper()
+	testenv.MustBeRoot(t)
+	n, err := New(opts)
+	if err != nil {
+		t.Fatalf("create sandbox: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := n.Close(); err != nil {
+			t.Errorf("close sandbox %s: %v", opts.Prefix, err)
+		}
+	})
+	return n
+}
+
 // newTestNet returns a sandbox on testSubnet with hosts a and b.
 func newTestNet(t *testing.T, prefix string, ipv6 bool) (n *Net, a, b *Host) {
 	t.Helper()
-	n = NewT(t, Options{Prefix: prefix, Subnet: testSubnet, IPv6: ipv6})
+	n = newT(t, Options{Prefix: prefix, Subnet: testSubnet, IPv6: ipv6})
 	return n, mustAddHost(t, n, "a"), mustAddHost(t, n, "b")
 }
 
@@ -524,13 +541,13 @@ func TestCleanup(t *testing.T) {
 	if err := n.Close(); err != nil {
 		t.Fatalf("Close after Cleanup: %v", err)
 	}
-	n = NewT(t, Options{Prefix: prefix, Subnet: testSubnet})
+	n = newT(t, Options{Prefix: prefix, Subnet: testSubnet})
 	mustAddHost(t, n, "a")
 }
 
 func TestSubnetInUse(t *testing.T) {
 	testenv.MustBeRoot(t)
-	NewT(t, Options{Prefix: "sbt13", Subnet: testSubnet})
+	newT(t, Options{Prefix: "sbt13", Subnet: testSubnet})
 	overlapping := netip.MustParsePrefix("203.0.113.0/24")
 	if n, err := New(Options{Prefix: "sbt14", Subnet: overlapping}); !errors.Is(err, ErrSubnetInUse) {
 		if err == nil {
@@ -539,7 +556,7 @@ func TestSubnetInUse(t *testing.T) {
 		t.Fatalf("New on %s next to a sandbox on %s: %v, want %v", overlapping, testSubnet, err, ErrSubnetInUse)
 	}
 	// A disjoint subnet works alongside.
-	n := NewT(t, Options{Prefix: "sbt14", Subnet: netip.MustParsePrefix("203.0.113.128/25")})
+	n := newT(t, Options{Prefix: "sbt14", Subnet: netip.MustParsePrefix("203.0.113.128/25")})
 	mustAddHost(t, n, "a")
 }
 
@@ -577,7 +594,7 @@ func TestDo(t *testing.T) {
 
 func TestAddHostInvalid(t *testing.T) {
 	testenv.MustBeRoot(t)
-	n := NewT(t, Options{Prefix: "sbt16", Subnet: testSubnet})
+	n := newT(t, Options{Prefix: "sbt16", Subnet: testSubnet})
 	mustAddHost(t, n, "a")
 	tests := []struct {
 		name   string

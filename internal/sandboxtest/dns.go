@@ -1,4 +1,4 @@
-package sandbox
+package sandboxtest
 
 import (
 	"bytes"
@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flowmap/flowmap/sandbox"
 )
 
 // DNSTTL is the TTL, in seconds, of the answers of StartDNSMasq's server.
@@ -18,7 +20,7 @@ const DNSTTL = 60
 // ends, answering for the names in hosts (name → IPv4 address) and NXDOMAIN
 // for any other name in their domains, and returns the server's address
 // once it listens. It fails t if dnsmasq does not start or exits.
-func (h *Host) StartDNSMasq(t testing.TB, hosts map[string]netip.Addr) netip.AddrPort {
+func StartDNSMasq(t testing.TB, h *sandbox.Host, hosts map[string]netip.Addr) netip.AddrPort {
 	t.Helper()
 	args := []string{
 		"--keep-in-foreground", "--no-resolv", "--no-hosts", "--conf-file=/dev/null", "--pid-file=",
@@ -72,15 +74,5 @@ func (h *Host) StartDNSMasq(t testing.TB, hosts map[string]netip.Addr) netip.Add
 			t.Fatalf("dnsmasq not listening on %s after 5s: %v\n%s", server, err, log.String())
 		}
 		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// Resolver returns a resolver that asks server from h.
-func (h *Host) Resolver(server netip.AddrPort) *net.Resolver {
-	return &net.Resolver{
-		PreferGo: true,
-		Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return h.DialContext(ctx, network, server.String())
-		},
 	}
 }
