@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"path"
 	"sync"
 	"time"
@@ -35,10 +36,10 @@ type Config struct {
 	XDPMode XDPMode
 	// Attach is how TC programs are attached; "" is AttachAuto.
 	Attach AttachMode
-	// Interval is how often the flow map is drained; 0 is 5s.
+	// Interval is how often the flow map is drained; 0 is DefaultInterval.
 	Interval time.Duration
 	// MaxFlows bounds the flow map (each half of it) in flow directions;
-	// 0 is 65536.
+	// 0 is DefaultMaxFlows.
 	MaxFlows int
 	// Logger receives lifecycle logs; nil discards them.
 	Logger *slog.Logger
@@ -47,27 +48,55 @@ type Config struct {
 	DNSPort uint16
 }
 
+// The defaults of Config.
+const (
+	DefaultInterval = 5 * time.Second
+	DefaultMaxFlows = 65536
+)
+
 // Datapath is flowmap's loaded BPF programs, their attachments to
 // interfaces, and the maps they count in. Its methods are safe for
-// concurrent use; Close detaches everything.
+// concurrent use, and only Drain and Close wait for a drain in progress:
+// Stats, Attached, Ready and link events do not. Close detaches
+// everything.
 type Datapath struct {
 	cfg    Config
 	log    *slog.Logger
 	objs   bpfObjects
 	retran link.Link
-	drain  *drainer
 	clock  *clock
+	// conntrack lists conntrack's connections for the NAT join; tests
+	// replace it.
+	conntrack func() ([]*netlink.ConntrackFlow, error)
 
-	mu       sync.Mutex
+	// Each lock guards its own part. Where two are held, they are taken
+	// in this order: drainMu, regMu, namesMu, statsMu; statsMu, held only
+	// to copy counters in or out, is taken last and never waits on more.
+
+	// drainMu serialises drains (the drainer's state) and keeps objs open
+	// through one: Close takes it.
+	drainMu sync.Mutex
+	drain   *drainer
+
+	// regMu guards the registry of attachments, which link events change.
+	regMu    sync.Mutex
 	attached map[int]*attachment     // by ifindex
 	known    map[int]model.Interface // every interface that was attached since the last drain
-	stats    Stats
-	closed   bool
-	running  bool         // Run has attached to the interfaces there were
-	names    []model.Name // read from l7_names since the last drain
+	running  bool                    // Run has attached to the interfaces there were
+	// closed is set by Close holding drainMu and regMu, so either is
+	// enough to read it.
+	closed bool
+
+	// namesMu guards the names the reader of l7_names adds.
+	namesMu sync.Mutex
+	names   []model.Name // read since the last drain
+
+	statsMu sync.Mutex
+	stats   Stats
 }
 
-// Stats are the datapath's own counters, for /metrics.
+// Stats are the datapath's own counters, for /metrics. What a drain
+// counts changes at once, when it ends.
 type Stats struct {
 	Attached        int           // interfaces with programs
 	Bridges         int           // bridges watched through their ports
@@ -89,7 +118,7 @@ type Stats struct {
 	// L7 (see l7.go).
 	L7MapFull      uint64 // L7 messages not counted: the L7 map was full
 	NamesLost      uint64 // name events the ring buffer had no room for
-	NamesDropped   uint64 // names over maxNamesPerBatch in one interval
+	NamesDropped   uint64 // names over maxNamesPerBatch in one interval: a full batch
 	NamesUndecoded uint64 // name events that did not decode
 }
 
@@ -109,10 +138,10 @@ func New(cfg Config) (*Datapath, error) {
 		cfg.XDPMode = XDPAuto
 	}
 	if cfg.Interval <= 0 {
-		cfg.Interval = 5 * time.Second
+		cfg.Interval = DefaultInterval
 	}
 	if cfg.MaxFlows <= 0 {
-		cfg.MaxFlows = 65536
+		cfg.MaxFlows = DefaultMaxFlows
 	}
 	for _, g := range append(append([]string(nil), cfg.Interfaces...), cfg.XDP...) {
 		if _, err := path.Match(g, ""); err != nil {
@@ -137,7 +166,7 @@ func New(cfg Config) (*Datapath, error) {
 	if err := spec.Variables[bpfVarDnsPort].Set(cfg.DNSPort); err != nil {
 		return nil, fmt.Errorf("set dns port %d: %w", cfg.DNSPort, err)
 	}
-	d := &Datapath{cfg: cfg, log: log, attached: map[int]*attachment{}, known: map[int]model.Interface{}}
+	d := &Datapath{cfg: cfg, log: log, conntrack: conntrack, attached: map[int]*attachment{}, known: map[int]model.Interface{}}
 	d.stats.MaxFlows = cfg.MaxFlows
 	if err := spec.LoadAndAssign(&d.objs, nil); err != nil {
 		var ve *ebpf.VerifierError
@@ -202,11 +231,14 @@ func probeTC() error {
 }
 
 // Close detaches every program, filter and qdisc flowmap attached, then
-// unloads the programs and maps. It is safe to call twice.
+// unloads the programs and maps. It waits for a drain in progress, and is
+// safe to call twice.
 func (d *Datapath) Close() error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.drainMu.Lock()
+	defer d.drainMu.Unlock()
+	d.regMu.Lock()
 	if d.closed {
+		d.regMu.Unlock()
 		return nil
 	}
 	d.closed = true
@@ -214,6 +246,7 @@ func (d *Datapath) Close() error {
 	for idx := range d.attached {
 		errs = append(errs, d.releaseLocked(idx))
 	}
+	d.regMu.Unlock()
 	if d.retran != nil {
 		errs = append(errs, d.retran.Close())
 	}
@@ -224,8 +257,8 @@ func (d *Datapath) Close() error {
 // Ready returns nil once Run has attached to the interfaces that existed
 // when it started, and says why not before.
 func (d *Datapath) Ready() error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.regMu.Lock()
+	defer d.regMu.Unlock()
 	switch {
 	case d.closed:
 		return errors.New("datapath closed")
@@ -235,18 +268,26 @@ func (d *Datapath) Ready() error {
 	return nil
 }
 
-// Stats returns the datapath's counters.
+// Stats returns a copy of the datapath's counters. It does not wait for a
+// drain in progress.
 func (d *Datapath) Stats() Stats {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.statsMu.Lock()
+	defer d.statsMu.Unlock()
 	return d.stats
+}
+
+// count changes the counters; f must only change them.
+func (d *Datapath) count(f func(*Stats)) {
+	d.statsMu.Lock()
+	f(&d.stats)
+	d.statsMu.Unlock()
 }
 
 // Attached returns the interfaces that have programs, and the bridges
 // watched through their ports.
 func (d *Datapath) Attached() []model.Interface {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.regMu.Lock()
+	defer d.regMu.Unlock()
 	out := make([]model.Interface, 0, len(d.attached))
 	for _, a := range d.attached {
 		out = append(out, a.iface)
@@ -290,9 +331,9 @@ func (d *Datapath) Run(ctx context.Context, out chan<- model.Batch) error {
 	for _, l := range links {
 		d.update(netlink.LinkUpdate{Header: unix.NlMsghdr{Type: unix.RTM_NEWLINK}, Link: l}, defRoutes)
 	}
-	d.mu.Lock()
+	d.regMu.Lock()
 	d.running = true
-	d.mu.Unlock()
+	d.regMu.Unlock()
 	// L7 names: read as they come, handed out with the next batch.
 	namesCtx, stopNames := context.WithCancel(ctx)
 	namesDone := make(chan error, 1)
@@ -336,8 +377,8 @@ func (d *Datapath) Run(ctx context.Context, out chan<- model.Batch) error {
 // update attaches to or releases the interface of one link event.
 func (d *Datapath) update(u netlink.LinkUpdate, defRoutes map[int]bool) {
 	attrs := u.Link.Attrs()
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.regMu.Lock()
+	defer d.regMu.Unlock()
 	if d.closed {
 		return
 	}
@@ -357,13 +398,13 @@ func (d *Datapath) update(u netlink.LinkUpdate, defRoutes map[int]bool) {
 		return
 	}
 	if err := d.attachLocked(u.Link); err != nil {
-		d.stats.AttachErrors++
+		d.count(func(s *Stats) { s.AttachErrors++ })
 		d.log.Warn("attach", "ifname", attrs.Name, "err", err)
 	}
 }
 
 // wants reports whether the config covers l; defRoutes are the links of
-// the default routes. The caller holds d.mu.
+// the default routes. The caller holds d.regMu.
 func (d *Datapath) wants(l netlink.Link, defRoutes map[int]bool) bool {
 	attrs := l.Attrs()
 	if attrs.Flags&unix.IFF_LOOPBACK != 0 {
@@ -396,7 +437,7 @@ func matchAny(globs []string, name string) bool {
 	return false
 }
 
-// attachLocked attaches the programs to l. The caller holds d.mu.
+// attachLocked attaches the programs to l. The caller holds d.regMu.
 func (d *Datapath) attachLocked(l netlink.Link) (err error) {
 	attrs := l.Attrs()
 	a := &attachment{iface: model.Interface{
@@ -433,12 +474,12 @@ func (d *Datapath) attachLocked(l netlink.Link) (err error) {
 	d.attached[attrs.Index] = a
 	d.known[attrs.Index] = a.iface
 	if a.bridge {
-		d.stats.Bridges++
+		d.count(func(s *Stats) { s.Bridges++ })
 		d.log.Info("watching bridge through its ports", "ifname", attrs.Name, "ifindex", attrs.Index)
 		d.attachPortsLocked(attrs.Index)
 		return nil
 	}
-	d.stats.Attached++
+	d.count(func(s *Stats) { s.Attached++ })
 	d.log.Info("attached", "ifname", attrs.Name, "ifindex", attrs.Index, "kind", l.Type(),
 		"tc", d.tcMode(a), "xdp", a.xdp)
 	return nil
@@ -451,7 +492,8 @@ func (d *Datapath) tcMode(a *attachment) string {
 	return "tcx"
 }
 
-// attachPortsLocked attaches the ports a bridge already had.
+// attachPortsLocked attaches the ports a bridge already had. The caller
+// holds d.regMu.
 func (d *Datapath) attachPortsLocked(bridge int) {
 	links, err := netlink.LinkList()
 	if err != nil {
@@ -466,7 +508,7 @@ func (d *Datapath) attachPortsLocked(bridge int) {
 			continue
 		}
 		if err := d.attachLocked(l); err != nil {
-			d.stats.AttachErrors++
+			d.count(func(s *Stats) { s.AttachErrors++ })
 			d.log.Warn("attach bridge port", "ifname", l.Attrs().Name, "err", err)
 		}
 	}
@@ -487,15 +529,17 @@ func (d *Datapath) watch(ifindex int, on bool) error {
 	return nil
 }
 
-// releaseLocked detaches from one interface. The caller holds d.mu.
+// releaseLocked detaches from one interface. The caller holds d.regMu.
 func (d *Datapath) releaseLocked(idx int) error {
 	a := d.attached[idx]
 	delete(d.attached, idx)
-	if a.bridge {
-		d.stats.Bridges--
-	} else {
-		d.stats.Attached--
-	}
+	d.count(func(s *Stats) {
+		if a.bridge {
+			s.Bridges--
+		} else {
+			s.Attached--
+		}
+	})
 	err := a.close()
 	if derr := d.watch(idx, false); derr != nil {
 		err = errors.Join(err, fmt.Errorf("unwatch %s: %w", a.iface.Name, derr))
@@ -504,88 +548,140 @@ func (d *Datapath) releaseLocked(idx int) error {
 }
 
 // Drain empties the flow map and returns its flows as a batch that starts
-// at start.
+// at start. It holds d.drainMu throughout, and the other locks only to
+// copy in or out: the names reader, link events and Stats go on meanwhile.
 func (d *Datapath) Drain(start time.Time) (model.Batch, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.drainMu.Lock()
+	defer d.drainMu.Unlock()
 	if d.closed {
 		return model.Batch{}, errors.New("drain: datapath closed")
 	}
+	// An interface released before the flip counted nothing after it:
+	// this drain is the last to name its flows. One released later, while
+	// this drain runs, is kept for the next.
+	gone := d.released()
 	t0 := time.Now()
 	dirs, err := d.drain.drain()
-	d.stats.Drains++
 	if err != nil {
-		d.stats.DrainErrors++
+		d.count(func(s *Stats) { s.Drains++; s.DrainErrors++ })
 		return model.Batch{}, err
 	}
+	var joined, ctErrors uint64
 	if len(dirs) > 0 {
 		// Join the directions of NATed connections (see natJoin). Without
 		// conntrack (no nf_conntrack_netlink, no CAP_NET_ADMIN) they stay
 		// two one-way records.
-		conns, err := conntrack()
+		conns, err := d.conntrack()
 		if err != nil {
-			d.stats.ConntrackErrors++
+			ctErrors = 1
 			d.log.Debug("read conntrack", "err", err)
 		}
-		d.stats.NATJoined += uint64(natJoin(dirs, conns))
+		joined = uint64(natJoin(dirs, conns))
 	}
 	clk, err := d.clock.read()
 	if err != nil {
+		d.count(func(s *Stats) { s.Drains++; s.ConntrackErrors += ctErrors; s.NATJoined += joined })
 		return model.Batch{}, err
 	}
-	recs := d.drain.records(dirs, d.iface, clk)
-	d.readCounters()
-	end := time.Now()
-	d.stats.LastDrain = end.Sub(t0)
-	d.stats.DrainSeconds += d.stats.LastDrain.Seconds()
-	d.stats.LastEntries = len(dirs)
-	d.stats.Flows += uint64(len(recs))
-	// Interfaces that vanished were kept to name this drain's flows.
-	for idx := range d.known {
-		if _, ok := d.attached[idx]; !ok {
-			delete(d.known, idx)
+	// Taken after the flip, so that it names every interface that may
+	// have counted in the drained half.
+	ifaces := d.interfaces()
+	recs := d.drain.records(dirs, func(idx int) model.Interface {
+		if i, ok := ifaces[idx]; ok {
+			return i
 		}
-	}
-	d.log.Debug("drained", "directions", len(dirs), "flows", len(recs), "took", d.stats.LastDrain)
+		return model.Interface{Index: idx, PeerNetNSID: -1}
+	}, clk)
+	counters := d.readCounters()
+	end := time.Now()
+	took := end.Sub(t0)
+	d.forget(gone)
+	d.count(func(s *Stats) {
+		s.Drains++
+		s.ConntrackErrors += ctErrors
+		s.NATJoined += joined
+		for c, v := range counters {
+			*counterFields[c](s) = v
+		}
+		s.LastDrain = took
+		s.DrainSeconds += took.Seconds()
+		s.LastEntries = len(dirs)
+		s.Flows += uint64(len(recs))
+	})
+	d.log.Debug("drained", "directions", len(dirs), "flows", len(recs), "took", took)
+	d.namesMu.Lock()
 	names := d.names
 	d.names = nil
+	d.namesMu.Unlock()
 	return model.Batch{Start: start, End: end, Records: recs, Names: names}, nil
 }
 
-// addName keeps a name for the next batch, up to maxNamesPerBatch.
-func (d *Datapath) addName(n model.Name) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if len(d.names) >= maxNamesPerBatch {
-		d.stats.NamesDropped++
-		return
+// released returns the interfaces known but no longer attached.
+func (d *Datapath) released() map[int]model.Interface {
+	d.regMu.Lock()
+	defer d.regMu.Unlock()
+	gone := map[int]model.Interface{}
+	for idx, i := range d.known {
+		if _, ok := d.attached[idx]; !ok {
+			gone[idx] = i
+		}
 	}
-	d.names = append(d.names, n)
+	return gone
+}
+
+// forget removes the interfaces released returned from the known ones,
+// unless one was attached again since.
+func (d *Datapath) forget(gone map[int]model.Interface) {
+	d.regMu.Lock()
+	defer d.regMu.Unlock()
+	for idx, i := range gone {
+		if _, ok := d.attached[idx]; !ok && d.known[idx] == i {
+			delete(d.known, idx)
+		}
+	}
+}
+
+// interfaces returns a copy of the known interfaces.
+func (d *Datapath) interfaces() map[int]model.Interface {
+	d.regMu.Lock()
+	defer d.regMu.Unlock()
+	return maps.Clone(d.known)
+}
+
+// addName keeps a name for the next batch, up to maxNamesPerBatch; more
+// are counted in Stats.NamesDropped.
+func (d *Datapath) addName(n model.Name) {
+	d.namesMu.Lock()
+	full := len(d.names) >= maxNamesPerBatch
+	if !full {
+		d.names = append(d.names, n)
+	}
+	d.namesMu.Unlock()
+	if full {
+		d.count(func(s *Stats) { s.NamesDropped++ })
+	}
 }
 
 func (d *Datapath) badName() {
-	d.mu.Lock()
-	d.stats.NamesUndecoded++
-	d.mu.Unlock()
+	d.count(func(s *Stats) { s.NamesUndecoded++ })
 }
 
-func (d *Datapath) iface(idx int) model.Interface {
-	if i, ok := d.known[idx]; ok {
-		return i
-	}
-	return model.Interface{Index: idx, PeerNetNSID: -1}
+// counterFields are the Stats fields of the programs' counters.
+var counterFields = map[bpfCounter]func(*Stats) *uint64{
+	bpfCounterCOUNTER_MAP_FULL_PACKETS: func(s *Stats) *uint64 { return &s.MapFullPackets },
+	bpfCounterCOUNTER_MAP_FULL_BYTES:   func(s *Stats) *uint64 { return &s.MapFullBytes },
+	bpfCounterCOUNTER_NON_IP:           func(s *Stats) *uint64 { return &s.NonIP },
+	bpfCounterCOUNTER_MALFORMED:        func(s *Stats) *uint64 { return &s.Malformed },
+	bpfCounterCOUNTER_L7MAP_FULL:       func(s *Stats) *uint64 { return &s.L7MapFull },
+	bpfCounterCOUNTER_NAMES_LOST:       func(s *Stats) *uint64 { return &s.NamesLost },
 }
 
-// readCounters sums the per-CPU counters into stats. The caller holds d.mu.
-func (d *Datapath) readCounters() {
-	for idx, dst := range map[bpfCounter]*uint64{
-		bpfCounterCOUNTER_MAP_FULL_PACKETS: &d.stats.MapFullPackets,
-		bpfCounterCOUNTER_MAP_FULL_BYTES:   &d.stats.MapFullBytes,
-		bpfCounterCOUNTER_NON_IP:           &d.stats.NonIP,
-		bpfCounterCOUNTER_MALFORMED:        &d.stats.Malformed,
-		bpfCounterCOUNTER_L7MAP_FULL:       &d.stats.L7MapFull,
-		bpfCounterCOUNTER_NAMES_LOST:       &d.stats.NamesLost,
-	} {
+// readCounters returns the per-CPU counters of counterFields, summed; one
+// it cannot read is logged and left out. The caller holds d.drainMu,
+// which keeps the map open.
+func (d *Datapath) readCounters() map[bpfCounter]uint64 {
+	out := make(map[bpfCounter]uint64, len(counterFields))
+	for idx := range counterFields {
 		var percpu []uint64
 		if err := d.objs.Counters.Lookup(uint32(idx), &percpu); err != nil {
 			d.log.Warn("read counter", "counter", idx, "err", err)
@@ -595,8 +691,9 @@ func (d *Datapath) readCounters() {
 		for _, v := range percpu {
 			sum += v
 		}
-		*dst = sum
+		out[idx] = sum
 	}
+	return out
 }
 
 // probeInsns is the smallest TC program: return TC_ACT_UNSPEC.

@@ -60,8 +60,8 @@ func (a *agentFlags) register(fs *flag.FlagSet) {
 	a.cfg.XDPMode = flows.XDPAuto
 	fs.Var(&a.cfg.XDPMode, "xdp-mode", "where the XDP program of --xdp runs: native (in the driver), generic, or auto (native where the driver has it)")
 	fs.Var(&a.cfg.Attach, "attach", "how to attach TC programs: tcx, clsact or auto (TCX where the kernel has it)")
-	fs.DurationVar(&a.cfg.Interval, "interval", 5*time.Second, "how often to drain the flow map")
-	fs.IntVar(&a.cfg.MaxFlows, "max-flows", 65536, "flow directions the flow maps hold between two drains, and flows with L7 messages the L7 maps hold; more are counted as map-full")
+	fs.DurationVar(&a.cfg.Interval, "interval", flows.DefaultInterval, "how often to drain the flow map")
+	fs.IntVar(&a.cfg.MaxFlows, "max-flows", flows.DefaultMaxFlows, "flow directions the flow maps hold between two drains, and flows with L7 messages the L7 maps hold; more are counted as map-full")
 	a.listen = "127.0.0.1:9477"
 	fs.Var((*hostPort)(&a.listen), "listen",
 		"address to serve the HTTP API and /metrics on, host:port (an IPv6 host as [addr]:port or addr:port); other than loopback, only with --tls-cert, --tls-key and --auth")

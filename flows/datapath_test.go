@@ -1,0 +1,212 @@
+package flows
+
+import (
+	"context"
+	"maps"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/flowmap/flowmap/internal/testenv"
+	"github.com/flowmap/flowmap/model"
+)
+
+// TestNotBlockedByDrain checks that /metrics, the names reader and the
+// attachment registry answer while a drain is in progress: the drain is
+// held inside its conntrack dump, the slowest step of a drain on a busy
+// host.
+func TestNotBlockedByDrain(t *testing.T) {
+	testenv.MustBeRoot(t)
+	testenv.MustHaveBTF(t)
+	d := newTestDatapath(t)
+	inDump := make(chan struct{})
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	// Cleanups run last first: the drain is released before Close.
+	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
+	d.conntrack = func() ([]*netlink.ConntrackFlow, error) {
+		close(inDump)
+		<-release
+		return nil, nil
+	}
+	// A flow, so that the drain reads conntrack to join NATed directions.
+	putFlow(t, d, "192.0.2.1", 0)
+
+	drained := make(chan error, 1)
+	go func() {
+		_, err := d.Drain(time.Now())
+		drained <- err
+	}()
+	select {
+	case <-inDump:
+	case <-time.After(5 * time.Second):
+		t.Fatal("drain did not read conntrack within 5s")
+	}
+
+	// Every call starts at once and has 5s in all, so that the old
+	// single lock fails in 5s, not in 5s a call.
+	calls := []struct {
+		name string
+		call func()
+	}{
+		{"Stats", func() {
+			if got := d.Stats().Drains; got != 0 {
+				t.Errorf("Stats().Drains = %d during the first drain, want 0: a drain counts when it ends", got)
+			}
+		}},
+		{"Collect", func() { testutil.CollectAndCount(NewCollector(d)) }},
+		{"Gather", func() {
+			reg := prometheus.NewPedanticRegistry()
+			reg.MustRegister(NewCollector(d))
+			if _, err := reg.Gather(); err != nil {
+				t.Errorf("Gather: %v", err)
+			}
+		}},
+		{"Attached", func() { d.Attached() }},
+		{"Ready", func() { d.Ready() }},
+		{"addName", func() { d.addName(model.Name{Name: "example.com"}) }},
+		{"badName", func() { d.badName() }},
+		{"update", func() {
+			l := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: "gone0", Index: 1 << 30}}
+			d.update(netlink.LinkUpdate{Header: unix.NlMsghdr{Type: unix.RTM_DELLINK}, Link: l}, nil)
+		}},
+	}
+	done := make([]chan struct{}, len(calls))
+	for i, c := range calls {
+		done[i] = make(chan struct{})
+		go func() {
+			defer close(done[i])
+			c.call()
+		}()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for i, c := range calls {
+		select {
+		case <-done[i]:
+		case <-ctx.Done():
+			t.Errorf("%s did not return within 5s while a drain was blocked in its conntrack dump, want it not to wait for the drain", c.name)
+		}
+	}
+	if t.Failed() {
+		return
+	}
+
+	releaseOnce.Do(func() { close(release) })
+	select {
+	case err := <-drained:
+		if err != nil {
+			t.Fatalf("Drain: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("drain did not end within 5s of conntrack's answer")
+	}
+	s := d.Stats()
+	if s.Drains != 1 || s.NamesUndecoded != 1 || s.LastEntries != 1 {
+		t.Errorf("Stats after the drain: Drains %d, NamesUndecoded %d, LastEntries %d; want 1, 1, 1", s.Drains, s.NamesUndecoded, s.LastEntries)
+	}
+}
+
+// newTestDatapath loads a datapath that attaches nothing, and closes it
+// when t ends.
+func newTestDatapath(t *testing.T) *Datapath {
+	t.Helper()
+	d, err := New(Config{})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := d.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return d
+}
+
+// putFlow adds a TCP flow from src:40000 to 192.0.2.200:80, counted at the
+// TC ingress of ifindex, to the half the programs write.
+func putFlow(t *testing.T, d *Datapath, src string, ifindex uint32) {
+	t.Helper()
+	k, _ := flowKey(src, "192.0.2.200", 40000, 80, 6, 0).v4()
+	vals := make([]bpfFlowStats, mustPossibleCPUs(t))
+	vals[0] = bpfFlowStats{Bytes: 100, Packets: 1, Ifindex: ifindex, Point: uint8(bpfPointPOINT_TC_INGRESS)}
+	if err := d.drain.halves[d.drain.cur].v4.Put(k, vals); err != nil {
+		t.Fatalf("put flow from %s: %v", src, err)
+	}
+}
+
+// TestDrainNamesReleased checks that a drain names the flows of interfaces
+// released since the last one, then forgets those released before it
+// began, but not one released while it ran, which may have counted in the
+// half the next drain reads.
+func TestDrainNamesReleased(t *testing.T) {
+	testenv.MustBeRoot(t)
+	testenv.MustHaveBTF(t)
+	d := newTestDatapath(t)
+	before := model.Interface{Index: 1<<30 + 1, Name: "before0", Kind: "veth", PeerNetNSID: 3}
+	during := model.Interface{Index: 1<<30 + 2, Name: "during0", Kind: "veth", PeerNetNSID: 4}
+	d.regMu.Lock()
+	d.known[before.Index] = before // attached, then released before the drain
+	d.known[during.Index] = during
+	d.attached[during.Index] = &attachment{iface: during}
+	d.regMu.Unlock()
+	release := true
+	d.conntrack = func() ([]*netlink.ConntrackFlow, error) {
+		if release {
+			d.regMu.Lock()
+			if err := d.releaseLocked(during.Index); err != nil {
+				t.Errorf("release %s: %v", during.Name, err)
+			}
+			d.regMu.Unlock()
+			release = false
+		}
+		return nil, nil
+	}
+	srcIfs := func(b model.Batch) map[string]string {
+		out := map[string]string{}
+		for _, r := range b.Records {
+			out[r.Src.String()] = r.SrcIf.Name
+		}
+		return out
+	}
+	known := func() map[string]bool {
+		d.regMu.Lock()
+		defer d.regMu.Unlock()
+		out := map[string]bool{}
+		for _, i := range d.known {
+			out[i.Name] = true
+		}
+		return out
+	}
+
+	putFlow(t, d, "192.0.2.1", uint32(before.Index))
+	putFlow(t, d, "192.0.2.2", uint32(during.Index))
+	b, err := d.Drain(time.Now())
+	if err != nil {
+		t.Fatalf("first Drain: %v", err)
+	}
+	if got, want := srcIfs(b), map[string]string{"192.0.2.1": "before0", "192.0.2.2": "during0"}; !maps.Equal(got, want) {
+		t.Errorf("first drain's source interfaces = %v, want %v", got, want)
+	}
+	if got, want := known(), map[string]bool{"during0": true}; !maps.Equal(got, want) {
+		t.Errorf("known after the first drain = %v, want %v", got, want)
+	}
+
+	// What during0 counted after the first flip, before its release.
+	putFlow(t, d, "192.0.2.3", uint32(during.Index))
+	b, err = d.Drain(time.Now())
+	if err != nil {
+		t.Fatalf("second Drain: %v", err)
+	}
+	if got, want := srcIfs(b), map[string]string{"192.0.2.3": "during0"}; !maps.Equal(got, want) {
+		t.Errorf("second drain's source interfaces = %v, want %v", got, want)
+	}
+	if got := known(); len(got) != 0 {
+		t.Errorf("known after the second drain = %v, want none", got)
+	}
+}
