@@ -19,7 +19,7 @@ import (
 )
 
 // maxNamesPerBatch bounds the names a batch carries; more are counted as
-// lost (Stats.NamesLost).
+// dropped (Stats.NamesDropped).
 const maxNamesPerBatch = 4096
 
 // Errors of the name decoders.
