@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/flowmap/flowmap/export"
+	"github.com/flowmap/flowmap/internal/benchcpu"
 	"github.com/flowmap/flowmap/model"
 )
 
@@ -39,10 +40,12 @@ func BenchmarkExport(b *testing.B) {
 	}
 	batch := export.Batch{Flows: fs, SampleRate: 1}
 	b.ReportAllocs()
+	report := benchcpu.Start(b, "records")
 	for b.Loop() {
 		if err := e.Export(context.Background(), batch); err != nil {
 			b.Fatal(err)
 		}
 	}
+	report(b.N * len(batch.Flows))
 	b.ReportMetric(float64(b.N*len(fs))/b.Elapsed().Seconds(), "records/s")
 }
