@@ -2,6 +2,9 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -126,4 +129,110 @@ func TestExport(t *testing.T) {
 				n, got.fb, got.fp, got.rb, got.rp, wantSums.fb, wantSums.fp, wantSums.rb, wantSums.rp)
 		}
 	})
+}
+
+// metric returns the value of the series line of /metrics that starts
+// with series (name and labels), -1 if there is none.
+func metric(metrics, series string) float64 {
+	for _, l := range strings.Split(metrics, "\n") {
+		if v, ok := strings.CutPrefix(l, series+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return -1
+}
+
+// TestExportCollectorDown: with its collector down the agent keeps
+// counting flows, its export queue stays within --export-queue and the
+// flows past it are counted as dropped; when the collector comes up, what
+// the queue held arrives, and every record counted as sent is there once.
+func TestExportCollectorDown(t *testing.T) {
+	testenv.MustBeRoot(t)
+	testenv.MustHaveBTF(t)
+	testenv.MustHaveCommand(t, "go")
+	if err := sandbox.Cleanup("fmx"); err != nil {
+		t.Fatal(err)
+	}
+	collector.Binary(t) // built before the agent starts counting
+	sb := sandbox.NewT(t, sandbox.Options{Prefix: "fmx", Subnet: cmdSubnet})
+	a, b := addHost(t, sb, "a"), addHost(t, sb, "b")
+	grpcAddr := freePort(t) // nothing listens there yet
+	p := startAgent(t, buildFlowmap(t), "--interfaces", "fmx-*", "--keep", "100000",
+		"--export-otlp", "grpc://"+grpcAddr, "--export-queue", "3")
+
+	const otlp = `{exporter="otlp"`
+	var ports []uint16
+	for range 10 {
+		port, _ := sendTo(t, a, b, 10_000)
+		ports = append(ports, port)
+	}
+	// Two drains after the last connection, the agent has counted all.
+	n0 := p.flowsDoc(t).Intervals
+	deadline := time.Now().Add(10 * time.Second)
+	for p.flowsDoc(t).Intervals < n0+2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the agent drained no two intervals in 10s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	seen := map[uint16]bool{}
+	for _, r := range p.flowsDoc(t).Flows {
+		if r.Src == a.Addr && r.Dst == b.Addr {
+			seen[r.DstPort] = true
+		}
+	}
+	for _, port := range ports {
+		if !seen[port] {
+			t.Errorf("flow to port %d not in /api/v1/flows while the collector is down", port)
+		}
+	}
+	m := p.get(t, "/metrics")
+	if got := metric(m, "flowmap_export_queue_records"+otlp+"}"); got < 0 || got > 3 {
+		t.Errorf("flowmap_export_queue_records = %v, want at most --export-queue, 3", got)
+	}
+	if got := metric(m, "flowmap_export_records_total"+otlp+`,result="dropped_queue_full"}`); got < 7 {
+		t.Errorf("dropped_queue_full = %v, want at least 7 of the 10 flows", got)
+	}
+	if got := metric(m, "flowmap_export_records_total"+otlp+`,result="sent"}`); got != 0 {
+		t.Errorf("sent = %v with the collector down, want 0", got)
+	}
+	if got := metric(m, "flowmap_export_retries_total"+otlp+"}"); got < 1 {
+		t.Errorf("flowmap_export_retries_total = %v, want retries", got)
+	}
+	held := metric(m, "flowmap_export_queue_records"+otlp+"}")
+
+	col := collector.StartAt(t, grpcAddr)
+	deadline = time.Now().Add(60 * time.Second)
+	for {
+		m = p.get(t, "/metrics")
+		if metric(m, "flowmap_export_queue_records"+otlp+"}") == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the export queue not empty 60s after the collector came up")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := p.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatalf("agent exit after SIGTERM: %v, want 0", err)
+	}
+	col.Stop(t)
+	sent := metric(m, "flowmap_export_records_total"+otlp+`,result="sent"}`)
+	recs := col.Logs(t)
+	if sent < held {
+		t.Errorf("sent = %v after the collector came up, want at least the %v the queue held", sent, held)
+	}
+	// The agent may have sent more between the scrape and its exit.
+	if float64(len(recs)) < sent {
+		t.Errorf("the collector got %d records, want the %v the agent counted as sent", len(recs), sent)
+	}
+	keys := map[string]bool{}
+	for _, r := range recs {
+		k := fmt.Sprint(r.Attrs["source.address"], r.Attrs["source.port"], r.Attrs["destination.address"], r.Attrs["destination.port"], r.Attrs["flowmap.flow.end_unix_nano"])
+		if keys[k] {
+			t.Errorf("record %s arrived twice", k)
+		}
+		keys[k] = true
+	}
 }

@@ -108,7 +108,13 @@ func freePort(t *testing.T) string {
 // ports; it is killed at the test's end.
 func Start(t *testing.T) *Collector {
 	t.Helper()
-	c := &Collector{GRPC: freePort(t), HTTP: freePort(t), bin: Binary(t), dir: t.TempDir()}
+	return StartAt(t, freePort(t))
+}
+
+// StartAt is Start with the gRPC receiver on grpc, HOST:PORT.
+func StartAt(t *testing.T, grpc string) *Collector {
+	t.Helper()
+	c := &Collector{GRPC: grpc, HTTP: freePort(t), bin: Binary(t), dir: t.TempDir()}
 	cfg := fmt.Sprintf(`receivers:
   otlp:
     protocols:
