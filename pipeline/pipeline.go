@@ -134,6 +134,10 @@ func (p *Pipeline) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{p.metrics, topology.NewGraphCollector(p.graph), p.l7}
 }
 
+// FlowSeries returns the flow series, for exporters other than
+// Prometheus to read (topology.Metrics.Each).
+func (p *Pipeline) FlowSeries() *topology.Metrics { return p.metrics }
+
 // Mount serves the graph's exports (/api/v1/graph, /api/v1/nodegraph/)
 // from mux, a server.Server or an http.ServeMux.
 func (p *Pipeline) Mount(mux interface{ Handle(string, http.Handler) }) {

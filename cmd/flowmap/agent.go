@@ -145,6 +145,13 @@ func agent(ctx context.Context, a agentFlags, log *slog.Logger) error {
 	}
 	pipe := pipeline.New(opts)
 	reg.MustRegister(pipe.Collectors()...)
+	om, err := a.export.metrics(ctx, a.graph.node, pipe.FlowSeries())
+	if err != nil {
+		return err
+	}
+	if om != nil {
+		g.Go(func() error { return om.Run(ctx) })
+	}
 	pipe.Mount(srv)
 	mountPage(srv, a.cfg.Interval)
 

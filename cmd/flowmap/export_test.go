@@ -32,7 +32,8 @@ func (p *agentProc) flowsDoc(t *testing.T) server.FlowsDoc {
 // OpenTelemetry Collector over gRPC and to Debian's nfcapd over UDP: the
 // records of a TCP flow between two namespaces arrive in each with the
 // flow's tuple, and their bytes and packets, each way, sum to what the
-// agent's own JSON says of the flow.
+// agent's own JSON says of the flow; the collector's last edge series of
+// the flow's edge (its server port is the flow's alone) count as much.
 func TestExport(t *testing.T) {
 	testenv.MustBeRoot(t)
 	testenv.MustHaveBTF(t)
@@ -45,7 +46,7 @@ func TestExport(t *testing.T) {
 	sb := sandbox.NewT(t, sandbox.Options{Prefix: "fmx", Subnet: cmdSubnet})
 	a, b := addHost(t, sb, "a"), addHost(t, sb, "b")
 	p := startAgent(t, buildFlowmap(t), "--interfaces", "fmx-*", "--keep", "100000", "--node-name", "node-x",
-		"--export-otlp", "grpc://"+col.GRPC, "--export-ipfix", "udp://"+nf.Addr)
+		"--export-otlp", "grpc://"+col.GRPC, "--export-otlp-metrics-interval", "200ms", "--export-ipfix", "udp://"+nf.Addr)
 
 	port, _ := sendTo(t, a, b, 300_000)
 	key := model.Key{Src: a.Addr, Dst: b.Addr, Proto: model.ProtoTCP, DstPort: port}
@@ -125,10 +126,79 @@ func TestExport(t *testing.T) {
 			t.Fatalf("the collector got no record of %v", key)
 		}
 		if got != wantSums {
-			t.Errorf("the collector's %d records of the flow sum to bytes/packets forward %d/%d reverse %d/%d, want the agent's %d/%d and %d/%d",
+			t.Errorf("the collector's %d log records of the flow sum to bytes/packets forward %d/%d reverse %d/%d, want the agent's %d/%d and %d/%d",
 				n, got.fb, got.fp, got.rb, got.rp, wantSums.fb, wantSums.fp, wantSums.rb, wantSums.rp)
 		}
 	})
+	t.Run("otlp metrics", func(t *testing.T) {
+		lines := col.MetricsJSON(t)
+		var fwd, rev int64
+		var points int
+		// The last request with the edge: the agent sends the series
+		// once more as it stops.
+		for _, line := range lines {
+			var req struct {
+				ResourceMetrics []struct {
+					ScopeMetrics []struct {
+						Metrics []struct {
+							Name string `json:"name"`
+							Sum  struct {
+								DataPoints []struct {
+									Attributes []struct {
+										Key   string `json:"key"`
+										Value struct {
+											StringValue string `json:"stringValue"`
+										} `json:"value"`
+									} `json:"attributes"`
+									AsInt string `json:"asInt"`
+								} `json:"dataPoints"`
+							} `json:"sum"`
+						} `json:"metrics"`
+					} `json:"scopeMetrics"`
+				} `json:"resourceMetrics"`
+			}
+			if err := json.Unmarshal(line, &req); err != nil {
+				t.Fatalf("decode the collector's metrics: %v", err)
+			}
+			var f, r int64
+			var n int
+			for _, rm := range req.ResourceMetrics {
+				for _, sm := range rm.ScopeMetrics {
+					for _, m := range sm.Metrics {
+						if m.Name != "flowmap.flow.bytes" {
+							continue
+						}
+						for _, p := range m.Sum.DataPoints {
+							a := map[string]string{}
+							for _, kv := range p.Attributes {
+								a[kv.Key] = kv.Value.StringValue
+							}
+							if a["proto"] != "tcp" || a["port"] != strconv.Itoa(int(key.DstPort)) {
+								continue
+							}
+							v, _ := strconv.ParseInt(p.AsInt, 10, 64)
+							n++
+							if a["direction"] == "forward" {
+								f += v
+							} else {
+								r += v
+							}
+						}
+					}
+				}
+			}
+			if n > 0 {
+				fwd, rev, points = f, r, n
+			}
+		}
+		if points == 0 {
+			t.Fatalf("no flowmap.flow.bytes point of the edge to port %d among %d requests", key.DstPort, len(lines))
+		}
+		if uint64(fwd) != wantSums.fb || uint64(rev) != wantSums.rb {
+			t.Errorf("the edge's flowmap.flow.bytes = %d forward, %d reverse, want the agent's %d and %d", fwd, rev, wantSums.fb, wantSums.rb)
+		}
+	})
+
 }
 
 // metric returns the value of the series line of /metrics that starts
