@@ -88,6 +88,9 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if a.cfg.Interval < 100*time.Millisecond {
 		return fmt.Errorf("agent: --interval=%s: want at least 100ms", a.cfg.Interval)
 	}
+	if err := a.export.check(); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: a.logLevel}))
 	return agent(ctx, a, log)
 }

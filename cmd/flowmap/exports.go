@@ -50,16 +50,34 @@ func (e *exportFlags) register(fs *flag.FlagSet) {
 		"over UDP, send the IPFIX templates again also every N messages (0: by time alone)")
 }
 
+// check checks the flags, before the agent starts anything.
+func (e *exportFlags) check() error {
+	if _, err := export.ParsePorts(e.ports); err != nil {
+		return fmt.Errorf("--export-ports: %w", err)
+	}
+	if e.sample == 0 || e.sample > 1<<31 {
+		return fmt.Errorf("--export-sample=%d: want 1 to 2^31", e.sample)
+	}
+	if e.otlp != "" {
+		if err := otlp.CheckURL(e.otlp); err != nil {
+			return fmt.Errorf("--export-otlp: %w", err)
+		}
+	}
+	if e.ipfix != "" {
+		if _, err := ipfix.New(ipfix.Options{URL: e.ipfix}); err != nil {
+			return fmt.Errorf("--export-ipfix: %w", err)
+		}
+	}
+	return nil
+}
+
 // exporters returns a queue in front of each exporter the flags ask for,
 // its collector registered in reg.
 func (e *exportFlags) exporters(ctx context.Context, node string, reg prometheus.Registerer, log *slog.Logger) ([]*export.Queue, error) {
-	ports, err := export.ParsePorts(e.ports)
-	if err != nil {
-		return nil, fmt.Errorf("--export-ports: %w", err)
+	if err := e.check(); err != nil {
+		return nil, err
 	}
-	if e.sample == 0 || e.sample > 1<<31 {
-		return nil, fmt.Errorf("--export-sample=%d: want 1 or more", e.sample)
-	}
+	ports, _ := export.ParsePorts(e.ports)
 	filter := export.Filter{Namespaces: e.namespaces, Ports: ports, Sample: uint32(e.sample)}
 	var qs []*export.Queue
 	add := func(name string, exp export.Exporter) {

@@ -80,6 +80,12 @@ func parseURL(s string) (endpoint, error) {
 	return endpoint{}, fmt.Errorf("parse otlp url %q: scheme %q: want grpc, grpcs, http or https", s, u.Scheme)
 }
 
+// CheckURL returns the error New would return for the endpoint url.
+func CheckURL(url string) error {
+	_, err := parseURL(url)
+	return err
+}
+
 // Resource returns the agent's resource: service.name=flowmap, host.name
 // and k8s.node.name.
 func Resource(node string) *resource.Resource {
