@@ -404,3 +404,60 @@ func itoa(i int32) string {
 	b, _ := json.Marshal(i)
 	return string(b)
 }
+
+// TestExportExamples: the collector config's pipelines use the components
+// it configures, and the nfcapd manifests decode strictly.
+func TestExportExamples(t *testing.T) {
+	var cfg struct {
+		Receivers  map[string]any `json:"receivers"`
+		Processors map[string]any `json:"processors"`
+		Exporters  map[string]any `json:"exporters"`
+		Service    struct {
+			Pipelines map[string]struct {
+				Receivers  []string `json:"receivers"`
+				Processors []string `json:"processors"`
+				Exporters  []string `json:"exporters"`
+			} `json:"pipelines"`
+		} `json:"service"`
+	}
+	decode(t, "otelcol/collector.yaml", &cfg)
+	if len(cfg.Service.Pipelines) == 0 {
+		t.Error("otelcol/collector.yaml has no pipelines")
+	}
+	for name, p := range cfg.Service.Pipelines {
+		for _, c := range []struct {
+			kind string
+			used []string
+			have map[string]any
+		}{{"receiver", p.Receivers, cfg.Receivers}, {"processor", p.Processors, cfg.Processors}, {"exporter", p.Exporters, cfg.Exporters}} {
+			for _, u := range c.used {
+				if _, ok := c.have[u]; !ok {
+					t.Errorf("pipeline %s uses %s %s, which the config does not configure", name, c.kind, u)
+				}
+			}
+		}
+	}
+	if _, ok := cfg.Receivers["otlp"]; !ok {
+		t.Error("otelcol/collector.yaml has no otlp receiver")
+	}
+
+	raw, err := os.ReadFile("ipfix/nfcapd.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	docs := strings.Split(string(raw), "\n---\n")
+	if len(docs) != 2 {
+		t.Fatalf("ipfix/nfcapd.yaml has %d documents, want a Deployment and a Service", len(docs))
+	}
+	var d appsv1.Deployment
+	if err := yaml.UnmarshalStrict([]byte(docs[0]), &d); err != nil {
+		t.Errorf("decode the Deployment: %v", err)
+	}
+	var s corev1.Service
+	if err := yaml.UnmarshalStrict([]byte(docs[1]), &s); err != nil {
+		t.Errorf("decode the Service: %v", err)
+	}
+	if got := s.Spec.Ports[0].Protocol; got != corev1.ProtocolUDP {
+		t.Errorf("nfcapd's Service port protocol = %s, want UDP", got)
+	}
+}

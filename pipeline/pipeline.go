@@ -36,6 +36,12 @@ type Sink interface {
 	Add(b model.Batch)
 }
 
+// Exporter takes each batch's flows, named, to send them off the host: an
+// export.Queue. Offer must not block.
+type Exporter interface {
+	Offer(fs []model.Flow)
+}
+
 // Options configures a Pipeline.
 type Options struct {
 	// Node is the name of this node in the cluster: the node label of the
@@ -56,6 +62,8 @@ type Options struct {
 	Namer Namer
 	// API receives each batch before it is named; nil: none.
 	API Sink
+	// Exports receive each batch's flows once named and folded in.
+	Exports []Exporter
 	// Routes and Addrs list the host's routes and addresses for the
 	// reporting rule; nil: host.Routes and host.Addrs.
 	Routes func() ([]netlink.Route, error)
@@ -73,6 +81,7 @@ type Options struct {
 type Pipeline struct {
 	namer     Namer
 	api       Sink
+	exports   []Exporter
 	host      *HostView
 	reporting *Reporting
 	refresh   time.Duration
@@ -100,6 +109,7 @@ func New(opts Options) *Pipeline {
 	p := &Pipeline{
 		namer:     opts.Namer,
 		api:       opts.API,
+		exports:   opts.Exports,
 		host:      hv,
 		reporting: &Reporting{Host: hv, Uplinks: opts.Uplinks, ClusterCIDRs: opts.ClusterCIDRs},
 		refresh:   opts.Refresh,
@@ -123,6 +133,10 @@ func New(opts Options) *Pipeline {
 func (p *Pipeline) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{p.metrics, topology.NewGraphCollector(p.graph), p.l7}
 }
+
+// FlowSeries returns the flow series, for exporters other than
+// Prometheus to read (topology.Metrics.Each).
+func (p *Pipeline) FlowSeries() *topology.Metrics { return p.metrics }
 
 // Mount serves the graph's exports (/api/v1/graph, /api/v1/nodegraph/)
 // from mux, a server.Server or an http.ServeMux.
@@ -151,6 +165,9 @@ func (p *Pipeline) Add(b model.Batch) {
 	p.graph.Add(b.End, fs...)
 	p.metrics.Add(b.End, fs...)
 	p.l7.Add(b.End, fs...)
+	for _, e := range p.exports {
+		e.Offer(fs)
+	}
 	p.log.Debug("folded", "flows", len(fs))
 }
 

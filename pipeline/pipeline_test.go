@@ -23,6 +23,11 @@ type sink struct{ batches []model.Batch }
 
 func (s *sink) Add(b model.Batch) { s.batches = append(s.batches, b) }
 
+// exporter keeps the flows it was offered.
+type exporter struct{ flows []model.Flow }
+
+func (e *exporter) Offer(fs []model.Flow) { e.flows = append(e.flows, fs...) }
+
 // countedRoutes is routes, counting its calls.
 type countedRoutes struct{ calls atomic.Int64 }
 
@@ -75,8 +80,9 @@ func TestAdd(t *testing.T) {
 				Forward: model.Direction{Bytes: 10, Packets: 1}},
 		}}
 	api := &sink{}
+	exp := &exporter{}
 	rc := &countedRoutes{}
-	p := New(Options{Node: "n1", MetricsLevel: topology.LevelContainer, API: api, Routes: rc.routes, Addrs: addrs})
+	p := New(Options{Node: "n1", MetricsLevel: topology.LevelContainer, API: api, Exports: []Exporter{exp}, Routes: rc.routes, Addrs: addrs})
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(p.Collectors()...)
 	lookups := rc.calls.Load()
@@ -85,6 +91,15 @@ func TestAdd(t *testing.T) {
 	t.Run("api", func(t *testing.T) {
 		if len(api.batches) != 1 || len(api.batches[0].Records) != 2 {
 			t.Fatalf("API got %d batches, want 1 of 2 records", len(api.batches))
+		}
+	})
+	t.Run("exports", func(t *testing.T) {
+		// Every flow, reported here or not, named.
+		if len(exp.flows) != 2 {
+			t.Fatalf("exporter got %d flows, want 2", len(exp.flows))
+		}
+		if got := exp.flows[0].DstEndpoint.Name; got != "api.example" {
+			t.Errorf("exported flow's destination = %q, want api.example, named by the batch's DNS name", got)
 		}
 	})
 	t.Run("graph", func(t *testing.T) {

@@ -126,6 +126,9 @@ type series struct {
 	rtt     []uint64 // per bucket of RTTBuckets, not cumulative
 	rttN    uint64
 	rttSum  float64
+	// start is when the series began counting: its first flow's first
+	// packet.
+	start time.Time
 	// shown: the series were collected once. They are first collected at
 	// zero, so that increase() and rate() count what a new edge carried
 	// before its first scrape (they take a series' first sample as its
@@ -184,6 +187,10 @@ func (m *Metrics) Add(t time.Time, fs ...model.Flow) {
 		}
 		if s.rtt == nil {
 			s.rtt = make([]uint64, len(RTTBuckets))
+			s.start = t
+			if !f.FirstSeen.IsZero() && f.FirstSeen.Before(t) {
+				s.start = f.FirstSeen
+			}
 		}
 		s.traffic[0].Add(trafficOf(f.Forward))
 		s.traffic[1].Add(trafficOf(f.Reverse))

@@ -46,6 +46,7 @@ type agentFlags struct {
 	logLevel slog.Level
 	graph    graphFlags
 	inv      inventoryFlags
+	export   exportFlags
 	// namer names the ends of flows; nil: the inventory, or with
 	// --no-inventory the address alone.
 	namer pipeline.Namer
@@ -70,6 +71,7 @@ func (a *agentFlags) register(fs *flag.FlagSet) {
 	fs.TextVar(&a.logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
 	a.graph.register(fs)
 	a.inv.register(fs)
+	a.export.register(fs)
 }
 
 func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -85,6 +87,9 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if a.cfg.Interval < 100*time.Millisecond {
 		return fmt.Errorf("agent: --interval=%s: want at least 100ms", a.cfg.Interval)
+	}
+	if err := a.export.check(); err != nil {
+		return fmt.Errorf("agent: %w", err)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: a.logLevel}))
 	return agent(ctx, a, log)
@@ -129,8 +134,27 @@ func agent(ctx context.Context, a agentFlags, log *slog.Logger) error {
 		namer = func(r *model.Record) model.Flow { return inv.Enrich(*r) }
 		g.Go(func() error { return inv.Run(ctx) })
 	}
-	pipe := pipeline.New(a.graph.options(namer, srv, log.With("component", "topology")))
+	// The exporters' queues send until the agent stops, then flush.
+	queues, err := a.export.exporters(ctx, a.graph.node, reg, log)
+	if err != nil {
+		return err
+	}
+	for _, q := range queues {
+		g.Go(func() error { return q.Run(ctx) })
+	}
+	opts := a.graph.options(namer, srv, log.With("component", "topology"))
+	for _, q := range queues {
+		opts.Exports = append(opts.Exports, q)
+	}
+	pipe := pipeline.New(opts)
 	reg.MustRegister(pipe.Collectors()...)
+	om, err := a.export.metrics(ctx, a.graph.node, pipe.FlowSeries())
+	if err != nil {
+		return err
+	}
+	if om != nil {
+		g.Go(func() error { return om.Run(ctx) })
+	}
 	pipe.Mount(srv)
 	mountPage(srv, a.cfg.Interval)
 

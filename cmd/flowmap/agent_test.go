@@ -279,6 +279,10 @@ func TestAgentFlags(t *testing.T) {
 		{"attach", []string{"agent", "--attach", "bogus"}, `attach mode "bogus"`},
 		{"interval", []string{"agent", "--interval", "1ms"}, "--interval=1ms"},
 		{"extra", []string{"agent", "extra"}, `unexpected argument "extra"`},
+		{"export-otlp", []string{"agent", "--export-otlp", "udp://collector:4317"}, `--export-otlp: parse otlp url`},
+		{"export-ipfix", []string{"agent", "--export-ipfix", "collector:4739"}, `--export-ipfix: parse ipfix url`},
+		{"export-ports", []string{"agent", "--export-ports", "sctp/1"}, `--export-ports: parse port "sctp/1"`},
+		{"export-sample", []string{"agent", "--export-sample", "0"}, `--export-sample=0`},
 		{"command", []string{"nope"}, `unknown command "nope"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,0 +1,209 @@
+package otlp
+
+import (
+	"context"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/flowmap/flowmap/export"
+	"github.com/flowmap/flowmap/internal/collector"
+	"github.com/flowmap/flowmap/model"
+)
+
+func testFlows(n int) []model.Flow {
+	t0 := time.Date(2026, 12, 2, 9, 0, 0, 0, time.UTC)
+	fs := make([]model.Flow, n)
+	for i := range fs {
+		f := &fs[i]
+		f.Src, f.Dst = netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("192.0.2.20")
+		f.Proto, f.SrcPort, f.DstPort = model.ProtoTCP, uint16(40000+i), 5432
+		f.Forward = model.Direction{Bytes: uint64(1000 + i), Packets: 10, TCPFlags: 0x02 | 0x10 | model.FlagSYNOnly, Retransmits: 1}
+		f.Reverse = model.Direction{Bytes: 5_000_000_000, Packets: 3, TCPFlags: 0x12}
+		f.FirstSeen, f.LastSeen = t0, t0.Add(time.Second)
+		f.HandshakeRTT = 250 * time.Microsecond
+		f.SrcEndpoint = model.Endpoint{Kind: model.KindPod, ID: "uid-1", Name: "client-7d9", Namespace: "shop", Node: "n1",
+			Workload: "client", WorkloadKind: "Deployment", Image: "registry.example/client:1",
+			Labels: map[string]string{"topology.kubernetes.io/zone": "eu-west-1a"}}
+		f.DstEndpoint = model.Endpoint{Kind: model.KindContainer, ID: "c0ffee", Name: "db", Image: "postgres:17"}
+		f.L7 = &model.L7{Protocol: model.L7Postgres}
+	}
+	return fs
+}
+
+func TestParseURL(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want endpoint
+		err  bool
+	}{
+		{in: "grpc://127.0.0.1:4317", want: endpoint{grpc: true, host: "127.0.0.1:4317"}},
+		{in: "grpcs://otel:4317", want: endpoint{grpc: true, secure: true, host: "otel:4317"}},
+		{in: "http://otel:4318", want: endpoint{host: "otel:4318", base: "http://otel:4318"}},
+		{in: "https://otel:4318/otlp/", want: endpoint{secure: true, host: "otel:4318", base: "https://otel:4318/otlp"}},
+		{in: "grpc://otel:4317/x", err: true},
+		{in: "udp://otel:4317", err: true},
+		{in: "otel:4317", err: true},
+	} {
+		got, err := parseURL(tc.in)
+		if (err != nil) != tc.err || (!tc.err && got != tc.want) {
+			t.Errorf("parseURL(%q) = %+v, %v; want %+v, error %v", tc.in, got, err, tc.want, tc.err)
+		}
+	}
+}
+
+// TestCollector sends flows over gRPC and HTTP to a real collector: each
+// arrives as a log record with its attributes and the agent's resource.
+func TestCollector(t *testing.T) {
+	c := collector.Start(t)
+	for _, url := range []string{"grpc://" + c.GRPC, "http://" + c.HTTP} {
+		e, err := New(t.Context(), Options{URL: url, Node: "n1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		fs := testFlows(3)
+		if url[0] == 'h' {
+			fs = fs[:1]
+			fs[0].SrcPort = 50000
+		}
+		if err := e.Export(t.Context(), export.Batch{Flows: fs, SampleRate: 4}); err != nil {
+			t.Fatalf("Export to %s: %v", url, err)
+		}
+		if err := e.Close(t.Context()); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	}
+	c.Stop(t)
+	recs := c.Logs(t)
+	if len(recs) != 4 {
+		t.Fatalf("collector got %d records, want 4", len(recs))
+	}
+	r := recs[0]
+	want := map[string]any{
+		"source.address":                   "192.0.2.10",
+		"source.port":                      int64(40000),
+		"destination.address":              "192.0.2.20",
+		"destination.port":                 int64(5432),
+		"network.transport":                "tcp",
+		"network.type":                     "ipv4",
+		"network.protocol.name":            "postgresql",
+		"source.k8s.pod.name":              "client-7d9",
+		"source.k8s.pod.uid":               "uid-1",
+		"source.k8s.namespace.name":        "shop",
+		"source.k8s.node.name":             "n1",
+		"source.k8s.deployment.name":       "client",
+		"source.container.image.name":      "registry.example/client:1",
+		"source.cloud.availability_zone":   "eu-west-1a",
+		"destination.container.id":         "c0ffee",
+		"destination.container.name":       "db",
+		"destination.container.image.name": "postgres:17",
+		"flowmap.source.kind":              "pod",
+		"flowmap.destination.kind":         "container",
+		"flowmap.forward.bytes":            int64(1000),
+		"flowmap.forward.packets":          int64(10),
+		"flowmap.reverse.bytes":            int64(5_000_000_000),
+		"flowmap.reverse.packets":          int64(3),
+		"flowmap.forward.tcp_flags":        int64(0x12),
+		"flowmap.forward.retransmits":      int64(1),
+		"flowmap.tcp.handshake_rtt":        250e-6,
+		"flowmap.sampling.rate":            int64(4),
+		"flowmap.flow.start_unix_nano":     testFlows(1)[0].FirstSeen.UnixNano(),
+		"flowmap.flow.end_unix_nano":       testFlows(1)[0].LastSeen.UnixNano(),
+		"flowmap.l7.requests":              int64(0),
+	}
+	for k, v := range want {
+		if got := r.Attrs[k]; got != v {
+			t.Errorf("attribute %s = %v (%T), want %v (%T)", k, got, got, v, v)
+		}
+	}
+	for k, v := range map[string]any{"service.name": "flowmap", "k8s.node.name": "n1"} {
+		if got := r.Resource[k]; got != v {
+			t.Errorf("resource attribute %s = %v, want %v", k, got, v)
+		}
+	}
+	if r.EventName != EventName || r.Scope != ScopeName || !r.Time.Equal(testFlows(1)[0].LastSeen) {
+		t.Errorf("record event %q scope %q time %v, want %q, %q, %v", r.EventName, r.Scope, r.Time, EventName, ScopeName, testFlows(1)[0].LastSeen)
+	}
+	if got := recs[3].Attrs["source.port"]; got != int64(50000) {
+		t.Errorf("the HTTP exporter's record has source.port %v, want 50000", got)
+	}
+}
+
+// waitEmpty waits until q has sent all it holds.
+func waitEmpty(t *testing.T, q *export.Queue) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for q.Len() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("queue still holds %d records after 30s", q.Len())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestCollectorDownRestarts: behind a queue, flows offered while the
+// collector is down are held up to the queue's capacity, the rest counted
+// as dropped, and the offers do not wait; once the collector is back every
+// record the queue held arrives, once.
+func TestCollectorDownRestarts(t *testing.T) {
+	c := collector.Start(t)
+	e, err := New(t.Context(), Options{URL: "grpc://" + c.GRPC, Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := export.NewQueue(e, export.Options{Name: "otlp", Capacity: 300, BatchSize: 100,
+		RetryInitial: 10 * time.Millisecond, RetryMax: 100 * time.Millisecond})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { q.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	fs := testFlows(1000)
+	q.Offer(fs[:50])
+	waitEmpty(t, q)
+	c.Stop(t)
+	start := time.Now()
+	for i := 50; i < 1000; i += 50 {
+		q.Offer(fs[i : i+50])
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("offers took %v while the collector was down", d)
+	}
+	if got := q.Len(); got != 300 {
+		t.Errorf("queue holds %d records, want its capacity, 300", got)
+	}
+	c.Restart(t)
+	waitEmpty(t, q)
+	c.Stop(t)
+
+	const want = `
+# HELP flowmap_export_records_total Flow records offered to the exporter, by result: sent, failed (the collector refused them for good), dropped_queue_full, dropped_shutdown (still queued when the agent stopped), filtered, sampled_out.
+# TYPE flowmap_export_records_total counter
+flowmap_export_records_total{exporter="otlp",result="dropped_queue_full"} 650
+flowmap_export_records_total{exporter="otlp",result="dropped_shutdown"} 0
+flowmap_export_records_total{exporter="otlp",result="failed"} 0
+flowmap_export_records_total{exporter="otlp",result="filtered"} 0
+flowmap_export_records_total{exporter="otlp",result="sampled_out"} 0
+flowmap_export_records_total{exporter="otlp",result="sent"} 350
+`
+	if err := testutil.CollectAndCompare(q, strings.NewReader(want), "flowmap_export_records_total"); err != nil {
+		t.Error(err)
+	}
+	got := map[int64]int{}
+	for _, r := range c.Logs(t) {
+		got[r.Attrs["source.port"].(int64)]++
+	}
+	// The first 50, and the 300 the queue held while the collector was
+	// down: the oldest, as the queue drops the newest.
+	for i := range 350 {
+		if n := got[int64(40000+i)]; n != 1 {
+			t.Errorf("flow with source port %d arrived %d times, want once", 40000+i, n)
+		}
+	}
+	if len(got) != 350 {
+		t.Errorf("collector got %d distinct flows, want 350", len(got))
+	}
+}
