@@ -82,4 +82,5 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descNamesLost, s.NamesLost, "ring_buffer_full")
 	counter(descNamesLost, s.NamesDropped, "batch_full")
 	counter(descNamesLost, s.NamesUndecoded, "undecoded")
+	counter(descNamesLost, s.NamesUnchained, "not_tied_to_question")
 }
