@@ -1,6 +1,10 @@
 package enrich
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/flowmap/flowmap/model"
+)
 
 // Collector exports an Inventory's sources and resolutions to Prometheus.
 type Collector struct {
@@ -36,6 +40,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for _, s := range c.inv.sources {
+		name := model.LabelValue(s.name)
 		s.mu.Lock()
 		st := s.status
 		s.mu.Unlock()
@@ -43,14 +48,14 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		if st.Up {
 			up = 1
 		}
-		ch <- prometheus.MustNewConstMetric(descSourceUp, prometheus.GaugeValue, up, s.name)
-		ch <- prometheus.MustNewConstMetric(descSourceEndpoints, prometheus.GaugeValue, float64(st.Endpoints), s.name)
+		ch <- prometheus.MustNewConstMetric(descSourceUp, prometheus.GaugeValue, up, name)
+		ch <- prometheus.MustNewConstMetric(descSourceEndpoints, prometheus.GaugeValue, float64(st.Endpoints), name)
 		if !st.LastSync.IsZero() {
 			ch <- prometheus.MustNewConstMetric(descSourceSync, prometheus.GaugeValue,
-				float64(st.LastSync.UnixNano())/1e9, s.name)
+				float64(st.LastSync.UnixNano())/1e9, name)
 		}
 		for reason, n := range s.errors() {
-			ch <- prometheus.MustNewConstMetric(descSourceErrors, prometheus.CounterValue, float64(n), s.name, reason)
+			ch <- prometheus.MustNewConstMetric(descSourceErrors, prometheus.CounterValue, float64(n), name, model.LabelValue(reason))
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(descEndpoints, prometheus.GaugeValue, float64(c.inv.Known()))
