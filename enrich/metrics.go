@@ -25,6 +25,8 @@ var (
 		"Errors of inventory sources and bad inputs they skipped, by source and reason.", []string{"source", "reason"}, nil)
 	descEndpoints = prometheus.NewDesc("flowmap_enrich_endpoints",
 		"Endpoints the inventory knows, all sources joined.", nil, nil)
+	descClaimsRefused = prometheus.NewDesc("flowmap_enrich_address_claims_refused",
+		"Addresses that users wrote (Service externalIPs, load-balancer ingress, selectorless EndpointSlices) and that the last merge refused because the platform assigned them to another endpoint.", nil, nil)
 	descResolutions = prometheus.NewDesc("flowmap_enrich_resolutions_total",
 		"Addresses resolved, by result: known to a source, unknown behind a local veth, or external.", []string{"result"}, nil)
 )
@@ -32,7 +34,7 @@ var (
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descSourceUp, descSourceEndpoints, descSourceSync,
-		descSourceErrors, descEndpoints, descResolutions} {
+		descSourceErrors, descEndpoints, descClaimsRefused, descResolutions} {
 		ch <- d
 	}
 }
@@ -59,6 +61,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(descEndpoints, prometheus.GaugeValue, float64(c.inv.Known()))
+	ch <- prometheus.MustNewConstMetric(descClaimsRefused, prometheus.GaugeValue, float64(c.inv.claimsRefused.Load()))
 	for i, result := range [resolvedKinds]string{"known", "unknown", "external"} {
 		ch <- prometheus.MustNewConstMetric(descResolutions, prometheus.CounterValue,
 			float64(c.inv.resolved[i].Load()), result)
