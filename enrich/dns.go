@@ -2,6 +2,7 @@ package enrich
 
 import (
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -11,60 +12,102 @@ import (
 	"github.com/flowmap/flowmap/model"
 )
 
-// DefaultMaxNames is how many addresses a Names cache names by default.
-const DefaultMaxNames = 65536
+// Bounds of a Names cache.
+const (
+	// DefaultMaxNames is how many addresses a Names cache names by
+	// default.
+	DefaultMaxNames = 65536
+	// MaxNamesPerAddr is how many names an address keeps, the most
+	// recent; older ones are dropped and counted (NamesStats.Dropped). A
+	// CDN's address answers for many names: the graph says "one of
+	// several", it need not list them all (200,000 names on one address
+	// were 51 MiB and 2 ms a lookup when all were kept).
+	MaxNamesPerAddr = 16
+	// DefaultMaxNameEntries bounds the names of all addresses together.
+	DefaultMaxNameEntries = 4 * DefaultMaxNames
+	// MaxNameTTL caps the TTL of a name: a record of a week's TTL (or
+	// 68 years') still names its address for an hour at most, unless
+	// answered again.
+	MaxNameTTL = time.Hour
+)
 
 // Names is a bounded cache of address → name, from the DNS answers and TLS
 // server names that the datapath saw ([model.Name]), each kept for its
-// record's TTL. Where several names share an address (a CDN, a shared
-// load balancer), the most recent wins, and Lookup says how many others
-// the address had: the graph then says "one of several". Its methods are
-// safe for concurrent use.
+// record's TTL, at most MaxNameTTL. Where several names share an address
+// (a CDN, a shared load balancer), the most recent DNS name wins, and
+// Lookup says how many others the address had: the graph then says "one
+// of several". A TLS server name is the client's claim, not an answer: it
+// names an address only where no live DNS name does, and never takes the
+// place of one. Its methods are safe for concurrent use.
 type Names struct {
-	mu    sync.Mutex
-	cache *lru.Cache[netip.Addr, *nameEntry]
-	stats NamesStats
+	mu         sync.Mutex
+	cache      *lru.Cache[netip.Addr, *nameEntry]
+	maxEntries int
+	entries    int // names held, over all addresses
+	stats      NamesStats
 }
 
+// nameEntry is the names of one address, the most recent last, at most
+// MaxNamesPerAddr.
 type nameEntry struct {
+	names []nameRec
+}
+
+type nameRec struct {
 	name    string
 	source  model.NameSource
 	expires time.Time
-	// others are the other names the address had, with when they expire.
-	others map[string]time.Time
 }
 
 // NamesStats counts what a Names cache did.
 type NamesStats struct {
 	Added    uint64 // names added
 	Replaced uint64 // names that took an address from another live name
-	Evicted  uint64 // addresses pushed out by the bound
+	Evicted  uint64 // addresses pushed out by the bounds, or expired
+	// Dropped counts names an address let go of, live, to keep
+	// MaxNamesPerAddr.
+	Dropped uint64
 }
 
 // NameInfo is what Lookup knows of an address.
 type NameInfo struct {
 	Name   string
 	Source model.NameSource
-	// Others is how many other live names the address had: the name is
-	// the most recent of Others+1.
+	// Others is how many other live names the address had (at most
+	// MaxNamesPerAddr-1): the name is the most recent DNS name of
+	// Others+1, or where none is, the most recent TLS server name.
 	Others int
 }
 
 // NewNames returns a cache of at most max addresses (DefaultMaxNames if
-// max <= 0).
+// max <= 0) and DefaultMaxNameEntries names.
 func NewNames(max int) *Names {
-	if max <= 0 {
-		max = DefaultMaxNames
+	return NewNamesBounded(max, 0)
+}
+
+// NewNamesBounded returns a cache of at most maxAddrs addresses and
+// maxEntries names over all of them (DefaultMaxNames and
+// DefaultMaxNameEntries where <= 0); the least recently used addresses go
+// first.
+func NewNamesBounded(maxAddrs, maxEntries int) *Names {
+	if maxAddrs <= 0 {
+		maxAddrs = DefaultMaxNames
 	}
-	n := &Names{}
+	if maxEntries <= 0 {
+		maxEntries = DefaultMaxNameEntries
+	}
+	n := &Names{maxEntries: maxEntries}
 	// lru.NewWithEvict fails only on a size <= 0.
-	n.cache, _ = lru.NewWithEvict(max, func(netip.Addr, *nameEntry) { n.stats.Evicted++ })
+	n.cache, _ = lru.NewWithEvict(maxAddrs, func(_ netip.Addr, e *nameEntry) {
+		n.stats.Evicted++
+		n.entries -= len(e.names)
+	})
 	return n
 }
 
-// Add keeps nm's name for its address until its TTL ends, counted from
-// nm.Seen (or now, if zero). A TTL of 0 is kept for a minute: the answer
-// was used at least once.
+// Add keeps nm's name for its address until its TTL ends (at most
+// MaxNameTTL), counted from nm.Seen (or now, if zero). A TTL of 0 is kept
+// for a minute: the answer was used at least once.
 func (n *Names) Add(nm model.Name, now time.Time) {
 	if !nm.Addr.IsValid() || nm.Name == "" {
 		return
@@ -73,7 +116,7 @@ func (n *Names) Add(nm model.Name, now time.Time) {
 	if seen.IsZero() {
 		seen = now
 	}
-	ttl := nm.TTL
+	ttl := min(nm.TTL, MaxNameTTL)
 	if ttl <= 0 {
 		ttl = time.Minute
 	}
@@ -84,23 +127,63 @@ func (n *Names) Add(nm model.Name, now time.Time) {
 	n.stats.Added++
 	e, ok := n.cache.Get(addr)
 	if !ok {
-		n.cache.Add(addr, &nameEntry{name: nm.Name, source: nm.Source, expires: exp})
-		return
+		e = &nameEntry{}
+		n.cache.Add(addr, e)
 	}
-	if e.name == nm.Name {
-		e.expires = later(e.expires, exp)
-		e.source = nm.Source
-		return
-	}
-	if e.expires.After(now) {
-		n.stats.Replaced++
-		if e.others == nil {
-			e.others = map[string]time.Time{}
+	rec := nameRec{name: nm.Name, source: nm.Source, expires: exp}
+	if i := slices.IndexFunc(e.names, func(r nameRec) bool { return r.name == nm.Name }); i >= 0 {
+		// The same name again: it lives on, and an answer makes a claim
+		// an answer (a claim never makes an answer a claim).
+		old := e.names[i]
+		rec.expires = later(old.expires, exp)
+		if old.source == model.NameDNS {
+			rec.source = model.NameDNS
 		}
-		e.others[e.name] = e.expires
+		e.names = slices.Delete(e.names, i, i+1)
+		n.entries--
+	} else if cur, ok := e.primary(now); ok && (nm.Source == model.NameDNS || cur.source == model.NameTLS) {
+		n.stats.Replaced++
 	}
-	delete(e.others, nm.Name)
-	e.name, e.source, e.expires = nm.Name, nm.Source, exp
+	e.names = append(e.names, rec)
+	n.entries++
+	if len(e.names) > MaxNamesPerAddr {
+		e.prune(now)
+		if len(e.names) > MaxNamesPerAddr {
+			// The least recent; a DNS name before a claim would be
+			// fairer to DNS, but a flood of answers ages a claim out too.
+			e.names = slices.Delete(e.names, 0, 1)
+			n.stats.Dropped++
+		}
+		n.entries = n.entries - MaxNamesPerAddr - 1 + len(e.names)
+	}
+	for n.entries > n.maxEntries && n.cache.Len() > 1 {
+		n.cache.RemoveOldest()
+	}
+}
+
+// prune drops the names of e that expired by now.
+func (e *nameEntry) prune(now time.Time) {
+	e.names = slices.DeleteFunc(e.names, func(r nameRec) bool { return !r.expires.After(now) })
+}
+
+// primary returns the name that names e's address at now: the most recent
+// live DNS name, or if none, the most recent live TLS server name.
+func (e *nameEntry) primary(now time.Time) (nameRec, bool) {
+	var claim nameRec
+	found := false
+	for i := len(e.names) - 1; i >= 0; i-- {
+		r := e.names[i]
+		if !r.expires.After(now) {
+			continue
+		}
+		if r.source == model.NameDNS {
+			return r, true
+		}
+		if !found {
+			claim, found = r, true
+		}
+	}
+	return claim, found
 }
 
 // Lookup returns the name of addr, if a live one is known.
@@ -112,16 +195,15 @@ func (n *Names) Lookup(addr netip.Addr, now time.Time) (NameInfo, bool) {
 	if !ok {
 		return NameInfo{}, false
 	}
-	if !e.expires.After(now) {
+	before := len(e.names)
+	e.prune(now)
+	n.entries -= before - len(e.names)
+	if len(e.names) == 0 {
 		n.cache.Remove(addr)
 		return NameInfo{}, false
 	}
-	for o, exp := range e.others {
-		if !exp.After(now) {
-			delete(e.others, o)
-		}
-	}
-	return NameInfo{Name: e.name, Source: e.source, Others: len(e.others)}, true
+	r, _ := e.primary(now)
+	return NameInfo{Name: r.name, Source: r.source, Others: len(e.names) - 1}, true
 }
 
 // Stats returns the cache's counters.
@@ -133,6 +215,13 @@ func (n *Names) Stats() NamesStats {
 
 // Len returns the addresses the cache holds, live or not yet looked at.
 func (n *Names) Len() int { return n.cache.Len() }
+
+// Entries returns the names the cache holds over all addresses.
+func (n *Names) Entries() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.entries
+}
 
 // Name names ep, an end of a flow at addr, by its DNS or TLS name where
 // nothing better named it: an unknown endpoint, or an external one known
@@ -160,8 +249,10 @@ func (n *Names) Name(ep *model.Endpoint, addr netip.Addr, now time.Time) {
 		ep.ID = addr.String()
 	}
 	ep.Source = "dns"
+	ep.NameSource = model.NameSourceDNS
 	if info.Source == model.NameTLS {
 		ep.Source = "tls"
+		ep.NameSource = model.NameSourceTLSSNI
 	}
 }
 

@@ -18,6 +18,13 @@ type record struct {
 	// endpoint's network namespace (set by the netns source).
 	nsids []int
 	prio  int
+	// claims are addresses that users wrote and the platform did not
+	// assign (a Service's externalIPs and load-balancer ingress, a
+	// selectorless EndpointSlice's endpoints): they join nothing, and name
+	// the endpoint only where no record owns them in ep.Addrs (see
+	// grantClaims). ep.Addrs are the addresses the platform assigned: a
+	// runtime's or the kubelet's pod IPs, ClusterIPs, node addresses.
+	claims []netip.Addr
 }
 
 // joinKey is something that only one endpoint has.
@@ -105,6 +112,43 @@ func join(recs []record) []group {
 		slices.SortStableFunc(g, func(a, b record) int { return a.prio - b.prio })
 	}
 	return groups
+}
+
+// grantClaims returns, for each of eps (the endpoints of groups, in their
+// order), the addresses that its records claim and that it may have: those
+// no endpoint owns (in its Addrs), each to one claimant, the one of least
+// ID where several claim it. refused counts the claims of owned addresses:
+// a Service in dev whose externalIPs list a prod pod's IP or a node's
+// does not take the pod or the node.
+func grantClaims(groups []group, eps []*model.Endpoint) (granted [][]netip.Addr, refused int) {
+	owned := make(map[netip.Addr]bool)
+	for _, ep := range eps {
+		for _, a := range ep.Addrs {
+			owned[a] = true
+		}
+	}
+	claimant := make(map[netip.Addr]int)
+	for i, g := range groups {
+		for _, r := range g {
+			for _, a := range r.claims {
+				if owned[a] {
+					refused++
+					continue
+				}
+				if j, ok := claimant[a]; !ok || eps[i].ID < eps[j].ID {
+					claimant[a] = i
+				}
+			}
+		}
+	}
+	if len(claimant) == 0 {
+		return nil, refused
+	}
+	granted = make([][]netip.Addr, len(groups))
+	for a, i := range claimant {
+		granted[i] = append(granted[i], a)
+	}
+	return granted, refused
 }
 
 // endpoint merges the group's records: the most trusted source that says

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -127,6 +128,9 @@ type Inventory struct {
 	prevAddr map[[16]byte]struct{}
 	prevNSID map[int]struct{}
 	known    atomic.Int64
+	// claimsRefused is how many address claims the last merge refused
+	// (see grantClaims).
+	claimsRefused atomic.Int64
 
 	resolved [resolvedKinds]atomic.Uint64
 }
@@ -332,10 +336,21 @@ func (inv *Inventory) rebuild() {
 	inv.mu.Unlock()
 
 	groups := join(all)
+	eps := make([]*model.Endpoint, len(groups))
+	for i, g := range groups {
+		eps[i] = new(g.endpoint())
+	}
+	granted, refused := grantClaims(groups, eps)
+	inv.claimsRefused.Store(int64(refused))
 	addrs := make(map[[16]byte]struct{}, len(inv.prevAddr))
 	nsids := make(map[int]struct{}, len(inv.prevNSID))
-	for _, g := range groups {
-		ep := new(g.endpoint())
+	for i, g := range groups {
+		ep := eps[i]
+		if granted != nil && len(granted[i]) > 0 {
+			// A new slice: Addrs may be a record's.
+			ep.Addrs = slices.Concat(ep.Addrs, granted[i])
+			slices.SortFunc(ep.Addrs, func(a, b netip.Addr) int { return a.Compare(b) })
+		}
 		for _, a := range ep.Addrs {
 			inv.byAddr.Add(a.As16(), ep)
 			addrs[a.As16()] = struct{}{}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -68,8 +69,18 @@ func (k *kubeSource) run(ctx context.Context, s *sourceState) error {
 		return fmt.Errorf("make kubernetes client: %w", err)
 	}
 	core, apps, batch, disc := client.CoreV1(), client.AppsV1(), client.BatchV1(), client.DiscoveryV1()
+	node := s.inv.cfg.Node
+	pods := lister[*corev1.PodList](core.Pods(""))
+	if node != "" {
+		// This node's pods only, as the kubelet watches them (the API
+		// server indexes pods by spec.nodeName in its watch cache): each
+		// agent is sent its own node's pods, not every pod of the
+		// cluster. Pods elsewhere are named from EndpointSlices (see
+		// kubeRecords and docs/scale.md).
+		pods = fieldSelected[*corev1.PodList]{pods, "spec.nodeName=" + node}
+	}
 	inf := kubeInformers{
-		pods:        informerOf(s, "pods", &corev1.Pod{}, core.Pods("")),
+		pods:        informerOf(s, "pods", &corev1.Pod{}, pods),
 		services:    informerOf(s, "services", &corev1.Service{}, core.Services("")),
 		slices:      informerOf(s, "endpointslices", &discoveryv1.EndpointSlice{}, disc.EndpointSlices("")),
 		nodes:       informerOf(s, "nodes", &corev1.Node{}, core.Nodes()),
@@ -89,13 +100,16 @@ func (k *kubeSource) run(ctx context.Context, s *sourceState) error {
 		DeleteFunc: func(any) { notify() },
 	}
 	all := []cache.SharedIndexInformer{inf.pods, inf.services, inf.slices, inf.nodes, inf.replicaSets, inf.jobs}
-	for _, i := range all {
-		// Lists and watches that fail (the API server is unreachable,
-		// refuses us) end the reflector's ListAndWatch: reported here.
-		// What we do not read need not stay in memory.
-		if err := i.SetTransform(stripManagedFields); err != nil {
+	transforms := []cache.TransformFunc{slimPod, slimService, slimSlice, slimNode, slimOwned, slimOwned}
+	for n, i := range all {
+		// What we do not read need not stay in memory: each informer
+		// keeps only the fields kubeRecords reads (no env values, specs,
+		// annotations or managed fields).
+		if err := i.SetTransform(transforms[n]); err != nil {
 			return fmt.Errorf("set informer transform: %w", err)
 		}
+		// Lists and watches that fail (the API server is unreachable,
+		// refuses us) end the reflector's ListAndWatch: reported here.
 		if err := i.SetWatchErrorHandlerWithContext(func(_ context.Context, r *cache.Reflector, err error) {
 			// client-go retries by itself, resuming the watch where it can
 			// and listing again where it cannot.
@@ -178,11 +192,94 @@ func newInformer(s *sourceState, what string, obj runtime.Object,
 	return cache.NewSharedIndexInformer(lw, obj, 0, cache.Indexers{})
 }
 
-func stripManagedFields(obj any) (any, error) {
-	if m, ok := obj.(metav1.ObjectMetaAccessor); ok {
-		m.GetObjectMeta().SetManagedFields(nil)
-		annotations := m.GetObjectMeta().GetAnnotations()
-		delete(annotations, "kubectl.kubernetes.io/last-applied-configuration")
+// fieldSelected is a lister whose lists and watches carry a field
+// selector.
+type fieldSelected[L runtime.Object] struct {
+	lister[L]
+	selector string
+}
+
+func (f fieldSelected[L]) List(ctx context.Context, o metav1.ListOptions) (L, error) {
+	o.FieldSelector = f.selector
+	return f.lister.List(ctx, o)
+}
+
+func (f fieldSelected[L]) Watch(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+	o.FieldSelector = f.selector
+	return f.lister.Watch(ctx, o)
+}
+
+// slimMeta is the metadata kubeRecords reads: name, namespace, UID,
+// labels, owners, and the resource version the informer resumes from.
+func slimMeta(m *metav1.ObjectMeta) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion,
+		Labels: m.Labels, OwnerReferences: m.OwnerReferences}
+}
+
+// The informers' transforms: each returns a new object with only what
+// kubeRecords reads, and passes on what is not its type (a
+// cache.DeletedFinalStateUnknown).
+
+func slimPod(obj any) (any, error) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil
+	}
+	out := &corev1.Pod{ObjectMeta: slimMeta(&p.ObjectMeta)}
+	out.Spec.NodeName, out.Spec.HostNetwork = p.Spec.NodeName, p.Spec.HostNetwork
+	if len(p.Spec.Containers) > 0 {
+		out.Spec.Containers = []corev1.Container{{Name: p.Spec.Containers[0].Name, Image: p.Spec.Containers[0].Image}}
+	}
+	out.Status.Phase, out.Status.PodIP, out.Status.PodIPs = p.Status.Phase, p.Status.PodIP, p.Status.PodIPs
+	for _, c := range p.Status.ContainerStatuses {
+		out.Status.ContainerStatuses = append(out.Status.ContainerStatuses, corev1.ContainerStatus{Name: c.Name, ContainerID: c.ContainerID})
+	}
+	return out, nil
+}
+
+func slimService(obj any) (any, error) {
+	s, ok := obj.(*corev1.Service)
+	if !ok {
+		return obj, nil
+	}
+	out := &corev1.Service{ObjectMeta: slimMeta(&s.ObjectMeta)}
+	out.Spec.ClusterIPs, out.Spec.ExternalIPs = s.Spec.ClusterIPs, s.Spec.ExternalIPs
+	for _, in := range s.Status.LoadBalancer.Ingress {
+		out.Status.LoadBalancer.Ingress = append(out.Status.LoadBalancer.Ingress, corev1.LoadBalancerIngress{IP: in.IP})
+	}
+	return out, nil
+}
+
+func slimSlice(obj any) (any, error) {
+	es, ok := obj.(*discoveryv1.EndpointSlice)
+	if !ok {
+		return obj, nil
+	}
+	out := &discoveryv1.EndpointSlice{ObjectMeta: slimMeta(&es.ObjectMeta), AddressType: es.AddressType}
+	for _, e := range es.Endpoints {
+		out.Endpoints = append(out.Endpoints, discoveryv1.Endpoint{Addresses: e.Addresses, TargetRef: e.TargetRef, NodeName: e.NodeName})
+	}
+	return out, nil
+}
+
+func slimNode(obj any) (any, error) {
+	n, ok := obj.(*corev1.Node)
+	if !ok {
+		return obj, nil
+	}
+	out := &corev1.Node{ObjectMeta: slimMeta(&n.ObjectMeta)}
+	out.Status.Addresses = n.Status.Addresses
+	return out, nil
+}
+
+// slimOwned keeps a ReplicaSet's or a Job's metadata: its owners are all
+// workload reads (a ReplicaSet's pod template holds env values).
+func slimOwned(obj any) (any, error) {
+	switch o := obj.(type) {
+	case *appsv1.ReplicaSet:
+		return &appsv1.ReplicaSet{ObjectMeta: slimMeta(&o.ObjectMeta)}, nil
+	case *batchv1.Job:
+		return &batchv1.Job{ObjectMeta: slimMeta(&o.ObjectMeta)}, nil
 	}
 	return obj, nil
 }
@@ -206,13 +303,17 @@ func kubeRecords(inf kubeInformers, node string) []record {
 		}
 		services[svc.Namespace+"/"+svc.Name] = svc
 		ep := model.Endpoint{Kind: model.KindService, ID: string(svc.UID), Name: svc.Name, Namespace: svc.Namespace, Labels: svc.Labels}
-		ips := append(append([]string{}, svc.Spec.ClusterIPs...), svc.Spec.ExternalIPs...)
+		// ClusterIPs the API server allocates from the service range;
+		// externalIPs and load-balancer ingress are anyone's to write
+		// (the Service's author, a controller): claims, not owners.
+		ep.Addrs = parseAddrs(svc.Spec.ClusterIPs)
+		claims := slices.Clone(svc.Spec.ExternalIPs)
 		for _, in := range svc.Status.LoadBalancer.Ingress {
-			ips = append(ips, in.IP)
+			claims = append(claims, in.IP)
 		}
-		ep.Addrs = parseAddrs(ips)
-		if len(ep.Addrs) > 0 {
-			recs = append(recs, record{ep: ep})
+		rec := record{ep: ep, claims: parseAddrs(claims)}
+		if len(rec.ep.Addrs) > 0 || len(rec.claims) > 0 {
+			recs = append(recs, rec)
 		}
 	}
 	for _, obj := range inf.slices.GetStore().List() {
@@ -231,13 +332,28 @@ func kubeRecords(inf kubeInformers, node string) []record {
 		}
 		for _, e := range es.Endpoints {
 			if e.TargetRef != nil && e.TargetRef.Kind == "Pod" {
-				continue // the pod names it
+				// The pod names it where the pods informer has it (all
+				// pods, or this node's). A pod on another node is named
+				// from its slice, as the pod the endpoints controller
+				// found there, and only if the slice says which node (a
+				// claim of the pod's own address, which the node's pods
+				// informer does not see). Its workload is unknown here.
+				if node != "" && e.NodeName != nil && *e.NodeName != node {
+					ep := model.Endpoint{Kind: model.KindPod, ID: string(e.TargetRef.UID), Name: e.TargetRef.Name,
+						Namespace: e.TargetRef.Namespace, Node: *e.NodeName}
+					if addrs := parseAddrs(e.Addresses); len(addrs) > 0 {
+						recs = append(recs, record{ep: ep, claims: addrs})
+					}
+				}
+				continue
 			}
 			// An endpoint that is not a pod (a database VM behind a
-			// selectorless service) is known only as its service's.
-			ep := model.Endpoint{Kind: model.KindService, ID: id, Name: name, Namespace: es.Namespace, Labels: svcLabels, Addrs: parseAddrs(e.Addresses)}
-			if len(ep.Addrs) > 0 {
-				recs = append(recs, record{ep: ep})
+			// selectorless service) is known only as its service's, and
+			// only where nothing the platform assigned has its address:
+			// the slice's author wrote it.
+			ep := model.Endpoint{Kind: model.KindService, ID: id, Name: name, Namespace: es.Namespace, Labels: svcLabels}
+			if claims := parseAddrs(e.Addresses); len(claims) > 0 {
+				recs = append(recs, record{ep: ep, claims: claims})
 			}
 		}
 	}

@@ -111,8 +111,11 @@ func (s *apiServer) log() []string {
 }
 
 // startAPIServer serves testdata/kube and returns a kubeconfig for it.
-func startAPIServer(t *testing.T) (*apiServer, string) {
-	s := &apiServer{t: t, dir: "testdata/kube", stop: make(chan struct{}), watches: make(map[string]int)}
+func startAPIServer(t *testing.T) (*apiServer, string) { return startAPIServerOf(t, "testdata/kube") }
+
+// startAPIServerOf serves the API responses in dir.
+func startAPIServerOf(t *testing.T, dir string) (*apiServer, string) {
+	s := &apiServer{t: t, dir: dir, stop: make(chan struct{}), watches: make(map[string]int)}
 	srv := httptest.NewServer(s)
 	t.Cleanup(srv.Close)
 	t.Cleanup(func() { close(s.stop) }) // runs first: quiet watches end
@@ -254,5 +257,69 @@ func errorCount(t *testing.T, inv *enrich.Inventory, source, reason string) floa
 			}
 		}
 	}
+	return 0
+}
+
+// TestKubernetesClaims plays users writing addresses the platform assigned
+// to others (testdata/kube-claims): a Service in dev whose externalIPs list
+// a prod pod's IP, node n2's IP and an address nothing else has, whose
+// load-balancer ingress is node n1's IP, and whose selectorless
+// EndpointSlice lists the pod's and n1's IPs. The pod and the nodes stay
+// themselves; the Service has its ClusterIP and the free address. The
+// agent of node n1 watches its own node's pods only, and names a pod of n2
+// from the EndpointSlice that lists it.
+func TestKubernetesClaims(t *testing.T) {
+	api, kubeconfig := startAPIServerOf(t, "testdata/kube-claims")
+	inv := startInventory(t, enrich.Config{Kubeconfig: kubeconfig, Node: "n1", Logger: testLogger(t)})
+	svc := model.Endpoint{Kind: model.KindService, ID: "0c000000-0000-4000-8000-000000000001", Name: "evil", Namespace: "dev"}
+	waitNamed(t, inv, netip.MustParseAddr("192.0.2.50"), 10*time.Second, func(ep model.Endpoint) bool { return ep.Name == "evil" })
+	tests := []struct {
+		addr string
+		want model.Endpoint
+	}{
+		{"10.0.1.5", model.Endpoint{Kind: model.KindPod, ID: "0a000000-0000-4000-8000-000000000001", Name: "web-0", Namespace: "prod", Node: "n1"}},
+		{"10.0.0.1", model.Endpoint{Kind: model.KindHost, ID: "n1", Name: "n1", Node: "n1"}},
+		{"10.0.0.2", model.Endpoint{Kind: model.KindHost, ID: "n2", Name: "n2", Node: "n2"}},
+		{"10.96.0.10", svc},
+		{"192.0.2.50", svc},
+		{"10.0.2.7", model.Endpoint{Kind: model.KindPod, ID: "0a000000-0000-4000-8000-000000000002", Name: "api-1", Namespace: "prod", Node: "n2"}},
+	}
+	for _, tt := range tests {
+		got := inv.Resolve(netip.MustParseAddr(tt.addr), model.Interface{})
+		if got.Kind != tt.want.Kind || got.ID != tt.want.ID || got.Name != tt.want.Name || got.Namespace != tt.want.Namespace || got.Node != tt.want.Node {
+			t.Errorf("Resolve(%s) = %s %q %q/%q on %q, want %s %q %q/%q on %q", tt.addr, got.Kind, got.ID, got.Namespace, got.Name, got.Node,
+				tt.want.Kind, tt.want.ID, tt.want.Namespace, tt.want.Name, tt.want.Node)
+		}
+	}
+	if ep := inv.Resolve(netip.MustParseAddr("10.0.1.5"), model.Interface{}); len(ep.Addrs) != 1 {
+		t.Errorf("pod web-0 has addresses %v, want its own alone", ep.Addrs)
+	}
+	if got := gauge(t, inv, "flowmap_enrich_address_claims_refused"); got != 5 {
+		t.Errorf("flowmap_enrich_address_claims_refused = %v, want 5 (two externalIPs, the ingress, the slice's two)", got)
+	}
+	for _, r := range api.log() {
+		if strings.HasPrefix(r, "/api/v1/pods?") && !strings.Contains(r, "fieldSelector=spec.nodeName%3Dn1") {
+			t.Errorf("pods requested as %q, want fieldSelector=spec.nodeName=n1", r)
+		}
+	}
+}
+
+// gauge returns the value of the unlabelled gauge name of inv's collector.
+func gauge(t *testing.T, inv *enrich.Inventory, name string) float64 {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(enrich.NewCollector(inv)); err != nil {
+		t.Fatalf("register collector: %v", err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no %s in the collector", name)
 	return 0
 }

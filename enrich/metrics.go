@@ -1,6 +1,10 @@
 package enrich
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/flowmap/flowmap/model"
+)
 
 // Collector exports an Inventory's sources and resolutions to Prometheus.
 type Collector struct {
@@ -21,6 +25,8 @@ var (
 		"Errors of inventory sources and bad inputs they skipped, by source and reason.", []string{"source", "reason"}, nil)
 	descEndpoints = prometheus.NewDesc("flowmap_enrich_endpoints",
 		"Endpoints the inventory knows, all sources joined.", nil, nil)
+	descClaimsRefused = prometheus.NewDesc("flowmap_enrich_address_claims_refused",
+		"Addresses that users wrote (Service externalIPs, load-balancer ingress, selectorless EndpointSlices) and that the last merge refused because the platform assigned them to another endpoint.", nil, nil)
 	descResolutions = prometheus.NewDesc("flowmap_enrich_resolutions_total",
 		"Addresses resolved, by result: known to a source, unknown behind a local veth, or external.", []string{"result"}, nil)
 )
@@ -28,7 +34,7 @@ var (
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descSourceUp, descSourceEndpoints, descSourceSync,
-		descSourceErrors, descEndpoints, descResolutions} {
+		descSourceErrors, descEndpoints, descClaimsRefused, descResolutions} {
 		ch <- d
 	}
 }
@@ -36,6 +42,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for _, s := range c.inv.sources {
+		name := model.LabelValue(s.name)
 		s.mu.Lock()
 		st := s.status
 		s.mu.Unlock()
@@ -43,17 +50,18 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		if st.Up {
 			up = 1
 		}
-		ch <- prometheus.MustNewConstMetric(descSourceUp, prometheus.GaugeValue, up, s.name)
-		ch <- prometheus.MustNewConstMetric(descSourceEndpoints, prometheus.GaugeValue, float64(st.Endpoints), s.name)
+		ch <- prometheus.MustNewConstMetric(descSourceUp, prometheus.GaugeValue, up, name)
+		ch <- prometheus.MustNewConstMetric(descSourceEndpoints, prometheus.GaugeValue, float64(st.Endpoints), name)
 		if !st.LastSync.IsZero() {
 			ch <- prometheus.MustNewConstMetric(descSourceSync, prometheus.GaugeValue,
-				float64(st.LastSync.UnixNano())/1e9, s.name)
+				float64(st.LastSync.UnixNano())/1e9, name)
 		}
 		for reason, n := range s.errors() {
-			ch <- prometheus.MustNewConstMetric(descSourceErrors, prometheus.CounterValue, float64(n), s.name, reason)
+			ch <- prometheus.MustNewConstMetric(descSourceErrors, prometheus.CounterValue, float64(n), name, model.LabelValue(reason))
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(descEndpoints, prometheus.GaugeValue, float64(c.inv.Known()))
+	ch <- prometheus.MustNewConstMetric(descClaimsRefused, prometheus.GaugeValue, float64(c.inv.claimsRefused.Load()))
 	for i, result := range [resolvedKinds]string{"known", "unknown", "external"} {
 		ch <- prometheus.MustNewConstMetric(descResolutions, prometheus.CounterValue,
 			float64(c.inv.resolved[i].Load()), result)

@@ -120,6 +120,7 @@ type Stats struct {
 	NamesLost      uint64 // name events the ring buffer had no room for
 	NamesDropped   uint64 // names over maxNamesPerBatch in one interval: a full batch
 	NamesUndecoded uint64 // name events that did not decode
+	NamesUnchained uint64 // DNS answer records not tied to the question (see DecodeDNSNames)
 }
 
 // ErrPrerequisite is returned by New when the machine cannot run the
@@ -337,7 +338,7 @@ func (d *Datapath) Run(ctx context.Context, out chan<- model.Batch) error {
 	// L7 names: read as they come, handed out with the next batch.
 	namesCtx, stopNames := context.WithCancel(ctx)
 	namesDone := make(chan error, 1)
-	go func() { namesDone <- readNames(namesCtx, d.objs.L7Names, d.addName, d.badName) }()
+	go func() { namesDone <- readNames(namesCtx, d.objs.L7Names, d.addName, d.badName, d.unchainedNames) }()
 	defer func() { stopNames(); <-namesDone }()
 	tick := time.NewTicker(d.cfg.Interval)
 	defer tick.Stop()
@@ -664,6 +665,10 @@ func (d *Datapath) addName(n model.Name) {
 
 func (d *Datapath) badName() {
 	d.count(func(s *Stats) { s.NamesUndecoded++ })
+}
+
+func (d *Datapath) unchainedNames(n uint64) {
+	d.count(func(s *Stats) { s.NamesUnchained += n })
 }
 
 // counterFields are the Stats fields of the programs' counters.

@@ -1,6 +1,10 @@
 package flows
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/flowmap/flowmap/model"
+)
 
 // Collector exports a Datapath's own counters to Prometheus.
 type Collector struct {
@@ -58,9 +62,15 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	s := c.d.Stats()
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		for i := range labels {
+			labels[i] = model.LabelValue(labels[i])
+		}
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		for i := range labels {
+			labels[i] = model.LabelValue(labels[i])
+		}
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
 	gauge(descAttached, float64(s.Attached))
@@ -82,4 +92,5 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descNamesLost, s.NamesLost, "ring_buffer_full")
 	counter(descNamesLost, s.NamesDropped, "batch_full")
 	counter(descNamesLost, s.NamesUndecoded, "undecoded")
+	counter(descNamesLost, s.NamesUnchained, "not_tied_to_question")
 }

@@ -7,13 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
-	"github.com/google/gopacket"
-	"github.com/google/gopacket/layers"
 
 	"github.com/flowmap/flowmap/model"
 )
@@ -28,37 +27,187 @@ var (
 	ErrNoServerName   = errors.New("no server name")
 )
 
+// maxCNAMEChain bounds the CNAMEs DecodeDNSNames follows from the
+// question; resolvers stop near there too (Unbound at 11, BIND at 16
+// restarts), and a chain longer than this in one answer is not a CDN's.
+const maxCNAMEChain = 8
+
 // DecodeDNSNames returns the addresses that the A and AAAA answers of a DNS
 // response give, each named by the question's name (what the client asked
 // for, not the CNAME chain's last name), with the record's TTL.
 //
-// A message cut short (a truncated response, or one longer than the
-// programs copy) gives the answers that fit whole.
-func DecodeDNSNames(msg []byte, dns *layers.DNS) ([]model.Name, error) {
-	if err := decodeDNS(msg, dns); err != nil {
-		if !decodeWhole(msg, dns) {
-			return nil, fmt.Errorf("decode dns response: %w", err)
+// Only the records that the answer ties to the question are taken: those
+// whose owner is the question's name, or a name the question reaches
+// through the answer's CNAMEs (at most maxCNAMEChain of them), compared
+// without case. Any other A or AAAA record (a forged answer naming
+// s3.amazonaws.com's address after a question for evil.example) names
+// nothing and is counted in unchained.
+//
+// The message is read once: one cut short (a truncated response, or one
+// longer than the programs copy) gives the answers before the cut. A
+// message that is not a response with one question, or whose question
+// does not read, is an error.
+func DecodeDNSNames(msg []byte) (names []model.Name, unchained int, err error) {
+	q, answers, err := parseDNSResponse(msg)
+	if err != nil {
+		return nil, 0, fmt.Errorf("decode dns response: %w", err)
+	}
+	// The chain: the question, then each CNAME's target in turn.
+	chain := []string{q}
+	for cur := q; len(chain) <= maxCNAMEChain; {
+		next := ""
+		for _, a := range answers {
+			if a.typ == dnsTypeCNAME && a.owner == cur && !slices.Contains(chain, a.target) {
+				next = a.target
+				break
+			}
 		}
+		if next == "" {
+			break
+		}
+		chain = append(chain, next)
+		cur = next
 	}
-	if !dns.QR || len(dns.Questions) != 1 {
-		return nil, fmt.Errorf("decode dns response: qr %v, %d questions", dns.QR, len(dns.Questions))
-	}
-	q := strings.TrimSuffix(strings.ToLower(string(dns.Questions[0].Name)), ".")
-	if q == "" {
-		return nil, errors.New("decode dns response: empty question")
-	}
-	var out []model.Name
-	for _, a := range dns.Answers {
-		if a.Class != layers.DNSClassIN || (a.Type != layers.DNSTypeA && a.Type != layers.DNSTypeAAAA) {
+	for _, a := range answers {
+		if !a.addr.IsValid() {
 			continue
 		}
-		addr, ok := netip.AddrFromSlice(a.IP)
-		if !ok {
+		if !slices.Contains(chain, a.owner) {
+			unchained++
 			continue
 		}
-		out = append(out, model.Name{Addr: addr.Unmap(), Name: q, TTL: time.Duration(a.TTL) * time.Second, Source: model.NameDNS})
+		names = append(names, model.Name{Addr: a.addr, Name: q, TTL: time.Duration(a.ttl) * time.Second, Source: model.NameDNS})
 	}
-	return out, nil
+	return names, unchained, nil
+}
+
+// The DNS types and class that DecodeDNSNames reads (RFC 1035 3.2.2, RFC 3596).
+const (
+	dnsTypeA     = 1
+	dnsTypeCNAME = 5
+	dnsTypeAAAA  = 28
+	dnsClassIN   = 1
+)
+
+// dnsAnswer is what DecodeDNSNames reads of an answer record of class IN:
+// its owner, and for a CNAME its target, for an A or AAAA its address.
+type dnsAnswer struct {
+	owner  string
+	typ    uint16
+	ttl    uint32
+	target string
+	addr   netip.Addr
+}
+
+// parseDNSResponse reads the question's name (lower case, without the
+// root's dot) and the answers of class IN of msg, a DNS response, in one
+// pass: the answers stop at the first that does not read whole.
+func parseDNSResponse(msg []byte) (string, []dnsAnswer, error) {
+	if len(msg) < 12 {
+		return "", nil, fmt.Errorf("message of %d bytes", len(msg))
+	}
+	qr, qd, an := msg[2]&0x80 != 0, binary.BigEndian.Uint16(msg[4:]), binary.BigEndian.Uint16(msg[6:])
+	if !qr || qd != 1 {
+		return "", nil, fmt.Errorf("qr %v, %d questions", qr, qd)
+	}
+	q, off, err := readDNSName(msg, 12)
+	if err != nil {
+		return "", nil, fmt.Errorf("question: %w", err)
+	}
+	if off+4 > len(msg) {
+		return "", nil, errors.New("question cut short")
+	}
+	if !validHostName([]byte(q)) {
+		return "", nil, fmt.Errorf("question %q: not a host name", q)
+	}
+	off += 4
+	var answers []dnsAnswer
+	for range an {
+		owner, next, err := readDNSName(msg, off)
+		if err != nil || next+10 > len(msg) {
+			break
+		}
+		typ, class := binary.BigEndian.Uint16(msg[next:]), binary.BigEndian.Uint16(msg[next+2:])
+		ttl, n := binary.BigEndian.Uint32(msg[next+4:]), int(binary.BigEndian.Uint16(msg[next+8:]))
+		rdata := next + 10
+		if rdata+n > len(msg) {
+			break
+		}
+		off = rdata + n
+		if class != dnsClassIN {
+			continue
+		}
+		a := dnsAnswer{owner: owner, typ: typ, ttl: ttl}
+		switch typ {
+		case dnsTypeA, dnsTypeAAAA:
+			addr, ok := netip.AddrFromSlice(msg[rdata:off])
+			if !ok || (typ == dnsTypeA) != (n == 4) {
+				continue
+			}
+			a.addr = addr.Unmap()
+		case dnsTypeCNAME:
+			target, end, err := readDNSName(msg, rdata)
+			if err != nil || end != off {
+				continue
+			}
+			a.target = target
+		default:
+			continue
+		}
+		answers = append(answers, a)
+	}
+	return q, answers, nil
+}
+
+// readDNSName reads the name at off in msg, following compression
+// pointers (RFC 1035 4.1.4) only backwards, so that a loop cannot form. It
+// returns the name in lower case without the root's dot, and the offset
+// past the name where it starts (past its first pointer, if any).
+func readDNSName(msg []byte, off int) (string, int, error) {
+	var (
+		name  []byte
+		next  = -1
+		start = off
+	)
+	for {
+		if off >= len(msg) {
+			return "", 0, errors.New("name cut short")
+		}
+		l := int(msg[off])
+		switch {
+		case l == 0:
+			if next < 0 {
+				next = off + 1
+			}
+			return strings.ToLower(string(name)), next, nil
+		case l&0xc0 == 0xc0:
+			if off+1 >= len(msg) {
+				return "", 0, errors.New("name cut short")
+			}
+			ptr := (l&0x3f)<<8 | int(msg[off+1])
+			if ptr >= start {
+				return "", 0, fmt.Errorf("name pointer %d not before %d", ptr, start)
+			}
+			if next < 0 {
+				next = off + 2
+			}
+			off, start = ptr, ptr
+		case l&0xc0 != 0:
+			return "", 0, fmt.Errorf("label type %#x", l&0xc0)
+		default:
+			if off+1+l > len(msg) {
+				return "", 0, errors.New("name cut short")
+			}
+			if len(name)+1+l > 255 {
+				return "", 0, errors.New("name longer than 255 bytes")
+			}
+			if len(name) > 0 {
+				name = append(name, '.')
+			}
+			name = append(name, msg[off+1:off+1+l]...)
+			off += 1 + l
+		}
+	}
 }
 
 // ServerName returns the server name (SNI, RFC 6066) of a TLS record that
@@ -153,11 +302,13 @@ func validHostName(b []byte) bool {
 	return label > 0
 }
 
-// nameDecoder turns name events into names; it keeps its event and its
-// DNS layer to decode without allocating one per event.
+// nameDecoder turns name events into names; it keeps its event to decode
+// without allocating one per event.
 type nameDecoder struct {
-	ev  bpfNameEvent
-	dns layers.DNS
+	ev bpfNameEvent
+	// unchained counts the A and AAAA records that DNS answers did not
+	// tie to their question (see DecodeDNSNames).
+	unchained uint64
 }
 
 // nameEventHeader is the bytes of a name_event before its data.
@@ -194,7 +345,8 @@ func (nd *nameDecoder) decode(raw []byte, seen time.Time) ([]model.Name, error) 
 	client, server := addr(ev.Flow.Saddr), addr(ev.Flow.Daddr)
 	switch bpfNameKind(ev.Kind) {
 	case bpfNameKindNAME_DNS:
-		names, err := DecodeDNSNames(data, &nd.dns)
+		names, unchained, err := DecodeDNSNames(data)
+		nd.unchained += uint64(unchained)
 		for i := range names {
 			names[i].Client, names[i].Seen = client, seen
 		}
@@ -210,8 +362,9 @@ func (nd *nameDecoder) decode(raw []byte, seen time.Time) ([]model.Name, error) 
 }
 
 // readNames reads l7_names until ctx is done, and hands each name to add.
-// Events that do not decode are counted by bad.
-func readNames(ctx context.Context, m *ebpf.Map, add func(model.Name), bad func()) error {
+// Events that do not decode are counted by bad, and the DNS records that
+// their answers did not tie to the question by unchained.
+func readNames(ctx context.Context, m *ebpf.Map, add func(model.Name), bad func(), unchained func(n uint64)) error {
 	rd, err := ringbuf.NewReader(m)
 	if err != nil {
 		return fmt.Errorf("read ring buffer %s: %w", m, err)
@@ -231,6 +384,10 @@ func readNames(ctx context.Context, m *ebpf.Map, add func(model.Name), bad func(
 			return fmt.Errorf("read ring buffer %s: %w", m, err)
 		}
 		names, err := nd.decode(rec.RawSample, time.Now())
+		if nd.unchained > 0 {
+			unchained(nd.unchained)
+			nd.unchained = 0
+		}
 		if err != nil {
 			bad()
 			continue
@@ -239,38 +396,4 @@ func readNames(ctx context.Context, m *ebpf.Map, add func(model.Name), bad func(
 			add(n)
 		}
 	}
-}
-
-// maxTruncatedAnswers bounds the retries of decodeWhole.
-const maxTruncatedAnswers = 32
-
-// decodeWhole decodes the answers of msg that fit whole: it drops the
-// authority and additional sections and answers from the end until the
-// rest decodes.
-func decodeWhole(msg []byte, dns *layers.DNS) bool {
-	if len(msg) < 12 {
-		return false
-	}
-	m := bytes.Clone(msg)
-	clear(m[8:12])
-	an := min(int(binary.BigEndian.Uint16(m[6:])), maxTruncatedAnswers)
-	for ; an >= 0; an-- {
-		binary.BigEndian.PutUint16(m[6:], uint16(an))
-		if decodeDNS(m, dns) == nil {
-			return true
-		}
-	}
-	return false
-}
-
-// decodeDNS is layers.DNS.DecodeFromBytes, which in gopacket 1.1.19
-// panics on a record cut inside its fixed fields (it slices past the end):
-// the panic is returned as an error.
-func decodeDNS(msg []byte, dns *layers.DNS) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("dns message of %d bytes: %v", len(msg), r)
-		}
-	}()
-	return dns.DecodeFromBytes(msg, gopacket.NilDecodeFeedback)
 }

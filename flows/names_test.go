@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/google/gopacket/layers"
 
 	"github.com/flowmap/flowmap/model"
 )
@@ -49,8 +49,7 @@ func TestDecodeDNSNames(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			var dns layers.DNS
-			got, err := DecodeDNSNames(tc.msg, &dns)
+			got, _, err := DecodeDNSNames(tc.msg)
 			if (err != nil) != tc.wantErr {
 				t.Fatalf("DecodeDNSNames error = %v, want error %v", err, tc.wantErr)
 			}
@@ -63,6 +62,142 @@ func TestDecodeDNSNames(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// rr is an answer record for dnsResponse: an A or AAAA record when addr is
+// set, a CNAME to target otherwise.
+type rr struct {
+	owner, target string
+	addr          string
+}
+
+// dnsResponse builds a response to a question for q holding answers,
+// names written out whole (no compression), each with a TTL of 60s.
+func dnsResponse(q string, answers ...rr) []byte {
+	name := func(b []byte, n string) []byte {
+		for _, l := range strings.Split(strings.TrimSuffix(n, "."), ".") {
+			b = append(b, byte(len(l)))
+			b = append(b, l...)
+		}
+		return append(b, 0)
+	}
+	msg := []byte{0xab, 0xcd, 0x81, 0x80, 0, 1, 0, byte(len(answers)), 0, 0, 0, 0}
+	msg = append(name(msg, q), 0, 1, 0, 1)
+	for _, a := range answers {
+		msg = name(msg, a.owner)
+		var rdata []byte
+		typ := byte(5)
+		if a.addr != "" {
+			ip := netip.MustParseAddr(a.addr)
+			rdata, typ = ip.AsSlice(), 1
+			if ip.Is6() {
+				typ = 28
+			}
+		} else {
+			rdata = name(nil, a.target)
+		}
+		msg = append(msg, 0, typ, 0, 1, 0, 0, 0, 60, byte(len(rdata)>>8), byte(len(rdata)))
+		msg = append(msg, rdata...)
+	}
+	return msg
+}
+
+// TestDecodeDNSNamesChain plays forged answers: records whose owner the
+// question does not reach name nothing, and are counted.
+func TestDecodeDNSNamesChain(t *testing.T) {
+	named := func(addr string) model.Name {
+		return model.Name{Addr: netip.MustParseAddr(addr), Name: "www.example.com", TTL: time.Minute, Source: model.NameDNS}
+	}
+	// A chain of n CNAMEs from the question, c1 ... cn, the last one's A.
+	chain := func(n int) []rr {
+		var out []rr
+		prev := "www.example.com"
+		for i := range n {
+			next := fmt.Sprintf("c%d.example.net", i+1)
+			out = append(out, rr{owner: prev, target: next})
+			prev = next
+		}
+		return append(out, rr{owner: prev, addr: "203.0.113.7"})
+	}
+	cases := []struct {
+		name          string
+		msg           []byte
+		want          []model.Name
+		wantUnchained int
+	}{
+		{
+			name:          "an answer for another name names nothing",
+			msg:           dnsResponse("www.example.com", rr{owner: "s3.amazonaws.com", addr: "198.51.100.66"}),
+			wantUnchained: 1,
+		},
+		{
+			name: "the question's own records, case aside",
+			msg: dnsResponse("www.example.com", rr{owner: "WWW.Example.COM", addr: "203.0.113.1"},
+				rr{owner: "www.example.com", addr: "2001:db8::1"}),
+			want: []model.Name{named("203.0.113.1"), named("2001:db8::1")},
+		},
+		{
+			name: "a cname chain names the last A after the question",
+			msg: dnsResponse("www.example.com", rr{owner: "www.example.com", target: "edge.cdn.example.net"},
+				rr{owner: "edge.cdn.example.net", addr: "203.0.113.50"}),
+			want: []model.Name{named("203.0.113.50")},
+		},
+		{
+			name: "a cname to another name, and a record of a third the chain does not reach",
+			msg: dnsResponse("www.example.com", rr{owner: "www.example.com", target: "edge.cdn.example.net"},
+				rr{owner: "edge.cdn.example.net", addr: "203.0.113.50"},
+				rr{owner: "s3.amazonaws.com", addr: "198.51.100.66"}),
+			want:          []model.Name{named("203.0.113.50")},
+			wantUnchained: 1,
+		},
+		{
+			name: "a cname that no one's chain leads to names nothing",
+			msg: dnsResponse("www.example.com", rr{owner: "evil.example", target: "s3.amazonaws.com"},
+				rr{owner: "s3.amazonaws.com", addr: "198.51.100.66"}),
+			wantUnchained: 1,
+		},
+		{
+			name:          "a cname loop ends",
+			msg:           dnsResponse("www.example.com", rr{owner: "www.example.com", target: "a.example"}, rr{owner: "a.example", target: "www.example.com"}, rr{owner: "b.example", addr: "198.51.100.66"}),
+			wantUnchained: 1,
+		},
+		{name: "a chain of maxCNAMEChain", msg: dnsResponse("www.example.com", chain(maxCNAMEChain)...), want: []model.Name{named("203.0.113.7")}},
+		{name: "a chain longer than maxCNAMEChain", msg: dnsResponse("www.example.com", chain(maxCNAMEChain+1)...), wantUnchained: 1},
+		{
+			name: "cut inside the third answer: the first two kept, read once",
+			msg: func() []byte {
+				m := dnsResponse("www.example.com", rr{owner: "www.example.com", addr: "203.0.113.1"},
+					rr{owner: "www.example.com", addr: "203.0.113.2"}, rr{owner: "www.example.com", addr: "203.0.113.3"})
+				return m[:len(m)-2]
+			}(),
+			want: []model.Name{named("203.0.113.1"), named("203.0.113.2")},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, unchained, err := DecodeDNSNames(tc.msg)
+			if err != nil {
+				t.Fatalf("DecodeDNSNames error = %v, want none", err)
+			}
+			if !slices.Equal(got, tc.want) || unchained != tc.wantUnchained {
+				t.Errorf("DecodeDNSNames = %+v, %d unchained; want %+v, %d", got, unchained, tc.want, tc.wantUnchained)
+			}
+		})
+	}
+}
+
+// TestReadDNSNameLoop: a compression pointer to itself, or forwards, is
+// an error, not a loop.
+func TestReadDNSNameLoop(t *testing.T) {
+	for _, msg := range [][]byte{
+		{0xc0, 0},
+		{1, 'a', 0xc0, 0},
+		{0xc0, 2, 1, 'a', 0},
+	} {
+		if name, _, err := readDNSName(msg, 0); err == nil {
+			t.Errorf("readDNSName(%v) = %q, want an error", msg, name)
+		}
 	}
 }
 
@@ -131,8 +266,7 @@ func FuzzDecodeDNSNames(f *testing.F) {
 	f.Add(dnsCompressed)
 	f.Add(dnsCompressed[:40])
 	f.Fuzz(func(t *testing.T, msg []byte) {
-		var dns layers.DNS
-		names, err := DecodeDNSNames(msg, &dns)
+		names, _, err := DecodeDNSNames(msg)
 		if err != nil && len(names) > 0 {
 			t.Fatalf("names %+v with error %v", names, err)
 		}

@@ -44,7 +44,18 @@ type Endpoint struct {
 	Addrs []netip.Addr `json:"addrs,omitempty"`
 	// Source is the inventory source that named the endpoint.
 	Source string `json:"source,omitempty"`
+	// NameSource says what Name rests on where traffic named the
+	// endpoint: NameSourceDNS (an answer to a local client's query) or
+	// NameSourceTLSSNI (a client's claim in its ClientHello, which no
+	// server confirmed); "" where an inventory source named it.
+	NameSource string `json:"name_source,omitempty"`
 }
+
+// The name sources of an endpoint that traffic named (Endpoint.NameSource).
+const (
+	NameSourceDNS    = "dns"
+	NameSourceTLSSNI = "tls-sni"
+)
 
 // Flow is a flow record with both ends named.
 type Flow struct {

@@ -163,3 +163,17 @@ func TestEnumText(t *testing.T) {
 		}
 	}
 }
+
+func TestLabelValue(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"shop", "shop"},
+		{"", ""},
+		{"café", "café"},
+		{"corp\xff\xfenet", "corp\uFFFDnet"},
+		{"\xc3", "\uFFFD"},
+	} {
+		if got := LabelValue(tc.in); got != tc.want {
+			t.Errorf("LabelValue(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}

@@ -91,7 +91,9 @@ type Pipeline struct {
 	// l7Names are the DNS answers and TLS server names that batches carry,
 	// which name the ends the namer did not.
 	l7Names *enrich.Names
-	log     *slog.Logger
+	// namesRefused counts the names Add did not keep, by reason.
+	namesRefused *prometheus.CounterVec
+	log          *slog.Logger
 }
 
 // New returns a pipeline, having looked at the host once.
@@ -115,7 +117,10 @@ func New(opts Options) *Pipeline {
 		refresh:   opts.Refresh,
 		graph:     topology.New(topology.Options{MaxEdges: opts.GraphMaxEdges}),
 		l7Names:   enrich.NewNames(enrich.DefaultMaxNames),
-		log:       opts.Log,
+		namesRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flowmap_names_refused_total",
+			Help: "DNS names from traffic not kept, by reason: client_not_local, an answer to a client that is outside or on another node."},
+			[]string{"reason"}),
+		log: opts.Log,
 	}
 	p.refreshHost()
 	if p.namer == nil {
@@ -131,7 +136,7 @@ func New(opts Options) *Pipeline {
 // Collectors are the pipeline's Prometheus collectors: the flow series,
 // the graph's size and the L7 series.
 func (p *Pipeline) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{p.metrics, topology.NewGraphCollector(p.graph), p.l7}
+	return []prometheus.Collector{p.metrics, topology.NewGraphCollector(p.graph), p.l7, p.namesRefused}
 }
 
 // FlowSeries returns the flow series, for exporters other than
@@ -154,6 +159,10 @@ func (p *Pipeline) Add(b model.Batch) {
 		p.api.Add(b)
 	}
 	for _, n := range b.Names {
+		if n.Source == model.NameDNS && !p.localClient(n) {
+			p.namesRefused.WithLabelValues("client_not_local").Inc()
+			continue
+		}
 		p.l7Names.Add(n, b.End)
 	}
 	fs := make([]model.Flow, len(b.Records))
@@ -169,6 +178,25 @@ func (p *Pipeline) Add(b model.Batch) {
 		e.Offer(fs)
 	}
 	p.log.Debug("folded", "flows", len(fs))
+}
+
+// localClient reports whether the client that a DNS answer went to is one
+// of this node's: a DNS name counts only as the answer to a query of a
+// local endpoint. The datapath sends answers whose query it saw leave;
+// this is the user-space half, on what the event carries (the client's
+// address): a client that the namer calls external, or places on another
+// node, did not ask here. A namer that knows only the host (no inventory)
+// calls every other address unknown, not external, and so refuses
+// nothing.
+func (p *Pipeline) localClient(n model.Name) bool {
+	if !n.Client.IsValid() {
+		return false
+	}
+	ep := p.namer(&model.Record{Src: n.Client, Dst: n.Addr}).SrcEndpoint
+	if ep.Kind == model.KindExternal {
+		return false
+	}
+	return ep.Node == "" || ep.Node == p.host.Name()
 }
 
 // Run adds each batch from in, and looks at the host again every Refresh

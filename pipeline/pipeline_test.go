@@ -204,3 +204,55 @@ func TestNewNode(t *testing.T) {
 		t.Errorf("fallback namer's source = %s %q, want host n7", f.SrcEndpoint.Kind, f.SrcEndpoint.Name)
 	}
 }
+
+// TestAddRefusesNamesOfOtherClients plays DNS answers seen going to a
+// client that is not this node's (one outside, a pod on another node):
+// they name nothing, and are counted; the answer to a pod here names.
+func TestAddRefusesNamesOfOtherClients(t *testing.T) {
+	end := time.Now()
+	// An inventory's view: podHere on n1, podThere on n2, the rest outside.
+	namer := func(r *model.Record) model.Flow {
+		end := func(a netip.Addr) model.Endpoint {
+			switch a {
+			case podHere:
+				return model.Endpoint{Kind: model.KindPod, ID: "here", Name: "here", Node: "n1"}
+			case podThere:
+				return model.Endpoint{Kind: model.KindPod, ID: "there", Name: "there", Node: "n2"}
+			}
+			return model.Endpoint{Kind: model.KindExternal, ID: a.String(), Name: a.String()}
+		}
+		return model.Flow{Record: *r, SrcEndpoint: end(r.Src), DstEndpoint: end(r.Dst)}
+	}
+	named := netip.MustParseAddr("203.0.113.20")
+	forgedOutside := netip.MustParseAddr("203.0.113.21")
+	forgedThere := netip.MustParseAddr("203.0.113.22")
+	b := model.Batch{Start: end.Add(-5 * time.Second), End: end, Names: []model.Name{
+		{Addr: named, Name: "api.example", TTL: time.Minute, Source: model.NameDNS, Client: podHere, Seen: end},
+		{Addr: forgedOutside, Name: "s3.amazonaws.com", TTL: time.Minute, Source: model.NameDNS, Client: netip.MustParseAddr("198.51.100.1"), Seen: end},
+		{Addr: forgedThere, Name: "s3.amazonaws.com", TTL: time.Minute, Source: model.NameDNS, Client: podThere, Seen: end},
+		{Addr: forgedThere, Name: "s3.amazonaws.com", TTL: time.Minute, Source: model.NameDNS, Seen: end},
+	}}
+	p := New(Options{Node: "n1", Namer: namer, Routes: routes, Addrs: addrs})
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(p.Collectors()...)
+	p.Add(b)
+	for _, tc := range []struct {
+		addr   netip.Addr
+		wantOK bool
+	}{{named, true}, {forgedOutside, false}, {forgedThere, false}} {
+		if _, ok := p.l7Names.Lookup(tc.addr, end); ok != tc.wantOK {
+			t.Errorf("Lookup(%v) found %v, want %v", tc.addr, ok, tc.wantOK)
+		}
+	}
+	if got, want := series(t, reg, "flowmap_names_refused_total"), []string{"reason=client_not_local"}; !slices.Equal(got, want) {
+		t.Fatalf("flowmap_names_refused_total series = %q, want %q", got, want)
+	}
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == "flowmap_names_refused_total" {
+			if got := mf.GetMetric()[0].GetCounter().GetValue(); got != 3 {
+				t.Errorf("flowmap_names_refused_total = %v, want 3", got)
+			}
+		}
+	}
+}

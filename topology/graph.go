@@ -255,7 +255,7 @@ func (g *Graph) newEdge(k edgeKey, now int64) uint32 {
 // it better than the first.
 func (g *Graph) intern(ep *model.Endpoint) uint32 {
 	if i, ok := g.epIndex[epKey{ep.Kind, ep.ID}]; ok {
-		if g.eps[i].ep.Name != ep.Name || g.eps[i].ep.Workload != ep.Workload {
+		if g.eps[i].ep.Name != ep.Name || g.eps[i].ep.Workload != ep.Workload || g.eps[i].ep.NameSource != ep.NameSource {
 			g.eps[i].ep = *ep
 		}
 		return i

@@ -57,6 +57,10 @@ type Node struct {
 	WorkloadKind string             `json:"workload_kind,omitempty"`
 	Host         string             `json:"host,omitempty"`
 	Addrs        []netip.Addr       `json:"addrs,omitempty"`
+	// NameSource is what a name from traffic rests on (see
+	// model.Endpoint.NameSource): "dns", or "tls-sni" for a client's
+	// claim that no DNS answer confirmed.
+	NameSource string `json:"name_source,omitempty"`
 }
 
 // Edge is the flows from a client node to a server node on one protocol and

@@ -135,7 +135,7 @@ func nodeOf(ep *model.Endpoint, l Level) Node {
 
 func endpointNode(ep *model.Endpoint) Node {
 	n := Node{ID: string(ep.Kind) + ":" + ep.ID, Kind: ep.Kind, Name: ep.Name, Namespace: ep.Namespace,
-		Workload: ep.Workload, WorkloadKind: ep.WorkloadKind, Host: ep.Node, Addrs: ep.Addrs}
+		Workload: ep.Workload, WorkloadKind: ep.WorkloadKind, Host: ep.Node, Addrs: ep.Addrs, NameSource: ep.NameSource}
 	if n.Name == "" {
 		n.Name = ep.ID
 	}

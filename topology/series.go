@@ -71,7 +71,7 @@ func newSeriesBase(opts MetricsOptions, maxEdges int) seriesBase {
 	if opts.Ends == nil {
 		opts.Ends = defaultEnds
 	}
-	return seriesBase{maxEdges: opts.MaxEdges, idle: opts.Idle, node: opts.Node, ends: opts.Ends,
+	return seriesBase{maxEdges: opts.MaxEdges, idle: opts.Idle, node: model.LabelValue(opts.Node), ends: opts.Ends,
 		level: opts.Level, labels: map[epKey]nodeLabels{}}
 }
 
@@ -90,7 +90,7 @@ func (b *seriesBase) endpoint(ep *model.Endpoint) nodeLabels {
 		clear(b.labels)
 	}
 	n := nodeOf(ep, b.level)
-	l := nodeLabels{kind: string(n.Kind), namespace: n.Namespace, name: n.Name}
+	l := nodeLabels{kind: model.LabelValue(string(n.Kind)), namespace: model.LabelValue(n.Namespace), name: model.LabelValue(n.Name)}
 	b.labels[k] = l
 	return l
 }
