@@ -31,8 +31,8 @@ const (
 	bpfCounterCOUNTER_MAP_FULL_BYTES   bpfCounter = 1
 	bpfCounterCOUNTER_NON_IP           bpfCounter = 2
 	bpfCounterCOUNTER_MALFORMED        bpfCounter = 3
-	bpfCounterCOUNTER_L7MAP_FULL       bpfCounter = 4
-	bpfCounterCOUNTER_NAMES_LOST       bpfCounter = 5
+	bpfCounterCOUNTER_NAMES_LOST       bpfCounter = 4
+	bpfCounterCOUNTER_TRUNCATED        bpfCounter = 5
 	bpfCounterCOUNTER_MAX              bpfCounter = 6
 )
 
@@ -71,6 +71,16 @@ type bpfFlowStats struct {
 	Point       uint8
 	Pad         [5]uint8
 }
+
+type bpfL7Loss uint32
+
+const (
+	bpfL7LossL7LOSS_MAP_FULL  bpfL7Loss = 0
+	bpfL7LossL7LOSS_NO_MEMORY bpfL7Loss = 1
+	bpfL7LossL7LOSS_BUSY      bpfL7Loss = 2
+	bpfL7LossL7LOSS_OTHER     bpfL7Loss = 3
+	bpfL7LossL7LOSS_MAX       bpfL7Loss = 4
+)
 
 type bpfL7Method uint32
 
@@ -170,6 +180,7 @@ const (
 	bpfMapFlows6A         = "flows6_a"
 	bpfMapFlows6B         = "flows6_b"
 	bpfMapHandshakes      = "handshakes"
+	bpfMapL7Lost          = "l7_lost"
 	bpfMapL7Names         = "l7_names"
 	bpfMapL7Pending4      = "l7_pending4"
 	bpfMapL7Pending6      = "l7_pending6"
@@ -189,6 +200,7 @@ const (
 	bpfVarProbeJiffies    = "probe_jiffies"
 	bpfVarProbeNs         = "probe_ns"
 	bpfVarUnusedCounter   = "unused_counter"
+	bpfVarUnusedL7Loss    = "unused_l7_loss"
 	bpfVarUnusedL7Method  = "unused_l7_method"
 	bpfVarUnusedL7Proto   = "unused_l7_proto"
 	bpfVarUnusedNameEvent = "unused_name_event"
@@ -256,6 +268,7 @@ type bpfMapSpecs struct {
 	Flows6A    *ebpf.MapSpec `ebpf:"flows6_a"`
 	Flows6B    *ebpf.MapSpec `ebpf:"flows6_b"`
 	Handshakes *ebpf.MapSpec `ebpf:"handshakes"`
+	L7Lost     *ebpf.MapSpec `ebpf:"l7_lost"`
 	L7Names    *ebpf.MapSpec `ebpf:"l7_names"`
 	L7Pending4 *ebpf.MapSpec `ebpf:"l7_pending4"`
 	L7Pending6 *ebpf.MapSpec `ebpf:"l7_pending6"`
@@ -276,6 +289,7 @@ type bpfVariableSpecs struct {
 	ProbeJiffies    *ebpf.VariableSpec `ebpf:"probe_jiffies"`
 	ProbeNs         *ebpf.VariableSpec `ebpf:"probe_ns"`
 	UnusedCounter   *ebpf.VariableSpec `ebpf:"unused_counter"`
+	UnusedL7Loss    *ebpf.VariableSpec `ebpf:"unused_l7_loss"`
 	UnusedL7Method  *ebpf.VariableSpec `ebpf:"unused_l7_method"`
 	UnusedL7Proto   *ebpf.VariableSpec `ebpf:"unused_l7_proto"`
 	UnusedNameEvent *ebpf.VariableSpec `ebpf:"unused_name_event"`
@@ -310,6 +324,7 @@ type bpfMaps struct {
 	Flows6A    *ebpf.Map `ebpf:"flows6_a"`
 	Flows6B    *ebpf.Map `ebpf:"flows6_b"`
 	Handshakes *ebpf.Map `ebpf:"handshakes"`
+	L7Lost     *ebpf.Map `ebpf:"l7_lost"`
 	L7Names    *ebpf.Map `ebpf:"l7_names"`
 	L7Pending4 *ebpf.Map `ebpf:"l7_pending4"`
 	L7Pending6 *ebpf.Map `ebpf:"l7_pending6"`
@@ -330,6 +345,7 @@ func (m *bpfMaps) Close() error {
 		m.Flows6A,
 		m.Flows6B,
 		m.Handshakes,
+		m.L7Lost,
 		m.L7Names,
 		m.L7Pending4,
 		m.L7Pending6,
@@ -351,6 +367,7 @@ type bpfVariables struct {
 	ProbeJiffies    *ebpf.Variable `ebpf:"probe_jiffies"`
 	ProbeNs         *ebpf.Variable `ebpf:"probe_ns"`
 	UnusedCounter   *ebpf.Variable `ebpf:"unused_counter"`
+	UnusedL7Loss    *ebpf.Variable `ebpf:"unused_l7_loss"`
 	UnusedL7Method  *ebpf.Variable `ebpf:"unused_l7_method"`
 	UnusedL7Proto   *ebpf.Variable `ebpf:"unused_l7_proto"`
 	UnusedNameEvent *ebpf.Variable `ebpf:"unused_name_event"`

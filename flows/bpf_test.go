@@ -122,6 +122,11 @@ func resetObjects(t testing.TB, objs *bpfObjects) {
 	clearMap[bpfL7PendingKey4](t, objs.L7Pending4)
 	clearMap[bpfL7PendingKey](t, objs.L7Pending6)
 	ncpu := mustPossibleCPUs(t)
+	for i := range uint32(bpfL7LossL7LOSS_MAX * l7Protos) {
+		if err := objs.L7Lost.Put(i, make([]uint64, ncpu)); err != nil {
+			t.Fatalf("zero l7_lost %d: %v", i, err)
+		}
+	}
 	for half := range uint32(2) {
 		if err := objs.FlowCache.Put(half, make([]bpfCacheSlot, ncpu)); err != nil {
 			t.Fatalf("empty flow cache %d: %v", half, err)

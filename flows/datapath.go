@@ -112,15 +112,16 @@ type Stats struct {
 	MapFullBytes    uint64
 	NonIP           uint64 // frames neither IPv4 nor IPv6
 	Malformed       uint64 // truncated or bad IP frames
+	Truncated       uint64 // IPv6 frames with more extension headers than the programs walk
 	LeftoversPurged int    // clsact filters of a dead agent removed at start
 	NATJoined       uint64 // directions of NATed connections joined by conntrack
 	ConntrackErrors uint64 // drains that could not read conntrack
 	// L7 (see l7.go).
-	L7MapFull      uint64 // L7 messages not counted: the L7 map was full
-	NamesLost      uint64 // name events the ring buffer had no room for
-	NamesDropped   uint64 // names over maxNamesPerBatch in one interval: a full batch
-	NamesUndecoded uint64 // name events that did not decode
-	NamesUnchained uint64 // DNS answer records not tied to the question (see DecodeDNSNames)
+	L7Lost         [bpfL7LossL7LOSS_MAX][model.NumL7Protocols]uint64 // L7 messages not counted, by reason and protocol
+	NamesLost      uint64                                            // name events the ring buffer had no room for
+	NamesDropped   uint64                                            // names over maxNamesPerBatch in one interval: a full batch
+	NamesUndecoded uint64                                            // name events that did not decode
+	NamesUnchained uint64                                            // DNS answer records not tied to the question (see DecodeDNSNames)
 }
 
 // ErrPrerequisite is returned by New when the machine cannot run the
@@ -594,6 +595,7 @@ func (d *Datapath) Drain(start time.Time) (model.Batch, error) {
 		return model.Interface{Index: idx, PeerNetNSID: -1}
 	}, clk)
 	counters := d.readCounters()
+	l7Lost := d.readL7Lost()
 	end := time.Now()
 	took := end.Sub(t0)
 	d.forget(gone)
@@ -604,6 +606,7 @@ func (d *Datapath) Drain(start time.Time) (model.Batch, error) {
 		for c, v := range counters {
 			*counterFields[c](s) = v
 		}
+		s.L7Lost = l7Lost
 		s.LastDrain = took
 		s.DrainSeconds += took.Seconds()
 		s.LastEntries = len(dirs)
@@ -677,8 +680,8 @@ var counterFields = map[bpfCounter]func(*Stats) *uint64{
 	bpfCounterCOUNTER_MAP_FULL_BYTES:   func(s *Stats) *uint64 { return &s.MapFullBytes },
 	bpfCounterCOUNTER_NON_IP:           func(s *Stats) *uint64 { return &s.NonIP },
 	bpfCounterCOUNTER_MALFORMED:        func(s *Stats) *uint64 { return &s.Malformed },
-	bpfCounterCOUNTER_L7MAP_FULL:       func(s *Stats) *uint64 { return &s.L7MapFull },
 	bpfCounterCOUNTER_NAMES_LOST:       func(s *Stats) *uint64 { return &s.NamesLost },
+	bpfCounterCOUNTER_TRUNCATED:        func(s *Stats) *uint64 { return &s.Truncated },
 }
 
 // readCounters returns the per-CPU counters of counterFields, summed; one
@@ -699,6 +702,26 @@ func (d *Datapath) readCounters() map[bpfCounter]uint64 {
 		out[idx] = sum
 	}
 	return out
+}
+
+// readL7Lost returns the l7_lost map's counts by reason and protocol,
+// summed over the CPUs; one it cannot read is logged and left 0. The
+// caller holds d.drainMu, which keeps the map open.
+func (d *Datapath) readL7Lost() (lost [bpfL7LossL7LOSS_MAX][model.NumL7Protocols]uint64) {
+	for reason := range bpfL7LossL7LOSS_MAX {
+		for proto := range model.NumL7Protocols {
+			var percpu []uint64
+			idx := uint32(reason)*l7Protos + uint32(proto)
+			if err := d.objs.L7Lost.Lookup(idx, &percpu); err != nil {
+				d.log.Warn("read l7_lost", "index", idx, "err", err)
+				continue
+			}
+			for _, v := range percpu {
+				lost[reason][proto] += v
+			}
+		}
+	}
+	return lost
 }
 
 // probeInsns is the smallest TC program: return TC_ACT_UNSPEC.

@@ -38,3 +38,17 @@ func pointOf(p bpfPoint) model.Point { return model.Point(p) }
 
 // l7ProtocolOf maps the programs' L7 protocol to the model's.
 func l7ProtocolOf(p bpfL7Proto) model.L7Protocol { return model.L7Protocol(p) }
+
+// l7Protos is L7_PROTOS, the stride of the l7_lost map's index: reason ×
+// l7Protos + protocol.
+const l7Protos = 16
+
+var _ = [1]struct{}{}[l7Protos/int(model.NumL7Protocols)-1] // the model's protocols fit in the stride
+
+// l7LossNames name the reasons of l7_lost for /metrics.
+var l7LossNames = [bpfL7LossL7LOSS_MAX]string{
+	bpfL7LossL7LOSS_MAP_FULL:  "map_full",
+	bpfL7LossL7LOSS_NO_MEMORY: "no_memory",
+	bpfL7LossL7LOSS_BUSY:      "busy",
+	bpfL7LossL7LOSS_OTHER:     "other",
+}

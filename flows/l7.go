@@ -6,8 +6,8 @@ import (
 	"github.com/flowmap/flowmap/model"
 )
 
-// addL7Stats adds one CPU's slot of the programs' stats of a flow to l,
-// as L7.Add adds an L7.
+// addL7Stats adds the programs' stats of a flow (one value for all CPUs)
+// to l, as L7.Add adds an L7.
 func addL7Stats(l *model.L7, s *bpfL7Stats) {
 	l.TakeProtocol(l7ProtocolOf(bpfL7Proto(s.Proto)))
 	for i, c := range s.Methods {
@@ -32,22 +32,24 @@ const l7Batch = 256
 
 // drainL7 reads and deletes every entry of the L7 maps of half, which
 // the programs no longer write (the double buffer flipped), into d.l7,
-// keyed client to server (IPv4 keys IPv4-mapped), summed over the CPUs.
+// keyed client to server (IPv4 keys IPv4-mapped). The L7 maps are not
+// per CPU: one value a key.
 func (d *drainer) drainL7(half uint32) error {
-	add := func(k bpfFlowKey, percpu []bpfL7Stats) {
+	add := func(k bpfFlowKey, vals []bpfL7Stats) {
 		l := d.l7[k]
 		if l == nil {
 			l = new(pendingL7)
 			d.l7[k] = l
 		}
-		for i := range percpu {
-			addL7Stats(&l.L7, &percpu[i])
+		for i := range vals {
+			addL7Stats(&l.L7, &vals[i])
 		}
 	}
 	h := d.l7s[half]
-	err := drainMap(h.v4, d.l7keys4, d.l7vals, d.ncpu, func(k bpfFlowKey4, v []bpfL7Stats) { add(k.mapped(), v) })
+	vals := d.l7vals[:len(d.l7keys4)]
+	err := drainMap(h.v4, d.l7keys4, vals, 1, func(k bpfFlowKey4, v []bpfL7Stats) { add(k.mapped(), v) })
 	if err != nil {
 		return err
 	}
-	return drainMap(h.v6, d.l7keys6, d.l7vals, d.ncpu, add)
+	return drainMap(h.v6, d.l7keys6, d.l7vals[:len(d.l7keys6)], 1, add)
 }

@@ -38,7 +38,8 @@ var (
 	descFrames = prometheus.NewDesc("flowmap_frames_skipped_total",
 		"Frames the programs saw but could not count as a flow, by reason.", []string{"reason"}, nil)
 	descL7Lost = prometheus.NewDesc("flowmap_l7_messages_lost_total",
-		"L7 messages not counted because the model.L7 map was full.", nil, nil)
+		"L7 messages (and payloads that tell a protocol) not counted because their flow's entry could not be inserted into the L7 map, by reason (map_full, no_memory, busy, other) and protocol.",
+		[]string{"reason", "protocol"}, nil)
 	descNamesLost = prometheus.NewDesc("flowmap_name_events_lost_total",
 		"DNS answers and TLS server names not read, by reason.", []string{"reason"}, nil)
 	descNATJoined = prometheus.NewDesc("flowmap_nat_joined_total",
@@ -88,7 +89,12 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descLeftovers, float64(s.LeftoversPurged))
 	counter(descNATJoined, s.NATJoined)
 	counter(descConntrackErrors, s.ConntrackErrors)
-	counter(descL7Lost, s.L7MapFull)
+	counter(descFrames, s.Truncated, "truncated")
+	for reason, byProto := range s.L7Lost {
+		for proto, n := range byProto[1:] {
+			counter(descL7Lost, n, l7LossNames[reason], model.L7Protocol(proto+1).String())
+		}
+	}
 	counter(descNamesLost, s.NamesLost, "ring_buffer_full")
 	counter(descNamesLost, s.NamesDropped, "batch_full")
 	counter(descNamesLost, s.NamesUndecoded, "undecoded")

@@ -53,8 +53,8 @@ enum counter {
 	COUNTER_MAP_FULL_BYTES,
 	COUNTER_NON_IP,    // frames that are neither IPv4 nor IPv6 (ARP, LLDP, …)
 	COUNTER_MALFORMED, // IP frames truncated or with a bad header length
-	COUNTER_L7_MAP_FULL, // L7 messages not counted: the L7 map was full
-	COUNTER_NAMES_LOST,  // DNS answers and TLS ClientHellos not sent: the ring buffer was full
+	COUNTER_NAMES_LOST, // DNS answers and TLS ClientHellos not sent: the ring buffer was full
+	COUNTER_TRUNCATED,  // IPv6 frames with more extension headers than parse walks
 	COUNTER_MAX,
 };
 

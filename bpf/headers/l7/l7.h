@@ -98,22 +98,23 @@ static __always_inline void classify_tcp(struct packet *p, const __u8 *b, __u32 
 // l7_lookup notes or matches the request or response m of a flow, whose
 // pending key is pk and flow key flow, in the map pending, sets *lat to
 // the latency pending_msg returns, and returns the flow's stats in l7s_a or
-// l7s_b, the half active_buf names (NULL if that map is full). It is
+// l7s_b, the half active_buf names (NULL, and the error in *err, if its
+// entry could not be inserted). It is
 // inlined at one call site per family, each naming its maps, so that each
 // lookup has one constant map, which the verifier needs to inline it (see
 // account); the asm statements keep clang from merging the two halves'
 // l7_entry back into one call on a map chosen at run time.
 static __always_inline struct l7_stats *l7_lookup(void *pending, void *l7s_a, void *l7s_b,
 						  void *pk, void *flow, struct l7_msg *m,
-						  __u64 sent, __u64 *lat)
+						  __u64 sent, __u64 *lat, long *err)
 {
 	*lat = pending_msg(pending, pk, m, sent);
 	if (active_buf) {
 		asm volatile("/* l7s_b */");
-		return l7_entry(l7s_b, flow);
+		return l7_entry(l7s_b, flow, err);
 	}
 	asm volatile("/* l7s_a */");
-	return l7_entry(l7s_a, flow);
+	return l7_entry(l7s_a, flow, err);
 }
 
 // l7 classifies the payload of p, a TCP segment with payload or a UDP
@@ -162,6 +163,7 @@ static __always_inline void l7(void *ctx, int xdp, struct packet *p, void *data,
 	// swapped, and a name event takes IPv4's mapped into IPv6; one key for
 	// both would make IPv4 hash 40 bytes instead of 16 (see flow_key4).
 	__u64 lat;
+	long err = 0;
 	struct l7_stats *s;
 	if (p->v4) {
 		struct l7_pending_key4 pk = {
@@ -180,7 +182,7 @@ static __always_inline void l7(void *ctx, int xdp, struct packet *p, void *data,
 			key6_of4(&pk.flow, &k6);
 			send_name(ctx, xdp, &k6, m.name, off + m.name_off, plen - m.name_off);
 		}
-		s = l7_lookup(&l7_pending4, &l7s4_a, &l7s4_b, &pk, &pk.flow, &m, sent, &lat);
+		s = l7_lookup(&l7_pending4, &l7s4_a, &l7s4_b, &pk, &pk.flow, &m, sent, &lat, &err);
 	} else {
 		struct l7_pending_key pk = {.flow = p->key, .id = m.id};
 		if (m.reverse) {
@@ -195,34 +197,37 @@ static __always_inline void l7(void *ctx, int xdp, struct packet *p, void *data,
 		}
 		if (m.name)
 			send_name(ctx, xdp, &pk.flow, m.name, off + m.name_off, plen - m.name_off);
-		s = l7_lookup(&l7_pending6, &l7s6_a, &l7s6_b, &pk, &pk.flow, &m, sent, &lat);
+		s = l7_lookup(&l7_pending6, &l7s6_a, &l7s6_b, &pk, &pk.flow, &m, sent, &lat, &err);
 	}
 	if (!s) {
-		if (m.kind != MSG_NONE)
-			bump(COUNTER_L7_MAP_FULL, 1);
+		// Every message, and every payload that only tells its
+		// protocol (a RESP command, a PostgreSQL SSLRequest): the flow
+		// has no L7 entry without it.
+		l7_lose(err, m.proto);
 		return;
 	}
 	// Counted here and not in a helper of stats.h: passed the message by
 	// pointer or by value, clang 19 emits 9 to 20 more instructions a
 	// program.
+	// Atomic adds: the entry is every CPU's (see the L7 maps).
 	s->proto = m.proto;
 	if (m.kind == MSG_REQUEST) {
 		if (m.proto == L7_DNS)
-			s->queries += 1;
+			__sync_fetch_and_add(&s->queries, 1);
 		else
-			s->methods[m.method & (METHOD_MAX - 1)] += 1;
+			__sync_fetch_and_add(&s->methods[m.method & (METHOD_MAX - 1)], 1);
 		return;
 	}
 	if (m.kind != MSG_RESPONSE)
 		return;
 	if (m.proto == L7_DNS)
-		s->rcodes[m.status & (L7_RCODES - 1)] += 1;
+		__sync_fetch_and_add(&s->rcodes[m.status & (L7_RCODES - 1)], 1);
 	else if (m.status < 6)
-		s->statuses[m.status] += 1;
+		__sync_fetch_and_add(&s->statuses[m.status], 1);
 	if (lat) {
-		s->latency[latency_bucket(lat)] += 1;
-		s->latency_sum_ns += lat;
+		__sync_fetch_and_add(&s->latency[latency_bucket(lat)], 1);
+		__sync_fetch_and_add(&s->latency_sum_ns, lat);
 	} else if (!(m.proto == L7_HTTP && m.status == 1)) {
-		s->unmatched += 1;
+		__sync_fetch_and_add(&s->unmatched, 1);
 	}
 }

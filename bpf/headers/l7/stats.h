@@ -15,10 +15,9 @@
 // holds all above.
 #define L7_BUCKETS 104
 
-// l7_stats is one client-to-server flow's messages since the last drain,
-// as one CPU counted them: per CPU, so that the request's CPU and the
-// response's add without atomics and without moving the entry's lines
-// between them (Go sums the CPUs).
+// l7_stats is one client-to-server flow's messages since the last drain.
+// One for all CPUs, added to atomically (see the L7 maps for why not per
+// CPU); proto is a plain store, as every CPU stores the same value.
 struct l7_stats {
 	__u64 latency_sum_ns; // over the matched responses
 	__u32 latency[L7_BUCKETS]; // request (first byte) to response (first byte)
@@ -34,13 +33,19 @@ struct l7_stats {
 #define MAX_L7_FLOWS 16384 // Go sets max_entries from --max-flows
 
 // l7s4_a, l7s4_b (IPv4), l7s6_a, l7s6_b: the client-to-server flow key ->
-// per-CPU l7_stats, double-buffered by active_buf as the flow maps are.
-// Not LRU: a full map refuses new flows and counts their messages
-// (COUNTER_L7_MAP_FULL). Not preallocated: an entry is ncpu × 528 bytes,
-// and most flows carry no message.
+// l7_stats, double-buffered by active_buf as the flow maps are. Not LRU: a
+// full map refuses new flows and counts their messages (l7_lost). Not
+// preallocated: an entry is 528 bytes, and most flows carry no message.
+// Not per CPU: a non-preallocated per-CPU value comes from the kernel's
+// atomic per-CPU pool, a few pages that a worker refills, which a burst
+// of new flows empties: inserts then fail with -ENOMEM though the map is
+// nearly empty (20,000 new flows as fast as BPF_PROG_TEST_RUN runs them
+// on 2 CPUs: 6,309 refused, the map at 13,691 of 65,536). A shared value
+// comes from the slab, through BPF's per-CPU cache of free objects, which
+// the same burst never emptied; the price is an atomic add per counter.
 #define L7_MAP(name, key_type)                                                                     \
 	struct {                                                                                   \
-		__uint(type, BPF_MAP_TYPE_PERCPU_HASH);                                            \
+		__uint(type, BPF_MAP_TYPE_HASH);                                                   \
 		__uint(map_flags, BPF_F_NO_PREALLOC);                                              \
 		__uint(max_entries, MAX_L7_FLOWS);                                                 \
 		__type(key, key_type);                                                             \
@@ -71,16 +76,66 @@ static __always_inline __u32 latency_bucket(__u64 ns)
 	return i < L7_BUCKETS ? i : L7_BUCKETS - 1;
 }
 
-// l7_entry returns flow k's L7 stats in the map l7s, inserted if new; NULL
-// if the map is full. As with account, each call site names its map.
-static __always_inline struct l7_stats *l7_entry(void *l7s, void *k)
+// l7_loss is why a message was not counted: why its flow's entry could
+// not be inserted into the L7 map.
+enum l7_loss {
+	L7_LOSS_MAP_FULL = 0, // -E2BIG: the map holds max_entries flows
+	L7_LOSS_NO_MEMORY,    // -ENOMEM: no memory for the entry, though the map had room
+	L7_LOSS_BUSY,         // -EBUSY, -EDEADLK, -ETIMEDOUT: the bucket's lock was not taken
+	L7_LOSS_OTHER,        // any other error
+	L7_LOSS_MAX,
+};
+
+const enum l7_loss *unused_l7_loss __attribute__((unused));
+
+// The errors of bpf_map_update_elem, as asm-generic/errno.h numbers them.
+#define E2BIG 7
+#define ENOMEM 12
+#define EBUSY 16
+#define EDEADLK 35
+#define ETIMEDOUT 110
+
+#define L7_PROTOS 16 // enum l7_proto's values, rounded up to a power of two
+
+// l7_lost: enum l7_loss * L7_PROTOS + enum l7_proto -> per-CPU count of
+// the messages (or, for a protocol that l7 only notes, the payloads that
+// told it) not counted.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, L7_LOSS_MAX * L7_PROTOS);
+	__type(key, __u32);
+	__type(value, __u64);
+} l7_lost SEC(".maps");
+
+// l7_lose counts a message of protocol proto that l7_entry could not
+// insert, under the reason its error err tells.
+static __always_inline void l7_lose(long err, __u8 proto)
+{
+	__u32 reason = L7_LOSS_OTHER;
+	if (err == -E2BIG)
+		reason = L7_LOSS_MAP_FULL;
+	else if (err == -ENOMEM)
+		reason = L7_LOSS_NO_MEMORY;
+	else if (err == -EBUSY || err == -EDEADLK || err == -ETIMEDOUT)
+		reason = L7_LOSS_BUSY;
+	__u32 idx = reason * L7_PROTOS + (proto & (L7_PROTOS - 1));
+	__u64 *c = bpf_map_lookup_elem(&l7_lost, &idx);
+	if (c)
+		*c += 1;
+}
+
+// l7_entry returns flow k's L7 stats in the map l7s, inserted if new; NULL,
+// with the insert's error in *err, if it could not be inserted. As with
+// account, each call site names its map.
+static __always_inline struct l7_stats *l7_entry(void *l7s, void *k, long *err)
 {
 	struct l7_stats *s = bpf_map_lookup_elem(l7s, k);
 	if (s)
 		return s;
 	// Zeroed, and not on the stack: l7_stats is larger than the stack
-	// can spare; BPF_NOEXIST keeps another CPU's entry.
+	// can spare. BPF_NOEXIST keeps another CPU's entry: -EEXIST then,
+	// and the lookup finds that entry.
 	static const struct l7_stats zero = {};
-	bpf_map_update_elem(l7s, k, &zero, BPF_NOEXIST);
+	*err = bpf_map_update_elem(l7s, k, &zero, BPF_NOEXIST);
 	return bpf_map_lookup_elem(l7s, k);
 }
