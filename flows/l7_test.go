@@ -359,6 +359,17 @@ func TestBPFL7(t *testing.T) {
 				tcpPayload(t, false, l7Cli, l7Srv, 42004, 6379, []byte("*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")),
 				tcpPayload(t, false, l7Cli, l7Srv, 42005, 9092, []byte{0, 0, 0, 12, 0, 18, 0, 3, 0, 0, 0, 1, 0, 2, 'i', 'd'}),
 				tcpPayload(t, false, l7Cli, l7Srv, 42006, 5001, bytes.Repeat([]byte{0xa5}, 1400)), // bulk data: nothing
+				// Redis inline commands, to the Redis port only; and
+				// the answer to PING, on any port.
+				tcpPayload(t, false, l7Cli, l7Srv, 42007, 6379, []byte("PING\r\n")),
+				tcpPayload(t, false, l7Cli, l7Srv, 42008, 6379, []byte("GET key\r\n")),
+				tcpPayload(t, false, l7Cli, l7Srv, 42009, 6379, []byte("set averyverylongkey 1\r\n")),
+				tcpPayload(t, false, l7Cli, l7Srv, 42010, 7000, []byte("PING\r\n")),
+				tcpPayload(t, false, l7Srv, l7Cli, 7000, 42010, []byte("+PONG\r\n")),
+				tcpPayload(t, false, l7Cli, l7Srv, 42011, 25, []byte("EHLO mail\r\n")),           // SMTP: nothing
+				tcpPayload(t, false, l7Cli, l7Srv, 42012, 11211, []byte("get key\r\n")),          // memcached: nothing
+				tcpPayload(t, false, l7Cli, l7Srv, 42013, 6379, []byte("12 PING\r\n")),           // not a word: nothing
+				tcpPayload(t, false, l7Cli, l7Srv, 42014, 6379, []byte("averyveryverylongword")), // no end in sight: nothing
 			},
 			want: map[bpfFlowKey]l7Want{
 				flowKey(l7Cli, l7Srv, 42001, 8080, layers.IPProtocolTCP, 0): {proto: model.L7HTTP2},
@@ -366,6 +377,10 @@ func TestBPFL7(t *testing.T) {
 				flowKey(l7Cli, l7Srv, 42003, 3306, layers.IPProtocolTCP, 0): {proto: model.L7MySQL},
 				flowKey(l7Cli, l7Srv, 42004, 6379, layers.IPProtocolTCP, 0): {proto: model.L7Redis},
 				flowKey(l7Cli, l7Srv, 42005, 9092, layers.IPProtocolTCP, 0): {proto: model.L7Kafka},
+				flowKey(l7Cli, l7Srv, 42007, 6379, layers.IPProtocolTCP, 0): {proto: model.L7Redis},
+				flowKey(l7Cli, l7Srv, 42008, 6379, layers.IPProtocolTCP, 0): {proto: model.L7Redis},
+				flowKey(l7Cli, l7Srv, 42009, 6379, layers.IPProtocolTCP, 0): {proto: model.L7Redis},
+				flowKey(l7Cli, l7Srv, 42010, 7000, layers.IPProtocolTCP, 0): {proto: model.L7Redis},
 			},
 		},
 	}

@@ -27,9 +27,10 @@
 #include "l7/tls.h"
 
 // classify_tcp reads what b, the first bytes of a TCP payload of plen
-// bytes (zero-padded where it is shorter), is. The first four bytes
-// decide HTTP's cases in one switch; the other sniffers follow in this
-// order, and the first that knows b decides.
+// bytes (zero-padded where it is shorter), is. A Redis inline command to
+// the Redis port comes first; then the first four bytes decide HTTP's
+// cases in one switch; the other sniffers follow in this order, and the
+// first that knows b decides.
 //
 // HTTP's switch stays here and not in http.h: behind a helper that returns
 // whether it matched, clang 19 lays out the code after it differently and
@@ -42,6 +43,9 @@ static __always_inline void classify_tcp(struct packet *p, const __u8 *b, __u32 
 		dns_header(p, b + 2, 2, m);
 		return;
 	}
+	// Before HTTP's: "GET key\r\n" to Redis is no HTTP request.
+	if (p->key.dport == REDIS_PORT && redis_inline(b, m))
+		return;
 	__u32 w;
 	__builtin_memcpy(&w, b, 4);
 	switch (w) {
