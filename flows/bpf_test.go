@@ -638,6 +638,24 @@ func one(k bpfFlowKey, frame []byte, flags uint16) map[bpfFlowKey]flowSum {
 	return map[bpfFlowKey]flowSum{k: {Bytes: uint64(len(frame)), Packets: 1, TCPFlags: segFlags(flags)}}
 }
 
+// ipv6ExtMax is IPV6_EXT_MAX (bpf/headers/parse.h): the IPv6 extension
+// headers that parse walks.
+const ipv6ExtMax = 32
+
+// ipv6DstOpts is n destination options headers of 8 bytes, the last
+// followed by last.
+func ipv6DstOpts(n int, last layers.IPProtocol) gopacket.Payload {
+	var b gopacket.Payload
+	for i := range n {
+		next := byte(layers.IPProtocolIPv6Destination)
+		if i == n-1 {
+			next = byte(last)
+		}
+		b = append(b, next, 0, 1, 4, 0, 0, 0, 0) // PadN of 4 bytes
+	}
+	return b
+}
+
 func parseCases(t *testing.T) []parseCase {
 	const (
 		a4, b4, c4 = "198.51.100.2", "198.51.100.3", "203.0.113.7"
@@ -746,7 +764,7 @@ func parseCases(t *testing.T) []parseCase {
 	}
 	add("udp6 destination options", f, one(flowKey(a6, b6, 50003, 9000, layers.IPProtocolUDP, 0), f, 0), nil)
 
-	// Three extension headers, the most the program skips: hop-by-hop,
+	// Three extension headers of three kinds: hop-by-hop,
 	// destination options and the fragment header of a first fragment.
 	hbh3 := &layers.IPv6HopByHop{Options: routerAlert}
 	hbh3.NextHeader = layers.IPProtocolIPv6Destination
@@ -758,6 +776,21 @@ func parseCases(t *testing.T) []parseCase {
 	f = buildFrame(t, ethL(layers.EthernetTypeIPv6), ip6L(b6, a6, layers.IPProtocolIPv6HopByHop), hbh3, dst3,
 		fragHdr, udpL(50004, 4500), payloadL(40))
 	add("udp6 three extension headers", f, one(flowKey(b6, a6, 50004, 4500, layers.IPProtocolUDP, 0), f, 0), nil)
+
+	// Eight destination options headers of 8 bytes before UDP: the
+	// flow's own ports and protocol, as with one.
+	f = buildFrame(t, ethL(layers.EthernetTypeIPv6), ip6L(a6, b6, layers.IPProtocolIPv6Destination),
+		ipv6DstOpts(8, layers.IPProtocolUDP), udpL(50006, 4789), payloadL(20))
+	add("udp6 eight extension headers", f, one(flowKey(a6, b6, 50006, 4789, layers.IPProtocolUDP, 0), f, 0), nil)
+	f = buildFrame(t, ethL(layers.EthernetTypeIPv6), ip6L(a6, b6, layers.IPProtocolIPv6Destination),
+		ipv6DstOpts(ipv6ExtMax, layers.IPProtocolTCP), tcpL(50007, 443, hdrSYN))
+	add("tcp6 the most extension headers walked", f, one(flowKey(a6, b6, 50007, 443, layers.IPProtocolTCP, 0), f, hdrSYN), nil)
+	// One more is too many: counted under the header's protocol, ports
+	// 0, and as truncated.
+	f = buildFrame(t, ethL(layers.EthernetTypeIPv6), ip6L(a6, b6, layers.IPProtocolIPv6Destination),
+		ipv6DstOpts(ipv6ExtMax+1, layers.IPProtocolTCP), tcpL(50008, 443, hdrSYN))
+	add("tcp6 too many extension headers", f, one(flowKey(a6, b6, 0, 0, layers.IPProtocolIPv6Destination, 0), f, 0),
+		map[bpfCounter]uint64{bpfCounterCOUNTER_TRUNCATED: 1})
 
 	// A later IPv6 fragment (offset 1480): ports 0, as for IPv4.
 	laterFrag := gopacket.Payload{byte(layers.IPProtocolUDP), 0, 0x05, 0xc8, 0xde, 0xad, 0xbe, 0xef}

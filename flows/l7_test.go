@@ -488,6 +488,28 @@ func TestBPFL7MapFull(t *testing.T) {
 	}
 }
 
+// TestBPFL7IPv6Extensions checks that an HTTP request behind eight IPv6
+// extension headers is counted as HTTP: the L7 path starts where parse
+// found the TCP header (before, past three, it was not looked at).
+func TestBPFL7IPv6Extensions(t *testing.T) {
+	testenv.MustBeRoot(t)
+	testenv.MustHaveBTF(t)
+	objs := loadTestObjects(t, 0)
+	for _, h := range testHooks(t, objs) {
+		t.Run(h.name, func(t *testing.T) {
+			resetObjects(t, objs)
+			f := buildFrame(t, ethL(layers.EthernetTypeIPv6), ip6L(l7Cli6, l7Srv6, layers.IPProtocolIPv6Destination),
+				ipv6DstOpts(8, layers.IPProtocolTCP), tcpL(42000, 80, hdrPSH|hdrACK),
+				gopacket.Payload("GET / HTTP/1.1\r\nHost: shop\r\n\r\n"))
+			h.run(t, f)
+			k := flowKey(l7Cli6, l7Srv6, 42000, 80, layers.IPProtocolTCP, 0)
+			if n := readL7(t, objs, false)[k].Methods[model.MethodGET]; n != 1 {
+				t.Errorf("%s: GET requests = %d, want 1", keyString(k), n)
+			}
+		})
+	}
+}
+
 // TestBPFL7Burst checks that a burst of new flows, each with one HTTP
 // request, from more goroutines than CPUs, gets an L7 entry for every
 // flow, far below the map's size. With per-CPU values not preallocated, a

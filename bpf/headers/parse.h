@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 //
 // parse.h reads a frame's headers into a packet: Ethernet, one VLAN tag,
-// IPv4 or IPv6 (with up to three extension headers) and the L4 header.
+// IPv4 or IPv6 (with up to IPV6_EXT_MAX extension headers) and the L4
+// header.
 
 #pragma once
 
@@ -82,6 +83,22 @@ truncated:
 	bump(COUNTER_MALFORMED, 1);
 }
 
+// IPV6_EXT_MAX is how many IPv6 extension headers parse skips; a packet
+// with more is counted as truncated (COUNTER_TRUNCATED). RFC 8200's order
+// has at most six (destination options twice); any more is an evasion.
+// IPV6_EXT_END bounds where the last may start, for the verifier's sake
+// (a packet offset must stay below 64 KiB): a header at 2048 bytes or
+// more is truncated too.
+#define IPV6_EXT_MAX 32
+#define IPV6_EXT_END 2048
+
+// ipv6_ext reports whether next is an IPv6 extension header parse skips.
+static __always_inline int ipv6_ext(__u8 next)
+{
+	return next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS ||
+	       next == IPPROTO_FRAGMENT;
+}
+
 // parse reads Ethernet, one optional 802.1Q/802.1ad tag, IPv4 or IPv6 and
 // the L4 header. It returns 0 when the packet has a flow to count.
 static __always_inline int parse(void *data, void *data_end, struct packet *p)
@@ -137,27 +154,27 @@ static __always_inline int parse(void *data, void *data_end, struct packet *p)
 		if (ip6->payload_len)
 			p->ip_end = (nh - data) + sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
 		__u8 next = ip6->nexthdr;
-		void *l4 = ip6 + 1;
-		// Skip up to three extension headers: hop-by-hop, routing and
-		// destination options share the (next, len in 8 octets - 1) form;
-		// a fragment header is 8 bytes.
-#pragma unroll
-		for (int i = 0; i < 3; i++) {
-			if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING &&
-			    next != IPPROTO_DSTOPTS && next != IPPROTO_FRAGMENT)
+		__u32 off = (void *)(ip6 + 1) - data;
+		// Skip extension headers: hop-by-hop, routing and destination
+		// options share the (next, len in 8 octets - 1) form; a
+		// fragment header is 8 bytes. A real loop, not unrolled: the
+		// verifier walks each of its IPV6_EXT_MAX turns.
+#pragma clang loop unroll(disable)
+		for (int i = 0; i < IPV6_EXT_MAX; i++) {
+			if (!ipv6_ext(next) || off > IPV6_EXT_END)
 				break;
-			__u8 *ext = l4;
+			__u8 *ext = data + off;
 			if ((void *)(ext + 2) > data_end) {
 				bump(COUNTER_MALFORMED, 1);
 				p->key.proto = next;
-				p->hdr_len = l4 - data;
+				p->hdr_len = off;
 				return 0;
 			}
 			if (next == IPPROTO_FRAGMENT) {
 				if ((void *)(ext + 4) > data_end) {
 					bump(COUNTER_MALFORMED, 1);
 					p->key.proto = next;
-					p->hdr_len = l4 - data;
+					p->hdr_len = off;
 					return 0;
 				}
 				// A fragment after the first has no L4 header: count
@@ -165,16 +182,27 @@ static __always_inline int parse(void *data, void *data_end, struct packet *p)
 				// for IPv4.
 				if ((((__u16)ext[2] << 8) | ext[3]) & 0xfff8) {
 					p->key.proto = ext[0];
-					p->hdr_len = (l4 + 8) - data;
+					p->hdr_len = off + 8;
 					return 0;
 				}
 			}
-			__u32 len = next == IPPROTO_FRAGMENT ? 8 : ((__u32)ext[1] + 1) * 8;
+			off += next == IPPROTO_FRAGMENT ? 8 : ((__u32)ext[1] + 1) * 8;
 			next = ext[0];
-			l4 += len;
 		}
 		p->key.proto = next;
-		parse_l4(p, l4, data, data_end);
+		// off is at most IPV6_EXT_END + 2048; the verifier, which
+		// widens it in the loop, is told again, and clang kept from
+		// dropping the check.
+		asm volatile("" : "+r"(off));
+		if (ipv6_ext(next) || off > IPV6_EXT_END + 2048) {
+			// More than IPV6_EXT_MAX headers, or past IPV6_EXT_END: no
+			// legitimate packet has that many. Counted under the
+			// header's protocol, ports 0, and as truncated.
+			bump(COUNTER_TRUNCATED, 1);
+			p->hdr_len = off;
+			return 0;
+		}
+		parse_l4(p, data + off, data, data_end);
 		return 0;
 	}
 
