@@ -17,7 +17,7 @@
 // per-CPU cache), handshake.h (SYN to SYN-ACK), watched.h (the interfaces
 // counted at ingress), l7/ (the L7 sniffers, request matching and L7
 // stats), names.h (the ring buffer of name events) and sock.h (what the
-// retransmit tracepoint reads of a socket).
+// retransmit tracepoint reads of a socket and its skb).
 
 #include "common.h"
 #include "count.h"
@@ -75,10 +75,12 @@ static __always_inline void count_frame(void *ctx, int xdp, void *data, void *da
 		}
 	} else if (active_buf) {
 		asm volatile("/* flows6_b */");
-		account(&flows6_b, &p.key, now, bytes, segs, p.tcp_flags, rtt, ifindex, point);
+		account(&flows6_b, &seen6, &p.key, p.key.proto == IPPROTO_TCP, now, bytes, segs,
+			p.tcp_flags, rtt, ifindex, point);
 	} else {
 		asm volatile("/* flows6_a */");
-		account(&flows6_a, &p.key, now, bytes, segs, p.tcp_flags, rtt, ifindex, point);
+		account(&flows6_a, &seen6, &p.key, p.key.proto == IPPROTO_TCP, now, bytes, segs,
+			p.tcp_flags, rtt, ifindex, point);
 	}
 	// L7 only on its candidates: TCP that carries payload past its header
 	// (a pure ACK's frame reaches no further), UDP to or from the DNS
@@ -125,14 +127,55 @@ int xdp_ingress(struct xdp_md *ctx)
 	return XDP_PASS;
 }
 
-// tcp_retransmit counts a retransmitted segment of a local socket on the
-// flow direction it belongs to (local address and port to remote), if that
-// direction was counted since the last drain (the segment itself is
-// counted after the tracepoint, so a retransmit on a flow idle for a whole
-// interval is missed).
-SEC("tp_btf/tcp_retransmit_skb")
-int BPF_PROG(tcp_retransmit, const struct sock *sk)
+// retransmit_in adds segs retransmits to the flow direction key in the
+// map flows (the active half), inserting its entry if the direction is in
+// seen (a flow a watched interface counts) and has none: the entry then
+// holds only the retransmits (first_ns 0) until the segment itself is
+// counted.
+static __always_inline void retransmit_in(void *flows, void *seen, void *key, __u32 segs)
 {
+	struct flow_stats *s = bpf_map_lookup_elem(flows, key);
+	if (!s) {
+		if (!bpf_map_lookup_elem(seen, key))
+			return;
+		struct flow_stats n = {.retransmits = segs};
+		if (bpf_map_update_elem(flows, key, &n, BPF_NOEXIST) == 0)
+			return;
+		// -EEXIST: a CPU inserted it since our lookup; a full map:
+		// its segments are counted as refused where they pass.
+		s = bpf_map_lookup_elem(flows, key);
+		if (!s)
+			return;
+	}
+	s->retransmits += segs;
+}
+
+// trace_event_raw_tcp_retransmit_skb is the tracepoint's record; kernels
+// that fire it for failed retransmits too, with their error (6.18 does),
+// have err in it and pass err as the tracepoint's third argument.
+struct trace_event_raw_tcp_retransmit_skb {
+	int err;
+} __attribute__((preserve_access_index));
+
+// tcp_retransmit counts the segments a local socket retransmitted, as
+// TCP_INFO's tcpi_total_retrans does (tcp_skb_pcount of each retransmitted
+// skb), on the flow direction they belong to (local address and port to
+// remote), if a watched interface counts that flow (seen4, seen6).
+SEC("tp_btf/tcp_retransmit_skb")
+int tcp_retransmit(__u64 *ctx)
+{
+	const struct sock *sk = (void *)ctx[0];
+	const struct sk_buff *skb = (void *)ctx[1];
+	// A retransmit that was not sent (-EBUSY: the original is still in a
+	// queue of this host; -ENOMEM, …) is no retransmit, for TCP_INFO
+	// either. Older kernels fire the tracepoint only for those sent.
+	if (bpf_core_field_exists(struct trace_event_raw_tcp_retransmit_skb, err) && (int)ctx[2] != 0)
+		return 0;
+	__u32 segs = *(__u16 *)((const char *)skb->cb +
+				 bpf_core_field_offset(struct tcp_skb_cb, tcp_gso_segs));
+	if (segs < 1)
+		segs = 1;
+
 	struct flow_key key = {.proto = IPPROTO_TCP};
 	unsigned short family = sk->__sk_common.skc_family;
 	if (family == AF_INET) {
@@ -150,22 +193,22 @@ int BPF_PROG(tcp_retransmit, const struct sock *sk)
 	key.sport = sk->__sk_common.skc_num;
 	key.dport = bpf_ntohs(sk->__sk_common.skc_dport);
 
-	// Only flows a watched interface counted: the tracepoint sees every
-	// socket of the machine, and must not fill the map with flows that
-	// no watched interface carries. IPv4, and IPv4-mapped addresses of a
-	// dual-stack socket, are in the IPv4 maps.
-	struct flow_stats *s;
+	// IPv4, and IPv4-mapped addresses of a dual-stack socket, are in the
+	// IPv4 maps.
 	__u32 *w6 = (__u32 *)key.saddr;
 	if (w6[0] == 0 && w6[1] == 0 && w6[2] == bpf_htonl(0xffff)) {
 		struct flow_key4 k4 = {.sport = key.sport, .dport = key.dport, .proto = IPPROTO_TCP};
 		__builtin_memcpy(&k4.saddr, &key.saddr[12], 4);
 		__builtin_memcpy(&k4.daddr, &key.daddr[12], 4);
-		s = bpf_map_lookup_elem(active_buf ? (void *)&flows4_b : (void *)&flows4_a, &k4);
+		if (active_buf)
+			retransmit_in(&flows4_b, &seen4, &k4, segs);
+		else
+			retransmit_in(&flows4_a, &seen4, &k4, segs);
+	} else if (active_buf) {
+		retransmit_in(&flows6_b, &seen6, &key, segs);
 	} else {
-		s = bpf_map_lookup_elem(active_buf ? (void *)&flows6_b : (void *)&flows6_a, &key);
+		retransmit_in(&flows6_a, &seen6, &key, segs);
 	}
-	if (s)
-		s->retransmits++;
 	return 0;
 }
 

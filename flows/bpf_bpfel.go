@@ -188,6 +188,8 @@ const (
 	bpfMapL7s4B           = "l7s4_b"
 	bpfMapL7s6A           = "l7s6_a"
 	bpfMapL7s6B           = "l7s6_b"
+	bpfMapSeen4           = "seen4"
+	bpfMapSeen6           = "seen6"
 	bpfMapWatched         = "watched"
 	bpfMapWatchedHi       = "watched_hi"
 	bpfProgClockProbe     = "clock_probe"
@@ -276,6 +278,8 @@ type bpfMapSpecs struct {
 	L7s4B      *ebpf.MapSpec `ebpf:"l7s4_b"`
 	L7s6A      *ebpf.MapSpec `ebpf:"l7s6_a"`
 	L7s6B      *ebpf.MapSpec `ebpf:"l7s6_b"`
+	Seen4      *ebpf.MapSpec `ebpf:"seen4"`
+	Seen6      *ebpf.MapSpec `ebpf:"seen6"`
 	Watched    *ebpf.MapSpec `ebpf:"watched"`
 	WatchedHi  *ebpf.MapSpec `ebpf:"watched_hi"`
 }
@@ -332,6 +336,8 @@ type bpfMaps struct {
 	L7s4B      *ebpf.Map `ebpf:"l7s4_b"`
 	L7s6A      *ebpf.Map `ebpf:"l7s6_a"`
 	L7s6B      *ebpf.Map `ebpf:"l7s6_b"`
+	Seen4      *ebpf.Map `ebpf:"seen4"`
+	Seen6      *ebpf.Map `ebpf:"seen6"`
 	Watched    *ebpf.Map `ebpf:"watched"`
 	WatchedHi  *ebpf.Map `ebpf:"watched_hi"`
 }
@@ -353,6 +359,8 @@ func (m *bpfMaps) Close() error {
 		m.L7s4B,
 		m.L7s6A,
 		m.L7s6B,
+		m.Seen4,
+		m.Seen6,
 		m.Watched,
 		m.WatchedHi,
 	)

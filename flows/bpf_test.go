@@ -114,6 +114,8 @@ func resetObjects(t testing.TB, objs *bpfObjects) {
 	clearMap[bpfFlowKey](t, objs.Flows6A)
 	clearMap[bpfFlowKey](t, objs.Flows6B)
 	clearMap[bpfFlowKey](t, objs.Handshakes)
+	clearMap[bpfFlowKey4](t, objs.Seen4)
+	clearMap[bpfFlowKey](t, objs.Seen6)
 	clearMap[uint32](t, objs.WatchedHi)
 	clearMap[bpfFlowKey4](t, objs.L7s4A)
 	clearMap[bpfFlowKey4](t, objs.L7s4B)
@@ -1084,6 +1086,44 @@ func TestBPFEgressSkip(t *testing.T) {
 			checkFlows(t, halfA(objs), want, before, after)
 			checkFlows(t, halfB(objs), nil, 0, 0)
 			checkCounters(t, objs, nil)
+		})
+	}
+}
+
+// TestBPFSeen checks that a TCP flow direction's first frame in a half
+// notes it in the seen maps, which the retransmit tracepoint reads (it has
+// no test run: TestRetransmits runs it), and that other protocols' do not.
+func TestBPFSeen(t *testing.T) {
+	testenv.MustBeRoot(t)
+	testenv.MustHaveBTF(t)
+	objs := loadTestObjects(t, 0)
+	const a4, b4, a6, b6 = "198.51.100.2", "198.51.100.3", "2001:db8::2", "2001:db8::3"
+	tcp4 := flowKey(a4, b4, 40000, 443, layers.IPProtocolTCP, 0)
+	udp4 := flowKey(a4, b4, 40001, 4789, layers.IPProtocolUDP, 0)
+	tcp6 := flowKey(a6, b6, 40002, 443, layers.IPProtocolTCP, 0)
+	frames := [][]byte{
+		buildFrame(t, ethL(layers.EthernetTypeIPv4), ip4L(a4, b4, layers.IPProtocolTCP), tcpL(40000, 443, hdrACK)),
+		buildFrame(t, ethL(layers.EthernetTypeIPv4), ip4L(a4, b4, layers.IPProtocolUDP), udpL(40001, 4789), payloadL(10)),
+		buildFrame(t, ethL(layers.EthernetTypeIPv6), ip6L(a6, b6, layers.IPProtocolTCP), tcpL(40002, 443, hdrACK)),
+	}
+	for _, h := range testHooks(t, objs) {
+		t.Run(h.name, func(t *testing.T) {
+			resetObjects(t, objs)
+			for _, f := range frames {
+				h.run(t, f)
+			}
+			var v uint8
+			k4, _ := tcp4.v4()
+			if err := objs.Seen4.Lookup(k4, &v); err != nil {
+				t.Errorf("seen4 %s: %v, want noted", keyString(tcp4), err)
+			}
+			k4, _ = udp4.v4()
+			if err := objs.Seen4.Lookup(k4, &v); err == nil {
+				t.Errorf("seen4 %s: noted, want not (UDP)", keyString(udp4))
+			}
+			if err := objs.Seen6.Lookup(tcp6, &v); err != nil {
+				t.Errorf("seen6 %s: %v, want noted", keyString(tcp6), err)
+			}
 		})
 	}
 }

@@ -50,7 +50,9 @@
 // and its headers n times. Per direction: bytes, packets, the OR of TCP
 // flags, first and last seen; per TCP connection: the time from SYN to
 // SYN-ACK where flowmap counted both, and the segments that local sockets
-// retransmitted (the tcp_retransmit_skb tracepoint).
+// retransmitted (the tcp_retransmit_skb tracepoint, as TCP_INFO's total
+// retransmits count them), on flows a watched interface counted lately
+// (the last 65,536 TCP directions to get an entry), idle or not.
 //
 // # Application protocols (L7)
 //

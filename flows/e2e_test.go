@@ -3,6 +3,7 @@ package flows_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -10,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
 	"github.com/flowmap/flowmap/flows"
@@ -504,4 +508,105 @@ func TestMapFull(t *testing.T) {
 	if want := uint64(sockets * (size + udp4Overhead)); bytes+s.MapFullBytes != want {
 		t.Errorf("counted %d + map-full %d bytes, want %d sent", bytes, s.MapFullBytes, want)
 	}
+}
+
+// TestRetransmits checks that every segment a socket retransmits is
+// counted on its flow direction, as TCP_INFO counts them, also when the
+// direction was idle since the last drain: b drops all that it receives
+// (a TC program on its eth0), so that a resends (a tail loss probe, then
+// timeouts, drains apart) with nothing of its flow counted in between, as
+// a's segments are counted where they enter the host, after the
+// tracepoint; then b takes them again, and the rest is resent in GSO
+// trains.
+func TestRetransmits(t *testing.T) {
+	testenv.MustBeRoot(t)
+	testenv.MustHaveBTF(t)
+	if err := sandbox.Cleanup("fmr"); err != nil {
+		t.Fatalf("remove leftovers: %v", err)
+	}
+	sb := sandbox.NewT(t, sandbox.Options{Prefix: "fmr", Subnet: e2eSubnet})
+	a := mustHost(t, sb, "a")
+	b := mustHost(t, sb, "b")
+	c := runDatapath(t, flows.Config{Interfaces: []string{"fmr-*"}})
+
+	const n = 64 << 10
+	ln, err := b.Listen("tcp4", net.JoinHostPort(b.Addr.String(), "0"))
+	if err != nil {
+		t.Fatalf("listen on %s: %v", b.Name, err)
+	}
+	defer ln.Close()
+	served := make(chan error, 1)
+	go func() {
+		s, err := ln.Accept()
+		if err != nil {
+			served <- err
+			return
+		}
+		defer s.Close()
+		if _, err := io.ReadFull(s, make([]byte, n)); err != nil {
+			served <- fmt.Errorf("read %d bytes: %w", n, err)
+			return
+		}
+		// The answer acknowledges all of it: no more retransmits.
+		_, err = s.Write([]byte{1})
+		served <- err
+	}()
+	conn, err := a.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatalf("dial %s: %v", ln.Addr(), err)
+	}
+	defer conn.Close()
+	tcp := conn.(*net.TCPConn)
+
+	drop := dropIngress(t, b)
+	if _, err := conn.Write(make([]byte, n)); err != nil {
+		t.Fatalf("write %d bytes: %v", n, err)
+	}
+	// A tail loss probe and three timeouts: 200, 400 and 800 ms apart at
+	// least, with drains every 300 ms in between.
+	waitFor(t, 10*time.Second, "four retransmits", func() bool { return testenv.TCPRetransmits(tcp) >= 4 })
+	if err := drop.Close(); err != nil {
+		t.Fatalf("detach the dropping program: %v", err)
+	}
+	if err := <-served; err != nil {
+		t.Fatalf("server: %v", err)
+	}
+	if _, err := io.ReadFull(conn, make([]byte, 1)); err != nil {
+		t.Fatalf("read the answer: %v", err)
+	}
+	want := testenv.TCPRetransmits(tcp)
+
+	recs := c.flows(t)
+	r := one(t, find(recs, a.Addr, b.Addr, model.ProtoTCP, uint16(ln.Addr().(*net.TCPAddr).Port)))
+	if uint64(r.Forward.Retransmits) != want {
+		t.Errorf("forward retransmits = %d, want %d (TCP_INFO's total retransmits)", r.Forward.Retransmits, want)
+	}
+	if r.Forward.Bytes < n {
+		t.Errorf("forward bytes = %d, want at least %d", r.Forward.Bytes, n)
+	}
+}
+
+// dropIngress attaches a TC program that drops every packet to the ingress
+// of h's eth0, in h's namespace, until the link it returns is closed (or t
+// ends).
+func dropIngress(t *testing.T, h *sandbox.Host) link.Link {
+	t.Helper()
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL", Instructions: asm.Instructions{
+		asm.Mov.Imm(asm.R0, 2), // TC_ACT_SHOT
+		asm.Return(),
+	}})
+	if err != nil {
+		t.Fatalf("load a dropping TC program: %v", err)
+	}
+	defer prog.Close()
+	var l link.Link
+	err = h.Do(func() (err error) {
+		l, err = link.AttachTCX(link.TCXOptions{Interface: h.PeerIfIndex, Program: prog, Attach: ebpf.AttachTCXIngress})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("attach a dropping program to %s's %s: %v", h.Name, sandbox.PeerIf, err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
 }

@@ -54,6 +54,34 @@ FLOW_MAP(flows4_b, struct flow_key4);
 FLOW_MAP(flows6_a, struct flow_key);
 FLOW_MAP(flows6_b, struct flow_key);
 
+// seen4 (IPv4) and seen6: the TCP flow directions that a watched interface
+// counted lately -> 1, so that the retransmit tracepoint, which sees every
+// socket of the machine, counts a retransmit on such a direction even when
+// the direction has no entry in the active half (idle since the last
+// drain), and never inserts one for a flow no watched interface carries.
+// account adds a direction when it inserts its entry; LRU, so that the
+// directions longest without a new entry go first.
+#define SEEN_MAP(name, key_type)                                                                   \
+	struct {                                                                                   \
+		__uint(type, BPF_MAP_TYPE_LRU_HASH);                                               \
+		__uint(max_entries, MAX_FLOWS);                                                    \
+		__type(key, key_type);                                                             \
+		__type(value, __u8);                                                               \
+	} name SEC(".maps")
+
+SEEN_MAP(seen4, struct flow_key4);
+SEEN_MAP(seen6, struct flow_key);
+
+// see notes the TCP flow direction key in the map seen (see seen4): a
+// lookup, which keeps it in the LRU, and an insert if it is not there.
+static __always_inline void see(void *seen, void *key)
+{
+	if (bpf_map_lookup_elem(seen, key))
+		return;
+	__u8 one = 1;
+	bpf_map_update_elem(seen, key, &one, BPF_ANY);
+}
+
 // cache_slot is the IPv4 flow direction a CPU counted last, with what it
 // counted of it since it was last added to the flow map: consecutive
 // packets of one flow (a burst, a GSO train) then cost an array slot's
@@ -81,12 +109,13 @@ struct {
 
 // account adds one frame (or GSO aggregate), seen at jiffies now, to its
 // flow in the map flows. It looks up first and adds in place; it inserts
-// only on a miss. Each call site must name its map as a constant: the
-// verifier inlines the lookup only then, which saves a helper call and a
-// retpoline (30 to 45 ns here).
-static __always_inline int account(void *flows, void *key, __u64 now, __u64 bytes,
-				    __u64 packets, __u16 flags, __u64 rtt, __u32 ifindex,
-				    __u8 point)
+// only on a miss, and then notes a TCP (tcp set) direction in the map seen.
+// Each call site must name its maps as constants: the verifier inlines the
+// lookup only then, which saves a helper call and a retpoline (30 to 45 ns
+// here).
+static __always_inline int account(void *flows, void *seen, void *key, int tcp, __u64 now,
+				   __u64 bytes, __u64 packets, __u16 flags, __u64 rtt,
+				   __u32 ifindex, __u8 point)
 {
 	struct flow_stats *s = bpf_map_lookup_elem(flows, key);
 	if (!s) {
@@ -103,8 +132,11 @@ static __always_inline int account(void *flows, void *key, __u64 now, __u64 byte
 			.point = point,
 		};
 		long err = bpf_map_update_elem(flows, key, &n, BPF_NOEXIST);
-		if (err == 0)
+		if (err == 0) {
+			if (tcp)
+				see(seen, key);
 			return 1;
+		}
 		// -EEXIST: another CPU inserted the key since our lookup.
 		s = bpf_map_lookup_elem(flows, key);
 		if (!s) {
@@ -162,7 +194,8 @@ static __always_inline void account4(void *flows, struct cache_slot *c, struct f
 		}
 	}
 	c->valid = 0;
-	if (!account(flows, k, now, bytes, packets, flags, rtt, ifindex, point))
+	if (!account(flows, &seen4, k, k->proto == IPPROTO_TCP, now, bytes, packets, flags, rtt,
+		     ifindex, point))
 		return;
 	c->key = *k;
 	c->bytes = 0;

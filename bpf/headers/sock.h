@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 //
-// sock.h declares the fields of struct sock that tcp_retransmit reads,
-// relocated by CO-RE against the running kernel's BTF.
+// sock.h declares the fields of struct sock and struct sk_buff that
+// tcp_retransmit reads, relocated by CO-RE against the running kernel's
+// BTF.
 
 #pragma once
 
@@ -27,6 +28,21 @@ struct sock_common {
 };
 struct sock {
 	struct sock_common __sk_common;
+};
+struct sk_buff {
+	char cb[48];
+};
+// tcp_skb_cb is what TCP keeps in an skb's cb.
+struct tcp_skb_cb {
+	__u32 seq;
+	__u32 end_seq;
+	union {
+		struct {
+			__u16 tcp_gso_segs; // tcp_skb_pcount: the segments of the skb
+			__u16 tcp_gso_size;
+		};
+		__u32 tcp_tw_isn;
+	};
 };
 #pragma clang attribute pop
 

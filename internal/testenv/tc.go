@@ -77,3 +77,18 @@ func TCPRetransmitted(c *net.TCPConn) uint64 {
 	}
 	return info.Bytes_retrans
 }
+
+// TCPRetransmits returns the segments a TCP connection retransmitted
+// (TCP_INFO's tcpi_total_retrans), or 0 if the kernel does not say.
+func TCPRetransmits(c *net.TCPConn) uint64 {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	var info *unix.TCPInfo
+	raw.Control(func(fd uintptr) { info, _ = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) })
+	if info == nil {
+		return 0
+	}
+	return uint64(info.Total_retrans)
+}
