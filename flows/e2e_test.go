@@ -524,7 +524,7 @@ func TestRetransmits(t *testing.T) {
 	if err := sandbox.Cleanup("fmr"); err != nil {
 		t.Fatalf("remove leftovers: %v", err)
 	}
-	sb := sandbox.NewT(t, sandbox.Options{Prefix: "fmr", Subnet: e2eSubnet})
+	sb := sandboxtest.New(t, sandbox.Options{Prefix: "fmr", Subnet: e2eSubnet})
 	a := mustHost(t, sb, "a")
 	b := mustHost(t, sb, "b")
 	c := runDatapath(t, flows.Config{Interfaces: []string{"fmr-*"}})
