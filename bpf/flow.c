@@ -166,11 +166,17 @@ int tcp_retransmit(__u64 *ctx)
 {
 	const struct sock *sk = (void *)ctx[0];
 	const struct sk_buff *skb = (void *)ctx[1];
-	// A retransmit that was not sent (-EBUSY: the original is still in a
-	// queue of this host; -ENOMEM, …) is no retransmit, for TCP_INFO
-	// either. Older kernels fire the tracepoint only for those sent.
-	if (bpf_core_field_exists(struct trace_event_raw_tcp_retransmit_skb, err) && (int)ctx[2] != 0)
-		return 0;
+	// Count what TCP_INFO counts: a retransmit that got as far as
+	// tcp_transmit_skb, whatever that returned (0, -ENOBUFS, a NET_XMIT
+	// code, …); not one given up before (-EBUSY: the original is still in
+	// a queue of this host; -EAGAIN, -EINVAL, -ENOMEM, -EHOSTUNREACH).
+	// Older kernels fire the tracepoint only for those sent.
+	if (bpf_core_field_exists(struct trace_event_raw_tcp_retransmit_skb, err)) {
+		int err = (int)ctx[2];
+		if (err == -EBUSY || err == -EAGAIN || err == -EINVAL || err == -ENOMEM ||
+		    err == -EHOSTUNREACH)
+			return 0;
+	}
 	__u32 segs = *(__u16 *)((const char *)skb->cb +
 				 bpf_core_field_offset(struct tcp_skb_cb, tcp_gso_segs));
 	if (segs < 1)

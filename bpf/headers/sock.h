@@ -46,5 +46,16 @@ struct tcp_skb_cb {
 };
 #pragma clang attribute pop
 
+// Errors of __tcp_retransmit_skb, as asm-generic/errno.h numbers them.
+#define EAGAIN 11
+#define EINVAL 22
+#define EHOSTUNREACH 113
+#ifndef EBUSY
+#define EBUSY 16
+#endif
+#ifndef ENOMEM
+#define ENOMEM 12
+#endif
+
 #define AF_INET 2
 #define AF_INET6 10

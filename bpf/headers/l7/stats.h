@@ -89,11 +89,21 @@ enum l7_loss {
 const enum l7_loss *unused_l7_loss __attribute__((unused));
 
 // The errors of bpf_map_update_elem, as asm-generic/errno.h numbers them.
+#ifndef E2BIG
 #define E2BIG 7
+#endif
+#ifndef ENOMEM
 #define ENOMEM 12
+#endif
+#ifndef EBUSY
 #define EBUSY 16
+#endif
+#ifndef EDEADLK
 #define EDEADLK 35
+#endif
+#ifndef ETIMEDOUT
 #define ETIMEDOUT 110
+#endif
 
 #define L7_PROTOS 16 // enum l7_proto's values, rounded up to a power of two
 
