@@ -9,7 +9,7 @@ GO ?= go
 # Generated BPF objects and their Go bindings, committed.
 GENERATED = $(shell git ls-files '*_bpfel.go' '*_bpfel.o')
 
-.PHONY: all build generate check-generate vendor-js test bench demo vet clean image k8s-test
+.PHONY: all build generate check-generate vendor-js test bench demo screenshot vet clean image k8s-test
 
 all: build
 
@@ -49,10 +49,18 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 	$(GO) run ./bench/datapath $(BENCH_FLAGS)
 
-# demo builds a sandbox of namespaces with traffic, runs the agent on it
-# and prints the flows it saw (root).
+# demo builds a sandbox of namespaces with traffic, runs the agent on it,
+# prints the flows it saw and the live map's address, and keeps the shop
+# running until Ctrl-C, which removes it (root). DEMO_FLAGS go to the demo:
+# --duration=30s runs it for 30s, prints and exits, for scripts.
+DEMO_FLAGS ?=
 demo:
-	$(GO) run ./cmd/flowmap demo
+	$(GO) run ./cmd/flowmap demo $(DEMO_FLAGS)
+
+# screenshot retakes docs/livemap.png, the README's picture of the live
+# map: the demo's map in headless Chromium (root, chromium).
+screenshot: build
+	$(GO) run ./internal/screenshot -flowmap bin/flowmap -o docs/livemap.png
 
 clean:
 	rm -rf bin

@@ -20,6 +20,7 @@
 package topology
 
 import (
+	"maps"
 	"sort"
 	"sync"
 	"time"
@@ -424,11 +425,27 @@ func (g *Graph) Snapshot(now time.Time, level Level, window time.Duration) *Snap
 	for i := range nodeOfEP {
 		nodeOfEP[i] = -1
 	}
+	// An endpoint without a zone of its own is in its machine's.
+	var machineZone map[string]string
+	for i := range g.eps {
+		if ep := &g.eps[i].ep; ep.Kind == model.KindHost && ep.Node != "" {
+			if z := zoneOf(ep.Labels); z != "" {
+				if machineZone == nil {
+					machineZone = map[string]string{}
+				}
+				machineZone[ep.Node] = z
+			}
+		}
+	}
 	node := func(ep uint32) int32 {
 		if n := nodeOfEP[ep]; n >= 0 {
 			return n
 		}
-		n := nodeOf(&g.eps[ep].ep, level)
+		e := &g.eps[ep].ep
+		n := nodeOf(e, level)
+		if n.Zone == "" {
+			n.Zone = machineZone[e.Node]
+		}
 		i, ok := nodes[n.ID]
 		if !ok {
 			i = int32(len(s.Nodes))
@@ -526,7 +543,8 @@ func (g *Graph) Snapshot(now time.Time, level Level, window time.Duration) *Snap
 }
 
 // join merges what another endpoint says of the node it shares with n:
-// where they differ (a namespace on two hosts), n says nothing.
+// where they differ (a namespace on two hosts), n says nothing. An
+// endpoint without an image, zone or labels says nothing of them.
 func (n *Node) join(o *Node) {
 	if n.Host != o.Host {
 		n.Host = ""
@@ -534,4 +552,55 @@ func (n *Node) join(o *Node) {
 	if n.Namespace != o.Namespace {
 		n.Namespace = ""
 	}
+	joinValue(&n.Image, o.Image, &n.mixed, mixedImage)
+	joinValue(&n.Zone, o.Zone, &n.mixed, mixedZone)
+	switch {
+	case o.Labels == nil:
+	case n.Labels == nil:
+		n.Labels = o.Labels
+	default:
+		for k, v := range n.Labels {
+			if ov, ok := o.Labels[k]; ok && ov == v {
+				continue
+			}
+			if !n.ownLabels {
+				// The endpoint's map is the inventory's: never changed.
+				n.Labels, n.ownLabels = maps.Clone(n.Labels), true
+			}
+			delete(n.Labels, k)
+		}
+	}
+}
+
+// The bits of Node.mixed.
+const (
+	mixedImage = 1 << iota
+	mixedZone
+)
+
+// joinValue merges o into *v: the value where all that say one say the
+// same, else "" for good (bit set in *mixed).
+func joinValue(v *string, o string, mixed *uint8, bit uint8) {
+	switch {
+	case *mixed&bit != 0 || o == "" || o == *v:
+	case *v == "":
+		*v = o
+	default:
+		*v = ""
+		*mixed |= bit
+	}
+}
+
+// Zone labels, Kubernetes' and OpenTelemetry's (enrich's cloud source).
+const (
+	labelZone      = "topology.kubernetes.io/zone"
+	labelCloudZone = "cloud.availability_zone"
+)
+
+// zoneOf returns the zone that labels name, or "".
+func zoneOf(labels map[string]string) string {
+	if z := labels[labelZone]; z != "" {
+		return z
+	}
+	return labels[labelCloudZone]
 }

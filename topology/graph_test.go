@@ -1,6 +1,7 @@
 package topology
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 	"testing"
@@ -15,7 +16,8 @@ var t0 = time.Date(2026, 11, 25, 9, 0, 0, 0, time.UTC)
 func container(name, ns, workload, node, addr string) model.Endpoint {
 	return model.Endpoint{Kind: model.KindContainer, ID: "c-" + name, Name: name, Namespace: ns,
 		Workload: workload, WorkloadKind: "Deployment", Node: node, Addrs: []netip.Addr{netip.MustParseAddr(addr)},
-		Labels: map[string]string{labelPodUID: "uid-" + name, labelPodName: name + "-pod", labelPodNamespace: ns}}
+		Labels: map[string]string{labelPodUID: "uid-" + name, labelPodName: name + "-pod", labelPodNamespace: ns, "app": workload},
+		Image:  "registry.example/" + workload + ":1"}
 }
 
 // The fixed graph's endpoints: a shop on two machines, a monitoring pod, a
@@ -24,14 +26,16 @@ var (
 	web1     = container("web-1", "shop", "web", "n1", "198.51.100.11")
 	web1side = func() model.Endpoint { // a sidecar in web-1's pod
 		e := container("web-1-proxy", "shop", "web", "n1", "198.51.100.11")
-		e.Labels = map[string]string{labelPodUID: "uid-web-1", labelPodName: "web-1-pod", labelPodNamespace: "shop"}
+		e.Labels = map[string]string{labelPodUID: "uid-web-1", labelPodName: "web-1-pod", labelPodNamespace: "shop", "app": "web"}
+		e.Image = "registry.example/proxy:1"
 		return e
 	}()
-	web2     = container("web-2", "shop", "web", "n2", "198.51.100.12")
-	api1     = container("api-1", "shop", "api", "n1", "198.51.100.13")
-	db0      = container("db-0", "shop", "db", "n2", "198.51.100.14")
-	prom     = container("prometheus-0", "monitoring", "prometheus", "n1", "198.51.100.15")
-	n1       = model.Endpoint{Kind: model.KindHost, ID: "n1", Name: "n1", Node: "n1", Addrs: []netip.Addr{netip.MustParseAddr("198.51.100.1")}}
+	web2 = container("web-2", "shop", "web", "n2", "198.51.100.12")
+	api1 = container("api-1", "shop", "api", "n1", "198.51.100.13")
+	db0  = container("db-0", "shop", "db", "n2", "198.51.100.14")
+	prom = container("prometheus-0", "monitoring", "prometheus", "n1", "198.51.100.15")
+	n1   = model.Endpoint{Kind: model.KindHost, ID: "n1", Name: "n1", Node: "n1", Addrs: []netip.Addr{netip.MustParseAddr("198.51.100.1")},
+		Labels: map[string]string{labelZone: "zone-a", "kubernetes.io/hostname": "n1"}}
 	payments = model.Endpoint{Kind: model.KindExternal, ID: "203.0.113.10", Name: "payments.example", Addrs: []netip.Addr{netip.MustParseAddr("203.0.113.10")}}
 	stranger = model.Endpoint{Kind: model.KindUnknown, ID: "198.51.100.77"}
 )
@@ -288,6 +292,71 @@ func TestParse(t *testing.T) {
 		}
 		if _, err := ParseWindow(bad); err == nil {
 			t.Errorf("ParseWindow(%q): no error, want one", bad)
+		}
+	}
+}
+
+// TestSnapshotNodeLabels checks what a rolled-up node says of its
+// endpoints' images, zones and labels: what all that say one share, and
+// the endpoints' own label maps untouched.
+func TestSnapshotNodeLabels(t *testing.T) {
+	ep := func(name, image string, labels map[string]string) model.Endpoint {
+		e := container(name, "shop", "web", "n9", "198.51.100.99")
+		e.ID, e.Image, e.Labels = "c-"+name, image, labels
+		return e
+	}
+	a := ep("a", "web:1", map[string]string{"app": "web", "tier": "front", labelZone: "z1"})
+	b := ep("b", "web:2", map[string]string{"app": "web", "tier": "back", labelZone: "z1"})
+	c := ep("c", "web:1", nil) // says nothing of labels nor zone
+	d := ep("d", "", map[string]string{"app": "web", labelZone: "z2"})
+	for _, tc := range []struct {
+		name       string
+		eps        []model.Endpoint
+		wantImage  string
+		wantZone   string
+		wantLabels map[string]string
+	}{
+		{"one", []model.Endpoint{a}, "web:1", "z1", map[string]string{"app": "web", "tier": "front", labelZone: "z1"}},
+		{"same image, one without labels", []model.Endpoint{a, c}, "web:1", "z1", map[string]string{"app": "web", "tier": "front", labelZone: "z1"}},
+		{"two images", []model.Endpoint{a, b}, "", "z1", map[string]string{"app": "web", labelZone: "z1"}},
+		// Once two differ, a third that agrees with the first does not
+		// bring the image back.
+		{"two images then the first again", []model.Endpoint{a, b, c}, "", "z1", map[string]string{"app": "web", labelZone: "z1"}},
+		{"two zones", []model.Endpoint{a, d}, "web:1", "", map[string]string{"app": "web"}},
+		{"no labels", []model.Endpoint{c}, "web:1", "", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := New(Options{})
+			for _, e := range tc.eps {
+				g.Add(t0, flow(e, payments, model.ProtoTCP, 443, 100, 100, 0))
+			}
+			s := g.Snapshot(t0, LevelWorkload, time.Minute)
+			i := slices.IndexFunc(s.Nodes, func(n Node) bool { return n.ID == "workload:shop/web" })
+			if i < 0 {
+				t.Fatalf("no node workload:shop/web in %+v", s.Nodes)
+			}
+			n := s.Nodes[i]
+			if n.Image != tc.wantImage || n.Zone != tc.wantZone || !maps.Equal(n.Labels, tc.wantLabels) {
+				t.Errorf("node: image %q, zone %q, labels %v; want %q, %q, %v", n.Image, n.Zone, n.Labels, tc.wantImage, tc.wantZone, tc.wantLabels)
+			}
+		})
+	}
+	if a.Labels["tier"] != "front" || b.Labels["tier"] != "back" || len(a.Labels) != 3 {
+		t.Errorf("the endpoints' labels changed: %v, %v", a.Labels, b.Labels)
+	}
+}
+
+// TestSnapshotMachineZone checks that an endpoint without a zone label is
+// in its machine's zone, at every level.
+func TestSnapshotMachineZone(t *testing.T) {
+	g := New(Options{})
+	g.Add(t0, flow(web1, api1, model.ProtoTCP, 8080, 100, 100, 0), flow(n1, web1, model.ProtoTCP, 8080, 100, 100, 0))
+	for _, l := range Levels {
+		s := g.Snapshot(t0, l, time.Minute)
+		for _, n := range s.Nodes {
+			if n.Zone != "zone-a" {
+				t.Errorf("level %s: node %s in zone %q, want n1's zone-a", l, n.ID, n.Zone)
+			}
 		}
 	}
 }

@@ -25,6 +25,8 @@ const (
 //
 //	GET /api/v1/graph?format=json|dot|svg|png|nodegraph  (default json)
 //	GET /api/v1/graph/diff?since=10m|RFC3339[&factor=2]  what changed since (diff.go), as JSON
+//	GET /api/v1/graph/diff?baseline=NAME[&factor=2]      what changed since a saved baseline (baseline.go)
+//	POST, GET, DELETE /api/v1/graph/baseline             save a baseline, list them, forget one (baseline.go)
 //	GET /api/v1/nodegraph/nodes, /api/v1/nodegraph/edges  the node graph frames, for the Infinity data source
 //	GET /api/v1/nodegraph/api/health, …/api/graph/fields, …/api/graph/data  for the Node Graph API data source, with /api/v1/nodegraph as its base URL
 //
@@ -37,7 +39,7 @@ func Handler(g *Graph, log *slog.Logger) http.Handler {
 }
 
 func newHandler(g *Graph, log *slog.Logger) *handler {
-	return &handler{g: g, log: log, now: time.Now, render: Render, renders: make(chan struct{}, MaxRenders)}
+	return &handler{g: g, log: log, now: time.Now, render: Render, renders: make(chan struct{}, MaxRenders), baselines: &baselines{}}
 }
 
 // MaxRenders is how many svg or png renders by dot a Handler runs at once.
@@ -60,6 +62,9 @@ func (h *handler) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/graph", h.graph)
 	mux.HandleFunc("GET /api/v1/graph/diff", h.diff)
+	mux.HandleFunc("POST /api/v1/graph/baseline", h.saveBaseline)
+	mux.HandleFunc("GET /api/v1/graph/baseline", h.listBaselines)
+	mux.HandleFunc("DELETE /api/v1/graph/baseline", h.deleteBaseline)
 	mux.HandleFunc("GET /api/v1/nodegraph/nodes", h.nodegraph(func(ng *NodeGraph) any { return ng.Nodes }))
 	mux.HandleFunc("GET /api/v1/nodegraph/edges", h.nodegraph(func(ng *NodeGraph) any { return ng.Edges }))
 	mux.HandleFunc("GET /api/v1/nodegraph/api/graph/data", h.nodegraph(func(ng *NodeGraph) any { return ng }))
@@ -82,6 +87,8 @@ type handler struct {
 	render func(ctx context.Context, w io.Writer, s *Snapshot, format string) error
 	// renders holds a token per render running.
 	renders chan struct{}
+	// baselines are the snapshots saved for diffs (baseline.go).
+	baselines *baselines
 }
 
 // params returns the request's level and window, or answers 400.
@@ -128,15 +135,39 @@ func (h *handler) snapshot(w http.ResponseWriter, r *http.Request) (*Snapshot, b
 }
 
 // diff answers what changed between the request's window and the window of
-// the same length that ends at since.
+// the same length that ends at since, or a saved baseline.
 func (h *handler) diff(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	factor := float64(DefaultFactor)
+	if v := q.Get("factor"); v != "" {
+		var err error
+		if factor, err = strconv.ParseFloat(v, 64); err != nil || factor <= 1 {
+			http.Error(w, fmt.Sprintf("factor %q: want a number above 1", v), http.StatusBadRequest)
+			return
+		}
+	}
+	if q.Get("baseline") != "" {
+		if q.Get("since") != "" {
+			http.Error(w, "since and baseline: want one of them", http.StatusBadRequest)
+			return
+		}
+		base, level, window, ok := h.savedBaseline(w, r)
+		if !ok {
+			return
+		}
+		s, ok := h.take(w, r, h.now(), level, window)
+		if !ok {
+			return
+		}
+		h.write(w, "application/json", func(b io.Writer) error { return WriteDiffJSON(b, Compare(base, s, factor)) })
+		return
+	}
 	level, window, ok := h.params(w, r)
 	if !ok {
 		return
 	}
-	q := r.URL.Query()
 	if q.Get("since") == "" {
-		http.Error(w, "since: want a duration (10m) or an RFC 3339 time", http.StatusBadRequest)
+		http.Error(w, "since: want a duration (10m) or an RFC 3339 time, or baseline: a saved baseline's name", http.StatusBadRequest)
 		return
 	}
 	now := h.now()
@@ -149,13 +180,6 @@ func (h *handler) diff(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, fmt.Sprintf("since %s: the baseline window would start more than the hour the graph keeps ago", q.Get("since")),
 			http.StatusBadRequest)
 		return
-	}
-	factor := float64(DefaultFactor)
-	if v := q.Get("factor"); v != "" {
-		if factor, err = strconv.ParseFloat(v, 64); err != nil || factor <= 1 {
-			http.Error(w, fmt.Sprintf("factor %q: want a number above 1", v), http.StatusBadRequest)
-			return
-		}
 	}
 	base, ok := h.take(w, r, since, level, window)
 	if !ok {

@@ -61,6 +61,24 @@ type Node struct {
 	// model.Endpoint.NameSource): "dns", or "tls-sni" for a client's
 	// claim that no DNS answer confirmed.
 	NameSource string `json:"name_source,omitempty"`
+	// Image is the container image, where every endpoint of the node that
+	// names one names the same.
+	Image string `json:"image,omitempty"`
+	// Zone is the availability zone: the endpoint's label
+	// topology.kubernetes.io/zone or cloud.availability_zone, else that
+	// of its machine's endpoint if the graph has it; where every endpoint
+	// of the node that has one has the same.
+	Zone string `json:"zone,omitempty"`
+	// Labels are the labels (Kubernetes, container, cloud) that every
+	// endpoint of the node with labels has, key and value. A host node
+	// has its machine's, not those of what runs on it.
+	Labels map[string]string `json:"labels,omitempty"`
+
+	// mixed says which of Image and Zone differed between the node's
+	// endpoints (and so are empty); ownLabels that Labels is the node's
+	// own copy, not an endpoint's.
+	mixed     uint8
+	ownLabels bool
 }
 
 // Edge is the flows from a client node to a server node on one protocol and

@@ -98,7 +98,12 @@ func nodeOf(ep *model.Endpoint, l Level) Node {
 	switch l {
 	case LevelHost:
 		if ep.Node != "" {
-			return Node{ID: "host:" + ep.Node, Kind: model.KindHost, Name: ep.Node, Host: ep.Node}
+			n := Node{ID: "host:" + ep.Node, Kind: model.KindHost, Name: ep.Node, Host: ep.Node}
+			if ep.Kind == model.KindHost {
+				// What runs on the machine says nothing of its labels.
+				n.Labels, n.Zone = ep.Labels, zoneOf(ep.Labels)
+			}
+			return n
 		}
 		if ep.Kind == model.KindHost {
 			return endpointNode(ep)
@@ -111,13 +116,14 @@ func nodeOf(ep *model.Endpoint, l Level) Node {
 	case LevelNamespace:
 		if ep.Namespace != "" {
 			return Node{ID: "namespace:" + ep.Namespace, Kind: KindNamespace, Name: ep.Namespace,
-				Namespace: ep.Namespace, Host: ep.Node}
+				Namespace: ep.Namespace, Host: ep.Node, Image: ep.Image, Zone: zoneOf(ep.Labels), Labels: ep.Labels}
 		}
 		return nodeOf(ep, LevelWorkload)
 	case LevelWorkload:
 		if ep.Workload != "" {
 			return Node{ID: "workload:" + ep.Namespace + "/" + ep.Workload, Kind: KindWorkload, Name: ep.Workload,
-				Namespace: ep.Namespace, Workload: ep.Workload, WorkloadKind: ep.WorkloadKind, Host: ep.Node}
+				Namespace: ep.Namespace, Workload: ep.Workload, WorkloadKind: ep.WorkloadKind, Host: ep.Node,
+				Image: ep.Image, Zone: zoneOf(ep.Labels), Labels: ep.Labels}
 		}
 		return nodeOf(ep, LevelPod)
 	case LevelPod:
@@ -127,7 +133,8 @@ func nodeOf(ep *model.Endpoint, l Level) Node {
 				ns = ep.Namespace
 			}
 			return Node{ID: "pod:" + uid, Kind: model.KindPod, Name: ep.Labels[labelPodName], Namespace: ns,
-				Workload: ep.Workload, WorkloadKind: ep.WorkloadKind, Host: ep.Node, Addrs: ep.Addrs}
+				Workload: ep.Workload, WorkloadKind: ep.WorkloadKind, Host: ep.Node, Addrs: ep.Addrs,
+				Image: ep.Image, Zone: zoneOf(ep.Labels), Labels: ep.Labels}
 		}
 	}
 	return endpointNode(ep)
@@ -135,7 +142,9 @@ func nodeOf(ep *model.Endpoint, l Level) Node {
 
 func endpointNode(ep *model.Endpoint) Node {
 	n := Node{ID: string(ep.Kind) + ":" + ep.ID, Kind: ep.Kind, Name: ep.Name, Namespace: ep.Namespace,
-		Workload: ep.Workload, WorkloadKind: ep.WorkloadKind, Host: ep.Node, Addrs: ep.Addrs, NameSource: ep.NameSource}
+		Workload: ep.Workload, WorkloadKind: ep.WorkloadKind, Host: ep.Node, Addrs: ep.Addrs,
+		NameSource: ep.NameSource,
+		Image:      ep.Image, Zone: zoneOf(ep.Labels), Labels: ep.Labels}
 	if n.Name == "" {
 		n.Name = ep.ID
 	}

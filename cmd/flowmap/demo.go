@@ -47,17 +47,61 @@ var shop = []struct {
 	{name: "payments", port: 443, addr: "203.0.113.10/24"},
 }
 
-func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+// demoWarmup is how long the demo drives traffic before it prints the
+// table and the live map's address, when it runs until interrupted.
+const demoWarmup = 10 * time.Second
+
+// demoFlags are `flowmap demo`'s settings.
+type demoFlags struct {
+	duration time.Duration // 0: until interrupted
+	outDir   string
+	shoppers int
+	agent    agentFlags
+}
+
+// parseDemoFlags parses the demo's flags. The agent drains every second
+// unless --interval says otherwise, so that the demo's figures move.
+func parseDemoFlags(args []string, stderr io.Writer) (demoFlags, error) {
 	fs := flag.NewFlagSet("flowmap demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	duration := fs.Duration("duration", 30*time.Second, "how long to drive traffic")
-	outDir := fs.String("out", ".", "directory to write topology.json, topology.dot and topology.svg in")
-	shoppers := fs.Int("shoppers", 4, "shoppers browsing at once")
-	var a agentFlags
-	a.register(fs)
+	var d demoFlags
+	fs.DurationVar(&d.duration, "duration", 0,
+		"drive traffic this long, print the edges, write the files and exit (as 30s, for scripts); 0 keeps the shop running with the live map until interrupted")
+	fs.StringVar(&d.outDir, "out", ".", "directory to write topology.json, topology.dot and topology.svg in")
+	fs.IntVar(&d.shoppers, "shoppers", 4, "shoppers browsing at once")
+	d.agent.register(fs)
 	if err := fs.Parse(args); err != nil {
+		return d, err
+	}
+	if fs.NArg() > 0 {
+		return d, fmt.Errorf("demo: unexpected argument %q", fs.Arg(0))
+	}
+	if d.duration < 0 {
+		return d, fmt.Errorf("demo: --duration=%s: want 0 (until interrupted) or more", d.duration)
+	}
+	interval := false
+	fs.Visit(func(f *flag.Flag) { interval = interval || f.Name == "interval" })
+	if !interval {
+		d.agent.cfg.Interval = time.Second
+	}
+	if d.agent.cfg.Interval < 100*time.Millisecond {
+		return d, fmt.Errorf("demo: --interval=%s: want at least 100ms", d.agent.cfg.Interval)
+	}
+	d.agent.cfg.Interfaces = []string{demoPrefix + "-*"}
+	return d, nil
+}
+
+// runDemo builds the shop, runs the agent on it and drives traffic. With
+// --duration it prints the edges and writes the graph's files at the end;
+// without, it does so after demoWarmup, prints the live map's address, and
+// keeps the shop running until ctx is done (Ctrl-C): then it removes
+// everything it made and returns nil.
+func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	d, err := parseDemoFlags(args, stderr)
+	if err != nil {
 		return err
 	}
+	a := d.agent
 	if os.Geteuid() != 0 {
 		return errors.New("demo: needs root (network namespaces and BPF): run it with sudo")
 	}
@@ -105,10 +149,6 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintf(stdout, "  %-9s %s%s (%s, netns %s)\n", h.name, hosts[h.name].Addr, port, where, hosts[h.name].NetNS)
 	}
 
-	a.cfg.Interfaces = []string{demoPrefix + "-*"}
-	if a.cfg.Interval == 5*time.Second {
-		a.cfg.Interval = time.Second
-	}
 	a.namer = demoNamer(sb, hosts)
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: max(a.logLevel, slog.LevelWarn)}))
 	actx, stopAgent := context.WithCancel(ctx)
@@ -116,32 +156,85 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	g, gctx := errgroup.WithContext(actx)
 	g.Go(func() error { return agent(gctx, a, log) })
 	base := "http://" + a.listen
-	var snap *topology.Snapshot
+	// settle waits two more intervals, so that the last calls are drained,
+	// and returns the graph the table and the files are written from.
+	settle := func() (*topology.Snapshot, error) {
+		select {
+		case <-gctx.Done():
+			return nil, gctx.Err()
+		case <-time.After(2*a.cfg.Interval + 100*time.Millisecond):
+		}
+		return fetchGraph(gctx, base, topology.LevelWorkload, "5m")
+	}
+	if err := waitReady(gctx, a.listen); err != nil {
+		stopAgent()
+		if werr := g.Wait(); werr != nil && !errors.Is(werr, context.Canceled) {
+			return fmt.Errorf("demo: %w", werr)
+		}
+		return errors.New("demo: interrupted")
+	}
+	fmt.Fprintf(stdout, "agent: watching %s-* on %s, serving %s/api/v1/graph\n", demoPrefix, a.listen, base)
+
+	if d.duration > 0 {
+		var snap *topology.Snapshot
+		g.Go(func() error {
+			defer stopAgent()
+			if err := driveShop(gctx, hosts, d.shoppers, d.duration, d.duration, base, stdout); err != nil {
+				return err
+			}
+			var err error
+			snap, err = settle()
+			return err
+		})
+		if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
+			return fmt.Errorf("demo: %w", err)
+		}
+		if snap == nil {
+			return errors.New("demo: interrupted")
+		}
+		if err := writeDemoGraph(ctx, snap, d.outDir, stdout); err != nil {
+			return fmt.Errorf("demo: %w", err)
+		}
+		fmt.Fprintf(stdout, "\nOpen topology.svg in a browser. On a host of your own, run `flowmap agent` and\n"+
+			"`flowmap graph --level workload --window 5m --format svg -o graph.svg` (deploy/ has a Grafana\n"+
+			"dashboard and a Prometheus config).\n")
+		return nil
+	}
+
+	// Until interrupted: the shop runs on; the table, the files and the
+	// map's address once the graph has demoWarmup of traffic in it.
+	shown := false
+	g.Go(func() error { return driveShop(gctx, hosts, d.shoppers, 0, demoWarmup, base, stdout) })
 	g.Go(func() error {
-		defer stopAgent()
-		if err := waitReady(gctx, a.listen); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "agent: watching %s-* on %s, serving %s/api/v1/graph\n", demoPrefix, a.listen, base)
-		if err := driveShop(gctx, hosts, *shoppers, *duration, base, stdout); err != nil {
-			return err
-		}
-		// Two more intervals, so that the last calls are drained.
 		select {
 		case <-gctx.Done():
 			return gctx.Err()
-		case <-time.After(2*a.cfg.Interval + 100*time.Millisecond):
+		case <-time.After(demoWarmup):
 		}
-		var err error
-		snap, err = fetchGraph(gctx, base, topology.LevelWorkload, "5m")
-		return err
+		snap, err := settle()
+		if err != nil {
+			return err
+		}
+		if err := writeDemoGraph(gctx, snap, d.outDir, stdout); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "\nThe live map: %s/ (the shop keeps shopping; Ctrl-C stops it and removes the sandbox)\n", base)
+		shown = true
+		<-gctx.Done()
+		return gctx.Err()
 	})
 	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
 		return fmt.Errorf("demo: %w", err)
 	}
-	if snap == nil {
+	if !shown {
 		return errors.New("demo: interrupted")
 	}
+	return nil
+}
+
+// writeDemoGraph prints the snapshot's table and writes it as JSON, DOT
+// and SVG (without Graphviz, no DOT nor SVG) in outDir.
+func writeDemoGraph(ctx context.Context, snap *topology.Snapshot, outDir string, stdout io.Writer) error {
 	fmt.Fprintln(stdout)
 	if err := topology.WriteTable(stdout, snap); err != nil {
 		return err
@@ -156,17 +249,14 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 				fmt.Fprintf(stdout, "skipped %s: %v\n", f.name, err)
 				continue
 			}
-			return fmt.Errorf("demo: %w", err)
+			return err
 		}
-		path := filepath.Join(*outDir, f.name)
+		path := filepath.Join(outDir, f.name)
 		if err := os.WriteFile(path, b.Bytes(), 0o644); err != nil {
-			return fmt.Errorf("demo: %w", err)
+			return err
 		}
 		fmt.Fprintf(stdout, "wrote %s\n", path)
 	}
-	fmt.Fprintf(stdout, "\nOpen topology.svg in a browser. On a host of your own, run `flowmap agent` and\n"+
-		"`flowmap graph --level workload --window 5m --format svg -o graph.svg` (deploy/ has a Grafana\n"+
-		"dashboard and a Prometheus config).\n")
 	return nil
 }
 
@@ -200,10 +290,11 @@ func demoNamer(sb *sandbox.Net, hosts map[string]*sandbox.Host) pipeline.Namer {
 	}
 }
 
-// driveShop runs the shop for d: shoppers browse web, which asks catalog
-// (cache over UDP, db on a miss) and, for one page in three, orders (db,
-// and payments outside). It prints progress, with what the agent sees.
-func driveShop(ctx context.Context, h map[string]*sandbox.Host, shoppers int, d time.Duration, agentURL string, stdout io.Writer) error {
+// driveShop runs the shop for d, or until ctx is done if d is 0: shoppers
+// browse web, which asks catalog (cache over UDP, db on a miss) and, for
+// one page in three, orders (db, and payments outside). For its first
+// report it prints progress, with what the agent sees.
+func driveShop(ctx context.Context, h map[string]*sandbox.Host, shoppers int, d, report time.Duration, agentURL string, stdout io.Writer) error {
 	addr := func(name string) string {
 		for _, s := range shop {
 			if s.name == name {
@@ -291,11 +382,13 @@ func driveShop(ctx context.Context, h map[string]*sandbox.Host, shoppers int, d 
 	}
 
 	var pages, failed atomic.Int64
-	deadline := time.Now().Add(d)
+	start := time.Now()
+	// Without a duration, the shoppers shop until ctx is done.
+	shopping := func() bool { return ctx.Err() == nil && (d == 0 || time.Since(start) < d) }
 	for range shoppers {
 		g.Go(func() error {
 			c := client("client", false)
-			for time.Now().Before(deadline) && ctx.Err() == nil {
+			for shopping() {
 				if err := get(ctx, c, "http://"+addr("web")+"/product/"+strconv.Itoa(rand.IntN(1000))); err != nil {
 					if ctx.Err() != nil {
 						return nil
@@ -313,16 +406,18 @@ func driveShop(ctx context.Context, h map[string]*sandbox.Host, shoppers int, d 
 		})
 	}
 	g.Go(func() error {
-		defer cancel() // the servers, once the shoppers are done
+		if d > 0 {
+			// The servers, once the shoppers are done (report is d).
+			defer cancel()
+		}
 		tick := time.NewTicker(5 * time.Second)
 		defer tick.Stop()
-		start := time.Now()
-		for time.Now().Before(deadline) {
+		for time.Since(start) < report {
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
 			case <-tick.C:
-			case <-time.After(time.Until(deadline)):
+			case <-time.After(report - time.Since(start)):
 			}
 			seen := ""
 			if s, err := fetchGraph(ctx, agentURL, topology.LevelWorkload, "1m"); err == nil {
@@ -332,8 +427,12 @@ func driveShop(ctx context.Context, h map[string]*sandbox.Host, shoppers int, d 
 				}
 				seen = fmt.Sprintf(", agent sees %d nodes, %d edges, %s in the last minute", len(s.Nodes), len(s.Edges), topology.Rate(float64(b)/s.Window.Seconds()))
 			}
-			fmt.Fprintf(stdout, "[%2.0fs/%.0fs] %d pages served, %d failed%s\n",
-				time.Since(start).Seconds(), d.Seconds(), pages.Load(), failed.Load(), seen)
+			of := ""
+			if d > 0 {
+				of = fmt.Sprintf("/%.0fs", d.Seconds())
+			}
+			fmt.Fprintf(stdout, "[%2.0fs%s] %d pages served, %d failed%s\n",
+				time.Since(start).Seconds(), of, pages.Load(), failed.Load(), seen)
 		}
 		return nil
 	})

@@ -13,6 +13,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -147,6 +149,37 @@ func TestGraphPrometheus(t *testing.T) {
 		}
 	}
 
+	t.Run("flowmap graph --serve", func(t *testing.T) { checkServe(t, bin, prom, edge) })
+	t.Run("flowmap graph --diff --prometheus", func(t *testing.T) {
+		// Prometheus began with the test: ten minutes ago it had nothing,
+		// so a → b:8080 is new.
+		out, err := exec.Command(bin, "graph", "--prometheus", prom, "--level", "container", "--window", "5m",
+			"--diff", "10m", "--format", "json").Output()
+		if err != nil {
+			t.Fatalf("flowmap graph --diff --prometheus: %v", err)
+		}
+		d, err := topology.ReadDiffJSON(bytes.NewReader(out))
+		if err != nil {
+			t.Fatalf("flowmap graph --diff --prometheus wrote %.300q: %v", out, err)
+		}
+		i := slices.IndexFunc(d.Edges, func(c topology.EdgeChange) bool { return c.ID == edge.ID })
+		if i < 0 || !slices.Equal(d.Edges[i].Changes, []string{topology.ChangeAdded}) || d.Edges[i].RateBefore != 0 || d.Edges[i].RateAfter <= 0 {
+			t.Errorf("flowmap graph --diff --prometheus: edges %+v, want %s added", d.Edges, edge.ID)
+		}
+		for _, id := range []string{edge.Source, edge.Target} {
+			if !slices.ContainsFunc(d.Nodes, func(c topology.NodeChange) bool { return c.ID == id && c.Change == topology.ChangeAdded }) {
+				t.Errorf("flowmap graph --diff --prometheus: nodes %+v, want %s added", d.Nodes, id)
+			}
+		}
+		table, err := exec.Command(bin, "graph", "--prometheus", prom, "--level", "container", "--window", "5m", "--diff", "10m").Output()
+		if err != nil {
+			t.Fatalf("flowmap graph --diff --prometheus --format table: %v", err)
+		}
+		// The table pads its columns.
+		if want := regexp.MustCompile(regexp.QuoteMeta(edge.ID) + ` +added `); !want.Match(table) {
+			t.Errorf("flowmap graph --diff --prometheus --format table wrote\n%s\nwant a line matching %q", table, want)
+		}
+	})
 	t.Run("dashboard", func(t *testing.T) { checkDashboard(t, prom, agentURL) })
 	t.Run("rules", func(t *testing.T) { checkRules(t, prom) })
 	t.Run("flowmap graph", func(t *testing.T) {
@@ -321,6 +354,45 @@ func startProcess(t *testing.T, name, path string, args ...string) *bytes.Buffer
 		}
 	})
 	return &out
+}
+
+// checkServe runs `flowmap graph --prometheus --serve` and checks what it
+// serves: the live map's page, configured for Prometheus; the cluster's
+// graph, with the bytes of edge that the agent's JSON says; the diff.
+func checkServe(t *testing.T, bin, prom string, edge topology.Edge) {
+	addr := freeAddr(t)
+	startProcess(t, "flowmap graph --serve", bin, "graph", "--prometheus", prom, "--serve", addr, "--refresh", "2s")
+	base := "http://" + addr
+	waitHTTP(t, base+"/", 30*time.Second)
+	if page := httpGet(t, base+"/"); !bytes.Contains(page, []byte("<title>flowmap: live map</title>")) {
+		t.Errorf("GET / on --serve: %.200q, want the live map's page", page)
+	}
+	var cfg struct {
+		RefreshMS  int    `json:"refresh_ms"`
+		Source     string `json:"source"`
+		Prometheus string `json:"prometheus"`
+	}
+	if err := json.Unmarshal(httpGet(t, base+"/config.json"), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.RefreshMS != 2000 || cfg.Source != "prometheus" || cfg.Prometheus != prom {
+		t.Errorf("config.json on --serve: %+v, want refresh 2000 ms, source prometheus, prometheus %s", cfg, prom)
+	}
+	s := getGraph(t, base, "container", "5m")
+	e, ok := findEdge(s, edge.ID)
+	if !ok || e.Forward.Bytes != edge.Forward.Bytes || e.Reverse.Bytes != edge.Reverse.Bytes || e.Connections != edge.Connections {
+		t.Errorf("the graph on --serve: edge %s %+v (%v), want the agent's %d B forward, %d B reverse, %d connections",
+			edge.ID, e, ok, edge.Forward.Bytes, edge.Reverse.Bytes, edge.Connections)
+	}
+	d, err := topology.ReadDiffJSON(bytes.NewReader(httpGet(t, base+"/api/v1/graph/diff?level=container&window=5m&since=10m")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(d.Edges, func(c topology.EdgeChange) bool {
+		return c.ID == edge.ID && slices.Equal(c.Changes, []string{topology.ChangeAdded})
+	}) {
+		t.Errorf("the diff on --serve since 10m: %+v, want %s added", d.Edges, edge.ID)
+	}
 }
 
 // startPrometheus starts Prometheus on loopback, scraping the agent every

@@ -3,7 +3,7 @@
 //
 //	flowmap agent [flags]   run the daemon: count flows, serve them over HTTP
 //	flowmap graph [flags]   fetch the graph from an agent, write it as JSON, DOT, SVG, PNG or a table
-//	flowmap demo [flags]    run the agent on a sandbox shop with traffic, write its graph
+//	flowmap demo [flags]    run the agent on a sandbox shop with traffic, write its graph, serve its live map until interrupted
 package main
 
 import (
@@ -24,7 +24,8 @@ commands:
   graph   fetch the graph from a running agent and write it as JSON, DOT,
           SVG, PNG or a table
   demo    build a sandbox shop of network namespaces, drive traffic, run the
-          agent on it, write topology.json, .dot and .svg and print the edges
+          agent on it, write topology.json, .dot and .svg, print the edges
+          and the live map's address; until Ctrl-C (--duration=30s: 30s)
 
 Run 'flowmap <command> -h' for a command's flags.
 `

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -23,10 +24,13 @@ import (
 	"github.com/flowmap/flowmap/topology/web"
 )
 
-// ep is a container of workload in namespace ns on host node.
+// ep is a container of workload in namespace ns on host node, with an
+// image, an app label and the node's zone.
 func ep(name, ns, workload, node string, addr string) model.Endpoint {
 	return model.Endpoint{Kind: model.KindContainer, ID: "c-" + name, Name: name, Namespace: ns, Workload: workload,
-		WorkloadKind: "Deployment", Node: node, Addrs: []netip.Addr{netip.MustParseAddr(addr)}}
+		WorkloadKind: "Deployment", Node: node, Addrs: []netip.Addr{netip.MustParseAddr(addr)},
+		Image:  "registry.example/" + workload + ":1.2",
+		Labels: map[string]string{"app": workload, "topology.kubernetes.io/zone": "zone-" + node}}
 }
 
 func flow(src, dst model.Endpoint, port uint16, fwd, rev uint64) model.Flow {
@@ -153,6 +157,32 @@ func TestPage(t *testing.T) {
 		}
 		if h := browser.Eval[string](t, p, `location.hash`); !strings.Contains(h, "sel=") {
 			t.Errorf("location.hash %q, want the selection in it", h)
+		}
+	})
+
+	t.Run("node details", func(t *testing.T) {
+		s := apiGraph(t, srv, "workload", "1m")
+		n := s.Nodes[slices.IndexFunc(s.Nodes, func(n topology.Node) bool { return n.ID == "workload:shop/api" })]
+		if n.Image == "" || n.Zone == "" || len(n.Labels) == 0 {
+			t.Fatalf("the API's node %s: image %q, zone %q, labels %v; want all three", n.ID, n.Image, n.Zone, n.Labels)
+		}
+		pos := browser.Eval[struct{ X, Y float64 }](t, p, fmt.Sprintf(`(() => {
+			const m = flowmap.cy.getElementById(%q).renderedPosition();
+			const r = document.getElementById('cy').getBoundingClientRect();
+			return {x: m.x + r.left, y: m.y + r.top};
+		})()`, n.ID))
+		p.Do(t, "click the node", chromedp.MouseClickXY(pos.X, pos.Y))
+		p.Wait(t, "the details show the node", fmt.Sprintf(`!document.getElementById('details').hidden && document.querySelector('#detailsbody div') && document.querySelector('#detailsbody div').textContent === %q`, n.ID),
+			`document.getElementById('detailsbody').innerText`, 5*time.Second)
+		type shown struct {
+			Image, Zone string
+			Labels      map[string]string
+		}
+		got := browser.Eval[shown](t, p, `(() => { const b = document.getElementById('detailsbody'), labels = {};
+			b.querySelectorAll('ul.labels li').forEach(li => labels[li.dataset.key] = li.querySelector('.v').textContent);
+			return {image: b.querySelector('.image').textContent, zone: b.querySelector('.zone').textContent, labels}; })()`)
+		if want := (shown{n.Image, n.Zone, n.Labels}); got.Image != want.Image || got.Zone != want.Zone || !maps.Equal(got.Labels, want.Labels) {
+			t.Errorf("details of %s: %+v, want the API's %+v", n.ID, got, want)
 		}
 	})
 

@@ -480,6 +480,13 @@
     if (n.workload) h += row('workload', esc(n.workload) + (n.workload_kind ? ' (' + esc(n.workload_kind) + ')' : ''));
     if (n.host) h += row('host', esc(n.host));
     if (n.addrs && n.addrs.length) h += row('addresses', esc(n.addrs.join(', ')));
+    if (n.image) h += row('image', `<span class="image">${esc(n.image)}</span>`);
+    if (n.zone) h += row('zone', `<span class="zone">${esc(n.zone)}</span>`);
+    const ls = Object.entries(n.labels || {}).sort(([a], [b]) => (a < b ? -1 : 1));
+    if (ls.length) {
+      h += row('labels', '<ul class="labels">' + ls.map(([k, v]) =>
+        `<li data-key="${esc(k)}"><span class="k">${esc(k)}</span>=<span class="v">${esc(v)}</span></li>`).join('') + '</ul>');
+    }
     return h;
   }
 
