@@ -60,4 +60,23 @@ func TestHealthEdges(t *testing.T) {
 	if !strings.Contains(buf.String(), "refused 3/3") {
 		t.Errorf("table has no health column:\n%s", buf.String())
 	}
+	buf.Reset()
+	if err := WriteDOT(&buf, s); err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(buf.String(), "\n") {
+		if !strings.Contains(line, "->") {
+			continue
+		}
+		red := strings.Contains(line, `color="#c0392b"`)
+		dashed := strings.Contains(line, "style=dashed")
+		switch {
+		case strings.Contains(line, "tcp/5432") && (!red || dashed || !strings.Contains(line, "refused 3/3")):
+			t.Errorf("refused edge: want red, solid, labelled refused: %s", line)
+		case strings.Contains(line, "tcp/9") && (!red || !dashed):
+			t.Errorf("timed-out edge: want red and dashed: %s", line)
+		case strings.Contains(line, "tcp/80") && (red || dashed):
+			t.Errorf("healthy edge: want neither red nor dashed: %s", line)
+		}
+	}
 }
