@@ -16,14 +16,20 @@
 // header: parse.h (the headers of a frame), count.h (the flow maps and the
 // per-CPU cache), handshake.h (SYN to SYN-ACK), watched.h (the interfaces
 // counted at ingress), l7/ (the L7 sniffers, request matching and L7
-// stats), names.h (the ring buffer of name events) and sock.h (what the
-// retransmit tracepoint reads of a socket and its skb).
+// stats), names.h (the ring buffer of name events), sock.h (what the
+// retransmit tracepoint reads of a socket and its skb), health.h
+// (connection outcomes and ICMP errors per flow direction), drop.h (drops
+// by the kernel's reason, from kfree_skb) and rtt.h (local sockets'
+// smoothed RTT, from tcp_probe).
 
 #include "common.h"
 #include "count.h"
+#include "drop.h"
 #include "handshake.h"
+#include "health.h"
 #include "l7/l7.h"
 #include "parse.h"
+#include "rtt.h"
 #include "sock.h"
 #include "watched.h"
 
@@ -82,6 +88,9 @@ static __always_inline void count_frame(void *ctx, int xdp, void *data, void *da
 		account(&flows6_a, &seen6, &p.key, p.key.proto == IPPROTO_TCP, now, bytes, segs,
 			p.tcp_flags, rtt, ifindex, point);
 	}
+	// ICMP errors, to the flow they quote.
+	if (health_on && (p.key.proto == IPPROTO_ICMP || p.key.proto == IPPROTO_ICMPV6))
+		health_icmp(&p, data, data_end);
 	// L7 only on its candidates: TCP that carries payload past its header
 	// (a pure ACK's frame reaches no further), UDP to or from the DNS
 	// port; never a later fragment (ports 0).
@@ -215,6 +224,27 @@ int tcp_retransmit(__u64 *ctx)
 	} else {
 		retransmit_in(&flows6_a, &seen6, &key, segs);
 	}
+	return 0;
+}
+
+// kfree_skb counts a dropped packet on its flow direction, by reason. Most
+// skbs freed are not dropped: they leave at the first compare.
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(kfree_skb, struct sk_buff *skb, void *location, __u32 reason)
+{
+	if (reason < drop_reason_min || !health_on)
+		return 0;
+	drop(skb, reason);
+	return 0;
+}
+
+// tcp_probe samples the smoothed RTT of a local socket that received a
+// segment (see rtt.h).
+SEC("tp_btf/tcp_probe")
+int BPF_PROG(tcp_probe, struct sock *sk)
+{
+	if (health_on)
+		rtt_sample(sk);
 	return 0;
 }
 

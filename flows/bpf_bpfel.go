@@ -33,8 +33,16 @@ const (
 	bpfCounterCOUNTER_MALFORMED        bpfCounter = 3
 	bpfCounterCOUNTER_NAMES_LOST       bpfCounter = 4
 	bpfCounterCOUNTER_TRUNCATED        bpfCounter = 5
-	bpfCounterCOUNTER_MAX              bpfCounter = 6
+	bpfCounterCOUNTER_HEALTH_MAP_FULL  bpfCounter = 6
+	bpfCounterCOUNTER_DROPS_MAP_FULL   bpfCounter = 7
+	bpfCounterCOUNTER_MAX              bpfCounter = 8
 )
+
+type bpfDropKey struct {
+	_      structs.HostLayout
+	Flow   bpfFlowKey
+	Reason uint32
+}
 
 type bpfFlowKey struct {
 	_     structs.HostLayout
@@ -70,6 +78,33 @@ type bpfFlowStats struct {
 	TcpFlags    uint16
 	Point       uint8
 	Pad         [5]uint8
+}
+
+type bpfHealthEvent uint32
+
+const (
+	bpfHealthEventHEALTH_SYN           bpfHealthEvent = 0
+	bpfHealthEventHEALTH_SYN_RETRY     bpfHealthEvent = 1
+	bpfHealthEventHEALTH_ACCEPT        bpfHealthEvent = 2
+	bpfHealthEventHEALTH_REFUSAL       bpfHealthEvent = 3
+	bpfHealthEventHEALTH_RESET         bpfHealthEvent = 4
+	bpfHealthEventHEALTH_UNREACHABLE   bpfHealthEvent = 5
+	bpfHealthEventHEALTH_TIME_EXCEEDED bpfHealthEvent = 6
+	bpfHealthEventHEALTH_RTT           bpfHealthEvent = 7
+)
+
+type bpfHealthStats struct {
+	_            structs.HostLayout
+	SynNs        uint64
+	RttSumUs     uint64
+	RttSamples   uint32
+	Syns         uint32
+	SynRetries   uint32
+	Accepts      uint32
+	Refusals     uint32
+	Resets       uint32
+	Unreachable  uint32
+	TimeExceeded uint32
 }
 
 type bpfL7Loss uint32
@@ -173,41 +208,51 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	bpfMapCounters        = "counters"
-	bpfMapFlowCache       = "flow_cache"
-	bpfMapFlows4A         = "flows4_a"
-	bpfMapFlows4B         = "flows4_b"
-	bpfMapFlows6A         = "flows6_a"
-	bpfMapFlows6B         = "flows6_b"
-	bpfMapHandshakes      = "handshakes"
-	bpfMapL7Lost          = "l7_lost"
-	bpfMapL7Names         = "l7_names"
-	bpfMapL7Pending4      = "l7_pending4"
-	bpfMapL7Pending6      = "l7_pending6"
-	bpfMapL7s4A           = "l7s4_a"
-	bpfMapL7s4B           = "l7s4_b"
-	bpfMapL7s6A           = "l7s6_a"
-	bpfMapL7s6B           = "l7s6_b"
-	bpfMapSeen4           = "seen4"
-	bpfMapSeen6           = "seen6"
-	bpfMapWatched         = "watched"
-	bpfMapWatchedHi       = "watched_hi"
-	bpfProgClockProbe     = "clock_probe"
-	bpfProgTcEgress       = "tc_egress"
-	bpfProgTcIngress      = "tc_ingress"
-	bpfProgTcpRetransmit  = "tcp_retransmit"
-	bpfProgXdpIngress     = "xdp_ingress"
-	bpfVarActiveBuf       = "active_buf"
-	bpfVarDnsPort         = "dns_port"
-	bpfVarProbeJiffies    = "probe_jiffies"
-	bpfVarProbeNs         = "probe_ns"
-	bpfVarUnusedCounter   = "unused_counter"
-	bpfVarUnusedL7Loss    = "unused_l7_loss"
-	bpfVarUnusedL7Method  = "unused_l7_method"
-	bpfVarUnusedL7Proto   = "unused_l7_proto"
-	bpfVarUnusedNameEvent = "unused_name_event"
-	bpfVarUnusedNameKind  = "unused_name_kind"
-	bpfVarUnusedPoint     = "unused_point"
+	bpfMapCounters          = "counters"
+	bpfMapDropsA            = "drops_a"
+	bpfMapDropsB            = "drops_b"
+	bpfMapFlowCache         = "flow_cache"
+	bpfMapFlows4A           = "flows4_a"
+	bpfMapFlows4B           = "flows4_b"
+	bpfMapFlows6A           = "flows6_a"
+	bpfMapFlows6B           = "flows6_b"
+	bpfMapHandshakes        = "handshakes"
+	bpfMapHealthA           = "health_a"
+	bpfMapHealthB           = "health_b"
+	bpfMapL7Lost            = "l7_lost"
+	bpfMapL7Names           = "l7_names"
+	bpfMapL7Pending4        = "l7_pending4"
+	bpfMapL7Pending6        = "l7_pending6"
+	bpfMapL7s4A             = "l7s4_a"
+	bpfMapL7s4B             = "l7s4_b"
+	bpfMapL7s6A             = "l7s6_a"
+	bpfMapL7s6B             = "l7s6_b"
+	bpfMapRttSampled        = "rtt_sampled"
+	bpfMapSeen4             = "seen4"
+	bpfMapSeen6             = "seen6"
+	bpfMapWatched           = "watched"
+	bpfMapWatchedHi         = "watched_hi"
+	bpfProgClockProbe       = "clock_probe"
+	bpfProgKfreeSkb         = "kfree_skb"
+	bpfProgTcEgress         = "tc_egress"
+	bpfProgTcIngress        = "tc_ingress"
+	bpfProgTcpProbe         = "tcp_probe"
+	bpfProgTcpRetransmit    = "tcp_retransmit"
+	bpfProgXdpIngress       = "xdp_ingress"
+	bpfVarActiveBuf         = "active_buf"
+	bpfVarDnsPort           = "dns_port"
+	bpfVarDropReasonMin     = "drop_reason_min"
+	bpfVarHealthOn          = "health_on"
+	bpfVarProbeJiffies      = "probe_jiffies"
+	bpfVarProbeNs           = "probe_ns"
+	bpfVarUnusedCounter     = "unused_counter"
+	bpfVarUnusedHealthEvent = "unused_health_event"
+	bpfVarUnusedL7Loss      = "unused_l7_loss"
+	bpfVarUnusedL7Method    = "unused_l7_method"
+	bpfVarUnusedL7Proto     = "unused_l7_proto"
+	bpfVarUnusedNameEvent   = "unused_name_event"
+	bpfVarUnusedNameKind    = "unused_name_kind"
+	bpfVarUnusedPoint       = "unused_point"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -253,8 +298,10 @@ type bpfSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfProgramSpecs struct {
 	ClockProbe    *ebpf.ProgramSpec `ebpf:"clock_probe"`
+	KfreeSkb      *ebpf.ProgramSpec `ebpf:"kfree_skb"`
 	TcEgress      *ebpf.ProgramSpec `ebpf:"tc_egress"`
 	TcIngress     *ebpf.ProgramSpec `ebpf:"tc_ingress"`
+	TcpProbe      *ebpf.ProgramSpec `ebpf:"tcp_probe"`
 	TcpRetransmit *ebpf.ProgramSpec `ebpf:"tcp_retransmit"`
 	XdpIngress    *ebpf.ProgramSpec `ebpf:"xdp_ingress"`
 }
@@ -264,12 +311,16 @@ type bpfProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
 	Counters   *ebpf.MapSpec `ebpf:"counters"`
+	DropsA     *ebpf.MapSpec `ebpf:"drops_a"`
+	DropsB     *ebpf.MapSpec `ebpf:"drops_b"`
 	FlowCache  *ebpf.MapSpec `ebpf:"flow_cache"`
 	Flows4A    *ebpf.MapSpec `ebpf:"flows4_a"`
 	Flows4B    *ebpf.MapSpec `ebpf:"flows4_b"`
 	Flows6A    *ebpf.MapSpec `ebpf:"flows6_a"`
 	Flows6B    *ebpf.MapSpec `ebpf:"flows6_b"`
 	Handshakes *ebpf.MapSpec `ebpf:"handshakes"`
+	HealthA    *ebpf.MapSpec `ebpf:"health_a"`
+	HealthB    *ebpf.MapSpec `ebpf:"health_b"`
 	L7Lost     *ebpf.MapSpec `ebpf:"l7_lost"`
 	L7Names    *ebpf.MapSpec `ebpf:"l7_names"`
 	L7Pending4 *ebpf.MapSpec `ebpf:"l7_pending4"`
@@ -278,6 +329,7 @@ type bpfMapSpecs struct {
 	L7s4B      *ebpf.MapSpec `ebpf:"l7s4_b"`
 	L7s6A      *ebpf.MapSpec `ebpf:"l7s6_a"`
 	L7s6B      *ebpf.MapSpec `ebpf:"l7s6_b"`
+	RttSampled *ebpf.MapSpec `ebpf:"rtt_sampled"`
 	Seen4      *ebpf.MapSpec `ebpf:"seen4"`
 	Seen6      *ebpf.MapSpec `ebpf:"seen6"`
 	Watched    *ebpf.MapSpec `ebpf:"watched"`
@@ -288,17 +340,20 @@ type bpfMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
-	ActiveBuf       *ebpf.VariableSpec `ebpf:"active_buf"`
-	DnsPort         *ebpf.VariableSpec `ebpf:"dns_port"`
-	ProbeJiffies    *ebpf.VariableSpec `ebpf:"probe_jiffies"`
-	ProbeNs         *ebpf.VariableSpec `ebpf:"probe_ns"`
-	UnusedCounter   *ebpf.VariableSpec `ebpf:"unused_counter"`
-	UnusedL7Loss    *ebpf.VariableSpec `ebpf:"unused_l7_loss"`
-	UnusedL7Method  *ebpf.VariableSpec `ebpf:"unused_l7_method"`
-	UnusedL7Proto   *ebpf.VariableSpec `ebpf:"unused_l7_proto"`
-	UnusedNameEvent *ebpf.VariableSpec `ebpf:"unused_name_event"`
-	UnusedNameKind  *ebpf.VariableSpec `ebpf:"unused_name_kind"`
-	UnusedPoint     *ebpf.VariableSpec `ebpf:"unused_point"`
+	ActiveBuf         *ebpf.VariableSpec `ebpf:"active_buf"`
+	DnsPort           *ebpf.VariableSpec `ebpf:"dns_port"`
+	DropReasonMin     *ebpf.VariableSpec `ebpf:"drop_reason_min"`
+	HealthOn          *ebpf.VariableSpec `ebpf:"health_on"`
+	ProbeJiffies      *ebpf.VariableSpec `ebpf:"probe_jiffies"`
+	ProbeNs           *ebpf.VariableSpec `ebpf:"probe_ns"`
+	UnusedCounter     *ebpf.VariableSpec `ebpf:"unused_counter"`
+	UnusedHealthEvent *ebpf.VariableSpec `ebpf:"unused_health_event"`
+	UnusedL7Loss      *ebpf.VariableSpec `ebpf:"unused_l7_loss"`
+	UnusedL7Method    *ebpf.VariableSpec `ebpf:"unused_l7_method"`
+	UnusedL7Proto     *ebpf.VariableSpec `ebpf:"unused_l7_proto"`
+	UnusedNameEvent   *ebpf.VariableSpec `ebpf:"unused_name_event"`
+	UnusedNameKind    *ebpf.VariableSpec `ebpf:"unused_name_kind"`
+	UnusedPoint       *ebpf.VariableSpec `ebpf:"unused_point"`
 }
 
 // bpfObjects contains all objects after they have been loaded into the kernel.
@@ -322,12 +377,16 @@ func (o *bpfObjects) Close() error {
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
 	Counters   *ebpf.Map `ebpf:"counters"`
+	DropsA     *ebpf.Map `ebpf:"drops_a"`
+	DropsB     *ebpf.Map `ebpf:"drops_b"`
 	FlowCache  *ebpf.Map `ebpf:"flow_cache"`
 	Flows4A    *ebpf.Map `ebpf:"flows4_a"`
 	Flows4B    *ebpf.Map `ebpf:"flows4_b"`
 	Flows6A    *ebpf.Map `ebpf:"flows6_a"`
 	Flows6B    *ebpf.Map `ebpf:"flows6_b"`
 	Handshakes *ebpf.Map `ebpf:"handshakes"`
+	HealthA    *ebpf.Map `ebpf:"health_a"`
+	HealthB    *ebpf.Map `ebpf:"health_b"`
 	L7Lost     *ebpf.Map `ebpf:"l7_lost"`
 	L7Names    *ebpf.Map `ebpf:"l7_names"`
 	L7Pending4 *ebpf.Map `ebpf:"l7_pending4"`
@@ -336,6 +395,7 @@ type bpfMaps struct {
 	L7s4B      *ebpf.Map `ebpf:"l7s4_b"`
 	L7s6A      *ebpf.Map `ebpf:"l7s6_a"`
 	L7s6B      *ebpf.Map `ebpf:"l7s6_b"`
+	RttSampled *ebpf.Map `ebpf:"rtt_sampled"`
 	Seen4      *ebpf.Map `ebpf:"seen4"`
 	Seen6      *ebpf.Map `ebpf:"seen6"`
 	Watched    *ebpf.Map `ebpf:"watched"`
@@ -345,12 +405,16 @@ type bpfMaps struct {
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.Counters,
+		m.DropsA,
+		m.DropsB,
 		m.FlowCache,
 		m.Flows4A,
 		m.Flows4B,
 		m.Flows6A,
 		m.Flows6B,
 		m.Handshakes,
+		m.HealthA,
+		m.HealthB,
 		m.L7Lost,
 		m.L7Names,
 		m.L7Pending4,
@@ -359,6 +423,7 @@ func (m *bpfMaps) Close() error {
 		m.L7s4B,
 		m.L7s6A,
 		m.L7s6B,
+		m.RttSampled,
 		m.Seen4,
 		m.Seen6,
 		m.Watched,
@@ -370,17 +435,20 @@ func (m *bpfMaps) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
-	ActiveBuf       *ebpf.Variable `ebpf:"active_buf"`
-	DnsPort         *ebpf.Variable `ebpf:"dns_port"`
-	ProbeJiffies    *ebpf.Variable `ebpf:"probe_jiffies"`
-	ProbeNs         *ebpf.Variable `ebpf:"probe_ns"`
-	UnusedCounter   *ebpf.Variable `ebpf:"unused_counter"`
-	UnusedL7Loss    *ebpf.Variable `ebpf:"unused_l7_loss"`
-	UnusedL7Method  *ebpf.Variable `ebpf:"unused_l7_method"`
-	UnusedL7Proto   *ebpf.Variable `ebpf:"unused_l7_proto"`
-	UnusedNameEvent *ebpf.Variable `ebpf:"unused_name_event"`
-	UnusedNameKind  *ebpf.Variable `ebpf:"unused_name_kind"`
-	UnusedPoint     *ebpf.Variable `ebpf:"unused_point"`
+	ActiveBuf         *ebpf.Variable `ebpf:"active_buf"`
+	DnsPort           *ebpf.Variable `ebpf:"dns_port"`
+	DropReasonMin     *ebpf.Variable `ebpf:"drop_reason_min"`
+	HealthOn          *ebpf.Variable `ebpf:"health_on"`
+	ProbeJiffies      *ebpf.Variable `ebpf:"probe_jiffies"`
+	ProbeNs           *ebpf.Variable `ebpf:"probe_ns"`
+	UnusedCounter     *ebpf.Variable `ebpf:"unused_counter"`
+	UnusedHealthEvent *ebpf.Variable `ebpf:"unused_health_event"`
+	UnusedL7Loss      *ebpf.Variable `ebpf:"unused_l7_loss"`
+	UnusedL7Method    *ebpf.Variable `ebpf:"unused_l7_method"`
+	UnusedL7Proto     *ebpf.Variable `ebpf:"unused_l7_proto"`
+	UnusedNameEvent   *ebpf.Variable `ebpf:"unused_name_event"`
+	UnusedNameKind    *ebpf.Variable `ebpf:"unused_name_kind"`
+	UnusedPoint       *ebpf.Variable `ebpf:"unused_point"`
 }
 
 // bpfPrograms contains all programs after they have been loaded into the kernel.
@@ -388,8 +456,10 @@ type bpfVariables struct {
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfPrograms struct {
 	ClockProbe    *ebpf.Program `ebpf:"clock_probe"`
+	KfreeSkb      *ebpf.Program `ebpf:"kfree_skb"`
 	TcEgress      *ebpf.Program `ebpf:"tc_egress"`
 	TcIngress     *ebpf.Program `ebpf:"tc_ingress"`
+	TcpProbe      *ebpf.Program `ebpf:"tcp_probe"`
 	TcpRetransmit *ebpf.Program `ebpf:"tcp_retransmit"`
 	XdpIngress    *ebpf.Program `ebpf:"xdp_ingress"`
 }
@@ -397,8 +467,10 @@ type bpfPrograms struct {
 func (p *bpfPrograms) Close() error {
 	return _BpfClose(
 		p.ClockProbe,
+		p.KfreeSkb,
 		p.TcEgress,
 		p.TcIngress,
+		p.TcpProbe,
 		p.TcpRetransmit,
 		p.XdpIngress,
 	)

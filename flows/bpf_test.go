@@ -38,7 +38,8 @@ import (
 //     kernel does not look behind;
 //   - a VLAN tag taken off into skb metadata (vlan_present, vlan_tci): the
 //     kernel does not take them from the __sk_buff context;
-//   - tcp_retransmit: tp_btf programs have no test run.
+//   - tcp_retransmit, kfree_skb and tcp_probe: tp_btf programs have no
+//     test run (the end-to-end tests cover them).
 
 // TCP flag bits as they are in the TCP header (RFC 9293), with NS (RFC 3540)
 // in bit 8, which is how flow_stats.tcp_flags holds them; above them,
@@ -123,6 +124,10 @@ func resetObjects(t testing.TB, objs *bpfObjects) {
 	clearMap[bpfFlowKey](t, objs.L7s6B)
 	clearMap[bpfL7PendingKey4](t, objs.L7Pending4)
 	clearMap[bpfL7PendingKey](t, objs.L7Pending6)
+	clearMap[bpfFlowKey](t, objs.HealthA)
+	clearMap[bpfFlowKey](t, objs.HealthB)
+	clearMap[bpfDropKey](t, objs.DropsA)
+	clearMap[bpfDropKey](t, objs.DropsB)
 	ncpu := mustPossibleCPUs(t)
 	for i := range uint32(bpfL7LossL7LOSS_MAX * l7Protos) {
 		if err := objs.L7Lost.Put(i, make([]uint64, ncpu)); err != nil {

@@ -46,6 +46,10 @@ type Config struct {
 	// DNSPort is the port of DNS servers whose messages the L7 parsers
 	// read, over UDP and TCP; 0 is 53.
 	DNSPort uint16
+	// HealthOff turns off connection outcomes, ICMP errors, drops and RTT
+	// samples (Record.Health): the TC programs skip them and the kfree_skb
+	// and tcp_probe tracepoints are not attached.
+	HealthOff bool
 }
 
 // The defaults of Config.
@@ -64,6 +68,7 @@ type Datapath struct {
 	log    *slog.Logger
 	objs   bpfObjects
 	retran link.Link
+	health []link.Link // kfree_skb and tcp_probe
 	clock  *clock
 	// conntrack lists conntrack's connections for the NAT join; tests
 	// replace it.
@@ -122,6 +127,9 @@ type Stats struct {
 	NamesDropped   uint64                                            // names over maxNamesPerBatch in one interval: a full batch
 	NamesUndecoded uint64                                            // name events that did not decode
 	NamesUnchained uint64                                            // DNS answer records not tied to the question (see DecodeDNSNames)
+	// Health (see health.go).
+	HealthMapFull uint64 // health events not counted: the health map was full
+	DropsMapFull  uint64 // drops not counted: the drops map was full
 }
 
 // ErrPrerequisite is returned by New when the machine cannot run the
@@ -168,6 +176,20 @@ func New(cfg Config) (*Datapath, error) {
 	if err := spec.Variables[bpfVarDnsPort].Set(cfg.DNSPort); err != nil {
 		return nil, fmt.Errorf("set dns port %d: %w", cfg.DNSPort, err)
 	}
+	var reasons map[uint32]string
+	if cfg.HealthOff {
+		if err := spec.Variables[bpfVarHealthOn].Set(uint8(0)); err != nil {
+			return nil, fmt.Errorf("turn health off: %w", err)
+		}
+	} else {
+		var first uint32
+		if reasons, first, err = dropReasons(); err != nil {
+			return nil, err
+		}
+		if err := spec.Variables[bpfVarDropReasonMin].Set(first); err != nil {
+			return nil, fmt.Errorf("set first drop reason %d: %w", first, err)
+		}
+	}
 	d := &Datapath{cfg: cfg, log: log, conntrack: conntrack, attached: map[int]*attachment{}, known: map[int]model.Interface{}}
 	d.stats.MaxFlows = cfg.MaxFlows
 	if err := spec.LoadAndAssign(&d.objs, nil); err != nil {
@@ -177,7 +199,7 @@ func New(cfg Config) (*Datapath, error) {
 		}
 		return nil, fmt.Errorf("load BPF programs: %w", err)
 	}
-	if d.drain, err = newDrainer(&d.objs, cfg.MaxFlows); err != nil {
+	if d.drain, err = newDrainer(&d.objs, cfg.MaxFlows, reasons); err != nil {
 		d.objs.Close()
 		return nil, err
 	}
@@ -189,6 +211,16 @@ func New(cfg Config) (*Datapath, error) {
 	// without tp_btf still gets every other statistic.
 	if d.retran, err = link.AttachTracing(link.TracingOptions{Program: d.objs.TcpRetransmit}); err != nil {
 		log.Warn("retransmits not counted", "err", err)
+	}
+	if !cfg.HealthOff {
+		for _, p := range []*ebpf.Program{d.objs.KfreeSkb, d.objs.TcpProbe} {
+			l, err := link.AttachTracing(link.TracingOptions{Program: p})
+			if err != nil {
+				log.Warn("health tracepoint not attached: drops or RTT not counted", "program", p, "err", err)
+				continue
+			}
+			d.health = append(d.health, l)
+		}
 	}
 	if n, err := removeLeftovers(); err != nil {
 		log.Warn("removing a dead agent's clsact filters", "err", err)
@@ -252,6 +284,9 @@ func (d *Datapath) Close() error {
 	if d.retran != nil {
 		errs = append(errs, d.retran.Close())
 	}
+	for _, l := range d.health {
+		errs = append(errs, l.Close())
+	}
 	errs = append(errs, d.objs.Close())
 	return errors.Join(errs...)
 }
@@ -302,7 +337,8 @@ func (d *Datapath) Attached() []model.Interface {
 // Not preallocated, they cost what they hold.
 func sizeMaps(spec *ebpf.CollectionSpec, maxFlows uint32) {
 	for _, m := range []string{bpfMapFlows4A, bpfMapFlows4B, bpfMapFlows6A, bpfMapFlows6B,
-		bpfMapL7s4A, bpfMapL7s4B, bpfMapL7s6A, bpfMapL7s6B} {
+		bpfMapL7s4A, bpfMapL7s4B, bpfMapL7s6A, bpfMapL7s6B,
+		bpfMapHealthA, bpfMapHealthB, bpfMapDropsA, bpfMapDropsB} {
 		spec.Maps[m].MaxEntries = maxFlows
 	}
 }
@@ -682,6 +718,8 @@ var counterFields = map[bpfCounter]func(*Stats) *uint64{
 	bpfCounterCOUNTER_MALFORMED:        func(s *Stats) *uint64 { return &s.Malformed },
 	bpfCounterCOUNTER_NAMES_LOST:       func(s *Stats) *uint64 { return &s.NamesLost },
 	bpfCounterCOUNTER_TRUNCATED:        func(s *Stats) *uint64 { return &s.Truncated },
+	bpfCounterCOUNTER_HEALTH_MAP_FULL:  func(s *Stats) *uint64 { return &s.HealthMapFull },
+	bpfCounterCOUNTER_DROPS_MAP_FULL:   func(s *Stats) *uint64 { return &s.DropsMapFull },
 }
 
 // readCounters returns the per-CPU counters of counterFields, summed; one
@@ -731,7 +769,7 @@ var probeInsns = asm.Instructions{
 }
 
 // Programs returns the loaded programs by their C names (tc_ingress,
-// tc_egress, xdp_ingress, tcp_retransmit), for benchmarks that read their
+// tc_egress, xdp_ingress, tcp_retransmit, kfree_skb, tcp_probe), for benchmarks that read their
 // run-time statistics.
 func (d *Datapath) Programs() map[string]*ebpf.Program {
 	return map[string]*ebpf.Program{
@@ -739,6 +777,8 @@ func (d *Datapath) Programs() map[string]*ebpf.Program {
 		bpfProgTcEgress:      d.objs.TcEgress,
 		bpfProgXdpIngress:    d.objs.XdpIngress,
 		bpfProgTcpRetransmit: d.objs.TcpRetransmit,
+		bpfProgKfreeSkb:      d.objs.KfreeSkb,
+		bpfProgTcpProbe:      d.objs.TcpProbe,
 	}
 }
 

@@ -60,9 +60,25 @@ type drainer struct {
 	l7keys4 []bpfFlowKey4
 	l7keys6 []bpfFlowKey
 	l7vals  []bpfL7Stats
+
+	// Health (see health.go): the halves of the health and drops maps
+	// (nil maps with health off), what the last drain read of them by
+	// sender direction, attempts not answered yet, connections whose
+	// close was counted, and the kernel's drop reasons by value.
+	healths [2]healthHalf
+	health  map[bpfFlowKey]*dirHealth
+	pending map[bpfFlowKey]pendingSYN
+	// maxPending bounds pending: attempts past it are not timed.
+	maxPending int
+	finished   *lru.Cache[bpfFlowKey, struct{}]
+	reasons    map[uint32]string
+	hkeys      []bpfFlowKey
+	hvals      []bpfHealthStats
+	dkeys      []bpfDropKey
+	dvals      []uint64
 }
 
-func newDrainer(objs *bpfObjects, maxFlows int) (*drainer, error) {
+func newDrainer(objs *bpfObjects, maxFlows int, reasons map[uint32]string) (*drainer, error) {
 	ncpu, err := ebpf.PossibleCPU()
 	if err != nil {
 		return nil, fmt.Errorf("count possible CPUs: %w", err)
@@ -85,6 +101,20 @@ func newDrainer(objs *bpfObjects, maxFlows int) (*drainer, error) {
 		l7keys4: make([]bpfFlowKey4, l7Batch),
 		l7keys6: make([]bpfFlowKey, l7Batch),
 		l7vals:  make([]bpfL7Stats, l7Batch*ncpu),
+	}
+	if reasons != nil {
+		if d.finished, err = lru.New[bpfFlowKey, struct{}](maxFlows); err != nil {
+			return nil, fmt.Errorf("close cache of %d: %w", maxFlows, err)
+		}
+		d.healths = [2]healthHalf{{objs.HealthA, objs.DropsA}, {objs.HealthB, objs.DropsB}}
+		d.health = map[bpfFlowKey]*dirHealth{}
+		d.pending = map[bpfFlowKey]pendingSYN{}
+		d.maxPending = maxFlows
+		d.reasons = reasons
+		d.hkeys = make([]bpfFlowKey, healthBatch)
+		d.hvals = make([]bpfHealthStats, healthBatch*ncpu)
+		d.dkeys = make([]bpfDropKey, healthBatch)
+		d.dvals = make([]uint64, healthBatch*ncpu)
 	}
 	return d, d.active.Get(&d.cur)
 }
@@ -110,6 +140,9 @@ func (d *drainer) drain() (map[bpfFlowKey]*direction, error) {
 		return out, err
 	}
 	if err := d.drainCache(old, out); err != nil {
+		return out, err
+	}
+	if err := d.drainHealth(old); err != nil {
 		return out, err
 	}
 	return out, d.drainL7(old)
@@ -365,7 +398,11 @@ func (d *drainer) records(dirs map[bpfFlowKey]*direction, ifaces func(int) model
 			}
 		}
 		r.L7 = d.takeL7(k, rk)
+		r.Health = d.takeHealth(k, rk, dir, rev, clk)
 		recs = append(recs, r)
+	}
+	if d.health != nil {
+		recs = append(recs, d.leftoverHealth(clk)...)
 	}
 	// L7 entries whose flow had no packets in this drain (the programs
 	// read active_buf once for each map) wait for the next drain, once.

@@ -37,6 +37,10 @@ type Record struct {
 	// L7 is what the L7 parsers saw of the flow's messages, nil where
 	// they saw none.
 	L7 *L7 `json:"l7,omitempty"`
+
+	// Health is the flow's connection outcomes, ICMP errors, drops and
+	// RTT samples, nil where there were none (or --health=off).
+	Health *Health `json:"health,omitempty"`
 }
 
 // Key is what makes two records the same flow.
@@ -58,6 +62,10 @@ func (r Record) Clone() Record {
 		l := *r.L7
 		r.L7 = &l
 	}
+	if r.Health != nil {
+		h := r.Health.Clone()
+		r.Health = &h
+	}
 	return r
 }
 
@@ -65,7 +73,7 @@ func (r Record) Clone() Record {
 // ORed, the seen times widened; the handshake time and interfaces are
 // taken from o where r has none. r's L7 is replaced by a sum of its own,
 // never added into in place, so that a record r was copied from is left
-// unchanged.
+// unchanged; so is its Health.
 func (r *Record) Add(o *Record) {
 	r.Forward.Add(o.Forward)
 	r.Reverse.Add(o.Reverse)
@@ -91,6 +99,14 @@ func (r *Record) Add(o *Record) {
 		}
 		l.Add(o.L7)
 		r.L7 = &l
+	}
+	if o.Health != nil {
+		var h Health
+		if r.Health != nil {
+			h = *r.Health
+		}
+		h.Add(o.Health)
+		r.Health = &h
 	}
 }
 

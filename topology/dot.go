@@ -95,6 +95,16 @@ func WriteDOT(w io.Writer, s *Snapshot) error {
 				color = ", color=" + quote(c)
 			}
 		}
+		// A failing edge is red, dashed where connections time out, and
+		// labelled with its failures, the dominant first.
+		if h := e.Health; h.Failing() {
+			label += "\n" + healthLabel(h)
+			tip += ", " + healthLabel(h)
+			color = `, color="#c0392b", fontcolor="#c0392b"`
+			if h.Failure == "timeout" || h.TimedOut > 0 {
+				color += `, style=dashed`
+			}
+		}
 		fmt.Fprintf(&b, "\t%s -> %s [label=%s, penwidth=%.2f, tooltip=%s%s];\n", quote(e.Source), quote(e.Target), quote(label), width, quote(tip), color)
 	}
 	b.WriteString("}\n")

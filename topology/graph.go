@@ -107,6 +107,9 @@ type counts struct {
 	rttMax  uint32 // ns, saturated at 4.29s
 	// l7 is the messages the L7 parsers saw; nil on most edges (l7.go).
 	l7 *model.L7
+	// health is the connection outcomes, drops and RTT samples; nil
+	// where there were none (health.go).
+	health *model.Health
 }
 
 type bucket struct {
@@ -182,6 +185,7 @@ func flowCounts(f *model.Flow) counts {
 		packets: [2]uint64{f.Forward.Packets, f.Reverse.Packets},
 		retrans: [2]uint32{f.Forward.Retransmits, f.Reverse.Retransmits},
 		l7:      f.L7,
+		health:  f.Health,
 	}
 	if opened(&f.Record) {
 		c.conns = 1
@@ -205,6 +209,9 @@ func (c *counts) add(o *counts) {
 	c.rttMax = max(c.rttMax, o.rttMax)
 	if o.l7 != nil {
 		c.l7 = addL7(c.l7, o.l7)
+	}
+	if o.health != nil {
+		c.health = addHealth(c.health, o.health)
 	}
 }
 
@@ -461,6 +468,7 @@ func (g *Graph) Snapshot(now time.Time, level Level, window time.Duration) *Snap
 		Edge
 		rttSum uint64
 		l7     *model.L7
+		health *model.Health
 	}
 	var edges []rolled
 	idx := map[rollKey]int{}
@@ -501,6 +509,9 @@ func (g *Graph) Snapshot(now time.Time, level Level, window time.Duration) *Snap
 			if c.l7 != nil {
 				r.l7 = addL7(r.l7, c.l7)
 			}
+			if c.health != nil {
+				r.health = addHealth(r.health, c.health)
+			}
 			if t := time.Unix(0, e.first).UTC(); t.Before(r.FirstSeen) {
 				r.FirstSeen = t
 			}
@@ -531,6 +542,9 @@ func (g *Graph) Snapshot(now time.Time, level Level, window time.Duration) *Snap
 		}
 		if l := edges[i].l7; l != nil {
 			s.Edges[i].L7 = newL7(l, end-start)
+		}
+		if h := edges[i].health; h != nil {
+			s.Edges[i].Health = newHealth(h)
 		}
 		s.Edges[i].ID = edgeID(&s.Edges[i])
 	}

@@ -14,7 +14,7 @@ import (
 
 // Version is the version of the JSON document, raised when a field changes
 // meaning or goes away (not when one is added).
-const Version = 1
+const Version = 2
 
 // Schema is the JSON Schema (draft 2020-12) of the JSON document, with
 // every field described.
@@ -100,6 +100,9 @@ type Edge struct {
 	LastSeen  time.Time `json:"last_seen"`
 	// L7 is what the L7 parsers saw, where they looked.
 	L7 *L7 `json:"l7,omitempty"`
+	// Health is the connection outcomes, ICMP errors, drops and RTT of
+	// local sockets, where there were any (version 2).
+	Health *Health `json:"health,omitempty"`
 }
 
 // Traffic is what went one way.

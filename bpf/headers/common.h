@@ -55,6 +55,8 @@ enum counter {
 	COUNTER_MALFORMED, // IP frames truncated or with a bad header length
 	COUNTER_NAMES_LOST, // DNS answers and TLS ClientHellos not sent: the ring buffer was full
 	COUNTER_TRUNCATED,  // IPv6 frames with more extension headers than parse walks
+	COUNTER_HEALTH_MAP_FULL, // health events not counted: the health map was full
+	COUNTER_DROPS_MAP_FULL,  // drops not counted: the drops map was full
 	COUNTER_MAX,
 };
 

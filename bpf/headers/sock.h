@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 //
-// sock.h declares the fields of struct sock and struct sk_buff that
-// tcp_retransmit reads, relocated by CO-RE against the running kernel's
-// BTF.
+// sock.h declares the fields of struct sock and struct sk_buff that the
+// tracepoints read (tcp_retransmit: a socket and its skb's TCP control
+// block; drop.h: a freed skb's headers), relocated by CO-RE against the
+// running kernel's BTF.
 
 #pragma once
 
@@ -31,6 +32,9 @@ struct sock {
 };
 struct sk_buff {
 	char cb[48];
+	unsigned char *head;
+	__u16 network_header;
+	__be16 protocol;
 };
 // tcp_skb_cb is what TCP keeps in an skb's cb.
 struct tcp_skb_cb {

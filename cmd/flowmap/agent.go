@@ -67,6 +67,17 @@ func (a *agentFlags) register(fs *flag.FlagSet) {
 	fs.Var((*hostPort)(&a.listen), "listen",
 		"address to serve the HTTP API and /metrics on, host:port (an IPv6 host as [addr]:port or addr:port); other than loopback, only with --tls-cert, --tls-key and --auth")
 	a.serve.register(fs)
+	fs.Func("health", "on or off: connection outcomes, ICMP errors, drops by kernel reason (tracepoint kfree_skb) and RTT of local sockets (tracepoint tcp_probe); off attaches neither tracepoint", func(v string) error {
+		switch v {
+		case "on":
+			a.cfg.HealthOff = false
+		case "off":
+			a.cfg.HealthOff = true
+		default:
+			return fmt.Errorf("health %q: want on or off", v)
+		}
+		return nil
+	})
 	fs.IntVar(&a.keep, "keep", 12, "intervals of flows kept for /api/v1/flows?last=N")
 	fs.TextVar(&a.logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
 	a.graph.register(fs)

@@ -1,0 +1,121 @@
+// SPDX-License-Identifier: GPL-2.0
+//
+// drop.h counts the packets the kernel drops, by flow direction and the
+// kernel's reason (enum skb_drop_reason, named in Go from the kernel's
+// BTF), from the kfree_skb tracepoint. It runs on every skb freed on the
+// machine, most of them not dropped: it leaves at the first test of the
+// reason for those, and counts a drop only where the flow is one a
+// watched interface counted in the active half.
+
+#pragma once
+
+#include "common.h"
+#include "count.h"
+#include "health.h"
+#include "sock.h"
+
+// drop_reason_min is the first reason that is a drop:
+// SKB_DROP_REASON_NOT_SPECIFIED (2 since 6.0, after SKB_NOT_DROPPED_YET and
+// SKB_CONSUMED), set from Go out of the kernel's BTF.
+volatile const __u32 drop_reason_min = 2;
+
+// drop_key is a flow direction (the dropped packet's, IPv4 mapped) and the
+// reason its packets were dropped.
+struct drop_key {
+	struct flow_key flow;
+	__u32 reason; // enum skb_drop_reason
+};
+
+// drops_a, drops_b: drop_key -> per-CPU count of dropped packets; the
+// halves follow active_buf as the flow maps do.
+#define DROP_MAP(name)                                                                             \
+	struct {                                                                                   \
+		__uint(type, BPF_MAP_TYPE_PERCPU_HASH);                                            \
+		__uint(max_entries, MAX_FLOWS);                                                    \
+		__type(key, struct drop_key);                                                      \
+		__type(value, __u64);                                                              \
+	} name SEC(".maps")
+
+DROP_MAP(drops_a);
+DROP_MAP(drops_b);
+
+// flow_counted reports whether the active half of the flow maps has the
+// direction k (IPv4 mapped): the tracepoints see every socket and packet
+// of the machine, and count only flows a watched interface carries.
+static __always_inline int flow_counted(struct flow_key *k)
+{
+	__u32 *w = (__u32 *)k->saddr;
+	if (w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff)) {
+		struct flow_key4 k4 = {.sport = k->sport, .dport = k->dport, .proto = k->proto, .vlan = k->vlan};
+		__builtin_memcpy(&k4.saddr, &k->saddr[12], 4);
+		__builtin_memcpy(&k4.daddr, &k->daddr[12], 4);
+		return bpf_map_lookup_elem(active_buf ? (void *)&flows4_b : (void *)&flows4_a, &k4) != 0;
+	}
+	return bpf_map_lookup_elem(active_buf ? (void *)&flows6_b : (void *)&flows6_a, k) != 0;
+}
+
+// drop counts skb, dropped for reason, on its flow direction. The headers
+// are read from the skb's network header on: a drop before the stack set
+// it (in a driver) finds no flow. VLAN tags are not read: a tagged flow's
+// drops are not joined.
+static __always_inline void drop(struct sk_buff *skb, __u32 reason)
+{
+	unsigned char *head = skb->head;
+	__u16 nh = skb->network_header;
+	__be16 proto = skb->protocol;
+	struct drop_key dk = {.reason = reason};
+	struct flow_key *k = &dk.flow;
+	__u32 l4;
+	int frag = 0;
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr ip;
+		if (bpf_probe_read_kernel(&ip, sizeof(ip), head + nh))
+			return;
+		k->saddr[10] = k->saddr[11] = 0xff;
+		k->daddr[10] = k->daddr[11] = 0xff;
+		__builtin_memcpy(&k->saddr[12], &ip.saddr, 4);
+		__builtin_memcpy(&k->daddr[12], &ip.daddr, 4);
+		k->proto = ip.protocol;
+		l4 = nh + ip.ihl * 4;
+		frag = (ip.frag_off & bpf_htons(0x1fff)) != 0;
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), head + nh))
+			return;
+		__builtin_memcpy(k->saddr, &ip6.saddr, 16);
+		__builtin_memcpy(k->daddr, &ip6.daddr, 16);
+		k->proto = ip6.nexthdr;
+		l4 = nh + sizeof(ip6);
+	} else {
+		return;
+	}
+	if (!frag && (k->proto == IPPROTO_TCP || k->proto == IPPROTO_UDP || k->proto == IPPROTO_ICMP ||
+		      k->proto == IPPROTO_ICMPV6)) {
+		__u8 b[4];
+		if (bpf_probe_read_kernel(b, sizeof(b), head + l4))
+			return;
+		if (k->proto == IPPROTO_TCP || k->proto == IPPROTO_UDP) {
+			k->sport = ((__u16)b[0] << 8) | b[1];
+			k->dport = ((__u16)b[2] << 8) | b[3];
+		} else {
+			k->sport = b[0];
+			k->dport = b[1];
+		}
+	}
+	if (!flow_counted(k))
+		return;
+	void *m = active_buf ? (void *)&drops_b : (void *)&drops_a;
+	__u64 *c = bpf_map_lookup_elem(m, &dk);
+	if (c) {
+		(*c)++;
+		return;
+	}
+	__u64 one = 1;
+	if (bpf_map_update_elem(m, &dk, &one, BPF_NOEXIST)) {
+		c = bpf_map_lookup_elem(m, &dk);
+		if (c)
+			(*c)++;
+		else
+			bump(COUNTER_DROPS_MAP_FULL, 1);
+	}
+}

@@ -1,0 +1,195 @@
+// SPDX-License-Identifier: GPL-2.0
+//
+// health.h counts what goes wrong on a flow, per flow direction, in a
+// double-buffered map beside the flow maps: SYNs and their retries, the
+// answers to them (SYN-ACK, RST), resets, ICMP errors quoting the
+// direction's packets and smoothed RTT samples of local sockets. Go joins
+// the two directions into connection outcomes at the drain.
+//
+// Only rare packets reach it (SYN, SYN-ACK, RST, ICMP errors): the data
+// path of an established flow pays one test of its TCP flags.
+
+#pragma once
+
+#include "common.h"
+#include "count.h"
+#include "parse.h"
+
+// health_on is set from Go (--health): 0 leaves every path of this header
+// and drop.h dead code, which the verifier removes.
+volatile const __u8 health_on = 1;
+
+#define TCP_FLAG_RST 0x04
+
+// health_event is what happened to a flow direction.
+enum health_event {
+	HEALTH_SYN = 0,       // a SYN opening a connection
+	HEALTH_SYN_RETRY,     // a SYN sent again, the first still unanswered
+	HEALTH_ACCEPT,        // a SYN-ACK answering a SYN
+	HEALTH_REFUSAL,       // an RST answering a SYN
+	HEALTH_RESET,         // an RST on a connection past its handshake
+	HEALTH_UNREACHABLE,   // an ICMP destination unreachable quoting the direction
+	HEALTH_TIME_EXCEEDED, // an ICMP time exceeded quoting the direction
+	HEALTH_RTT,           // a smoothed RTT sample (us) of the direction's local socket
+};
+
+// health_stats is what one CPU saw go wrong (or right) on one flow
+// direction since the last drain. The direction is the sender's: a
+// refusal is on the server's direction, an ICMP error on the direction
+// of the packet it quotes.
+struct health_stats {
+	__u64 syn_ns;      // bpf_ktime_get_ns of the last SYN (opening or retry)
+	__u64 rtt_sum_us;  // over rtt_samples smoothed RTT samples
+	__u32 rtt_samples;
+	__u32 syns;        // HEALTH_SYN
+	__u32 syn_retries; // HEALTH_SYN_RETRY
+	__u32 accepts;     // HEALTH_ACCEPT
+	__u32 refusals;    // HEALTH_REFUSAL
+	__u32 resets;      // HEALTH_RESET
+	__u32 unreachable; // HEALTH_UNREACHABLE
+	__u32 time_exceeded; // HEALTH_TIME_EXCEEDED
+};
+
+// health_a, health_b: flow_key (the sender's direction, IPv4 mapped) ->
+// per-CPU health_stats; the halves follow active_buf as the flow maps do.
+#define HEALTH_MAP(name)                                                                           \
+	struct {                                                                                   \
+		__uint(type, BPF_MAP_TYPE_PERCPU_HASH);                                            \
+		__uint(max_entries, MAX_FLOWS);                                                    \
+		__type(key, struct flow_key);                                                      \
+		__type(value, struct health_stats);                                                \
+	} name SEC(".maps")
+
+HEALTH_MAP(health_a);
+HEALTH_MAP(health_b);
+
+// Force BTF for a type that Go needs beyond map keys and values.
+const enum health_event *unused_health_event __attribute__((unused));
+
+// health_add counts event ev (with value arg: a time or an RTT) on the
+// direction k in the active half. Inlined (a static subprogram left
+// tc_egress without line info at its start, which the kernel refuses).
+static __always_inline void health_add(struct flow_key *k, __u32 ev, __u64 arg)
+{
+	void *m = active_buf ? (void *)&health_b : (void *)&health_a;
+	struct health_stats *h = bpf_map_lookup_elem(m, k);
+	if (!h) {
+		struct health_stats n = {};
+		bpf_map_update_elem(m, k, &n, BPF_NOEXIST);
+		h = bpf_map_lookup_elem(m, k);
+		if (!h) {
+			bump(COUNTER_HEALTH_MAP_FULL, 1);
+			return;
+		}
+	}
+	switch (ev) {
+	case HEALTH_SYN:
+		h->syns++;
+		h->syn_ns = arg;
+		break;
+	case HEALTH_SYN_RETRY:
+		h->syn_retries++;
+		h->syn_ns = arg;
+		break;
+	case HEALTH_ACCEPT:
+		h->accepts++;
+		break;
+	case HEALTH_REFUSAL:
+		h->refusals++;
+		break;
+	case HEALTH_RESET:
+		h->resets++;
+		break;
+	case HEALTH_UNREACHABLE:
+		h->unreachable++;
+		break;
+	case HEALTH_TIME_EXCEEDED:
+		h->time_exceeded++;
+		break;
+	case HEALTH_RTT:
+		h->rtt_sum_us += arg;
+		h->rtt_samples++;
+		break;
+	}
+}
+
+// reverse_key fills r with the other direction of k (TCP and UDP: ports
+// swapped).
+static __always_inline void reverse_key(const struct flow_key *k, struct flow_key *r)
+{
+	__builtin_memcpy(r->saddr, k->daddr, 16);
+	__builtin_memcpy(r->daddr, k->saddr, 16);
+	r->sport = k->dport;
+	r->dport = k->sport;
+	r->proto = k->proto;
+	r->pad = 0;
+	r->vlan = k->vlan;
+}
+
+// ICMP error types: destination unreachable and time exceeded.
+#define ICMP_DEST_UNREACH 3
+#define ICMP_TIME_EXCEEDED 11
+#define ICMPV6_DEST_UNREACH 1
+#define ICMPV6_TIME_EXCEED 3
+
+// health_icmp joins an ICMP or ICMPv6 error in p to the flow direction of
+// the packet it quotes (an IPv4 or IPv6 header and the first 8 bytes of
+// its L4 header, after the 8-byte ICMP header). The quoted packet's IP
+// header must be in the linear data; no extension headers are skipped.
+static __always_inline void health_icmp(struct packet *p, void *data, void *data_end)
+{
+	__u32 ev;
+	if (p->v4 && p->key.proto == IPPROTO_ICMP) {
+		if (p->key.sport == ICMP_DEST_UNREACH)
+			ev = HEALTH_UNREACHABLE;
+		else if (p->key.sport == ICMP_TIME_EXCEEDED)
+			ev = HEALTH_TIME_EXCEEDED;
+		else
+			return;
+	} else if (!p->v4 && p->key.proto == IPPROTO_ICMPV6) {
+		if (p->key.sport == ICMPV6_DEST_UNREACH)
+			ev = HEALTH_UNREACHABLE;
+		else if (p->key.sport == ICMPV6_TIME_EXCEED)
+			ev = HEALTH_TIME_EXCEEDED;
+		else
+			return;
+	} else {
+		return;
+	}
+	struct flow_key k = {.vlan = p->key.vlan};
+	__u32 off = p->hdr_len + 8;
+	if (off > 256)
+		return;
+	void *inner = data + off;
+	__u16 *ports;
+	if (p->v4) {
+		struct iphdr *ip = inner;
+		if ((void *)(ip + 1) > data_end)
+			return;
+		k.saddr[10] = k.saddr[11] = 0xff;
+		k.daddr[10] = k.daddr[11] = 0xff;
+		__builtin_memcpy(&k.saddr[12], &ip->saddr, 4);
+		__builtin_memcpy(&k.daddr[12], &ip->daddr, 4);
+		k.proto = ip->protocol;
+		ports = inner + ip->ihl * 4;
+	} else {
+		struct ipv6hdr *ip6 = inner;
+		if ((void *)(ip6 + 1) > data_end)
+			return;
+		__builtin_memcpy(k.saddr, &ip6->saddr, 16);
+		__builtin_memcpy(k.daddr, &ip6->daddr, 16);
+		k.proto = ip6->nexthdr;
+		ports = (void *)(ip6 + 1);
+	}
+	if ((void *)(ports + 2) > data_end)
+		return;
+	if (k.proto == IPPROTO_TCP || k.proto == IPPROTO_UDP) {
+		k.sport = bpf_ntohs(ports[0]);
+		k.dport = bpf_ntohs(ports[1]);
+	} else if (k.proto == IPPROTO_ICMP || k.proto == IPPROTO_ICMPV6) {
+		__u8 *tc = (__u8 *)ports;
+		k.sport = tc[0];
+		k.dport = tc[1];
+	}
+	health_add(&k, ev, 0);
+}
