@@ -112,12 +112,23 @@ func TestCollector(t *testing.T) {
 		"flowmap.sampling.rate":            int64(4),
 		"flowmap.flow.start_unix_nano":     testFlows(1)[0].FirstSeen.UnixNano(),
 		"flowmap.flow.end_unix_nano":       testFlows(1)[0].LastSeen.UnixNano(),
-		"flowmap.l7.requests":              int64(0),
 	}
 	for k, v := range want {
 		if got := r.Attrs[k]; got != v {
 			t.Errorf("attribute %s = %v (%T), want %v (%T)", k, got, got, v, v)
 		}
+	}
+	// Zero counts are left out, and so are flowmap's name and id of an
+	// end whose convention attributes carry them (k8s.pod.name,
+	// container.id).
+	for _, k := range []string{"flowmap.l7.requests", "flowmap.l7.errors", "flowmap.reverse.retransmits",
+		"flowmap.source.name", "flowmap.source.id", "flowmap.destination.name", "flowmap.destination.id"} {
+		if got, ok := r.Attrs[k]; ok {
+			t.Errorf("attribute %s = %v, want none", k, got)
+		}
+	}
+	if len(r.Attrs) != len(want)+1 { // and flowmap.reverse.tcp_flags
+		t.Errorf("%d attributes, want %d: %v", len(r.Attrs), len(want)+1, r.Attrs)
 	}
 	for k, v := range map[string]any{"service.name": "flowmap", "k8s.node.name": "n1"} {
 		if got := r.Resource[k]; got != v {
