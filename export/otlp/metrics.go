@@ -52,15 +52,26 @@ func NewMetrics(ctx context.Context, opts Options, edges Edges, interval time.Du
 	if interval <= 0 {
 		interval = DefaultMetricsInterval
 	}
+	gz, err := gzip(opts.Compression)
+	if err != nil {
+		return nil, err
+	}
 	var exp sdkmetric.Exporter
 	if ep.grpc {
 		o := []otlpmetricgrpc.Option{otlpmetricgrpc.WithEndpoint(ep.host), otlpmetricgrpc.WithTimeout(opts.Timeout)}
 		if !ep.secure {
 			o = append(o, otlpmetricgrpc.WithInsecure())
 		}
+		if gz {
+			o = append(o, otlpmetricgrpc.WithCompressor("gzip"))
+		}
 		exp, err = otlpmetricgrpc.New(ctx, o...)
 	} else {
-		exp, err = otlpmetrichttp.New(ctx, otlpmetrichttp.WithEndpointURL(ep.base+"/v1/metrics"), otlpmetrichttp.WithTimeout(opts.Timeout))
+		o := []otlpmetrichttp.Option{otlpmetrichttp.WithEndpointURL(ep.base + "/v1/metrics"), otlpmetrichttp.WithTimeout(opts.Timeout)}
+		if gz {
+			o = append(o, otlpmetrichttp.WithCompression(otlpmetrichttp.GzipCompression))
+		}
+		exp, err = otlpmetrichttp.New(ctx, o...)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("make otlp metric exporter for %s: %w", opts.URL, err)
