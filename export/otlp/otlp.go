@@ -17,9 +17,11 @@ package otlp
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
+	"reflect"
 	"strings"
 	"time"
 
@@ -208,9 +210,43 @@ func (e *Exporter) Export(ctx context.Context, b export.Batch) error {
 		e.recs = append(e.recs, r)
 	}
 	if err := e.exp.Export(ctx, e.recs); err != nil {
-		return fmt.Errorf("export %d flow records over otlp: %w", len(e.recs), err)
+		err = fmt.Errorf("export %d flow records over otlp: %w", len(e.recs), err)
+		if n, ok := rejected(err); ok {
+			return export.PartlySent(int(min(n, int64(len(e.recs)))), err)
+		}
+		return err
 	}
 	return nil
+}
+
+// rejected returns the records the collector refused in a partial success
+// if err is that answer and nothing else. The SDK's exporters return it as
+// an error of their internal type PartialSuccess (its RejectedItems, from
+// ExportLogsPartialSuccess.rejected_log_records) whose only exported part
+// is its fields: it is found by name, and TestPartialSuccess fails if an
+// SDK upgrade renames it.
+func rejected(err error) (n int64, ok bool) {
+	if u, isJoin := err.(interface{ Unwrap() []error }); isJoin {
+		errs := u.Unwrap()
+		for _, e := range errs {
+			m, ok := rejected(e)
+			if !ok {
+				return 0, false
+			}
+			n += m
+		}
+		return n, len(errs) > 0
+	}
+	if v := reflect.ValueOf(err); v.Kind() == reflect.Struct && v.Type().Name() == "PartialSuccess" &&
+		strings.HasPrefix(v.Type().PkgPath(), "go.opentelemetry.io/otel/exporters/otlp/") {
+		if f := v.FieldByName("RejectedItems"); f.Kind() == reflect.Int64 {
+			return f.Int(), true
+		}
+	}
+	if e := errors.Unwrap(err); e != nil {
+		return rejected(e)
+	}
+	return 0, false
 }
 
 // Close shuts the exporter down.
