@@ -45,7 +45,7 @@ func (e *exportFlags) register(fs *flag.FlagSet) {
 		"comma-separated PROTO/PORT, PORT or PROTO (tcp/443,53,icmp): export only the flows to one of these server ports (default: all)")
 	fs.UintVar(&e.sample, "export-sample", 1, "export one flow in N, chosen by a hash of the flow's key (so a flow is exported in every interval or none); the records carry N")
 	fs.DurationVar(&e.otlpMetrics, "export-otlp-metrics-interval", otlp.DefaultMetricsInterval,
-		"how often to send the flow series (edges, under --metrics-max-edges) to --export-otlp as OTLP metrics; 0: never")
+		"how often to send the flow series (edges, under --metrics-max-edges) and the HTTP and DNS series to --export-otlp as OTLP metrics; 0: never")
 	fs.IntVar(&e.queue, "export-queue", 65536, "flow records each exporter's queue holds while its collector is slow or down; newer ones are dropped and counted")
 	fs.UintVar(&e.ipfixDomain, "export-ipfix-domain", 0, "observation domain ID of the IPFIX messages")
 	fs.DurationVar(&e.ipfixRefresh, "export-ipfix-template-refresh", ipfix.DefaultTemplateInterval,
@@ -113,11 +113,11 @@ func (e *exportFlags) exporters(ctx context.Context, node string, reg prometheus
 
 // metrics returns the exporter of the edge series to --export-otlp, nil
 // if there is none.
-func (e *exportFlags) metrics(ctx context.Context, node string, edges otlp.Edges) (*otlp.Metrics, error) {
+func (e *exportFlags) metrics(ctx context.Context, node string, edges otlp.Edges, l7 otlp.L7Edges) (*otlp.Metrics, error) {
 	if e.otlp == "" || e.otlpMetrics <= 0 {
 		return nil, nil
 	}
-	m, err := otlp.NewMetrics(ctx, otlp.Options{URL: e.otlp, Node: node, Compression: e.otlpCompression}, edges, e.otlpMetrics)
+	m, err := otlp.NewMetrics(ctx, otlp.Options{URL: e.otlp, Node: node, Compression: e.otlpCompression}, edges, l7, e.otlpMetrics)
 	if err != nil {
 		return nil, fmt.Errorf("--export-otlp: %w", err)
 	}
