@@ -15,8 +15,10 @@ import (
 // Exporter sends batches of flows to a collector.
 type Exporter interface {
 	// Export sends b. An error wrapped by Permanent fails the batch for
-	// good; any other is retried with backoff, the whole batch again, so a
-	// collector may receive some records twice.
+	// good, one made by PartlySent fails some of its records for good and
+	// counts the rest as sent; any other is retried with backoff, the whole
+	// batch again, so a collector that took a batch but whose answer was
+	// lost receives its records twice.
 	Export(ctx context.Context, b Batch) error
 	// Close flushes and releases what the exporter holds.
 	Close(ctx context.Context) error
@@ -40,6 +42,21 @@ func (p permanent) Unwrap() error { return p.err }
 // Permanent wraps err so that a Queue drops the batch that caused it,
 // counted as failed, instead of retrying it.
 func Permanent(err error) error { return permanent{err} }
+
+// partlySent is a batch the collector took but for some records.
+type partlySent struct {
+	rejected int
+	err      error
+}
+
+func (p partlySent) Error() string { return p.err.Error() }
+func (p partlySent) Unwrap() error { return p.err }
+
+// PartlySent wraps err, a collector's answer that it took a batch but
+// refused rejected of its records for good (OTLP's partial success, which
+// the client must not retry): a Queue counts the rejected records as
+// failed and the rest as sent, and sends nothing of the batch again.
+func PartlySent(rejected int, err error) error { return partlySent{rejected, err} }
 
 // Results of flowmap_export_records_total.
 const (
@@ -208,11 +225,13 @@ func (q *Queue) next() []model.Flow {
 	return out
 }
 
+// done counts n records sent or failed, and then no longer holds them: a
+// queue whose Len is 0 has counted all it held.
 func (q *Queue) done(n int, result string) {
+	q.records.WithLabelValues(result).Add(float64(n))
 	q.mu.Lock()
 	q.held -= n
 	q.mu.Unlock()
-	q.records.WithLabelValues(result).Add(float64(n))
 }
 
 // Run sends what the queue holds until ctx is done, then for at most
@@ -270,9 +289,16 @@ func (q *Queue) sendBatch(ctx context.Context, b []model.Flow) bool {
 		start := time.Now()
 		err := q.exp.Export(ctx, Batch{Flows: b, SampleRate: q.opts.Filter.SampleRate()})
 		q.duration.Observe(time.Since(start).Seconds())
+		var partly partlySent
 		switch {
 		case err == nil:
 			q.done(len(b), ResultSent)
+			return true
+		case errors.As(err, &partly):
+			rejected := min(max(partly.rejected, 0), len(b))
+			q.log.Warn("collector refused some records", "records", len(b), "rejected", rejected, "err", err)
+			q.done(len(b)-rejected, ResultSent)
+			q.done(rejected, ResultFailed)
 			return true
 		case errors.As(err, new(permanent)):
 			q.log.Warn("export failed for good", "records", len(b), "err", err)

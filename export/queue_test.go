@@ -152,6 +152,33 @@ func TestQueueRetries(t *testing.T) {
 	}
 }
 
+// TestQueuePartlySent: a batch the collector took but for some records is
+// not sent again; its rejected records count as failed, the rest as sent.
+func TestQueuePartlySent(t *testing.T) {
+	f := newFake()
+	q := NewQueue(f, Options{Name: "test", RetryInitial: time.Millisecond})
+	run(t, q)
+	q.Offer(flowsN(1000, 5))
+	<-f.calls
+	f.errs <- PartlySent(2, errors.New("2 records too old"))
+	q.Offer(flowsN(2000, 1))
+	if b := <-f.calls; !slices.Equal(ports(b.Flows), []uint16{2000}) {
+		t.Errorf("batch after a partial success = %v, want the next, 2000; not the same again", ports(b.Flows))
+	}
+	defer func() { f.errs <- nil }()
+	for _, c := range []struct {
+		result string
+		want   int
+	}{{ResultSent, 3}, {ResultFailed, 2}} {
+		if got := count(t, q, c.result); got != c.want {
+			t.Errorf("records_total{result=%q} = %d, want %d", c.result, got, c.want)
+		}
+	}
+	if got := testutil.ToFloat64(q.retries); got != 0 {
+		t.Errorf("retries = %v, want 0", got)
+	}
+}
+
 // TestQueueShutdown: on stop the queue sends what it holds for
 // FlushTimeout, counts the rest as dropped_shutdown and closes the
 // exporter.

@@ -143,6 +143,10 @@ func (p *Pipeline) Collectors() []prometheus.Collector {
 // Prometheus to read (topology.Metrics.Each).
 func (p *Pipeline) FlowSeries() *topology.Metrics { return p.metrics }
 
+// L7Series returns the HTTP and DNS series, for exporters other than
+// Prometheus to read (topology.L7Metrics.Each).
+func (p *Pipeline) L7Series() *topology.L7Metrics { return p.l7 }
+
 // Mount serves the graph's exports (/api/v1/graph, /api/v1/nodegraph/)
 // from mux, a server.Server or an http.ServeMux.
 func (p *Pipeline) Mount(mux interface{ Handle(string, http.Handler) }) {

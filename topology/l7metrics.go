@@ -29,7 +29,7 @@ type L7Metrics struct {
 	seriesBase
 	edges idleTable[l7Key, model.L7]
 	// overflow are the edges past the cap, by protocol and reporter.
-	overflow map[l7Key]*model.L7
+	overflow map[l7Key]*idleRow[model.L7]
 }
 
 type l7Key struct {
@@ -43,7 +43,7 @@ type l7Key struct {
 // requests.
 func NewL7Metrics(opts MetricsOptions) *L7Metrics {
 	b := newSeriesBase(opts, DefaultL7MaxEdges)
-	return &L7Metrics{seriesBase: b, edges: newIdleTable[l7Key, model.L7](b.maxEdges, b.idle), overflow: map[l7Key]*model.L7{}}
+	return &L7Metrics{seriesBase: b, edges: newIdleTable[l7Key, model.L7](b.maxEdges, b.idle), overflow: map[l7Key]*idleRow[model.L7]{}}
 }
 
 // Add folds in the L7 counts of fs, seen at time t.
@@ -68,7 +68,13 @@ func (m *L7Metrics) Add(t time.Time, fs ...model.Flow) {
 			continue
 		}
 		k.edge = overflowEdge
-		m.overflow[k] = addL7(m.overflow[k], f.L7)
+		o := m.overflow[k]
+		if o == nil {
+			o = &idleRow[model.L7]{first: t}
+			m.overflow[k] = o
+		}
+		o.last = t
+		o.v.Add(f.L7)
 	}
 }
 
@@ -116,9 +122,71 @@ func (m *L7Metrics) Collect(ch chan<- prometheus.Metric) {
 	for k, r := range m.edges.rows {
 		collectL7(ch, &r.v, k.edge.values(m.node, k.reporter))
 	}
-	for k, l := range m.overflow {
-		collectL7(ch, l, k.edge.values(m.node, k.reporter))
+	for k, o := range m.overflow {
+		collectL7(ch, &o.v, k.edge.values(m.node, k.reporter))
 	}
+}
+
+// L7Series is one edge's L7 series as L7Metrics counts them, for
+// exporters other than Prometheus (OTLP): the same edges, under the same
+// cap, with the same labels.
+type L7Series struct {
+	// The ends, at the metrics level, as the labels src_kind,
+	// src_namespace, src, dst_kind, dst_namespace and dst; all "overflow"
+	// for the overflow series.
+	SrcKind, SrcNamespace, Src string
+	DstKind, DstNamespace, Dst string
+	// Reporter is "client" or "server" (see Metrics).
+	Reporter string
+	Overflow bool
+	// Start is when the series began counting; L7 counts since.
+	Start time.Time
+	// L7 are the counts: L7.Protocol is model.L7HTTP or model.L7DNS (the
+	// protocols with series), Statuses and Rcodes the requests by status
+	// class and response code, Latency their durations (L7Buckets gives
+	// the buckets the series export).
+	L7 *model.L7
+}
+
+// Each calls fn with each edge's L7 series of HTTP and DNS, and the
+// overflow series, in no order. fn runs under m's lock: it must not call
+// m, nor keep s.L7.
+func (m *L7Metrics) Each(fn func(s *L7Series)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	each := func(k l7Key, r *idleRow[model.L7]) {
+		if r.v.Protocol != model.L7HTTP && r.v.Protocol != model.L7DNS {
+			return
+		}
+		e := k.edge
+		fn(&L7Series{SrcKind: e.src.kind, SrcNamespace: e.src.namespace, Src: e.src.name,
+			DstKind: e.dst.kind, DstNamespace: e.dst.namespace, Dst: e.dst.name,
+			Reporter: k.reporter, Overflow: e == overflowEdge, Start: r.first, L7: &r.v})
+	}
+	for k, r := range m.edges.rows {
+		each(k, r)
+	}
+	for k, o := range m.overflow {
+		each(k, o)
+	}
+}
+
+// L7Buckets returns the buckets of a latency histogram as the L7 series
+// export them: the upper bounds in seconds (those of
+// flowmap_http_request_duration_seconds), and the samples in each bucket,
+// not cumulative, with a last one for the samples above every bound.
+func L7Buckets(h *model.Histogram) (bounds []float64, counts []uint64) {
+	bounds = make([]float64, len(l7PromBuckets))
+	counts = make([]uint64, len(l7PromBuckets)+1)
+	next := 0
+	for i, c := range h.Counts {
+		for next < len(l7PromBuckets) && l7PromBuckets[next] == i {
+			bounds[next] = model.BucketLower(i).Seconds()
+			next++
+		}
+		counts[next] += c
+	}
+	return bounds, counts
 }
 
 // collectL7 sends the series of one edge's counts l, labelled lv (the

@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/flowmap/flowmap/model"
 )
@@ -141,5 +142,72 @@ func TestL7MetricsIdle(t *testing.T) {
 	want := []string{"dst=d,dst_kind=container,dst_namespace=,node=n1,reporter=client,src=a,src_kind=container,src_namespace="}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("2xx series after the first two edges' idle time:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// TestL7MetricsEach: Each hands out the HTTP and DNS series that Collect
+// exports, the overflow series past the cap, each with the time it began
+// counting; L7Buckets are the buckets of the exported histogram.
+func TestL7MetricsEach(t *testing.T) {
+	ep := func(name string) model.Endpoint {
+		return model.Endpoint{Kind: model.KindContainer, ID: name, Name: name}
+	}
+	m := NewL7Metrics(MetricsOptions{Level: LevelContainer, MaxEdges: 1})
+	m.Add(t0, httpOKFlow(ep("web"), ep("api"), 3))
+	dns := &model.L7{Protocol: model.L7DNS, Queries: 1}
+	dns.Rcodes[3] = 1
+	t1 := t0.Add(time.Minute)
+	m.Add(t1, httpOKFlow(ep("web"), ep("api"), 2), httpOKFlow(ep("web"), ep("db"), 1),
+		model.Flow{Record: model.Record{Proto: model.ProtoUDP, DstPort: 53, L7: dns, SrcIf: model.Interface{Index: 7}},
+			SrcEndpoint: ep("web"), DstEndpoint: ep("dns")})
+	type row struct {
+		src, dst, proto string
+		overflow        bool
+		start           time.Time
+		count           uint64
+	}
+	var got []row
+	m.Each(func(s *L7Series) {
+		n := s.L7.Statuses[2] + s.L7.Rcodes[3]
+		got = append(got, row{s.Src, s.Dst, s.L7.Protocol.String(), s.Overflow, s.Start, n})
+	})
+	want := []row{
+		{"web", "api", "http", false, t0, 5},
+		{"overflow", "overflow", "http", true, t1, 1},
+		{"overflow", "overflow", "dns", true, t1, 1},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("Each gave %+v, want %+v", got, want)
+	}
+	for _, w := range want {
+		found := false
+		for _, g := range got {
+			found = found || g == w
+		}
+		if !found {
+			t.Errorf("Each gave %+v, want among them %+v", got, w)
+		}
+	}
+
+	var h model.Histogram
+	h.Counts[0], h.Counts[16], h.Counts[17], h.Counts[40], h.Counts[model.LatencyBuckets-1] = 1, 2, 3, 4, 5
+	bounds, counts := L7Buckets(&h)
+	var pm dto.Metric
+	if err := histogram(descHTTPDuration, &h, make([]string, len(l7Labels))...).Write(&pm); err != nil {
+		t.Fatal(err)
+	}
+	pb := pm.GetHistogram().GetBucket()
+	if len(bounds) != len(pb) || len(counts) != len(pb)+1 {
+		t.Fatalf("L7Buckets: %d bounds, %d counts; want the %d of the Prometheus histogram, and one more", len(bounds), len(counts), len(pb))
+	}
+	var cum uint64
+	for i, b := range pb {
+		cum += counts[i]
+		if bounds[i] != b.GetUpperBound() || cum != b.GetCumulativeCount() {
+			t.Errorf("bucket %d: bound %v, %d samples up to it; want %v, %d", i, bounds[i], cum, b.GetUpperBound(), b.GetCumulativeCount())
+		}
+	}
+	if cum+counts[len(pb)] != h.Count() {
+		t.Errorf("L7Buckets count %d samples, want %d", cum+counts[len(pb)], h.Count())
 	}
 }

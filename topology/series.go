@@ -116,8 +116,9 @@ type idleTable[K comparable, V any] struct {
 }
 
 type idleRow[V any] struct {
-	v    V
-	last time.Time
+	v V
+	// first is when the row was added: its counts are since.
+	first, last time.Time
 }
 
 func newIdleTable[K comparable, V any](max int, idle time.Duration) idleTable[K, V] {
@@ -132,7 +133,7 @@ func (t *idleTable[K, V]) use(k K, now time.Time) *V {
 		if len(t.rows) >= t.max {
 			return nil
 		}
-		r = &idleRow[V]{}
+		r = &idleRow[V]{first: now}
 		t.rows[k] = r
 	}
 	r.last = now

@@ -159,7 +159,7 @@ func agent(ctx context.Context, a agentFlags, log *slog.Logger) error {
 	}
 	pipe := pipeline.New(opts)
 	reg.MustRegister(pipe.Collectors()...)
-	om, err := a.export.metrics(ctx, a.graph.node, pipe.FlowSeries())
+	om, err := a.export.metrics(ctx, a.graph.node, pipe.FlowSeries(), pipe.L7Series())
 	if err != nil {
 		return err
 	}

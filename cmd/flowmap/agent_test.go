@@ -280,6 +280,8 @@ func TestAgentFlags(t *testing.T) {
 		{"interval", []string{"agent", "--interval", "1ms"}, "--interval=1ms"},
 		{"extra", []string{"agent", "extra"}, `unexpected argument "extra"`},
 		{"export-otlp", []string{"agent", "--export-otlp", "udp://collector:4317"}, `--export-otlp: parse otlp url`},
+		{"export-otlp-compression", []string{"agent", "--export-otlp", "grpc://collector:4317", "--export-otlp-compression", "zstd"},
+			`--export-otlp-compression: otlp compression "zstd"`},
 		{"export-ipfix", []string{"agent", "--export-ipfix", "collector:4739"}, `--export-ipfix: parse ipfix url`},
 		{"export-ports", []string{"agent", "--export-ports", "sctp/1"}, `--export-ports: parse port "sctp/1"`},
 		{"export-sample", []string{"agent", "--export-sample", "0"}, `--export-sample=0`},

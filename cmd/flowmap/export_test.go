@@ -3,8 +3,11 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -305,5 +308,207 @@ func TestExportCollectorDown(t *testing.T) {
 			t.Errorf("record %s arrived twice", k)
 		}
 		keys[k] = true
+	}
+}
+
+// stallProxy forwards TCP connections to a backend. While stalled it reads
+// nothing more from its clients, as a collector too slow to take what it
+// is sent: their requests wait in the sockets' buffers, and go on when it
+// is released.
+type stallProxy struct {
+	ln      net.Listener
+	backend string
+	mu      sync.Mutex
+	open    chan struct{} // closed while the proxy forwards
+}
+
+func startStallProxy(t *testing.T, backend string) *stallProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &stallProxy{ln: ln, backend: backend, open: make(chan struct{})}
+	close(p.open)
+	var conns sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); p.release(); conns.Wait() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b, err := net.Dial("tcp", backend)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			conns.Add(2)
+			go func() { // client to backend, held while stalled
+				defer conns.Done()
+				defer b.Close()
+				buf := make([]byte, 32<<10)
+				for {
+					p.wait()
+					n, err := c.Read(buf)
+					if n > 0 {
+						p.wait()
+						if _, err := b.Write(buf[:n]); err != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+			go func() { defer conns.Done(); defer c.Close(); io.Copy(c, b) }()
+		}
+	}()
+	return p
+}
+
+func (p *stallProxy) addr() string { return p.ln.Addr().String() }
+
+func (p *stallProxy) wait() {
+	p.mu.Lock()
+	open := p.open
+	p.mu.Unlock()
+	<-open
+}
+
+func (p *stallProxy) stall() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.open:
+		p.open = make(chan struct{})
+	default:
+	}
+}
+
+func (p *stallProxy) release() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.open:
+	default:
+		close(p.open)
+	}
+}
+
+// TestExportCollectorSlow: a real collector behind a proxy that stops
+// reading, as a collector too slow to keep up. The agent keeps counting
+// (its /api/v1/flows advances), its queue stays within --export-queue,
+// the flows past it are counted as dropped and none is counted as sent;
+// when the collector reads again, every record the queue held arrives.
+// A request the agent gave up on (its deadline passed while the proxy
+// held it) may still reach the collector once released: a record may
+// arrive twice (README), never not at all.
+func TestExportCollectorSlow(t *testing.T) {
+	testenv.MustBeRoot(t)
+	testenv.MustHaveBTF(t)
+	testenv.MustHaveCommand(t, "go")
+	if err := sandbox.Cleanup("fmx"); err != nil {
+		t.Fatal(err)
+	}
+	col := collector.Start(t)
+	proxy := startStallProxy(t, col.GRPC)
+	sb := sandboxtest.New(t, sandbox.Options{Prefix: "fmx", Subnet: cmdSubnet})
+	a, b := addHost(t, sb, "a"), addHost(t, sb, "b")
+	p := startAgent(t, buildFlowmap(t), "--interfaces", "fmx-*", "--keep", "100000",
+		"--export-otlp", "grpc://"+proxy.addr(), "--export-otlp-metrics-interval", "0", "--export-queue", "3")
+
+	const otlp = `{exporter="otlp"`
+	waitFor := func(what string, ok func(metrics string) bool) string {
+		t.Helper()
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			m := p.get(t, "/metrics")
+			if ok(m) {
+				return m
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not after 60s", what)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	drains := func(n int) {
+		t.Helper()
+		n0 := p.flowsDoc(t).Intervals
+		deadline := time.Now().Add(10 * time.Second)
+		for p.flowsDoc(t).Intervals < n0+n {
+			if time.Now().After(deadline) {
+				t.Fatalf("the agent drained no %d intervals in 10s", n)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	// While the collector keeps up, a flow goes through.
+	sendTo(t, a, b, 10_000)
+	drains(2)
+	waitFor("a first record sent", func(m string) bool {
+		return metric(m, "flowmap_export_records_total"+otlp+`,result="sent"}`) >= 1 && metric(m, "flowmap_export_queue_records"+otlp+"}") == 0
+	})
+	sent0 := metric(p.get(t, "/metrics"), "flowmap_export_records_total"+otlp+`,result="sent"}`)
+
+	proxy.stall()
+	var ports []uint16
+	for range 10 {
+		port, _ := sendTo(t, a, b, 10_000)
+		ports = append(ports, port)
+	}
+	drains(2)
+	seen := map[uint16]bool{}
+	for _, r := range p.flowsDoc(t).Flows {
+		if r.Src == a.Addr && r.Dst == b.Addr {
+			seen[r.DstPort] = true
+		}
+	}
+	for _, port := range ports {
+		if !seen[port] {
+			t.Errorf("flow to port %d not in /api/v1/flows while the collector is slow", port)
+		}
+	}
+	m := p.get(t, "/metrics")
+	held := metric(m, "flowmap_export_queue_records"+otlp+"}")
+	if held < 1 || held > 3 {
+		t.Errorf("flowmap_export_queue_records = %v while the collector is slow, want 1 to --export-queue, 3", held)
+	}
+	if got := metric(m, "flowmap_export_records_total"+otlp+`,result="dropped_queue_full"}`); got < 7 {
+		t.Errorf("dropped_queue_full = %v, want at least 7 of the 10 flows", got)
+	}
+	if got := metric(m, "flowmap_export_records_total"+otlp+`,result="sent"}`); got != sent0 {
+		t.Errorf("sent = %v while the collector is slow, want %v, as before", got, sent0)
+	}
+
+	proxy.release()
+	m = waitFor("the queue emptied after the collector sped up", func(m string) bool {
+		return metric(m, "flowmap_export_queue_records"+otlp+"}") == 0
+	})
+	sent := metric(m, "flowmap_export_records_total"+otlp+`,result="sent"}`)
+	if sent < sent0+held {
+		t.Errorf("sent = %v after the collector sped up, want at least %v before and the %v the queue held", sent, sent0, held)
+	}
+	if got := metric(m, "flowmap_export_records_total"+otlp+`,result="failed"}`); got != 0 {
+		t.Errorf("failed = %v, want 0", got)
+	}
+	if err := p.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatalf("agent exit after SIGTERM: %v, want 0", err)
+	}
+	col.Stop(t)
+	keys := map[string]int{}
+	for _, r := range col.Logs(t) {
+		keys[fmt.Sprint(r.Attrs["source.address"], r.Attrs["source.port"], r.Attrs["destination.address"], r.Attrs["destination.port"], r.Attrs["flowmap.flow.end_unix_nano"])]++
+	}
+	// The agent may have sent more between the scrape and its exit.
+	if float64(len(keys)) < sent {
+		t.Errorf("the collector got %d distinct records, want at least the %v the agent counted as sent", len(keys), sent)
+	}
+	for k, n := range keys {
+		if n > 1 {
+			t.Logf("record %s arrived %d times: a request given up on, then taken", k, n)
+		}
 	}
 }

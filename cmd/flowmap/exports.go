@@ -17,10 +17,12 @@ import (
 // exportFlags are the settings of the flow exporters.
 type exportFlags struct {
 	otlp, ipfix string
-	namespaces  globs
-	ports       string
-	sample      uint
-	queue       int
+	// otlpCompression is none or gzip.
+	otlpCompression string
+	namespaces      globs
+	ports           string
+	sample          uint
+	queue           int
 	// otlpMetrics is how often the edge series go to --export-otlp; 0:
 	// never.
 	otlpMetrics time.Duration
@@ -34,6 +36,8 @@ type exportFlags struct {
 func (e *exportFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&e.otlp, "export-otlp", "",
 		"send each flow as an OTLP log record to this OpenTelemetry Collector endpoint: grpc://HOST:PORT, grpcs://HOST:PORT (TLS), or http(s)://HOST:PORT[/PATH]")
+	fs.StringVar(&e.otlpCompression, "export-otlp-compression", "none",
+		"compression of the requests to --export-otlp: none, or gzip (a tenth of the bytes for about 10% more CPU; for a link slower than the loopback or a LAN)")
 	fs.StringVar(&e.ipfix, "export-ipfix", "",
 		"send each flow as an IPFIX record to this collector: udp://HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT")
 	fs.Var(&e.namespaces, "export-namespaces", "comma-separated Kubernetes namespaces: export only the flows with an end in one of them (default: all)")
@@ -41,7 +45,7 @@ func (e *exportFlags) register(fs *flag.FlagSet) {
 		"comma-separated PROTO/PORT, PORT or PROTO (tcp/443,53,icmp): export only the flows to one of these server ports (default: all)")
 	fs.UintVar(&e.sample, "export-sample", 1, "export one flow in N, chosen by a hash of the flow's key (so a flow is exported in every interval or none); the records carry N")
 	fs.DurationVar(&e.otlpMetrics, "export-otlp-metrics-interval", otlp.DefaultMetricsInterval,
-		"how often to send the flow series (edges, under --metrics-max-edges) to --export-otlp as OTLP metrics; 0: never")
+		"how often to send the flow series (edges, under --metrics-max-edges) and the HTTP and DNS series to --export-otlp as OTLP metrics; 0: never")
 	fs.IntVar(&e.queue, "export-queue", 65536, "flow records each exporter's queue holds while its collector is slow or down; newer ones are dropped and counted")
 	fs.UintVar(&e.ipfixDomain, "export-ipfix-domain", 0, "observation domain ID of the IPFIX messages")
 	fs.DurationVar(&e.ipfixRefresh, "export-ipfix-template-refresh", ipfix.DefaultTemplateInterval,
@@ -61,6 +65,9 @@ func (e *exportFlags) check() error {
 	if e.otlp != "" {
 		if err := otlp.CheckURL(e.otlp); err != nil {
 			return fmt.Errorf("--export-otlp: %w", err)
+		}
+		if err := otlp.CheckCompression(e.otlpCompression); err != nil {
+			return fmt.Errorf("--export-otlp-compression: %w", err)
 		}
 	}
 	if e.ipfix != "" {
@@ -87,7 +94,7 @@ func (e *exportFlags) exporters(ctx context.Context, node string, reg prometheus
 		qs = append(qs, q)
 	}
 	if e.otlp != "" {
-		exp, err := otlp.New(ctx, otlp.Options{URL: e.otlp, Node: node})
+		exp, err := otlp.New(ctx, otlp.Options{URL: e.otlp, Node: node, Compression: e.otlpCompression})
 		if err != nil {
 			return nil, fmt.Errorf("--export-otlp: %w", err)
 		}
@@ -106,11 +113,11 @@ func (e *exportFlags) exporters(ctx context.Context, node string, reg prometheus
 
 // metrics returns the exporter of the edge series to --export-otlp, nil
 // if there is none.
-func (e *exportFlags) metrics(ctx context.Context, node string, edges otlp.Edges) (*otlp.Metrics, error) {
+func (e *exportFlags) metrics(ctx context.Context, node string, edges otlp.Edges, l7 otlp.L7Edges) (*otlp.Metrics, error) {
 	if e.otlp == "" || e.otlpMetrics <= 0 {
 		return nil, nil
 	}
-	m, err := otlp.NewMetrics(ctx, otlp.Options{URL: e.otlp, Node: node}, edges, e.otlpMetrics)
+	m, err := otlp.NewMetrics(ctx, otlp.Options{URL: e.otlp, Node: node, Compression: e.otlpCompression}, edges, l7, e.otlpMetrics)
 	if err != nil {
 		return nil, fmt.Errorf("--export-otlp: %w", err)
 	}

@@ -90,7 +90,7 @@ func TestMetricsCollector(t *testing.T) {
 	}
 	m.Add(t0, mk("b", model.ProtoTCP, 80, 1000), mk("c", model.ProtoUDP, 53, 70), mk("d", model.ProtoTCP, 443, 5))
 
-	e, err := NewMetrics(t.Context(), Options{URL: "grpc://" + c.GRPC, Node: "n1"}, m, time.Hour)
+	e, err := NewMetrics(t.Context(), Options{URL: "grpc://" + c.GRPC, Node: "n1"}, m, nil, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,6 +160,109 @@ func TestMetricsCollector(t *testing.T) {
 	for _, n := range []string{"flowmap.flow.bytes", "flowmap.flow.packets", "flowmap.tcp.connections", "flowmap.tcp.handshake_rtt"} {
 		if !seen[n] {
 			t.Errorf("metric %s not received", n)
+		}
+	}
+}
+
+// TestL7MetricsCollector sends the L7 series of a capped
+// topology.L7Metrics to a real collector alongside the edge series: the
+// HTTP requests by status class and the DNS requests by rcode as
+// cumulative sums from their series' start, the overflow series past the
+// cap, and the latency histograms with the Prometheus histograms' bounds.
+func TestL7MetricsCollector(t *testing.T) {
+	c := collector.Start(t)
+	ep := func(n string) model.Endpoint { return model.Endpoint{Kind: model.KindContainer, ID: n, Name: n} }
+	l7 := topology.NewL7Metrics(topology.MetricsOptions{Level: topology.LevelContainer, MaxEdges: 1, Node: "n1",
+		Ends: func(*model.Flow) topology.Ends { return topology.Ends{ClientHere: true} }})
+	t0 := time.Date(2026, 12, 2, 9, 0, 0, 0, time.UTC)
+	http := &model.L7{Protocol: model.L7HTTP}
+	http.Methods[model.MethodGET], http.Statuses[2], http.Statuses[5] = 4, 3, 1
+	http.Latency.Counts[20], http.Latency.Counts[30] = 3, 1
+	http.Latency.Sum = 5 * time.Millisecond
+	dns := &model.L7{Protocol: model.L7DNS, Queries: 1}
+	dns.Rcodes[3] = 1
+	dns.Latency.Counts[10] = 1
+	l7.Add(t0,
+		model.Flow{Record: model.Record{Proto: model.ProtoTCP, DstPort: 80, L7: http}, SrcEndpoint: ep("web"), DstEndpoint: ep("api")},
+		model.Flow{Record: model.Record{Proto: model.ProtoUDP, DstPort: 53, L7: dns}, SrcEndpoint: ep("web"), DstEndpoint: ep("dns")})
+	edges := topology.NewMetrics(topology.MetricsOptions{Level: topology.LevelContainer})
+
+	e, err := NewMetrics(t.Context(), Options{URL: "grpc://" + c.GRPC, Node: "n1"}, edges, l7, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if err := e.Run(ctx); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	c.Stop(t)
+	lines := c.MetricsJSON(t)
+	if len(lines) == 0 {
+		t.Fatal("the collector wrote no metrics")
+	}
+	var req otlpMetrics
+	if err := json.Unmarshal(lines[len(lines)-1], &req); err != nil {
+		t.Fatal(err)
+	}
+	start := strconv.FormatInt(t0.UnixNano(), 10)
+	got := map[string]string{}
+	var hist otlpPoint
+	for _, rm := range req.ResourceMetrics {
+		for _, sm := range rm.ScopeMetrics {
+			for _, mt := range sm.Metrics {
+				switch {
+				case mt.Sum != nil:
+					if !mt.Sum.IsMonotonic || mt.Sum.AggregationTemporality != 2 {
+						t.Errorf("%s is not a cumulative monotonic sum", mt.Name)
+					}
+					for _, p := range mt.Sum.DataPoints {
+						if p.StartTimeUnixNano != start {
+							t.Errorf("%s point %+v starts at %s, want %s", mt.Name, p, p.StartTimeUnixNano, start)
+						}
+						got[mt.Name+" "+p.attr("src")+">"+p.attr("dst")+" "+p.attr("status_class")+p.attr("rcode")] = p.AsInt
+					}
+				case mt.Histogram != nil:
+					if mt.Unit != "s" || mt.Histogram.AggregationTemporality != 2 {
+						t.Errorf("%s is not a cumulative histogram in s", mt.Name)
+					}
+					for _, p := range mt.Histogram.DataPoints {
+						got[mt.Name+" "+p.attr("src")+">"+p.attr("dst")] = p.Count
+						if mt.Name == "flowmap.http.request.duration" {
+							hist = p
+						}
+					}
+				}
+			}
+		}
+	}
+	want := map[string]string{
+		"flowmap.http.requests web>api 1xx":               "0",
+		"flowmap.http.requests web>api 2xx":               "3",
+		"flowmap.http.requests web>api 3xx":               "0",
+		"flowmap.http.requests web>api 4xx":               "0",
+		"flowmap.http.requests web>api 5xx":               "1",
+		"flowmap.http.request.duration web>api":           "4",
+		"flowmap.dns.requests overflow>overflow NXDOMAIN": "1",
+		"flowmap.dns.request.duration overflow>overflow":  "1",
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %q, want %q", k, got[k], v)
+		}
+	}
+	for k := range got {
+		if _, ok := want[k]; !ok {
+			t.Errorf("unexpected point %s = %s", k, got[k])
+		}
+	}
+	bounds, counts := topology.L7Buckets(&http.Latency)
+	if len(hist.ExplicitBounds) != len(bounds) || len(hist.BucketCounts) != len(counts) {
+		t.Fatalf("HTTP duration point has %d bounds, %d buckets; want %d, %d", len(hist.ExplicitBounds), len(hist.BucketCounts), len(bounds), len(counts))
+	}
+	for i, c := range counts {
+		if hist.BucketCounts[i] != strconv.FormatUint(c, 10) {
+			t.Errorf("HTTP duration bucket %d = %s, want %d", i, hist.BucketCounts[i], c)
 		}
 	}
 }

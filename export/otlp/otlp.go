@@ -17,9 +17,11 @@ package otlp
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
+	"reflect"
 	"strings"
 	"time"
 
@@ -44,6 +46,10 @@ type Options struct {
 	Node string
 	// Timeout bounds each export request; the default is 10s.
 	Timeout time.Duration
+	// Compression is "gzip" or "none" (the default, as the SDK's): gzip
+	// makes a request about a tenth of its size and costs as much CPU
+	// again as the rest of the export, worth it only on a slow link.
+	Compression string
 }
 
 // ScopeName is the instrumentation scope of flowmap's records.
@@ -83,6 +89,23 @@ func parseURL(s string) (endpoint, error) {
 // CheckURL returns the error New would return for the endpoint url.
 func CheckURL(url string) error {
 	_, err := parseURL(url)
+	return err
+}
+
+// gzip returns whether compression (Options.Compression) is gzip.
+func gzip(compression string) (bool, error) {
+	switch compression {
+	case "", "none":
+		return false, nil
+	case "gzip":
+		return true, nil
+	}
+	return false, fmt.Errorf("otlp compression %q: want none or gzip", compression)
+}
+
+// CheckCompression returns the error New would return for compression.
+func CheckCompression(compression string) error {
+	_, err := gzip(compression)
 	return err
 }
 
@@ -132,6 +155,10 @@ func New(ctx context.Context, opts Options) (*Exporter, error) {
 	if opts.Timeout <= 0 {
 		opts.Timeout = 10 * time.Second
 	}
+	gz, err := gzip(opts.Compression)
+	if err != nil {
+		return nil, err
+	}
 	var exp sdklog.Exporter
 	if ep.grpc {
 		o := []otlploggrpc.Option{otlploggrpc.WithEndpoint(ep.host), otlploggrpc.WithTimeout(opts.Timeout),
@@ -139,10 +166,17 @@ func New(ctx context.Context, opts Options) (*Exporter, error) {
 		if !ep.secure {
 			o = append(o, otlploggrpc.WithInsecure())
 		}
+		if gz {
+			o = append(o, otlploggrpc.WithCompressor("gzip"))
+		}
 		exp, err = otlploggrpc.New(ctx, o...)
 	} else {
-		exp, err = otlploghttp.New(ctx, otlploghttp.WithEndpointURL(ep.base+"/v1/logs"), otlploghttp.WithTimeout(opts.Timeout),
-			otlploghttp.WithRetry(otlploghttp.RetryConfig{Enabled: false}))
+		o := []otlploghttp.Option{otlploghttp.WithEndpointURL(ep.base + "/v1/logs"), otlploghttp.WithTimeout(opts.Timeout),
+			otlploghttp.WithRetry(otlploghttp.RetryConfig{Enabled: false})}
+		if gz {
+			o = append(o, otlploghttp.WithCompression(otlploghttp.GzipCompression))
+		}
+		exp, err = otlploghttp.New(ctx, o...)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("make otlp log exporter for %s: %w", opts.URL, err)
@@ -176,9 +210,43 @@ func (e *Exporter) Export(ctx context.Context, b export.Batch) error {
 		e.recs = append(e.recs, r)
 	}
 	if err := e.exp.Export(ctx, e.recs); err != nil {
-		return fmt.Errorf("export %d flow records over otlp: %w", len(e.recs), err)
+		err = fmt.Errorf("export %d flow records over otlp: %w", len(e.recs), err)
+		if n, ok := rejected(err); ok {
+			return export.PartlySent(int(min(n, int64(len(e.recs)))), err)
+		}
+		return err
 	}
 	return nil
+}
+
+// rejected returns the records the collector refused in a partial success
+// if err is that answer and nothing else. The SDK's exporters return it as
+// an error of their internal type PartialSuccess (its RejectedItems, from
+// ExportLogsPartialSuccess.rejected_log_records) whose only exported part
+// is its fields: it is found by name, and TestPartialSuccess fails if an
+// SDK upgrade renames it.
+func rejected(err error) (n int64, ok bool) {
+	if u, isJoin := err.(interface{ Unwrap() []error }); isJoin {
+		errs := u.Unwrap()
+		for _, e := range errs {
+			m, ok := rejected(e)
+			if !ok {
+				return 0, false
+			}
+			n += m
+		}
+		return n, len(errs) > 0
+	}
+	if v := reflect.ValueOf(err); v.Kind() == reflect.Struct && v.Type().Name() == "PartialSuccess" &&
+		strings.HasPrefix(v.Type().PkgPath(), "go.opentelemetry.io/otel/exporters/otlp/") {
+		if f := v.FieldByName("RejectedItems"); f.Kind() == reflect.Int64 {
+			return f.Int(), true
+		}
+	}
+	if e := errors.Unwrap(err); e != nil {
+		return rejected(e)
+	}
+	return 0, false
 }
 
 // Close shuts the exporter down.
@@ -197,103 +265,172 @@ func transport(p model.Proto) string {
 	return p.String()
 }
 
-// appendAttrs appends a flow's attributes.
+// Attribute keys, built once: a key made per flow by concatenation is an
+// allocation per attribute.
+const (
+	keySrcAddr      = attribute.Key("source.address")
+	keyDstAddr      = attribute.Key("destination.address")
+	keySrcPort      = attribute.Key("source.port")
+	keyDstPort      = attribute.Key("destination.port")
+	keyTransport    = attribute.Key("network.transport")
+	keyNetType      = attribute.Key("network.type")
+	keyProtoName    = attribute.Key("network.protocol.name")
+	keyFwdBytes     = attribute.Key("flowmap.forward.bytes")
+	keyFwdPackets   = attribute.Key("flowmap.forward.packets")
+	keyRevBytes     = attribute.Key("flowmap.reverse.bytes")
+	keyRevPackets   = attribute.Key("flowmap.reverse.packets")
+	keySampling     = attribute.Key("flowmap.sampling.rate")
+	keyStart        = attribute.Key("flowmap.flow.start_unix_nano")
+	keyEnd          = attribute.Key("flowmap.flow.end_unix_nano")
+	keyICMPType     = attribute.Key("flowmap.icmp.type")
+	keyICMPCode     = attribute.Key("flowmap.icmp.code")
+	keyFwdFlags     = attribute.Key("flowmap.forward.tcp_flags")
+	keyRevFlags     = attribute.Key("flowmap.reverse.tcp_flags")
+	keyFwdRetrans   = attribute.Key("flowmap.forward.retransmits")
+	keyRevRetrans   = attribute.Key("flowmap.reverse.retransmits")
+	keyRTT          = attribute.Key("flowmap.tcp.handshake_rtt")
+	keyVLAN         = attribute.Key("flowmap.vlan")
+	keyL7Requests   = attribute.Key("flowmap.l7.requests")
+	keyL7Responses  = attribute.Key("flowmap.l7.responses")
+	keyL7Errors     = attribute.Key("flowmap.l7.errors")
+	keyL7Unmatched  = attribute.Key("flowmap.l7.unmatched")
+	keyL7LatencyN   = attribute.Key("flowmap.l7.latency.count")
+	keyL7LatencySum = attribute.Key("flowmap.l7.latency.sum")
+)
+
+// endKeys are the keys of one end's attributes, under source. or
+// destination.
+type endKeys struct {
+	kind, name, id, ifc, workload                     attribute.Key
+	namespace, node, pod, podUID, image, zone, region attribute.Key
+	containerID, containerName, host, service         attribute.Key
+	workloads                                         map[string]attribute.Key // by lower-case workload kind
+}
+
+func newEndKeys(prefix string) *endKeys {
+	k := func(s string) attribute.Key { return attribute.Key(s) }
+	e := &endKeys{
+		kind: k("flowmap." + prefix + "kind"), name: k("flowmap." + prefix + "name"), id: k("flowmap." + prefix + "id"),
+		ifc: k("flowmap." + prefix + "interface"), workload: k("flowmap." + prefix + "workload"),
+		namespace: k(prefix + "k8s.namespace.name"), node: k(prefix + "k8s.node.name"),
+		pod: k(prefix + "k8s.pod.name"), podUID: k(prefix + "k8s.pod.uid"), image: k(prefix + "container.image.name"),
+		zone: k(prefix + "cloud.availability_zone"), region: k(prefix + "cloud.region"),
+		containerID: k(prefix + "container.id"), containerName: k(prefix + "container.name"),
+		host: k(prefix + "host.name"), service: k(prefix + "k8s.service.name"),
+		workloads: map[string]attribute.Key{},
+	}
+	for _, w := range []string{"deployment", "statefulset", "daemonset", "job", "cronjob", "replicaset"} {
+		e.workloads[w] = k(prefix + "k8s." + w + ".name")
+	}
+	return e
+}
+
+var srcKeys, dstKeys = newEndKeys("source."), newEndKeys("destination.")
+
+// appendAttrs appends a flow's attributes. Counts that are zero and
+// names that are empty are left out (a consumer reads an absent count as
+// 0): each attribute is about a tenth of the record's cost to encode and
+// send.
 func appendAttrs(a []attribute.KeyValue, f *model.Flow, rate uint32) []attribute.KeyValue {
 	netType := "ipv4"
 	if !f.Src.Unmap().Is4() {
 		netType = "ipv6"
 	}
 	a = append(a,
-		attribute.String("source.address", f.Src.Unmap().String()),
-		attribute.String("destination.address", f.Dst.Unmap().String()),
-		attribute.String("network.transport", transport(f.Proto)),
-		attribute.String("network.type", netType),
-		attribute.Int64("flowmap.forward.bytes", int64(f.Forward.Bytes)),
-		attribute.Int64("flowmap.forward.packets", int64(f.Forward.Packets)),
-		attribute.Int64("flowmap.reverse.bytes", int64(f.Reverse.Bytes)),
-		attribute.Int64("flowmap.reverse.packets", int64(f.Reverse.Packets)),
-		attribute.Int64("flowmap.sampling.rate", int64(max(rate, 1))),
-		attribute.Int64("flowmap.flow.start_unix_nano", f.FirstSeen.UnixNano()),
-		attribute.Int64("flowmap.flow.end_unix_nano", f.LastSeen.UnixNano()),
+		keySrcAddr.String(f.Src.Unmap().String()),
+		keyDstAddr.String(f.Dst.Unmap().String()),
+		keyTransport.String(transport(f.Proto)),
+		keyNetType.String(netType),
+		keyFwdBytes.Int64(int64(f.Forward.Bytes)),
+		keyFwdPackets.Int64(int64(f.Forward.Packets)),
+		keyRevBytes.Int64(int64(f.Reverse.Bytes)),
+		keyRevPackets.Int64(int64(f.Reverse.Packets)),
+		keySampling.Int64(int64(max(rate, 1))),
+		keyStart.Int64(f.FirstSeen.UnixNano()),
+		keyEnd.Int64(f.LastSeen.UnixNano()),
 	)
+	n := func(k attribute.Key, v int64) {
+		if v != 0 {
+			a = append(a, k.Int64(v))
+		}
+	}
 	switch f.Proto {
 	case model.ProtoICMP, model.ProtoICMPv6:
-		a = append(a, attribute.Int("flowmap.icmp.type", int(f.SrcPort)), attribute.Int("flowmap.icmp.code", int(f.DstPort)))
+		a = append(a, keyICMPType.Int(int(f.SrcPort)), keyICMPCode.Int(int(f.DstPort)))
 	default:
-		a = append(a, attribute.Int("source.port", int(f.SrcPort)), attribute.Int("destination.port", int(f.DstPort)))
+		a = append(a, keySrcPort.Int(int(f.SrcPort)), keyDstPort.Int(int(f.DstPort)))
 	}
 	if f.Proto == model.ProtoTCP {
-		a = append(a,
-			attribute.Int("flowmap.forward.tcp_flags", int(f.Forward.TCPFlags&0x1ff)),
-			attribute.Int("flowmap.reverse.tcp_flags", int(f.Reverse.TCPFlags&0x1ff)),
-			attribute.Int("flowmap.forward.retransmits", int(f.Forward.Retransmits)),
-			attribute.Int("flowmap.reverse.retransmits", int(f.Reverse.Retransmits)))
+		a = append(a, keyFwdFlags.Int(int(f.Forward.TCPFlags&0x1ff)), keyRevFlags.Int(int(f.Reverse.TCPFlags&0x1ff)))
+		n(keyFwdRetrans, int64(f.Forward.Retransmits))
+		n(keyRevRetrans, int64(f.Reverse.Retransmits))
 		if f.HandshakeRTT > 0 {
-			a = append(a, attribute.Float64("flowmap.tcp.handshake_rtt", f.HandshakeRTT.Seconds()))
+			a = append(a, keyRTT.Float64(f.HandshakeRTT.Seconds()))
 		}
 	}
-	if f.VLAN != 0 {
-		a = append(a, attribute.Int("flowmap.vlan", int(f.VLAN)))
-	}
+	n(keyVLAN, int64(f.VLAN))
 	if l := f.L7; l != nil {
 		if l.Protocol != model.L7None {
-			a = append(a, attribute.String("network.protocol.name", l.Protocol.String()))
+			a = append(a, keyProtoName.String(l.Protocol.String()))
 		}
-		a = append(a,
-			attribute.Int64("flowmap.l7.requests", int64(l.Requests())),
-			attribute.Int64("flowmap.l7.responses", int64(l.Responses())),
-			attribute.Int64("flowmap.l7.errors", int64(l.Errors())),
-			attribute.Int64("flowmap.l7.unmatched", int64(l.Unmatched)))
-		if n := l.Latency.Count(); n > 0 {
-			a = append(a, attribute.Int64("flowmap.l7.latency.count", int64(n)), attribute.Float64("flowmap.l7.latency.sum", l.Latency.Sum.Seconds()))
+		n(keyL7Requests, int64(l.Requests()))
+		n(keyL7Responses, int64(l.Responses()))
+		n(keyL7Errors, int64(l.Errors()))
+		n(keyL7Unmatched, int64(l.Unmatched))
+		if c := l.Latency.Count(); c > 0 {
+			a = append(a, keyL7LatencyN.Int64(int64(c)), keyL7LatencySum.Float64(l.Latency.Sum.Seconds()))
 		}
 	}
-	a = appendEnd(a, "source.", &f.SrcEndpoint, f.SrcIf)
-	a = appendEnd(a, "destination.", &f.DstEndpoint, f.DstIf)
+	a = appendEnd(a, srcKeys, &f.SrcEndpoint, f.SrcIf)
+	a = appendEnd(a, dstKeys, &f.DstEndpoint, f.DstIf)
 	return a
 }
 
-// appendEnd appends the attributes of one end, under prefix (source. or
-// destination.): the semantic conventions' names of what it is, and
-// flowmap's kind, name and id.
-func appendEnd(a []attribute.KeyValue, prefix string, ep *model.Endpoint, ifc model.Interface) []attribute.KeyValue {
-	s := func(k, v string) {
+// appendEnd appends the attributes of one end: the semantic conventions'
+// names of what it is, and flowmap's kind, and its name and id where no
+// convention's attribute carries them.
+func appendEnd(a []attribute.KeyValue, k *endKeys, ep *model.Endpoint, ifc model.Interface) []attribute.KeyValue {
+	s := func(k attribute.Key, v string) {
 		if v != "" {
-			a = append(a, attribute.String(k, v))
+			a = append(a, k.String(v))
 		}
 	}
-	s("flowmap."+prefix+"kind", string(ep.Kind))
-	s("flowmap."+prefix+"name", ep.Name)
-	s("flowmap."+prefix+"id", ep.ID)
-	s("flowmap."+prefix+"interface", ifc.Name)
-	s(prefix+"k8s.namespace.name", ep.Namespace)
-	s(prefix+"k8s.node.name", ep.Node)
+	s(k.kind, string(ep.Kind))
+	s(k.ifc, ifc.Name)
+	s(k.namespace, ep.Namespace)
+	s(k.node, ep.Node)
 	switch ep.Kind {
 	case model.KindPod:
-		s(prefix+"k8s.pod.name", ep.Name)
-		s(prefix+"k8s.pod.uid", ep.ID)
+		s(k.pod, ep.Name)
+		s(k.podUID, ep.ID)
 	case model.KindContainer:
-		s(prefix+"container.id", ep.ID)
-		s(prefix+"container.name", ep.Name)
+		s(k.containerID, ep.ID)
+		s(k.containerName, ep.Name)
 	case model.KindHost:
-		s(prefix+"host.name", ep.Name)
+		s(k.host, ep.Name)
+		s(k.id, ep.ID)
 	case model.KindService:
-		s(prefix+"k8s.service.name", ep.Name)
+		s(k.service, ep.Name)
+		s(k.id, ep.ID)
+	default:
+		s(k.name, ep.Name)
+		s(k.id, ep.ID)
 	}
-	s(prefix+"container.image.name", ep.Image)
+	s(k.image, ep.Image)
 	if ep.Workload != "" {
-		switch k := strings.ToLower(ep.WorkloadKind); k {
-		case "deployment", "statefulset", "daemonset", "job", "cronjob", "replicaset":
-			s(prefix+"k8s."+k+".name", ep.Workload)
-		default:
-			s("flowmap."+prefix+"workload", ep.Workload)
+		if wk, ok := k.workloads[strings.ToLower(ep.WorkloadKind)]; ok {
+			s(wk, ep.Workload)
+		} else {
+			s(k.workload, ep.Workload)
 		}
 	}
-	zone := ep.Labels["cloud.availability_zone"]
-	if zone == "" {
-		zone = ep.Labels["topology.kubernetes.io/zone"]
+	if len(ep.Labels) > 0 {
+		zone := ep.Labels["cloud.availability_zone"]
+		if zone == "" {
+			zone = ep.Labels["topology.kubernetes.io/zone"]
+		}
+		s(k.zone, zone)
+		s(k.region, ep.Labels["cloud.region"])
 	}
-	s(prefix+"cloud.availability_zone", zone)
-	s(prefix+"cloud.region", ep.Labels["cloud.region"])
 	return a
 }

@@ -2,12 +2,20 @@ package otlp
 
 import (
 	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	collogs "go.opentelemetry.io/proto/otlp/collector/logs/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/flowmap/flowmap/export"
 	"github.com/flowmap/flowmap/internal/collector"
@@ -112,12 +120,23 @@ func TestCollector(t *testing.T) {
 		"flowmap.sampling.rate":            int64(4),
 		"flowmap.flow.start_unix_nano":     testFlows(1)[0].FirstSeen.UnixNano(),
 		"flowmap.flow.end_unix_nano":       testFlows(1)[0].LastSeen.UnixNano(),
-		"flowmap.l7.requests":              int64(0),
 	}
 	for k, v := range want {
 		if got := r.Attrs[k]; got != v {
 			t.Errorf("attribute %s = %v (%T), want %v (%T)", k, got, got, v, v)
 		}
+	}
+	// Zero counts are left out, and so are flowmap's name and id of an
+	// end whose convention attributes carry them (k8s.pod.name,
+	// container.id).
+	for _, k := range []string{"flowmap.l7.requests", "flowmap.l7.errors", "flowmap.reverse.retransmits",
+		"flowmap.source.name", "flowmap.source.id", "flowmap.destination.name", "flowmap.destination.id"} {
+		if got, ok := r.Attrs[k]; ok {
+			t.Errorf("attribute %s = %v, want none", k, got)
+		}
+	}
+	if len(r.Attrs) != len(want)+1 { // and flowmap.reverse.tcp_flags
+		t.Errorf("%d attributes, want %d: %v", len(r.Attrs), len(want)+1, r.Attrs)
 	}
 	for k, v := range map[string]any{"service.name": "flowmap", "k8s.node.name": "n1"} {
 		if got := r.Resource[k]; got != v {
@@ -205,5 +224,103 @@ flowmap_export_records_total{exporter="otlp",result="sent"} 350
 	}
 	if len(got) != 350 {
 		t.Errorf("collector got %d distinct flows, want 350", len(got))
+	}
+}
+
+// partialReceiver is an OTLP logs receiver, over gRPC and HTTP, that
+// takes every request but for two of its records, as a collector that
+// finds them too old: a partial success.
+type partialReceiver struct {
+	collogs.UnimplementedLogsServiceServer
+	mu       sync.Mutex
+	requests int
+	records  int
+}
+
+var partial = &collogs.ExportLogsServiceResponse{PartialSuccess: &collogs.ExportLogsPartialSuccess{
+	RejectedLogRecords: 2, ErrorMessage: "2 records too old"}}
+
+func (p *partialReceiver) Export(_ context.Context, req *collogs.ExportLogsServiceRequest) (*collogs.ExportLogsServiceResponse, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.requests++
+	for _, rl := range req.ResourceLogs {
+		for _, sl := range rl.ScopeLogs {
+			p.records += len(sl.LogRecords)
+		}
+	}
+	return partial, nil
+}
+
+func (p *partialReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	var req collogs.ExportLogsServiceRequest
+	if err := proto.Unmarshal(body, &req); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	resp, _ := p.Export(r.Context(), &req)
+	b, _ := proto.Marshal(resp)
+	w.Header().Set("Content-Type", "application/x-protobuf")
+	w.Write(b)
+}
+
+// TestPartialSuccess: a batch the collector takes but for some records
+// (OTLP's partial success, which a client must not retry) is sent once;
+// the queue counts the rejected records as failed and the rest as sent.
+func TestPartialSuccess(t *testing.T) {
+	for _, transport := range []string{"grpc", "http"} {
+		t.Run(transport, func(t *testing.T) {
+			p := &partialReceiver{}
+			var url string
+			if transport == "grpc" {
+				ln, err := net.Listen("tcp", "127.0.0.1:0")
+				if err != nil {
+					t.Fatal(err)
+				}
+				srv := grpc.NewServer()
+				collogs.RegisterLogsServiceServer(srv, p)
+				go srv.Serve(ln)
+				defer srv.Stop()
+				url = "grpc://" + ln.Addr().String()
+			} else {
+				srv := httptest.NewServer(p)
+				defer srv.Close()
+				url = srv.URL
+			}
+			e, err := New(t.Context(), Options{URL: url})
+			if err != nil {
+				t.Fatal(err)
+			}
+			q := export.NewQueue(e, export.Options{Name: "otlp", RetryInitial: time.Millisecond})
+			ctx, cancel := context.WithCancel(t.Context())
+			done := make(chan struct{})
+			go func() { q.Run(ctx); close(done) }()
+			q.Offer(testFlows(5))
+			waitEmpty(t, q)
+			cancel()
+			<-done
+			const want = `
+# HELP flowmap_export_records_total Flow records offered to the exporter, by result: sent, failed (the collector refused them for good), dropped_queue_full, dropped_shutdown (still queued when the agent stopped), filtered, sampled_out.
+# TYPE flowmap_export_records_total counter
+flowmap_export_records_total{exporter="otlp",result="dropped_queue_full"} 0
+flowmap_export_records_total{exporter="otlp",result="dropped_shutdown"} 0
+flowmap_export_records_total{exporter="otlp",result="failed"} 2
+flowmap_export_records_total{exporter="otlp",result="filtered"} 0
+flowmap_export_records_total{exporter="otlp",result="sampled_out"} 0
+flowmap_export_records_total{exporter="otlp",result="sent"} 3
+# HELP flowmap_export_retries_total Batches tried again after an error.
+# TYPE flowmap_export_retries_total counter
+flowmap_export_retries_total{exporter="otlp"} 0
+`
+			if err := testutil.CollectAndCompare(q, strings.NewReader(want), "flowmap_export_records_total", "flowmap_export_retries_total"); err != nil {
+				t.Error(err)
+			}
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			if p.requests != 1 || p.records != 5 {
+				t.Errorf("receiver got %d requests of %d records, want 1 of 5", p.requests, p.records)
+			}
+		})
 	}
 }
