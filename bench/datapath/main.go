@@ -95,6 +95,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		verbose  = fs.Bool("v", false, "log every measurement and the datapath's lifecycle")
 		loadList = fs.String("loads", "tcp-bulk,udp-64B,tcp-rr,http,tcp-rr-close,http-close", "comma-separated loads to run")
 		conns    = fs.Int("http-conns", 200, "connections of the http and tcp-rr loads, open at once (wrk -c)")
+		timeRuns = fs.Bool("test-runs", true, "also time the programs under BPF_PROG_TEST_RUN")
 		agentBin = fs.String("agent", "", "flowmap binary to run the agent with (default: built from this module)")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -233,23 +234,29 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := stopStats(); err != nil {
 		return fmt.Errorf("disable bpf run-time statistics: %w", err)
 	}
-	trs, err := testRuns(floor, ha.Addr, hb.Addr, 5)
-	if err != nil {
-		return err
-	}
-	l7s, err := l7Runs(ha.Addr, hb.Addr)
-	if err != nil {
-		return err
+	var (
+		trs []testRun
+		l7s []l7Cost
+	)
+	if *timeRuns {
+		if trs, err = testRuns(floor, ha.Addr, hb.Addr, 5); err != nil {
+			return err
+		}
+		if l7s, err = l7Runs(ha.Addr, hb.Addr); err != nil {
+			return err
+		}
 	}
 	fmt.Fprintf(stdout, "flowmap datapath bench: %d rounds of %v, veths %s and %s, bridge %s, %d CPUs\n\n",
 		*rounds, *duration, ha.HostIf, hb.HostIf, sb.BridgeName(), ncpu())
 	res.print(stdout)
 	fmt.Fprintln(stdout)
 	printMapMemory(stdout, b.mapMem)
-	fmt.Fprintln(stdout)
-	printTestRuns(stdout, trs)
-	fmt.Fprintln(stdout)
-	printL7Runs(stdout, l7s)
+	if *timeRuns {
+		fmt.Fprintln(stdout)
+		printTestRuns(stdout, trs)
+		fmt.Fprintln(stdout)
+		printL7Runs(stdout, l7s)
+	}
 	return nil
 }
 
