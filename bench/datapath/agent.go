@@ -43,6 +43,12 @@ func buildAgent(ctx context.Context, dir string) (string, error) {
 func (b *bench) attachAgent(ctx context.Context, m mode, ifindexes []int) (_ *attached, err error) {
 	args := []string{"agent", "--interfaces", b.prefix + "-*", "--attach", "tcx",
 		"--interval", b.interval.String(), "--listen", agentListen, "--log-level", b.agentLog}
+	if b.profile != "" && m.hook == hookTC {
+		n := b.profiled[b.curLoad]
+		b.profiled[b.curLoad]++
+		base := filepath.Join(b.profile, fmt.Sprintf("%s-%d", b.curLoad, n))
+		args = append(args, "--cpu-profile", base+".cpu.pprof", "--heap-profile", base+".heap.pprof")
+	}
 	switch m.hook {
 	case hookXDPNative:
 		args = append(args, "--xdp", b.prefix+"-*", "--xdp-mode", "native")

@@ -81,6 +81,11 @@ type bench struct {
 	agentBin  string // flowmap's binary, built for the run
 	// mapMem is the agent's maps' memory, read when it first runs.
 	mapMem []flows.MapMemory
+	// profile is where the agent with TC ingress writes its CPU and heap
+	// profiles, one of each per load and round; none if empty.
+	profile  string
+	profiled map[load]int
+	curLoad  load
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -96,6 +101,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		loadList = fs.String("loads", "tcp-bulk,udp-64B,tcp-rr,http,tcp-rr-close,http-close", "comma-separated loads to run")
 		conns    = fs.Int("http-conns", 200, "connections of the http and tcp-rr loads, open at once (wrk -c)")
 		timeRuns = fs.Bool("test-runs", true, "also time the programs under BPF_PROG_TEST_RUN")
+		profile  = fs.String("profile", "", "directory where the agent (TC modes) writes pprof CPU and heap profiles, per load and round")
 		agentBin = fs.String("agent", "", "flowmap binary to run the agent with (default: built from this module)")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -159,7 +165,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	b := &bench{log: log, prefix: *prefix, interval: *interval, floor: floor, httpConns: *conns, agentBin: *agentBin, agentLog: agentLog}
+	b := &bench{log: log, prefix: *prefix, interval: *interval, floor: floor, httpConns: *conns, agentBin: *agentBin, agentLog: agentLog,
+		profile: *profile, profiled: map[load]int{}}
 
 	// A run killed before it could clean up left these.
 	if err := sandbox.Cleanup(*prefix); err != nil {
@@ -219,6 +226,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			ms := l.modes()
 			for i := range ms {
 				m := ms[(i+r)%len(ms)]
+				b.curLoad = l
 				s, err := b.once(ctx, l, m, ha, hb, ifindexes, *duration)
 				if err != nil {
 					return fmt.Errorf("round %d, %s, %s: %w", r+1, l, m, err)
