@@ -47,7 +47,9 @@ test: vet
 
 # bench runs the Go benchmarks of the hot paths and measures the datapath's
 # cost on real traffic between two namespaces: TCP bulk, 64-byte UDP, HTTP
-# and request-response loads (root, iperf3, wrk; about 5 minutes).
+# (nginx) and request-response loads, on keep-alive and short connections,
+# with flowmap's agent as its own process (root, iperf3, wrk, nginx; about
+# 10 minutes).
 # BENCH_FLAGS go to bench/datapath (-rounds, -duration, -loads, -v, …).
 BENCH_FLAGS ?=
 bench:

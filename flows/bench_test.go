@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	lru "github.com/hashicorp/golang-lru/v2"
-
 	"github.com/flowmap/flowmap/model"
 )
 
@@ -66,11 +64,7 @@ func benchDirs(n int) map[bpfFlowKey]*direction {
 }
 
 func benchDrainer(b *testing.B) *drainer {
-	clients, err := lru.New[bpfFlowKey, struct{}](65536)
-	if err != nil {
-		b.Fatalf("lru.New: %v", err)
-	}
-	return &drainer{ncpu: benchCPUs, clients: clients}
+	return &drainer{ncpu: benchCPUs, clients: newClientSet(65536), dirs: map[bpfFlowKey]*direction{}}
 }
 
 // BenchmarkDrainerAdd sums the per-CPU values of 10k drained entries, as
@@ -88,7 +82,9 @@ func BenchmarkDrainerAdd(b *testing.B) {
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		out := make(map[bpfFlowKey]*direction, len(keys))
+		clear(d.dirs)
+		d.alloc.reset()
+		out := d.dirs
 		for _, k := range keys {
 			d.add(out, k, vals)
 		}

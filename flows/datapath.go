@@ -130,6 +130,9 @@ type Stats struct {
 	// Health (see health.go).
 	HealthMapFull uint64 // health events not counted: the health map was full
 	DropsMapFull  uint64 // drops not counted: the drops map was full
+	// MapMemory is the kernel memory of each map, read at load and after
+	// each drain; replaced, never changed in place.
+	MapMemory []MapMemory
 }
 
 // ErrPrerequisite is returned by New when the machine cannot run the
@@ -200,6 +203,10 @@ func New(cfg Config) (*Datapath, error) {
 		return nil, fmt.Errorf("load BPF programs: %w", err)
 	}
 	if d.drain, err = newDrainer(&d.objs, cfg.MaxFlows, reasons); err != nil {
+		d.objs.Close()
+		return nil, err
+	}
+	if d.stats.MapMemory, err = mapMemory(d.objs.bpfMaps, d.drain.ncpu); err != nil {
 		d.objs.Close()
 		return nil, err
 	}
@@ -632,6 +639,10 @@ func (d *Datapath) Drain(start time.Time) (model.Batch, error) {
 	}, clk)
 	counters := d.readCounters()
 	l7Lost := d.readL7Lost()
+	mem, err := mapMemory(d.objs.bpfMaps, d.drain.ncpu)
+	if err != nil {
+		d.log.Warn("read map memory", "err", err)
+	}
 	end := time.Now()
 	took := end.Sub(t0)
 	d.forget(gone)
@@ -646,6 +657,9 @@ func (d *Datapath) Drain(start time.Time) (model.Batch, error) {
 		s.LastDrain = took
 		s.DrainSeconds += took.Seconds()
 		s.LastEntries = len(dirs)
+		if mem != nil {
+			s.MapMemory = mem
+		}
 		s.Flows += uint64(len(recs))
 	})
 	d.log.Debug("drained", "directions", len(dirs), "flows", len(recs), "took", took)

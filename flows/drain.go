@@ -30,6 +30,67 @@ type direction struct {
 	first uint64 // CLOCK_MONOTONIC ns; 0 if only a retransmit was seen
 	lastJ uint64 // jiffies
 	rtt   uint64
+	// joined is the records call that made this direction's record.
+	joined uint64
+}
+
+// dirChunk is how many directions the drainer allocates at once.
+const dirChunk = 4096
+
+// directions hands out the directions of one drain from chunks it keeps
+// for the next: a drain allocates nothing per flow once the busiest
+// interval's chunks exist.
+type directions struct {
+	chunks [][]direction
+	used   int // directions handed out since reset
+}
+
+// next returns a zeroed direction.
+func (a *directions) next() *direction {
+	c, i := a.used/dirChunk, a.used%dirChunk
+	if c == len(a.chunks) {
+		a.chunks = append(a.chunks, make([]direction, dirChunk))
+	}
+	a.used++
+	d := &a.chunks[c][i]
+	*d = direction{}
+	return d
+}
+
+// reset takes back every direction handed out.
+func (a *directions) reset() { a.used = 0 }
+
+// clientSet remembers up to n client directions, as two generations of
+// maps: an add to a full newer one drops the older, and a key found in the
+// older moves to the newer. Unlike a linked LRU, an add allocates nothing
+// once the maps have grown.
+type clientSet struct {
+	cur, old map[bpfFlowKey]struct{}
+	n        int // entries of one generation
+}
+
+func newClientSet(n int) *clientSet {
+	n = max(1, n/2)
+	return &clientSet{cur: make(map[bpfFlowKey]struct{}), old: make(map[bpfFlowKey]struct{}), n: n}
+}
+
+func (s *clientSet) has(k bpfFlowKey) bool {
+	if _, ok := s.cur[k]; ok {
+		return true
+	}
+	if _, ok := s.old[k]; ok {
+		s.add(k)
+		return true
+	}
+	return false
+}
+
+func (s *clientSet) add(k bpfFlowKey) {
+	if len(s.cur) >= s.n {
+		s.old, s.cur = s.cur, s.old
+		clear(s.cur)
+	}
+	s.cur[k] = struct{}{}
 }
 
 // half is one half of the double buffer: the IPv4 and IPv6 flow maps, or
@@ -47,7 +108,13 @@ type drainer struct {
 	vals   []bpfFlowStats // drainBatch × ncpu
 	// clients remembers the client direction of connections whose
 	// handshake was seen, so that later intervals orient them alike.
-	clients *lru.Cache[bpfFlowKey, struct{}]
+	clients *clientSet
+	// dirs and alloc hold the last drain's directions, until records
+	// made them records: both are reused by the next drain.
+	dirs  map[bpfFlowKey]*direction
+	alloc directions
+	// joins counts records calls (direction.joined).
+	joins uint64
 
 	// L7: the halves of the L7 maps, and what the last drain read of
 	// them by client-to-server key (see l7.go), until records takes it.
@@ -83,18 +150,15 @@ func newDrainer(objs *bpfObjects, maxFlows int, reasons map[uint32]string) (*dra
 	if err != nil {
 		return nil, fmt.Errorf("count possible CPUs: %w", err)
 	}
-	clients, err := lru.New[bpfFlowKey, struct{}](maxFlows)
-	if err != nil {
-		return nil, fmt.Errorf("client cache of %d: %w", maxFlows, err)
-	}
 	d := &drainer{
+		dirs:    map[bpfFlowKey]*direction{},
 		halves:  [2]half{{objs.Flows4A, objs.Flows6A}, {objs.Flows4B, objs.Flows6B}},
 		active:  objs.ActiveBuf,
 		ncpu:    ncpu,
 		keys4:   make([]bpfFlowKey4, drainBatch),
 		keys6:   make([]bpfFlowKey, drainBatch),
 		vals:    make([]bpfFlowStats, drainBatch*ncpu),
-		clients: clients,
+		clients: newClientSet(maxFlows),
 		l7s:     [2]half{{objs.L7s4A, objs.L7s6A}, {objs.L7s4B, objs.L7s6B}},
 		cache:   objs.FlowCache,
 		l7:      map[bpfFlowKey]*pendingL7{},
@@ -121,7 +185,8 @@ func newDrainer(objs *bpfObjects, maxFlows int, reasons map[uint32]string) (*dra
 
 // drain flips the buffer and returns what the programs counted in the
 // half they wrote until now, summed over CPUs, and empties that half.
-// IPv4 keys come out IPv4-mapped.
+// IPv4 keys come out IPv4-mapped. The map and its directions are the
+// drainer's, valid until the next drain.
 func (d *drainer) drain() (map[bpfFlowKey]*direction, error) {
 	old := d.cur
 	if err := d.active.Set(1 - old); err != nil {
@@ -130,7 +195,9 @@ func (d *drainer) drain() (map[bpfFlowKey]*direction, error) {
 	d.cur = 1 - old
 	time.Sleep(drainGrace)
 
-	out := make(map[bpfFlowKey]*direction)
+	clear(d.dirs)
+	d.alloc.reset()
+	out := d.dirs
 	h := d.halves[old]
 	err := drainMap(h.v4, d.keys4, d.vals, d.ncpu, func(k bpfFlowKey4, v []bpfFlowStats) { d.add(out, k.mapped(), v) })
 	if err != nil {
@@ -226,7 +293,7 @@ func (k bpfFlowKey4) mapped() bpfFlowKey {
 func (d *drainer) add(out map[bpfFlowKey]*direction, k bpfFlowKey, percpu []bpfFlowStats) {
 	dir := out[k]
 	if dir == nil {
-		dir = &direction{}
+		dir = d.alloc.next()
 		out[k] = dir
 	}
 	for _, v := range percpu {
@@ -278,18 +345,18 @@ func reverse(k bpfFlowKey) bpfFlowKey {
 //   - else, for a flow seen one way, the direction seen (until a later
 //     interval knows better); else the direction towards the lower port.
 func (d *drainer) isClient(k bpfFlowKey, dir, rev *direction) bool {
-	if _, ok := d.clients.Get(k); ok {
+	if d.clients.has(k) {
 		return true
 	}
-	if _, ok := d.clients.Get(reverse(k)); ok {
+	if d.clients.has(reverse(k)) {
 		return false
 	}
 	client, sure := guessClient(k, dir, rev)
 	if sure {
 		if client {
-			d.clients.Add(k, struct{}{})
+			d.clients.add(k)
 		} else {
-			d.clients.Add(reverse(k), struct{}{})
+			d.clients.add(reverse(k))
 		}
 	}
 	return client
@@ -332,15 +399,18 @@ func guessClient(k bpfFlowKey, dir, rev *direction) (client, sure bool) {
 // records joins the two directions of each flow into a Record. ifaces
 // names the interfaces by index; clk turns the programs' times into times.
 func (d *drainer) records(dirs map[bpfFlowKey]*direction, ifaces func(int) model.Interface, clk clockReading) []model.Record {
-	recs := make([]model.Record, 0, len(dirs))
-	done := make(map[bpfFlowKey]bool, len(dirs))
+	recs := make([]model.Record, 0, len(dirs)/2+1)
+	d.joins++
 	for k, dir := range dirs {
-		if done[k] {
+		if dir.joined == d.joins {
 			continue
 		}
 		rk := reverse(k)
 		rev := dirs[rk]
-		done[k], done[rk] = true, true
+		dir.joined = d.joins
+		if rev != nil {
+			rev.joined = d.joins
+		}
 		if !d.isClient(k, dir, rev) {
 			if rev == nil {
 				// A one-way flow seen from its server side (a reply

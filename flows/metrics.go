@@ -46,6 +46,8 @@ var (
 		"Flow directions of NATed connections moved to their connection's tuple through conntrack.", nil, nil)
 	descConntrackErrors = prometheus.NewDesc("flowmap_conntrack_errors_total",
 		"Drains that could not read conntrack, whose NATed connections stay two one-way flows.", nil, nil)
+	descMapMemory = prometheus.NewDesc("flowmap_map_memory_bytes",
+		"Kernel memory of each BPF map (fdinfo memlock); per-CPU maps grow with the possible CPUs.", []string{"map"}, nil)
 	descLeftovers = prometheus.NewDesc("flowmap_leftover_filters_removed",
 		"clsact filters of a dead agent removed at start.", nil, nil)
 )
@@ -54,7 +56,7 @@ var (
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAttached, descBridges, descAttachErrors, descEntries,
 		descCapacity, descFullPackets, descFullBytes, descDrain, descDrainErrors, descFlows,
-		descFrames, descLeftovers, descL7Lost, descNamesLost, descNATJoined, descConntrackErrors} {
+		descFrames, descLeftovers, descL7Lost, descNamesLost, descNATJoined, descConntrackErrors, descMapMemory} {
 		ch <- d
 	}
 }
@@ -99,4 +101,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descNamesLost, s.NamesDropped, "batch_full")
 	counter(descNamesLost, s.NamesUndecoded, "undecoded")
 	counter(descNamesLost, s.NamesUnchained, "not_tied_to_question")
+	for _, m := range s.MapMemory {
+		gauge(descMapMemory, float64(m.Bytes), m.Name)
+	}
 }

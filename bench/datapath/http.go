@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -20,36 +22,66 @@ import (
 // httpPort is where the HTTP server of loadHTTP listens.
 const httpPort = 8080
 
-// httpServer is a Go HTTP server in a host: every request is answered 200
-// with a short body, as a small API call is, so that the load is the
-// request rate of short messages the L7 parsers read.
+// nginxConf runs nginx in the foreground, one process, as a small API
+// answers: every request 200 with a short JSON body, no access log, and
+// keep-alive connections kept for the whole load.
+const nginxConf = `daemon off;
+master_process off;
+worker_processes 1;
+pid %[1]s/nginx.pid;
+error_log stderr warn;
+events { worker_connections 4096; }
+http {
+	access_log off;
+	keepalive_requests 100000000;
+	keepalive_timeout 60s;
+	server {
+		listen %[2]s backlog=4096;
+		location / {
+			default_type application/json;
+			return 200 '{"ok":true}\n';
+		}
+	}
+}
+`
+
+// httpServer is nginx, from the distribution, in a host.
 type httpServer struct {
-	srv  *http.Server
-	done chan error
+	cmd    *exec.Cmd
+	stderr bytes.Buffer
+	done   chan error
 }
 
-func startHTTPServer(h *sandbox.Host) (*httpServer, error) {
-	ln, err := h.Listen("tcp4", netAddr(h, httpPort))
-	if err != nil {
-		return nil, fmt.Errorf("listen in %s: %w", h.NetNS, err)
+func startHTTPServer(ctx context.Context, h *sandbox.Host, dir string) (*httpServer, error) {
+	conf := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(conf, fmt.Appendf(nil, nginxConf, dir, netAddr(h, httpPort)), 0o644); err != nil {
+		return nil, fmt.Errorf("write nginx config: %w", err)
 	}
-	body := []byte(`{"ok":true}` + "\n")
-	s := &httpServer{
-		srv: &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-			w.Header().Set("Content-Type", "application/json")
-			w.Write(body)
-		})},
-		done: make(chan error, 1),
+	s := &httpServer{done: make(chan error, 1)}
+	s.cmd = h.Command(ctx, "nginx", "-p", dir, "-c", conf, "-e", "stderr")
+	s.cmd.Stderr = &s.stderr
+	if err := s.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start nginx in %s: %w", h.NetNS, err)
 	}
-	go func() { s.done <- s.srv.Serve(ln) }()
+	go func() { s.done <- s.cmd.Wait() }()
+	exited := func() bool {
+		select {
+		case err := <-s.done:
+			s.done <- err
+			return true
+		default:
+			return false
+		}
+	}
+	if err := waitListening(h, httpPort, exited); err != nil {
+		return nil, errors.Join(fmt.Errorf("nginx: %w: %s", err, s.stderr.String()), s.stop())
+	}
 	return s, nil
 }
 
 func (s *httpServer) stop() error {
-	s.srv.Close()
-	if err := <-s.done; !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("serve http: %w", err)
-	}
+	s.cmd.Process.Kill()
+	<-s.done // killed: the error says so
 	return nil
 }
 
@@ -64,8 +96,19 @@ var wrkRate = regexp.MustCompile(`(?m)^Requests/sec:\s+([0-9.]+)`)
 // thousands of requests per second it got answered. Non-2xx answers and
 // socket errors fail the measurement: a load that fails is no throughput.
 func measureHTTP(ctx context.Context, a, b *sandbox.Host, d time.Duration, conns int) (float64, error) {
+	return runWrk(ctx, a, b, d, conns)
+}
+
+// measureHTTPClose is measureHTTP with a connection a request, which
+// nginx closes after its response.
+func measureHTTPClose(ctx context.Context, a, b *sandbox.Host, d time.Duration, conns int) (float64, error) {
+	return runWrk(ctx, a, b, d, conns, "-H", "Connection: close")
+}
+
+func runWrk(ctx context.Context, a, b *sandbox.Host, d time.Duration, conns int, extra ...string) (float64, error) {
 	secs := strconv.Itoa(max(1, int(d.Round(time.Second)/time.Second)))
-	args := []string{"-t", "1", "-c", strconv.Itoa(conns), "-d", secs + "s", "http://" + netAddr(b, httpPort) + "/api/items?id=42"}
+	args := append([]string{"-t", "1", "-c", strconv.Itoa(conns), "-d", secs + "s"}, extra...)
+	args = append(args, "http://"+netAddr(b, httpPort)+"/api/items?id=42")
 	cmd := a.Command(ctx, "wrk", args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -98,10 +141,14 @@ const rrPort = 8081
 // for a protocol (zeros).
 const rrSize = 96
 
+// rrClosePort is where the server of loadRRClose listens.
+const rrClosePort = 8082
+
 // startRRServer answers every rrSize bytes read on a connection to h's
-// rrPort with rrSize bytes, until stop.
-func startRRServer(h *sandbox.Host) (stop func(), err error) {
-	ln, err := h.Listen("tcp4", netAddr(h, rrPort))
+// port with rrSize bytes, until stop; with once, it closes the connection
+// after its first answer.
+func startRRServer(h *sandbox.Host, port int, once bool) (stop func(), err error) {
+	ln, err := h.Listen("tcp4", netAddr(h, port))
 	if err != nil {
 		return nil, fmt.Errorf("listen in %s: %w", h.NetNS, err)
 	}
@@ -121,7 +168,7 @@ func startRRServer(h *sandbox.Host) (stop func(), err error) {
 					if _, err := io.ReadFull(c, buf); err != nil {
 						return
 					}
-					if _, err := c.Write(buf); err != nil {
+					if _, err := c.Write(buf); err != nil || once {
 						return
 					}
 				}
@@ -175,6 +222,60 @@ func measureRR(ctx context.Context, a, b *sandbox.Host, d time.Duration, conns i
 	elapsed := time.Since(start)
 	if err := errors.Join(append(errs, ctx.Err())...); err != nil {
 		return 0, fmt.Errorf("request-response to %s: %w", netAddr(b, rrPort), err)
+	}
+	n := 0
+	for _, c := range counts {
+		n += c
+	}
+	return float64(n) / elapsed.Seconds() / 1e3, nil
+}
+
+// measureRRClose runs conns clients from a to b's rrClosePort for d, each
+// opening a connection, sending a request, reading its response and the
+// server's close, in turn; and returns the thousands of connections per
+// second. Each client is a goroutine on a thread of its own in a's
+// namespace, where its sockets are made.
+func measureRRClose(ctx context.Context, a, b *sandbox.Host, d time.Duration, conns int) (float64, error) {
+	addr := netAddr(b, rrClosePort)
+	start := time.Now()
+	end := start.Add(d)
+	counts := make([]int, conns)
+	errs := make([]error, conns)
+	var wg sync.WaitGroup
+	for i := range conns {
+		wg.Go(func() {
+			errs[i] = a.Do(func() error {
+				buf := make([]byte, rrSize)
+				var dialer net.Dialer
+				for time.Now().Before(end) && ctx.Err() == nil {
+					c, err := dialer.DialContext(ctx, "tcp4", addr)
+					if err != nil {
+						return err
+					}
+					_, err = c.Write(buf)
+					if err == nil {
+						_, err = io.ReadFull(c, buf)
+					}
+					if err == nil {
+						// The server's close.
+						if _, rerr := c.Read(buf[:1]); rerr != io.EOF {
+							err = fmt.Errorf("read after the response: %v, want EOF", rerr)
+						}
+					}
+					c.Close()
+					if err != nil {
+						return err
+					}
+					counts[i]++
+				}
+				return nil
+			})
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if err := errors.Join(append(errs, ctx.Err())...); err != nil {
+		return 0, fmt.Errorf("connections to %s: %w", addr, err)
 	}
 	n := 0
 	for _, c := range counts {

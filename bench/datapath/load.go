@@ -26,9 +26,17 @@ const (
 	// loadRR is loadHTTP's exchanges with bytes of no protocol: what the
 	// agent costs them without the L7 path.
 	loadRR
+	// loadHTTPClose is loadHTTP with a connection a request (wrk -H
+	// 'Connection: close'), about ten packets a connection: short
+	// connections, as health checks and many microservices make.
+	loadHTTPClose
+	// loadRRClose is loadRR with a connection an exchange, closed by the
+	// server as nginx closes loadHTTPClose's: loadHTTPClose without the
+	// L7 path.
+	loadRRClose
 )
 
-var allLoads = []load{loadTCP, loadUDP64, loadRR, loadHTTP}
+var allLoads = []load{loadTCP, loadUDP64, loadRR, loadHTTP, loadRRClose, loadHTTPClose}
 
 // parseLoads reads a comma-separated list of loads by name.
 func parseLoads(s string) ([]load, error) {
@@ -53,6 +61,10 @@ func (l load) String() string {
 		return "http"
 	case loadRR:
 		return "tcp-rr"
+	case loadHTTPClose:
+		return "http-close"
+	case loadRRClose:
+		return "tcp-rr-close"
 	}
 	return "tcp-bulk"
 }
@@ -62,10 +74,12 @@ func (l load) unit() string {
 	switch l {
 	case loadUDP64:
 		return "Mpkt/s"
-	case loadHTTP:
+	case loadHTTP, loadHTTPClose:
 		return "kreq/s"
 	case loadRR:
 		return "ktrans/s"
+	case loadRRClose:
+		return "kconn/s"
 	}
 	return "Gbit/s"
 }
@@ -75,11 +89,19 @@ func (l load) unit() string {
 // attaches by default: the other hooks' cost is the L4 loads' to tell, and
 // a bench of all of them would last past four minutes.
 func (l load) modes() []mode {
-	if l == loadHTTP || l == loadRR {
+	if l.exchanges() {
 		return []mode{{hook: hookNone}, {hook: hookTC}, {hook: hookTC, agent: true}}
 	}
 	return modes
 }
+
+// exchanges reports whether l is one of the request-response loads.
+func (l load) exchanges() bool {
+	return l == loadHTTP || l == loadRR || l == loadHTTPClose || l == loadRRClose
+}
+
+// short reports whether l opens a connection an exchange.
+func (l load) short() bool { return l == loadHTTPClose || l == loadRRClose }
 
 // minRatio is the least throughput with the agent over without that the
 // issues ask of l; 0 for none.
@@ -87,7 +109,9 @@ func (l load) minRatio() float64 {
 	switch l {
 	case loadHTTP:
 		return 0.95
-	case loadRR:
+	case loadHTTPClose:
+		return 0.90
+	case loadRR, loadRRClose:
 		return 0
 	}
 	return 0.97
@@ -112,9 +136,17 @@ func startIperfServer(ctx context.Context, h *sandbox.Host) (*iperfServer, error
 	if err := s.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start iperf3 server in %s: %w", h.NetNS, err)
 	}
-	// Listening is checked by reading the namespace's TCP sockets: a probe
-	// connection would make the server log an aborted test.
-	hexPort := fmt.Sprintf(":%04X ", mustAtoi(iperfPort))
+	if err := waitListening(h, mustAtoi(iperfPort), func() bool { return s.cmd.ProcessState != nil }); err != nil {
+		return nil, errors.Join(fmt.Errorf("iperf3 server: %w: %s", err, s.stderr.String()), s.stop())
+	}
+	return s, nil
+}
+
+// waitListening waits until a TCP socket of h listens on port, or exited
+// reports the server gone. Listening is checked by reading the namespace's
+// TCP sockets: a probe connection would make iperf3 log an aborted test.
+func waitListening(h *sandbox.Host, port int, exited func() bool) error {
+	hexPort := fmt.Sprintf(":%04X ", port)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		var listening bool
@@ -133,13 +165,13 @@ func startIperfServer(ctx context.Context, h *sandbox.Host) (*iperfServer, error
 			return nil
 		})
 		if err != nil {
-			return nil, errors.Join(fmt.Errorf("read sockets in %s: %w", h.NetNS, err), s.stop())
+			return fmt.Errorf("read sockets in %s: %w", h.NetNS, err)
 		}
 		if listening {
-			return s, nil
+			return nil
 		}
-		if time.Now().After(deadline) || s.cmd.ProcessState != nil {
-			return nil, errors.Join(fmt.Errorf("iperf3 server in %s not listening after 5s: %s", h.NetNS, s.stderr.String()), s.stop())
+		if time.Now().After(deadline) || exited() {
+			return fmt.Errorf("not listening on port %d in %s after 5s", port, h.NetNS)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -171,8 +203,12 @@ func measure(ctx context.Context, l load, a, b *sandbox.Host, d time.Duration, h
 		return measureUDP(ctx, a, b, d)
 	case loadHTTP:
 		return measureHTTP(ctx, a, b, d, httpConns)
+	case loadHTTPClose:
+		return measureHTTPClose(ctx, a, b, d, httpConns)
 	case loadRR:
 		return measureRR(ctx, a, b, d, httpConns)
+	case loadRRClose:
+		return measureRRClose(ctx, a, b, d, httpConns)
 	}
 	secs := strconv.Itoa(max(1, int(d.Round(time.Second)/time.Second)))
 	args := []string{"-c", b.Addr.String(), "-p", iperfPort, "-t", secs, "-J"}

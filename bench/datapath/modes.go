@@ -4,15 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
-
-	"github.com/flowmap/flowmap/flows"
-	"github.com/flowmap/flowmap/model"
 )
 
 // hook is where a mode's ingress program runs; egress is always TCX.
@@ -65,12 +61,12 @@ var modes = []mode{
 }
 
 // attached is a mode set up on the veths: its ingress and egress programs,
-// for their run-time statistics, and how to take it down.
+// for their run-time statistics, the agent's process, and how to take it
+// down.
 type attached struct {
 	ingress, egress *ebpf.Program
-	// counted returns the packets the agent counted, once closed.
-	counted func() uint64
-	close   func() error
+	pid             int // the agent's process; 0 without
+	close           func() error
 }
 
 // attach sets up m on the veths ifindexes.
@@ -114,107 +110,6 @@ func (b *bench) attachFloor(m mode, ifindexes []int) (_ *attached, err error) {
 		return nil, err
 	}
 	return a, nil
-}
-
-// attachAgent runs flowmap's datapath on the veths as the agent does: it
-// attaches, drains every interval, and detaches when closed.
-func (b *bench) attachAgent(ctx context.Context, m mode, ifindexes []int) (_ *attached, err error) {
-	cfg := flows.Config{
-		Interfaces: []string{b.prefix + "-*"},
-		Attach:     flows.AttachTCX,
-		Interval:   b.interval,
-		Logger:     b.dpLog,
-	}
-	switch m.hook {
-	case hookXDPNative:
-		cfg.XDP, cfg.XDPMode = cfg.Interfaces, flows.XDPNative
-	case hookXDPGeneric:
-		cfg.XDP, cfg.XDPMode = cfg.Interfaces, flows.XDPGeneric
-	}
-	d, err := flows.New(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("load datapath: %w", err)
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	out := make(chan model.Batch)
-	runErr := make(chan error, 1)
-	countedc := make(chan uint64, 1)
-	go func() { runErr <- d.Run(ctx, out) }()
-	go func() {
-		var n uint64
-		for batch := range out {
-			for _, r := range batch.Records {
-				n += r.Forward.Packets + r.Reverse.Packets
-			}
-		}
-		countedc <- n
-	}()
-	var counted uint64
-	stop := func() error {
-		cancel()
-		var errs []error
-		if err := <-runErr; !errors.Is(err, context.Canceled) {
-			errs = append(errs, fmt.Errorf("run datapath: %w", err))
-		}
-		errs = append(errs, d.Close())
-		close(out)
-		counted = <-countedc
-		return errors.Join(errs...)
-	}
-	defer func() {
-		if err != nil {
-			err = errors.Join(err, stop())
-		}
-	}()
-
-	progs := d.Programs()
-	a := &attached{
-		ingress: progs["tc_ingress"],
-		egress:  progs["tc_egress"],
-		counted: func() uint64 { return counted },
-		close:   stop,
-	}
-	if m.hook != hookTC {
-		a.ingress = progs["xdp_ingress"]
-	}
-	if err := waitAttached(ctx, d, ifindexes); err != nil {
-		return nil, err
-	}
-	if err := checkXDP(m.hook, ifindexes); err != nil {
-		return nil, err
-	}
-	return a, nil
-}
-
-// waitAttached waits until the datapath has programs on every veth.
-func waitAttached(ctx context.Context, d *flows.Datapath, ifindexes []int) error {
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		have := map[int]bool{}
-		for _, i := range d.Attached() {
-			have[i.Index] = true
-		}
-		missing := 0
-		for _, idx := range ifindexes {
-			if !have[idx] {
-				missing++
-			}
-		}
-		if d.Ready() == nil && missing == 0 {
-			if n := d.Stats().AttachErrors; n > 0 {
-				return fmt.Errorf("datapath: %d attach errors (see the log)", n)
-			}
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("datapath attached to %d of %d veths after 5s", len(ifindexes)-missing, len(ifindexes))
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
 }
 
 // checkXDP fails unless the veths have XDP attached in the mode h asks for:

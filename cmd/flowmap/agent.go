@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -47,6 +49,8 @@ type agentFlags struct {
 	graph    graphFlags
 	inv      inventoryFlags
 	export   exportFlags
+	// Profiles written when the agent stops, for make bench.
+	cpuProfile, heapProfile string
 	// namer names the ends of flows; nil: the inventory, or with
 	// --no-inventory the address alone.
 	namer pipeline.Namer
@@ -80,6 +84,8 @@ func (a *agentFlags) register(fs *flag.FlagSet) {
 	})
 	fs.IntVar(&a.keep, "keep", 12, "intervals of flows kept for /api/v1/flows?last=N")
 	fs.TextVar(&a.logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
+	fs.StringVar(&a.cpuProfile, "cpu-profile", "", "write a pprof CPU profile of the agent's run to this file when it stops (for profiling)")
+	fs.StringVar(&a.heapProfile, "heap-profile", "", "write a pprof heap profile to this file when the agent stops (for profiling)")
 	a.graph.register(fs)
 	a.inv.register(fs)
 	a.export.register(fs)
@@ -103,7 +109,37 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("agent: %w", err)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: a.logLevel}))
-	return agent(ctx, a, log)
+	if a.cpuProfile != "" {
+		f, err := os.Create(a.cpuProfile)
+		if err != nil {
+			return fmt.Errorf("create cpu profile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("start cpu profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	err := agent(ctx, a, log)
+	if a.heapProfile != "" {
+		if perr := writeHeapProfile(a.heapProfile); perr != nil {
+			err = errors.Join(err, perr)
+		}
+	}
+	return err
+}
+
+// writeHeapProfile writes the heap's allocations to file.
+func writeHeapProfile(file string) error {
+	f, err := os.Create(file)
+	if err != nil {
+		return fmt.Errorf("create heap profile: %w", err)
+	}
+	if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+		f.Close()
+		return fmt.Errorf("write heap profile: %w", err)
+	}
+	return f.Close()
 }
 
 // agent runs the datapath, the pipeline and the HTTP server until ctx is

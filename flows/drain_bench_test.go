@@ -1,0 +1,113 @@
+package flows
+
+import (
+	"encoding/binary"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/flowmap/flowmap/internal/testenv"
+)
+
+// drainBenchFlows is how many live flows BenchmarkDrainLive drains: both
+// directions of each, in flow maps sized for them.
+const drainBenchFlows = 500_000
+
+// BenchmarkDrainLive drains a million live flow directions (half a million
+// TCP connections, both ways, counted on every CPU) from the kernel's map
+// and makes their records, as Datapath.Drain does each interval. The map is
+// filled with BatchUpdate before each drain: the programs under
+// BPF_PROG_TEST_RUN would take minutes. cpu-ms/op is the process's user
+// and system time (the grace period after the flip sleeps).
+func BenchmarkDrainLive(b *testing.B) {
+	testenv.MustBeRoot(b)
+	testenv.MustHaveBTF(b)
+	d, err := New(Config{MaxFlows: 2 * drainBenchFlows})
+	if err != nil {
+		b.Fatalf("New: %v", err)
+	}
+	defer d.Close()
+	ncpu := d.drain.ncpu
+	keys := make([]bpfFlowKey4, 0, 2*drainBenchFlows)
+	for i := range drainBenchFlows {
+		var k bpfFlowKey4
+		k.Saddr = binary.NativeEndian.Uint32([]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		k.Daddr = binary.NativeEndian.Uint32([]byte{10, 255, 0, byte(i % 64)})
+		k.Sport, k.Dport, k.Proto = uint16(32768+i%28000), 443, uint8(unix.IPPROTO_TCP)
+		r := k
+		r.Saddr, r.Daddr, r.Sport, r.Dport = k.Daddr, k.Saddr, k.Dport, k.Sport
+		keys = append(keys, k, r)
+	}
+	vals := make([]bpfFlowStats, len(keys)*ncpu)
+	for i := range keys {
+		for c := range ncpu {
+			vals[i*ncpu+c] = bpfFlowStats{Bytes: 1500, Packets: 3, FirstNs: uint64(1000 + c), LastJiffies: uint64(2000 + c),
+				Ifindex: 3, TcpFlags: benchACK, Point: uint8(bpfPointPOINT_TC_INGRESS)}
+		}
+	}
+	fill := func() {
+		// The drain reads the half the programs wrote until it flips.
+		h := d.drain.halves[d.drain.cur]
+		for i := 0; i < len(keys); i += drainBatch {
+			j := min(i+drainBatch, len(keys))
+			if _, err := h.v4.BatchUpdate(keys[i:j], vals[i*ncpu:j*ncpu], &ebpf.BatchOptions{}); err != nil {
+				b.Fatalf("fill flow map: %v", err)
+			}
+		}
+	}
+	var cpu time.Duration
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		fill()
+		c0 := cpuTime(b)
+		b.StartTimer()
+		batch, err := d.Drain(time.Now())
+		b.StopTimer()
+		cpu += cpuTime(b) - c0
+		if err != nil {
+			b.Fatalf("Drain: %v", err)
+		}
+		if got := len(batch.Records); got != drainBenchFlows {
+			b.Fatalf("Drain: %d records, want %d", got, drainBenchFlows)
+		}
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(cpu.Milliseconds())/float64(b.N), "cpu-ms/op")
+}
+
+// cpuTime returns the process's user and system time.
+func cpuTime(b *testing.B) time.Duration {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		b.Fatalf("getrusage: %v", err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// TestClientSet checks that the set keeps its newest n keys at least, and
+// a key looked up stays.
+func TestClientSet(t *testing.T) {
+	key := func(i int) bpfFlowKey { return bpfFlowKey{Sport: uint16(i), Proto: 6} }
+	s := newClientSet(4) // two generations of 2
+	for i := range 3 {
+		s.add(key(i))
+	}
+	// Generations: old {0, 1}, cur {2}. Looking up 0 moves it to cur,
+	// which is then full: adding 3 drops {2, 0}'s older generation, {1}.
+	if !s.has(key(0)) {
+		t.Fatalf("has(0) = false after adding 0, 1, 2 to a set of 4, want true")
+	}
+	s.add(key(3))
+	for _, tt := range []struct {
+		key  int
+		want bool
+	}{{0, true}, {1, false}, {2, true}, {3, true}, {4, false}} {
+		if got := s.has(key(tt.key)); got != tt.want {
+			t.Errorf("has(%d) = %t, want %t", tt.key, got, tt.want)
+		}
+	}
+}
