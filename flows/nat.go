@@ -6,8 +6,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
-
-	"github.com/flowmap/flowmap/model"
 )
 
 // natJoin gives both directions of a NATed connection one tuple. The
@@ -63,13 +61,7 @@ func ctKey(src, dst net.IP, sport, dport uint16, proto uint8) (bpfFlowKey, bool)
 
 // merge adds o, counted at another point, to d.
 func (d *direction) merge(o *direction) {
-	d.Bytes += o.Bytes
-	d.Packets += o.Packets
-	d.Retransmits += o.Retransmits
-	d.TCPFlags |= o.TCPFlags
-	if d.Point == model.PointNone {
-		d.Point, d.Ifindex = o.Point, o.Ifindex
-	}
+	d.Direction.Add(o.Direction)
 	if o.first != 0 && (d.first == 0 || o.first < d.first) {
 		d.first = o.first
 	}
