@@ -108,6 +108,8 @@ type Stats struct {
 	AttachErrors    uint64        // attaches that failed
 	Drains          uint64        // drains done
 	DrainErrors     uint64        // drains that failed
+	DrainKept       uint64        // flow directions a failed drain kept for the next
+	GraceWaits      uint64        // drains that slept instead of waiting for the programs
 	LastDrain       time.Duration // how long the last drain took
 	DrainSeconds    float64       // all drains' time
 	LastEntries     int           // flow directions in the last drain
@@ -204,6 +206,7 @@ func New(cfg Config) (*Datapath, error) {
 		return nil, err
 	}
 	if d.clock, err = newClock(&d.objs); err != nil {
+		d.drain.close()
 		d.objs.Close()
 		return nil, err
 	}
@@ -287,7 +290,7 @@ func (d *Datapath) Close() error {
 	for _, l := range d.health {
 		errs = append(errs, l.Close())
 	}
-	errs = append(errs, d.objs.Close())
+	errs = append(errs, d.drain.close(), d.objs.Close())
 	return errors.Join(errs...)
 }
 
@@ -601,7 +604,9 @@ func (d *Datapath) Drain(start time.Time) (model.Batch, error) {
 	t0 := time.Now()
 	dirs, err := d.drain.drain()
 	if err != nil {
-		d.count(func(s *Stats) { s.Drains++; s.DrainErrors++ })
+		// What it took out of the maps goes out with the next batch.
+		d.drain.keep(dirs)
+		d.count(func(s *Stats) { s.Drains++; s.DrainErrors++; s.DrainKept = uint64(len(dirs)) })
 		return model.Batch{}, err
 	}
 	var joined, ctErrors uint64
@@ -618,7 +623,14 @@ func (d *Datapath) Drain(start time.Time) (model.Batch, error) {
 	}
 	clk, err := d.clock.read()
 	if err != nil {
-		d.count(func(s *Stats) { s.Drains++; s.ConntrackErrors += ctErrors; s.NATJoined += joined })
+		d.drain.keep(dirs)
+		d.count(func(s *Stats) {
+			s.Drains++
+			s.DrainErrors++
+			s.DrainKept = uint64(len(dirs))
+			s.ConntrackErrors += ctErrors
+			s.NATJoined += joined
+		})
 		return model.Batch{}, err
 	}
 	// Taken after the flip, so that it names every interface that may
@@ -645,6 +657,8 @@ func (d *Datapath) Drain(start time.Time) (model.Batch, error) {
 		s.L7Lost = l7Lost
 		s.LastDrain = took
 		s.DrainSeconds += took.Seconds()
+		s.DrainKept = 0
+		s.GraceWaits = d.drain.graceWaits
 		s.LastEntries = len(dirs)
 		s.Flows += uint64(len(recs))
 	})
