@@ -73,6 +73,10 @@ type Datapath struct {
 	// conntrack lists conntrack's connections for the NAT join; tests
 	// replace it.
 	conntrack func() ([]*netlink.ConntrackFlow, error)
+	// subscribe and routes are the host's link and route events and its
+	// routes (see events.go); tests replace them.
+	subscribe func(done <-chan struct{}) (events, error)
+	routes    func() ([]netlink.Route, error)
 
 	// Each lock guards its own part. Where two are held, they are taken
 	// in this order: drainMu, regMu, namesMu, statsMu; statsMu, held only
@@ -88,6 +92,9 @@ type Datapath struct {
 	attached map[int]*attachment     // by ifindex
 	known    map[int]model.Interface // every interface that was attached since the last drain
 	running  bool                    // Run has attached to the interfaces there were
+	// defRoutes are the links of the default routes, which the default
+	// config watches; replaced, never changed.
+	defRoutes map[int]bool
 	// closed is set by Close holding drainMu and regMu, so either is
 	// enough to read it.
 	closed bool
@@ -132,6 +139,9 @@ type Stats struct {
 	// Health (see health.go).
 	HealthMapFull uint64 // health events not counted: the health map was full
 	DropsMapFull  uint64 // drops not counted: the drops map was full
+	// Resubscribes counts the subscriptions to link and route events that
+	// failed (a netlink socket overrun: ENOBUFS) and were made again.
+	Resubscribes uint64
 }
 
 // ErrPrerequisite is returned by New when the machine cannot run the
@@ -192,7 +202,7 @@ func New(cfg Config) (*Datapath, error) {
 			return nil, fmt.Errorf("set first drop reason %d: %w", first, err)
 		}
 	}
-	d := &Datapath{cfg: cfg, log: log, conntrack: conntrack, attached: map[int]*attachment{}, known: map[int]model.Interface{}}
+	d := &Datapath{cfg: cfg, log: log, conntrack: conntrack, subscribe: subscribe, routes: host.Routes, attached: map[int]*attachment{}, known: map[int]model.Interface{}}
 	d.stats.MaxFlows = cfg.MaxFlows
 	if err := spec.LoadAndAssign(&d.objs, nil); err != nil {
 		var ve *ebpf.VerifierError
@@ -347,30 +357,22 @@ func sizeMaps(spec *ebpf.CollectionSpec, maxFlows uint32) {
 }
 
 // Run attaches to the interfaces the config names, follows netlink link
-// events to attach to new ones within a second and release vanished ones,
-// and sends one Batch to out every interval, until ctx is done. Then it
-// sends the last batch, if out takes it, and returns ctx's error; the
-// caller still owns Close.
+// and route events to attach to new ones (and to a link that becomes a
+// default route's) within a second and release vanished ones, and sends
+// one Batch to out every interval, until ctx is done. Then it sends the
+// last batch, if out takes it, and returns ctx's error; the caller still
+// owns Close. Link events are followed apart from the batches, so that a
+// slow reader of out does not hold them up; a subscription that fails
+// (an overrun) is made again and the links listed again (see follow):
+// after the start, Run ends only with ctx.
 func (d *Datapath) Run(ctx context.Context, out chan<- model.Batch) error {
-	done := make(chan struct{})
-	defer close(done)
-	updates, subErr, err := host.SubscribeLinks(done)
-	if err != nil {
+	followCtx, stopFollow := context.WithCancel(ctx)
+	followDone := make(chan struct{})
+	ready := make(chan error, 1)
+	go func() { defer close(followDone); d.follow(followCtx, ready) }()
+	defer func() { stopFollow(); <-followDone }()
+	if err := <-ready; err != nil {
 		return err
-	}
-	routes, err := host.Routes()
-	if err != nil {
-		d.log.Warn("find default routes", "err", err)
-	}
-	defRoutes := host.DefaultLinks(routes)
-	// Subscribed first, listed second: a link made in between is in both,
-	// and update is idempotent.
-	links, err := netlink.LinkList()
-	if err != nil {
-		return fmt.Errorf("list links: %w", err)
-	}
-	for _, l := range links {
-		d.update(netlink.LinkUpdate{Header: unix.NlMsghdr{Type: unix.RTM_NEWLINK}, Link: l}, defRoutes)
 	}
 	d.regMu.Lock()
 	d.running = true
@@ -393,13 +395,6 @@ func (d *Datapath) Run(ctx context.Context, out chan<- model.Batch) error {
 				}
 			}
 			return ctx.Err()
-		case err := <-subErr:
-			return fmt.Errorf("link events: %w", err)
-		case u, ok := <-updates:
-			if !ok {
-				return errors.New("link events: subscription closed")
-			}
-			d.update(u, defRoutes)
 		case <-tick.C:
 			b, err := d.Drain(start)
 			if err != nil {

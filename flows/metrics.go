@@ -37,6 +37,8 @@ var (
 		"Flow directions the last drain took out of the flow map but failed to hand out: the next batch carries them.", nil, nil)
 	descGraceWaits = prometheus.NewDesc("flowmap_drain_grace_sleeps_total",
 		"Drains that could not wait for the programs to leave the old half of the flow map, and slept instead.", nil, nil)
+	descResubscribes = prometheus.NewDesc("flowmap_link_event_resubscribes_total",
+		"Subscriptions to netlink link and route events that failed (a socket overrun) and were made again, the links listed again.", nil, nil)
 	descFlows = prometheus.NewDesc("flowmap_flows_total",
 		"Flow records handed out, one per flow and interval.", nil, nil)
 	descFrames = prometheus.NewDesc("flowmap_frames_skipped_total",
@@ -57,7 +59,7 @@ var (
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAttached, descBridges, descAttachErrors, descEntries,
-		descCapacity, descFullPackets, descFullBytes, descDrain, descDrainErrors, descDrainKept, descGraceWaits, descFlows,
+		descCapacity, descFullPackets, descFullBytes, descDrain, descDrainErrors, descDrainKept, descGraceWaits, descResubscribes, descFlows,
 		descFrames, descLeftovers, descL7Lost, descNamesLost, descNATJoined, descConntrackErrors} {
 		ch <- d
 	}
@@ -89,6 +91,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descDrainErrors, s.DrainErrors)
 	gauge(descDrainKept, float64(s.DrainKept))
 	counter(descGraceWaits, s.GraceWaits)
+	counter(descResubscribes, s.Resubscribes)
 	counter(descFlows, s.Flows)
 	counter(descFrames, s.NonIP, "non_ip")
 	counter(descFrames, s.Malformed, "malformed")
