@@ -73,6 +73,10 @@ type Datapath struct {
 	// conntrack lists conntrack's connections for the NAT join; tests
 	// replace it.
 	conntrack func() ([]*netlink.ConntrackFlow, error)
+	// subscribe and routes are the host's link and route events and its
+	// routes (see events.go); tests replace them.
+	subscribe func(done <-chan struct{}) (events, error)
+	routes    func() ([]netlink.Route, error)
 
 	// Each lock guards its own part. Where two are held, they are taken
 	// in this order: drainMu, regMu, namesMu, statsMu; statsMu, held only
@@ -88,6 +92,9 @@ type Datapath struct {
 	attached map[int]*attachment     // by ifindex
 	known    map[int]model.Interface // every interface that was attached since the last drain
 	running  bool                    // Run has attached to the interfaces there were
+	// defRoutes are the links of the default routes, which the default
+	// config watches; replaced, never changed.
+	defRoutes map[int]bool
 	// closed is set by Close holding drainMu and regMu, so either is
 	// enough to read it.
 	closed bool
@@ -108,6 +115,8 @@ type Stats struct {
 	AttachErrors    uint64        // attaches that failed
 	Drains          uint64        // drains done
 	DrainErrors     uint64        // drains that failed
+	DrainKept       uint64        // flow directions a failed drain kept for the next
+	GraceWaits      uint64        // drains that slept instead of waiting for the programs
 	LastDrain       time.Duration // how long the last drain took
 	DrainSeconds    float64       // all drains' time
 	LastEntries     int           // flow directions in the last drain
@@ -133,6 +142,9 @@ type Stats struct {
 	// MapMemory is the kernel memory of each map, read at load and after
 	// each drain; replaced, never changed in place.
 	MapMemory []MapMemory
+	// Resubscribes counts the subscriptions to link and route events that
+	// failed (a netlink socket overrun: ENOBUFS) and were made again.
+	Resubscribes uint64
 }
 
 // ErrPrerequisite is returned by New when the machine cannot run the
@@ -193,7 +205,7 @@ func New(cfg Config) (*Datapath, error) {
 			return nil, fmt.Errorf("set first drop reason %d: %w", first, err)
 		}
 	}
-	d := &Datapath{cfg: cfg, log: log, conntrack: conntrack, attached: map[int]*attachment{}, known: map[int]model.Interface{}}
+	d := &Datapath{cfg: cfg, log: log, conntrack: conntrack, subscribe: subscribe, routes: host.Routes, attached: map[int]*attachment{}, known: map[int]model.Interface{}}
 	d.stats.MaxFlows = cfg.MaxFlows
 	if err := spec.LoadAndAssign(&d.objs, nil); err != nil {
 		var ve *ebpf.VerifierError
@@ -211,6 +223,7 @@ func New(cfg Config) (*Datapath, error) {
 		return nil, err
 	}
 	if d.clock, err = newClock(&d.objs); err != nil {
+		d.drain.close()
 		d.objs.Close()
 		return nil, err
 	}
@@ -294,7 +307,7 @@ func (d *Datapath) Close() error {
 	for _, l := range d.health {
 		errs = append(errs, l.Close())
 	}
-	errs = append(errs, d.objs.Close())
+	errs = append(errs, d.drain.close(), d.objs.Close())
 	return errors.Join(errs...)
 }
 
@@ -351,30 +364,22 @@ func sizeMaps(spec *ebpf.CollectionSpec, maxFlows uint32) {
 }
 
 // Run attaches to the interfaces the config names, follows netlink link
-// events to attach to new ones within a second and release vanished ones,
-// and sends one Batch to out every interval, until ctx is done. Then it
-// sends the last batch, if out takes it, and returns ctx's error; the
-// caller still owns Close.
+// and route events to attach to new ones (and to a link that becomes a
+// default route's) within a second and release vanished ones, and sends
+// one Batch to out every interval, until ctx is done. Then it sends the
+// last batch, if out takes it, and returns ctx's error; the caller still
+// owns Close. Link events are followed apart from the batches, so that a
+// slow reader of out does not hold them up; a subscription that fails
+// (an overrun) is made again and the links listed again (see follow):
+// after the start, Run ends only with ctx.
 func (d *Datapath) Run(ctx context.Context, out chan<- model.Batch) error {
-	done := make(chan struct{})
-	defer close(done)
-	updates, subErr, err := host.SubscribeLinks(done)
-	if err != nil {
+	followCtx, stopFollow := context.WithCancel(ctx)
+	followDone := make(chan struct{})
+	ready := make(chan error, 1)
+	go func() { defer close(followDone); d.follow(followCtx, ready) }()
+	defer func() { stopFollow(); <-followDone }()
+	if err := <-ready; err != nil {
 		return err
-	}
-	routes, err := host.Routes()
-	if err != nil {
-		d.log.Warn("find default routes", "err", err)
-	}
-	defRoutes := host.DefaultLinks(routes)
-	// Subscribed first, listed second: a link made in between is in both,
-	// and update is idempotent.
-	links, err := netlink.LinkList()
-	if err != nil {
-		return fmt.Errorf("list links: %w", err)
-	}
-	for _, l := range links {
-		d.update(netlink.LinkUpdate{Header: unix.NlMsghdr{Type: unix.RTM_NEWLINK}, Link: l}, defRoutes)
 	}
 	d.regMu.Lock()
 	d.running = true
@@ -397,13 +402,6 @@ func (d *Datapath) Run(ctx context.Context, out chan<- model.Batch) error {
 				}
 			}
 			return ctx.Err()
-		case err := <-subErr:
-			return fmt.Errorf("link events: %w", err)
-		case u, ok := <-updates:
-			if !ok {
-				return errors.New("link events: subscription closed")
-			}
-			d.update(u, defRoutes)
 		case <-tick.C:
 			b, err := d.Drain(start)
 			if err != nil {
@@ -608,7 +606,9 @@ func (d *Datapath) Drain(start time.Time) (model.Batch, error) {
 	t0 := time.Now()
 	dirs, err := d.drain.drain()
 	if err != nil {
-		d.count(func(s *Stats) { s.Drains++; s.DrainErrors++ })
+		// What it took out of the maps goes out with the next batch.
+		d.drain.keep(dirs)
+		d.count(func(s *Stats) { s.Drains++; s.DrainErrors++; s.DrainKept = uint64(len(dirs)) })
 		return model.Batch{}, err
 	}
 	var joined, ctErrors uint64
@@ -625,7 +625,14 @@ func (d *Datapath) Drain(start time.Time) (model.Batch, error) {
 	}
 	clk, err := d.clock.read()
 	if err != nil {
-		d.count(func(s *Stats) { s.Drains++; s.ConntrackErrors += ctErrors; s.NATJoined += joined })
+		d.drain.keep(dirs)
+		d.count(func(s *Stats) {
+			s.Drains++
+			s.DrainErrors++
+			s.DrainKept = uint64(len(dirs))
+			s.ConntrackErrors += ctErrors
+			s.NATJoined += joined
+		})
 		return model.Batch{}, err
 	}
 	// Taken after the flip, so that it names every interface that may
@@ -656,6 +663,8 @@ func (d *Datapath) Drain(start time.Time) (model.Batch, error) {
 		s.L7Lost = l7Lost
 		s.LastDrain = took
 		s.DrainSeconds += took.Seconds()
+		s.DrainKept = 0
+		s.GraceWaits = d.drain.graceWaits
 		s.LastEntries = len(dirs)
 		if mem != nil {
 			s.MapMemory = mem

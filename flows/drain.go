@@ -15,9 +15,9 @@ import (
 )
 
 // drainGrace is how long a drain waits after flipping the double buffer
-// before it reads the half the programs wrote until then: a program that
-// read the old active_buf finishes its update well within it (they run in
-// softirq or with migration disabled, for microseconds).
+// when it cannot wait for the programs as it should (see waitPrograms):
+// a program that read the old active_buf finishes its update well within
+// it (they run in softirq or with migration disabled, for microseconds).
 const drainGrace = 20 * time.Millisecond
 
 // drainBatch is how many entries one batch syscall reads. It must exceed
@@ -143,6 +143,18 @@ type drainer struct {
 	hvals      []bpfHealthStats
 	dkeys      []bpfDropKey
 	dvals      []uint64
+
+	// sync is an array of maps whose update waits for an RCU grace
+	// period (see waitPrograms), inner the map it is updated with.
+	sync, inner *ebpf.Map
+	// graceWaits counts the drains that could not wait for the programs
+	// and slept drainGrace instead.
+	graceWaits uint64
+	// kept says that d.dirs holds what a failed drain had already taken
+	// out of the maps: the next drain hands it out.
+	kept bool
+	// fault, for tests, fails a drain after the step it names.
+	fault func(step string) error
 }
 
 func newDrainer(objs *bpfObjects, maxFlows int, reasons map[uint32]string) (*drainer, error) {
@@ -180,26 +192,87 @@ func newDrainer(objs *bpfObjects, maxFlows int, reasons map[uint32]string) (*dra
 		d.dkeys = make([]bpfDropKey, healthBatch)
 		d.dvals = make([]uint64, healthBatch*ncpu)
 	}
-	return d, d.active.Get(&d.cur)
+	if d.inner, err = ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1}); err != nil {
+		return nil, fmt.Errorf("create drain sync map: %w", err)
+	}
+	d.sync, err = ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.ArrayOfMaps, KeySize: 4, ValueSize: 4, MaxEntries: 1,
+		InnerMap: &ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1}})
+	if err != nil {
+		d.inner.Close()
+		return nil, fmt.Errorf("create drain sync map: %w", err)
+	}
+	if err := d.active.Get(&d.cur); err != nil {
+		d.close()
+		return nil, fmt.Errorf("read active_buf: %w", err)
+	}
+	return d, nil
+}
+
+// close releases the drainer's own maps; the programs' are the caller's.
+func (d *drainer) close() error {
+	return errors.Join(d.sync.Close(), d.inner.Close())
+}
+
+// waitPrograms returns once every program that may have read active_buf
+// before it was flipped has ended, so that none writes the old half after.
+// The packet programs and the tracepoint run inside RCU read-side critical
+// sections (softirq, XDP's NAPI poll, bpf_trace_run), and the kernel
+// waits for an RCU grace period, synchronize_rcu, whenever a map of maps
+// is updated from user space, precisely so that user space knows every
+// program that could have seen the old value is done: kernel commit
+// 1ae80cf31938 ("bpf: wait for running BPF programs when updating
+// map-in-map"), maybe_wait_bpf_programs in kernel/bpf/syscall.c. The
+// programs never read sync; updating it is only for the wait. If the
+// update fails, it sleeps drainGrace instead and counts it.
+func (d *drainer) waitPrograms() {
+	if err := d.sync.Put(uint32(0), d.inner); err != nil {
+		d.graceWaits++
+		time.Sleep(drainGrace)
+	}
+}
+
+// keep holds what a failed drain took out of the maps for the next one.
+func (d *drainer) keep(dirs map[bpfFlowKey]*direction) {
+	d.kept = len(dirs) > 0
+}
+
+// step returns the fault a test injected after step, or nil.
+func (d *drainer) step(name string) error {
+	if d.fault == nil {
+		return nil
+	}
+	return d.fault(name)
 }
 
 // drain flips the buffer and returns what the programs counted in the
-// half they wrote until now, summed over CPUs, and empties that half.
-// IPv4 keys come out IPv4-mapped. The map and its directions are the
-// drainer's, valid until the next drain.
+// half they wrote until now, summed over CPUs, and empties that half,
+// with what a failed drain kept (see keep). IPv4 keys come out
+// IPv4-mapped. On an error, what it returns was taken out of the maps:
+// the caller keeps it for the next drain. The half it did not empty is
+// emptied by the drain after next, when it is the old half again. The map
+// and its directions are the drainer's, valid until the next drain.
 func (d *drainer) drain() (map[bpfFlowKey]*direction, error) {
+	out := d.dirs
+	if d.kept {
+		// A failed drain's directions are still in d.dirs: this drain
+		// adds to them and hands them out.
+		d.kept = false
+	} else {
+		clear(d.dirs)
+		d.alloc.reset()
+	}
 	old := d.cur
 	if err := d.active.Set(1 - old); err != nil {
-		return nil, fmt.Errorf("flip flow maps: %w", err)
+		return out, fmt.Errorf("flip flow maps: %w", err)
 	}
 	d.cur = 1 - old
-	time.Sleep(drainGrace)
+	d.waitPrograms()
 
-	clear(d.dirs)
-	d.alloc.reset()
-	out := d.dirs
 	h := d.halves[old]
 	err := drainMap(h.v4, d.keys4, d.vals, d.ncpu, func(k bpfFlowKey4, v []bpfFlowStats) { d.add(out, k.mapped(), v) })
+	if err == nil {
+		err = d.step("v4")
+	}
 	if err != nil {
 		return out, err
 	}

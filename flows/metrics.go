@@ -33,6 +33,12 @@ var (
 		"Time to drain the flow map, grace period included.", nil, nil)
 	descDrainErrors = prometheus.NewDesc("flowmap_drain_errors_total",
 		"Drains of the flow map that failed.", nil, nil)
+	descDrainKept = prometheus.NewDesc("flowmap_drain_kept_directions",
+		"Flow directions the last drain took out of the flow map but failed to hand out: the next batch carries them.", nil, nil)
+	descGraceWaits = prometheus.NewDesc("flowmap_drain_grace_sleeps_total",
+		"Drains that could not wait for the programs to leave the old half of the flow map, and slept instead.", nil, nil)
+	descResubscribes = prometheus.NewDesc("flowmap_link_event_resubscribes_total",
+		"Subscriptions to netlink link and route events that failed (a socket overrun) and were made again, the links listed again.", nil, nil)
 	descFlows = prometheus.NewDesc("flowmap_flows_total",
 		"Flow records handed out, one per flow and interval.", nil, nil)
 	descFrames = prometheus.NewDesc("flowmap_frames_skipped_total",
@@ -55,7 +61,7 @@ var (
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAttached, descBridges, descAttachErrors, descEntries,
-		descCapacity, descFullPackets, descFullBytes, descDrain, descDrainErrors, descFlows,
+		descCapacity, descFullPackets, descFullBytes, descDrain, descDrainErrors, descDrainKept, descGraceWaits, descResubscribes, descFlows,
 		descFrames, descLeftovers, descL7Lost, descNamesLost, descNATJoined, descConntrackErrors, descMapMemory} {
 		ch <- d
 	}
@@ -85,6 +91,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descFullBytes, s.MapFullBytes)
 	ch <- prometheus.MustNewConstSummary(descDrain, s.Drains, s.DrainSeconds, nil)
 	counter(descDrainErrors, s.DrainErrors)
+	gauge(descDrainKept, float64(s.DrainKept))
+	counter(descGraceWaits, s.GraceWaits)
+	counter(descResubscribes, s.Resubscribes)
 	counter(descFlows, s.Flows)
 	counter(descFrames, s.NonIP, "non_ip")
 	counter(descFrames, s.Malformed, "malformed")

@@ -2,7 +2,7 @@
 // decided in one place for every stage that asks: its name in the cluster
 // (Name), the endpoint it is (Endpoint), the addresses that name it (Addrs,
 // AddrsOf), the links its default routes leave by (Routes, DefaultLinks),
-// and its links' events (SubscribeLinks). It sits below flows and enrich,
+// and its links' and routes' events (SubscribeLinks, SubscribeRoutes). It sits below flows and enrich,
 // which both read the host, and imports only model of the project.
 package host
 
@@ -90,10 +90,8 @@ func DefaultLinks(routes []netlink.Route) map[int]bool {
 	for _, r := range routes {
 		// netlink gives a default route as 0.0.0.0/0 or ::/0, nil before
 		// v1.2; 0.0.0.0/8 is no default route.
-		if r.Dst != nil {
-			if ones, _ := r.Dst.Mask.Size(); ones != 0 {
-				continue
-			}
+		if !IsDefault(&r) {
+			continue
 		}
 		if r.LinkIndex > 0 {
 			links[r.LinkIndex] = true
@@ -125,6 +123,35 @@ func SubscribeLinks(done <-chan struct{}) (updates <-chan netlink.LinkUpdate, er
 		return nil, nil, fmt.Errorf("subscribe to link events: %w", err)
 	}
 	return up, subErr, nil
+}
+
+// SubscribeRoutes subscribes to the host's netlink route events until
+// done is closed, as SubscribeLinks does to link events.
+func SubscribeRoutes(done <-chan struct{}) (updates <-chan netlink.RouteUpdate, errs <-chan error, err error) {
+	up := make(chan netlink.RouteUpdate, 256)
+	subErr := make(chan error, 1)
+	err = netlink.RouteSubscribeWithOptions(up, done, netlink.RouteSubscribeOptions{
+		ErrorCallback: func(err error) {
+			select {
+			case subErr <- err:
+			default:
+			}
+		},
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("subscribe to route events: %w", err)
+	}
+	return up, subErr, nil
+}
+
+// IsDefault reports whether r is a default route, IPv4 or IPv6 (see
+// DefaultLinks).
+func IsDefault(r *netlink.Route) bool {
+	if r.Dst == nil {
+		return true
+	}
+	ones, _ := r.Dst.Mask.Size()
+	return ones == 0
 }
 
 // Dump retries a netlink dump that the kernel interrupted because what it

@@ -17,6 +17,18 @@
 // the buckets that end inside it, so it is exact to the width of its
 // oldest bucket: the last 1m is 1m to 1m10s, 5m and 15m are to the
 // minute, 1h is 1h to 1h05m. Snapshot.Window says the span covered.
+//
+// # Clock
+//
+// Buckets follow the monotonic clock, not the wall clock: the graph keeps
+// the time of its first flow and places every later time by its distance
+// from it, which [time.Time.Sub] reads off the monotonic clock when both
+// times carry a reading of it (time.Now's do). A step of the wall clock
+// (NTP, a VM resumed, an operator's date) then neither empties the graph
+// (forward) nor piles the flows of an hour into one bucket (backward).
+// Snapshots show times on the wall clock of their now. A time without a
+// monotonic reading (parsed, or made with time.Date) is placed by its wall
+// clock, as all times were before.
 package topology
 
 import (
@@ -66,7 +78,13 @@ type Graph struct {
 	buckets []*bucket // oldest first
 	cur     *bucket   // the bucket flows are folded into, nil after it was merged
 	seq     uint32
-	start   int64 // when the first flow was added, unix ns
+	start   int64 // when the first flow was added, in graph ns (see pos)
+
+	// The graph's clock: anchor is the time of the first flow, and a time
+	// t lies since(t, anchor) after it. Buckets, edges and start are in
+	// graph ns: anchor's unix ns plus that distance.
+	anchor time.Time
+	since  func(t, anchor time.Time) time.Duration
 
 	flows         uint64 // flows folded
 	overflowFlows uint64 // of which into the overflow edge
@@ -129,7 +147,18 @@ func New(opts Options) *Graph {
 		epIndex:  map[epKey]uint32{},
 		index:    map[edgeKey]uint32{},
 		overflow: -1,
+		since:    time.Time.Sub,
 	}
+}
+
+// pos returns t in graph ns: its distance from the first flow's time on
+// the monotonic clock where both have a reading of it. Before the first
+// flow, it is t's unix ns.
+func (g *Graph) pos(t time.Time) int64 {
+	if g.start == 0 {
+		return t.UnixNano()
+	}
+	return g.anchor.UnixNano() + int64(g.since(t, g.anchor))
 }
 
 // Add folds flows into the graph's bucket for time t. Flows are added in
@@ -137,7 +166,10 @@ func New(opts Options) *Graph {
 func (g *Graph) Add(t time.Time, fs ...model.Flow) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	now := t.UnixNano()
+	if g.start == 0 {
+		g.anchor = t
+	}
+	now := g.pos(t)
 	if g.start == 0 {
 		g.start = now
 	}
@@ -417,8 +449,11 @@ func (g *Graph) Stats() Stats {
 func (g *Graph) Snapshot(now time.Time, level Level, window time.Duration) *Snapshot {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	end := now.UnixNano()
+	end := g.pos(now)
 	g.compact(end)
+	// Times are shown on now's wall clock, which may have stepped since
+	// the first flow.
+	wall := func(ns int64) time.Time { return time.Unix(0, ns+now.UnixNano()-end).UTC() }
 	s := &Snapshot{Version: Version, Level: level, Window: Window{Name: windowName(window), End: now.UTC()}}
 	cutoff := end - int64(window)
 	start := cutoff
@@ -491,7 +526,7 @@ func (g *Graph) Snapshot(now time.Time, level Level, window time.Duration) *Snap
 				idx[k] = i
 				edges = append(edges, rolled{Edge: Edge{
 					Source: s.Nodes[k.src].ID, Target: s.Nodes[k.dst].ID, Protocol: k.proto, Port: k.port,
-					FirstSeen: time.Unix(0, e.first).UTC(), LastSeen: time.Unix(0, e.last).UTC(),
+					FirstSeen: wall(e.first), LastSeen: wall(e.last),
 				}})
 			}
 			r := &edges[i]
@@ -512,10 +547,10 @@ func (g *Graph) Snapshot(now time.Time, level Level, window time.Duration) *Snap
 			if c.health != nil {
 				r.health = addHealth(r.health, c.health)
 			}
-			if t := time.Unix(0, e.first).UTC(); t.Before(r.FirstSeen) {
+			if t := wall(e.first); t.Before(r.FirstSeen) {
 				r.FirstSeen = t
 			}
-			if t := time.Unix(0, e.last).UTC(); t.After(r.LastSeen) {
+			if t := wall(e.last); t.After(r.LastSeen) {
 				r.LastSeen = t
 			}
 		}
@@ -533,7 +568,7 @@ func (g *Graph) Snapshot(now time.Time, level Level, window time.Duration) *Snap
 	if g.start != 0 && g.start <= end {
 		start = max(start, g.start)
 	}
-	s.Window.Start = time.Unix(0, start).UTC()
+	s.Window.Start = wall(start)
 	s.Edges = make([]Edge, len(edges))
 	for i := range edges {
 		s.Edges[i] = edges[i].Edge

@@ -360,3 +360,81 @@ func TestSnapshotMachineZone(t *testing.T) {
 		}
 	}
 }
+
+// steppingClock is a wall clock that an operator or NTP steps, beside a
+// monotonic clock that only advances: the times it makes are wall-clock
+// times, and since reads the monotonic distance between two of them, as
+// time.Time.Sub does between two readings of time.Now.
+type steppingClock struct {
+	wall time.Time
+	mono time.Duration
+	at   map[time.Time]time.Duration
+}
+
+func newSteppingClock() *steppingClock {
+	return &steppingClock{wall: t0, at: map[time.Time]time.Duration{}}
+}
+
+func (c *steppingClock) now() time.Time {
+	c.at[c.wall] = c.mono
+	return c.wall
+}
+
+func (c *steppingClock) advance(d time.Duration) { c.wall, c.mono = c.wall.Add(d), c.mono+d }
+func (c *steppingClock) step(d time.Duration)    { c.wall = c.wall.Add(d) }
+
+func (c *steppingClock) since(t, anchor time.Time) time.Duration {
+	m, ok1 := c.at[t]
+	a, ok2 := c.at[anchor]
+	if !ok1 || !ok2 {
+		panic("steppingClock: a time it did not make")
+	}
+	return m - a
+}
+
+// TestClockStep checks that the graph's buckets follow the monotonic
+// clock: a step of the wall clock forward does not age the graph out, and
+// one backward does not pile later flows into the newest bucket.
+func TestClockStep(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		step time.Duration
+	}{
+		{"forward 2h", 2 * time.Hour},
+		{"backward 1h", -time.Hour},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newSteppingClock()
+			g := New(Options{})
+			g.since = c.since
+			// A flow of 1 byte each way every 10s for 2 minutes, the step,
+			// then 2 more minutes of them.
+			add := func() {
+				for range 12 {
+					g.Add(c.now(), flow(web1, api1, model.ProtoTCP, 8080, 1, 1, 0))
+					c.advance(10 * time.Second)
+				}
+			}
+			add()
+			c.step(tc.step)
+			add()
+			s := g.Snapshot(c.now(), LevelContainer, 5*time.Minute)
+			if got, want := bytesOf(s, "container:c-web-1", "container:c-api-1"), uint64(2*24); got != want {
+				t.Errorf("web-1 → api-1 over the last 5m after a step of %v: %d bytes, want %d (every flow)", tc.step, got, want)
+			}
+			// 24 flows 10s apart: 4 minutes, in 10s buckets for the last
+			// minute and 1m ones before.
+			if got := g.Stats().Buckets; got < 6 {
+				t.Errorf("after a step of %v: %d buckets, want at least 6 (4 minutes of flows)", tc.step, got)
+			}
+			if got, want := s.Window.End, c.wall.UTC(); !got.Equal(want) {
+				t.Errorf("window end = %v, want now on the stepped wall clock %v", got, want)
+			}
+			if len(s.Edges) == 1 {
+				if got, want := s.Edges[0].LastSeen, c.wall.Add(-10*time.Second).UTC(); !got.Equal(want) {
+					t.Errorf("last seen = %v, want %v: the last flow's time on the stepped wall clock", got, want)
+				}
+			}
+		})
+	}
+}
