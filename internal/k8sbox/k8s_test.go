@@ -54,6 +54,8 @@ func flowmapImage(t *testing.T, ctx context.Context, c *Cluster) {
 
 // overlay writes a kustomization over deploy/kubernetes that only points
 // the containerd volume at the box's socket, and returns its directory.
+// A strategic merge patch: volumes merge by name, so the patch holds
+// whatever the DaemonSet's other volumes and their order become.
 func overlay(t *testing.T, c *Cluster) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("..", ".k8s-overlay-")
@@ -71,9 +73,15 @@ func overlay(t *testing.T, c *Cluster) string {
 patches:
   - target: {kind: DaemonSet, name: flowmap}
     patch: |
-      - op: replace
-        path: /spec/template/spec/volumes/4/hostPath/path
-        value: %s
+      apiVersion: apps/v1
+      kind: DaemonSet
+      metadata: {name: flowmap, namespace: flowmap}
+      spec:
+        template:
+          spec:
+            volumes:
+              - name: containerd
+                hostPath: {path: %q, type: Socket}
 `, rel, c.CRISocket)
 	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o644); err != nil {
 		t.Fatal(err)
@@ -161,8 +169,13 @@ func TestCluster(t *testing.T) {
 		}
 	}()
 
+	// The agent's CA and a reader's token: what every test that reads the
+	// agent's API uses.
+	var caPEM []byte
+	var reader string
 	t.Run("agent", func(t *testing.T) {
 		flowmapImage(t, ctx, c)
+		caPEM = agentTLS(t, ctx, c)
 		if _, err := c.Kubectl(ctx, "apply", "-f", "testdata/servicemonitor-crd.yaml"); err != nil {
 			t.Fatal(err)
 		}
@@ -201,6 +214,17 @@ func TestCluster(t *testing.T) {
 		if err != nil || strings.TrimSpace(priv) != "false" {
 			t.Errorf("privileged %q, %v; want false", priv, err)
 		}
+	})
+
+	// The API over HTTPS, to a ServiceAccount bound to flowmap-reader:
+	// TokenReview and SubjectAccessReview against the real API server.
+	t.Run("api", func(t *testing.T) {
+		if caPEM == nil {
+			t.Fatal("the agent did not start")
+		}
+		reader = serviceAccountToken(t, ctx, c, "flowmap-graph", "flowmap-reader")
+		stranger := serviceAccountToken(t, ctx, c, "stranger", "")
+		checkAgentAuth(t, ctx, caPEM, reader, stranger)
 	})
 
 	t.Run("rbac", func(t *testing.T) {
