@@ -30,19 +30,26 @@ var agentCaps = map[int]string{12: "NET_ADMIN", 19: "SYS_PTRACE", 21: "SYS_ADMIN
 // `make image` does.
 func flowmapImage(t *testing.T, ctx context.Context, c *Cluster) {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "flowmap")
-	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "./cmd/flowmap")
+	importProgram(t, ctx, c, "./cmd/flowmap", "flowmap:dev", "/flowmap", "65534:65534")
+}
+
+// importProgram builds the Go program pkg statically and loads it into
+// the node as the image name, its entrypoint the program at path.
+func importProgram(t *testing.T, ctx context.Context, c *Cluster, pkg, name, path, user string) {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "prog")
+	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, pkg)
 	build.Dir = "../.."
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build flowmap: %v: %s", err, out)
+		t.Fatalf("build %s: %v: %s", pkg, err, out)
 	}
 	body, err := os.ReadFile(bin)
 	if err != nil {
 		t.Fatal(err)
 	}
-	im := &ociimage.Image{Name: "flowmap:dev", Arch: "amd64", Entrypoint: []string{"/flowmap"}, User: "65534:65534",
-		Files: []ociimage.File{{Path: "/flowmap", Mode: 0o755, Body: body}}, Created: time.Unix(0, 0)}
+	im := &ociimage.Image{Name: name, Arch: "amd64", Entrypoint: []string{path}, User: user,
+		Files: []ociimage.File{{Path: path, Mode: 0o755, Body: body}}, Created: time.Unix(0, 0)}
 	var buf bytes.Buffer
 	if err := im.WriteArchive(&buf); err != nil {
 		t.Fatal(err)
@@ -225,6 +232,13 @@ func TestCluster(t *testing.T) {
 		reader = serviceAccountToken(t, ctx, c, "flowmap-graph", "flowmap-reader")
 		stranger := serviceAccountToken(t, ctx, c, "stranger", "")
 		checkAgentAuth(t, ctx, caPEM, reader, stranger)
+	})
+
+	t.Run("workloads", func(t *testing.T) {
+		if reader == "" {
+			t.Fatal("no reader's token")
+		}
+		testWorkloads(t, ctx, c, newAgentAPI(caPEM, reader))
 	})
 
 	t.Run("rbac", func(t *testing.T) {
