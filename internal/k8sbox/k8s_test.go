@@ -241,6 +241,13 @@ func TestCluster(t *testing.T) {
 		testWorkloads(t, ctx, c, newAgentAPI(caPEM, reader))
 	})
 
+	t.Run("services", func(t *testing.T) {
+		if reader == "" {
+			t.Fatal("no reader's token")
+		}
+		testServices(t, ctx, c, newAgentAPI(caPEM, reader))
+	})
+
 	t.Run("rbac", func(t *testing.T) {
 		as := "--as=system:serviceaccount:flowmap:flowmap"
 		for _, tc := range []struct {
