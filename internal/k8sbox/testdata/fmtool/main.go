@@ -8,8 +8,10 @@
 //
 // serve prints "recv <client address> <bytes>" for each connection once
 // the client has closed its side, then answers -reply bytes. send prints
-// "sent <bytes> recv <bytes>" per connection, and fails unless the server
-// answered in full.
+// "sent <bytes> recv <bytes> retrans <bytes> local <address>" per
+// connection (retrans: the payload its socket sent again, from TCP_INFO,
+// on the wire besides what was sent), and fails unless the server answered
+// in full.
 package main
 
 import (
@@ -23,6 +25,8 @@ import (
 	"os/signal"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func main() {
@@ -105,18 +109,41 @@ func send(args []string) error {
 			c.Close()
 			return fmt.Errorf("send to %s: %w", *to, err)
 		}
-		c.(*net.TCPConn).CloseWrite()
+		tc := c.(*net.TCPConn)
+		tc.CloseWrite()
 		m, err := io.Copy(io.Discard, c)
+		if err != nil {
+			c.Close()
+			return fmt.Errorf("read from %s: %w", *to, err)
+		}
+		retrans, err := retransmitted(tc)
 		c.Close()
 		if err != nil {
-			return fmt.Errorf("read from %s: %w", *to, err)
+			return err
 		}
 		if m != *reply {
 			return fmt.Errorf("%s answered %d bytes, want %d", *to, m, *reply)
 		}
-		fmt.Printf("sent %d recv %d\n", n, m)
+		fmt.Printf("sent %d recv %d retrans %d local %s\n", n, m, retrans, c.LocalAddr())
 	}
 	return nil
+}
+
+// retransmitted returns the bytes c's socket sent again.
+func retransmitted(c *net.TCPConn) (uint64, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var info *unix.TCPInfo
+	var gerr error
+	if err := raw.Control(func(fd uintptr) { info, gerr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) }); err != nil {
+		return 0, err
+	}
+	if gerr != nil {
+		return 0, fmt.Errorf("tcp_info: %w", gerr)
+	}
+	return info.Bytes_retrans, nil
 }
 
 // dial connects to addr, again while it is refused (the server is
