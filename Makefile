@@ -92,8 +92,10 @@ image:
 
 # k8s-test runs the tests in a real one-node Kubernetes cluster
 # (internal/k8sbox, build tag k8s: make test does not run them): the
-# agent's image applied with kubectl apply -k deploy/kubernetes, its
-# privileges and RBAC. Root. The first run builds the cluster's binaries
+# agent's image applied with kubectl apply -k deploy/kubernetes and its
+# TLS Secret, its privileges and RBAC, its API over HTTPS with a token,
+# workloads of every kind named and counted, a Service split per backend
+# (about a minute with the binaries cached). Root. The first run builds the cluster's binaries
 # from the Go module proxy (about 10 minutes on two cores) into
 # /var/cache/flowmap-k8sbox (FLOWMAP_K8SBOX_CACHE to move it).
 k8s-test:

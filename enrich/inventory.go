@@ -463,7 +463,19 @@ func containsAddr(addrs []netip.Addr, a netip.Addr) bool {
 }
 
 // Enrich returns r with both ends resolved.
+//
+// Where the host translated the address the client dialled (r.Backend),
+// the server's interface is the backend's: the backend is resolved behind
+// it, the dialled address (a Service's, a node's) by itself.
 func (inv *Inventory) Enrich(r model.Record) model.Flow {
+	if r.Backend.IsValid() {
+		return model.Flow{
+			Record:          r,
+			SrcEndpoint:     inv.Resolve(r.Src, r.SrcIf),
+			DstEndpoint:     inv.Resolve(r.Dst, model.Interface{}),
+			BackendEndpoint: inv.Resolve(r.Backend.Addr(), r.DstIf),
+		}
+	}
 	return model.Flow{
 		Record:      r,
 		SrcEndpoint: inv.Resolve(r.Src, r.SrcIf),

@@ -30,6 +30,9 @@ type direction struct {
 	first uint64 // CLOCK_MONOTONIC ns; 0 if only a retransmit was seen
 	lastJ uint64 // jiffies
 	rtt   uint64
+	// backend is the server that answered where it was not the one
+	// dialled (natJoin).
+	backend netip.AddrPort
 	// joined is the records call that made this direction's record.
 	joined uint64
 }
@@ -513,6 +516,10 @@ func (d *drainer) records(dirs map[bpfFlowKey]*direction, ifaces func(int) model
 			HandshakeRTT: time.Duration(max(fwd.rtt, back.rtt)),
 			SrcIf:        model.Interface{PeerNetNSID: -1},
 			DstIf:        model.Interface{PeerNetNSID: -1},
+			Backend:      fwd.backend,
+		}
+		if !r.Backend.IsValid() {
+			r.Backend = back.backend
 		}
 		first := fwd.first
 		if first == 0 || (back.first != 0 && back.first < first) {

@@ -17,8 +17,27 @@ import (
 // reverse of the original tuple, where the other direction was counted,
 // adding to what is there (a packet is counted at one point only, so
 // nothing is counted twice). It returns how many directions it moved.
+//
+// Where the server's end was translated (DNAT: a Service's ClusterIP or
+// NodePort, a published port), both directions keep the original tuple,
+// what the client dialled, and carry the server that answered as their
+// backend. A request counted after DNAT (the host's own, at the egress of
+// the interface it leaves by) moves to the original tuple too.
 func natJoin(dirs map[bpfFlowKey]*direction, conns []*netlink.ConntrackFlow) int {
 	moved := 0
+	move := func(from, to bpfFlowKey) {
+		d := dirs[from]
+		if d == nil || from == to {
+			return
+		}
+		delete(dirs, from)
+		if t := dirs[to]; t != nil {
+			t.merge(d)
+		} else {
+			dirs[to] = d
+		}
+		moved++
+	}
 	for _, c := range conns {
 		if c.Forward.Protocol != unix.IPPROTO_TCP && c.Forward.Protocol != unix.IPPROTO_UDP {
 			continue
@@ -34,17 +53,18 @@ func natJoin(dirs map[bpfFlowKey]*direction, conns []*netlink.ConntrackFlow) int
 		if !ok || want == reply {
 			continue // not NATed
 		}
-		d := dirs[reply]
-		if d == nil {
-			continue
+		move(reply, want)
+		if reply.Saddr == want.Saddr && reply.Sport == want.Sport {
+			continue // the server's end is as dialled: SNAT only
 		}
-		delete(dirs, reply)
-		if to := dirs[want]; to != nil {
-			to.merge(d)
-		} else {
-			dirs[want] = d
+		orig := reverse(want)
+		move(reverse(reply), orig)
+		backend := netip.AddrPortFrom(addr(reply.Saddr), reply.Sport)
+		for _, k := range []bpfFlowKey{orig, want} {
+			if d := dirs[k]; d != nil {
+				d.backend = backend
+			}
 		}
-		moved++
 	}
 	return moved
 }
@@ -67,6 +87,9 @@ func (d *direction) merge(o *direction) {
 	}
 	d.lastJ = max(d.lastJ, o.lastJ)
 	d.rtt = max(d.rtt, o.rtt)
+	if !d.backend.IsValid() {
+		d.backend = o.backend
+	}
 }
 
 // conntrack lists the connections conntrack tracks, IPv4 and IPv6.

@@ -31,6 +31,9 @@ func TestNATJoin(t *testing.T) {
 		pod  = "198.51.100.34"
 		node = "198.51.100.98"
 		out  = "203.0.113.7"
+		vip  = "198.51.101.10" // a Service's ClusterIP
+		// backend is the pod behind the Service that answered.
+		backend = "198.51.100.35"
 	)
 	for _, tc := range []struct {
 		name  string
@@ -38,6 +41,8 @@ func TestNATJoin(t *testing.T) {
 		conns []*netlink.ConntrackFlow
 		want  map[bpfFlowKey]uint64 // bytes by key after
 		moved int
+		// backends are the directions' backends after, where not zero.
+		backends map[bpfFlowKey]string
 	}{{
 		name: "masquerade: the reply counted at the NIC joins the request counted at the pod's veth",
 		dirs: map[bpfFlowKey]*direction{
@@ -53,9 +58,30 @@ func TestNATJoin(t *testing.T) {
 			key(out, node, 5555, 8080): dir(100, model.PointTCIngress),
 			key(pod, out, 80, 5555):    dir(700, model.PointTCIngress),
 		},
-		conns: []*netlink.ConntrackFlow{ct(out, node, 5555, 8080, pod, out, 80, 5555)},
-		want:  map[bpfFlowKey]uint64{key(out, node, 5555, 8080): 100, key(node, out, 8080, 5555): 700},
-		moved: 1,
+		conns:    []*netlink.ConntrackFlow{ct(out, node, 5555, 8080, pod, out, 80, 5555)},
+		want:     map[bpfFlowKey]uint64{key(out, node, 5555, 8080): 100, key(node, out, 8080, 5555): 700},
+		moved:    1,
+		backends: map[bpfFlowKey]string{key(out, node, 5555, 8080): pod + ":80", key(node, out, 8080, 5555): pod + ":80"},
+	}, {
+		name: "ClusterIP: the backend's reply joins the request counted at the client's veth, both carry the backend",
+		dirs: map[bpfFlowKey]*direction{
+			key(pod, vip, 40000, 80):       dir(300, model.PointTCIngress),
+			key(backend, pod, 8080, 40000): dir(900, model.PointTCIngress),
+		},
+		conns:    []*netlink.ConntrackFlow{ct(pod, vip, 40000, 80, backend, pod, 8080, 40000)},
+		want:     map[bpfFlowKey]uint64{key(pod, vip, 40000, 80): 300, key(vip, pod, 80, 40000): 900},
+		moved:    1,
+		backends: map[bpfFlowKey]string{key(pod, vip, 40000, 80): backend + ":8080", key(vip, pod, 80, 40000): backend + ":8080"},
+	}, {
+		name: "ClusterIP from the host: its request, counted after DNAT at the backend's veth, moves to the dialled tuple",
+		dirs: map[bpfFlowKey]*direction{
+			key(node, backend, 41000, 8080): dir(300, model.PointTCEgress),
+			key(backend, node, 8080, 41000): dir(900, model.PointTCIngress),
+		},
+		conns:    []*netlink.ConntrackFlow{ct(node, vip, 41000, 80, backend, node, 8080, 41000)},
+		want:     map[bpfFlowKey]uint64{key(node, vip, 41000, 80): 300, key(vip, node, 80, 41000): 900},
+		moved:    2,
+		backends: map[bpfFlowKey]string{key(node, vip, 41000, 80): backend + ":8080", key(vip, node, 80, 41000): backend + ":8080"},
 	}, {
 		name: "counted at both tuples in one interval: added up",
 		dirs: map[bpfFlowKey]*direction{
@@ -93,6 +119,15 @@ func TestNATJoin(t *testing.T) {
 			for k, w := range tc.want {
 				if g, ok := got[k]; !ok || g != w {
 					t.Errorf("%s: %d bytes (there: %v), want %d", keyString(k), g, ok, w)
+				}
+				if d := tc.dirs[k]; d != nil {
+					var b string
+					if d.backend.IsValid() {
+						b = d.backend.String()
+					}
+					if b != tc.backends[k] {
+						t.Errorf("%s: backend %q, want %q", keyString(k), b, tc.backends[k])
+					}
 				}
 			}
 		})

@@ -62,4 +62,7 @@ type Flow struct {
 	Record
 	SrcEndpoint Endpoint `json:"src_endpoint"`
 	DstEndpoint Endpoint `json:"dst_endpoint"`
+	// BackendEndpoint is who is behind Record.Backend, where the record
+	// has one: DstEndpoint is then what the client dialled (a Service).
+	BackendEndpoint Endpoint `json:"backend_endpoint,omitzero"`
 }

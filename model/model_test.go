@@ -119,6 +119,7 @@ func TestRecordAdd(t *testing.T) {
 	b.HandshakeRTT = time.Millisecond
 	b.SrcIf = Interface{Index: 3, Name: "veth3"}
 	b.Reverse.Retransmits = 2
+	b.Backend = netip.MustParseAddrPort("198.51.100.7:8080")
 	bl7 := *b.L7
 	a.Add(&b)
 	if a.Forward.Bytes != 3 || a.Forward.Packets != 2 || a.Reverse.Retransmits != 2 {
@@ -132,6 +133,22 @@ func TestRecordAdd(t *testing.T) {
 	}
 	if a.L7 == b.L7 || !reflect.DeepEqual(*b.L7, bl7) {
 		t.Error("Add shared or changed the added record's L7")
+	}
+	if a.Backend != b.Backend {
+		t.Errorf("backend %s, want b's %s", a.Backend, b.Backend)
+	}
+	// A backend stays: a later record of the flow that lacks it (its
+	// conntrack entry was gone at that drain) does not clear it, and one
+	// with another (the entry was replaced) does not change it.
+	c := rec(1, nil)
+	c.Backend = netip.MustParseAddrPort("198.51.100.8:8080")
+	a.Add(&c)
+	a.Add(&Record{})
+	if a.Backend != b.Backend {
+		t.Errorf("backend after adding records without it and with another: %s, want %s", a.Backend, b.Backend)
+	}
+	if cl := a.Clone(); cl.Backend != a.Backend {
+		t.Errorf("clone's backend %s, want %s", cl.Backend, a.Backend)
 	}
 	a.Add(&b)
 	if a.L7.Methods[MethodGET] != 2 || b.L7.Methods[MethodGET] != 1 {

@@ -41,6 +41,13 @@ type Record struct {
 	// Health is the flow's connection outcomes, ICMP errors, drops and
 	// RTT samples, nil where there were none (or --health=off).
 	Health *Health `json:"health,omitempty"`
+
+	// Backend is the server that answered, where the host translated
+	// the address the client dialled (Dst, DstPort) to another: a
+	// Service's backend pod behind its ClusterIP or NodePort, a published
+	// port's container. conntrack's reply tuple says it at the drain.
+	// Zero where nothing was translated, or conntrack was not read.
+	Backend netip.AddrPort `json:"backend,omitzero"`
 }
 
 // Key is what makes two records the same flow.
@@ -70,10 +77,10 @@ func (r Record) Clone() Record {
 }
 
 // Add adds o, a record of the same flow, to r: counts are summed, flags
-// ORed, the seen times widened; the handshake time and interfaces are
-// taken from o where r has none. r's L7 is replaced by a sum of its own,
-// never added into in place, so that a record r was copied from is left
-// unchanged; so is its Health.
+// ORed, the seen times widened; the handshake time, interfaces and
+// backend are taken from o where r has none. r's L7 is replaced by a sum
+// of its own, never added into in place, so that a record r was copied
+// from is left unchanged; so is its Health.
 func (r *Record) Add(o *Record) {
 	r.Forward.Add(o.Forward)
 	r.Reverse.Add(o.Reverse)
@@ -91,6 +98,9 @@ func (r *Record) Add(o *Record) {
 	}
 	if r.DstIf.Index == 0 {
 		r.DstIf = o.DstIf
+	}
+	if !r.Backend.IsValid() {
+		r.Backend = o.Backend
 	}
 	if o.L7 != nil {
 		var l L7

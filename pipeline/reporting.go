@@ -92,7 +92,11 @@ func (h *HostView) Namer() Namer {
 			s := a.String()
 			return model.Endpoint{Kind: model.KindUnknown, ID: s, Name: s}
 		}
-		return model.Flow{Record: *r, SrcEndpoint: end(r.Src), DstEndpoint: end(r.Dst)}
+		f := model.Flow{Record: *r, SrcEndpoint: end(r.Src), DstEndpoint: end(r.Dst)}
+		if r.Backend.IsValid() {
+			f.BackendEndpoint = end(r.Backend.Addr())
+		}
+		return f
 	}
 }
 

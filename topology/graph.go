@@ -191,6 +191,14 @@ func (g *Graph) Add(t time.Time, fs ...model.Flow) {
 
 func (g *Graph) fold(now int64, f *model.Flow) {
 	g.flows++
+	g.foldEdge(now, f)
+	if h, ok := backendHop(f); ok {
+		g.foldEdge(now, &h)
+	}
+}
+
+// foldEdge folds f into the edge between its endpoints.
+func (g *Graph) foldEdge(now int64, f *model.Flow) {
 	k := edgeKey{port: f.DstPort, proto: f.Proto}
 	k.src = g.intern(&f.SrcEndpoint)
 	k.dst = g.intern(&f.DstEndpoint)

@@ -95,6 +95,10 @@ const (
 // nodeOf returns the node that stands for ep at level l: its ID, kind and
 // name, and where it lives.
 func nodeOf(ep *model.Endpoint, l Level) Node {
+	if ep.Kind == model.KindService {
+		// Between its clients and its backends at every level (service.go).
+		return endpointNode(ep)
+	}
 	switch l {
 	case LevelHost:
 		if ep.Node != "" {

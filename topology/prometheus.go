@@ -169,43 +169,57 @@ func (m *Metrics) Add(t time.Time, fs ...model.Flow) {
 			m.skipped++
 			continue
 		}
-		k := seriesKey{edge: m.edge(f), proto: f.Proto, port: f.DstPort, reporter: rep}
-		// The endpoints that run here, bounded as the series are.
-		if ends.ClientHere {
-			m.local.use(k.edge.src, t)
+		h, ok := backendHop(f)
+		if !ok {
+			m.add(t, f, ends, rep)
+			continue
 		}
-		if ends.ServerHere {
-			m.local.use(k.edge.dst, t)
+		// The Service (what was dialled) runs nowhere: where the server
+		// runs here, it is the backend.
+		m.add(t, f, Ends{ClientHere: ends.ClientHere}, rep)
+		m.add(t, &h, Ends{ServerHere: ends.ServerHere}, rep)
+	}
+}
+
+// add counts f in its edge's series, reported by rep; ends says which of
+// its ends run here.
+func (m *Metrics) add(t time.Time, f *model.Flow, ends Ends, rep string) {
+	k := seriesKey{edge: m.edge(f), proto: f.Proto, port: f.DstPort, reporter: rep}
+	// The endpoints that run here, bounded as the series are.
+	if ends.ClientHere {
+		m.local.use(k.edge.src, t)
+	}
+	if ends.ServerHere {
+		m.local.use(k.edge.dst, t)
+	}
+	s := m.series.use(k, t)
+	if s == nil {
+		m.overflowFlows++
+		if m.overflow == nil {
+			m.overflow = &series{}
 		}
-		s := m.series.use(k, t)
-		if s == nil {
-			m.overflowFlows++
-			if m.overflow == nil {
-				m.overflow = &series{}
-			}
-			s = m.overflow
+		s = m.overflow
+	}
+	if s.rtt == nil {
+		s.rtt = make([]uint64, len(RTTBuckets))
+		s.start = t
+		if !f.FirstSeen.IsZero() && f.FirstSeen.Before(t) {
+			s.start = f.FirstSeen
 		}
-		if s.rtt == nil {
-			s.rtt = make([]uint64, len(RTTBuckets))
-			s.start = t
-			if !f.FirstSeen.IsZero() && f.FirstSeen.Before(t) {
-				s.start = f.FirstSeen
-			}
-		}
-		s.traffic[0].Add(trafficOf(f.Forward))
-		s.traffic[1].Add(trafficOf(f.Reverse))
-		if opened(&f.Record) {
-			s.conns++
-		}
-		if f.HandshakeRTT > 0 {
-			v := f.HandshakeRTT.Seconds()
-			s.rttN++
-			s.rttSum += v
-			for j, ub := range RTTBuckets {
-				if v <= ub {
-					s.rtt[j]++
-					break
-				}
+	}
+	s.traffic[0].Add(trafficOf(f.Forward))
+	s.traffic[1].Add(trafficOf(f.Reverse))
+	if opened(&f.Record) {
+		s.conns++
+	}
+	if f.HandshakeRTT > 0 {
+		v := f.HandshakeRTT.Seconds()
+		s.rttN++
+		s.rttSum += v
+		for j, ub := range RTTBuckets {
+			if v <= ub {
+				s.rtt[j]++
+				break
 			}
 		}
 	}

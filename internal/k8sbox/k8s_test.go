@@ -30,19 +30,26 @@ var agentCaps = map[int]string{12: "NET_ADMIN", 19: "SYS_PTRACE", 21: "SYS_ADMIN
 // `make image` does.
 func flowmapImage(t *testing.T, ctx context.Context, c *Cluster) {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "flowmap")
-	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "./cmd/flowmap")
+	importProgram(t, ctx, c, "./cmd/flowmap", "flowmap:dev", "/flowmap", "65534:65534")
+}
+
+// importProgram builds the Go program pkg statically and loads it into
+// the node as the image name, its entrypoint the program at path.
+func importProgram(t *testing.T, ctx context.Context, c *Cluster, pkg, name, path, user string) {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "prog")
+	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, pkg)
 	build.Dir = "../.."
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build flowmap: %v: %s", err, out)
+		t.Fatalf("build %s: %v: %s", pkg, err, out)
 	}
 	body, err := os.ReadFile(bin)
 	if err != nil {
 		t.Fatal(err)
 	}
-	im := &ociimage.Image{Name: "flowmap:dev", Arch: "amd64", Entrypoint: []string{"/flowmap"}, User: "65534:65534",
-		Files: []ociimage.File{{Path: "/flowmap", Mode: 0o755, Body: body}}, Created: time.Unix(0, 0)}
+	im := &ociimage.Image{Name: name, Arch: "amd64", Entrypoint: []string{path}, User: user,
+		Files: []ociimage.File{{Path: path, Mode: 0o755, Body: body}}, Created: time.Unix(0, 0)}
 	var buf bytes.Buffer
 	if err := im.WriteArchive(&buf); err != nil {
 		t.Fatal(err)
@@ -54,6 +61,8 @@ func flowmapImage(t *testing.T, ctx context.Context, c *Cluster) {
 
 // overlay writes a kustomization over deploy/kubernetes that only points
 // the containerd volume at the box's socket, and returns its directory.
+// A strategic merge patch: volumes merge by name, so the patch holds
+// whatever the DaemonSet's other volumes and their order become.
 func overlay(t *testing.T, c *Cluster) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("..", ".k8s-overlay-")
@@ -71,9 +80,15 @@ func overlay(t *testing.T, c *Cluster) string {
 patches:
   - target: {kind: DaemonSet, name: flowmap}
     patch: |
-      - op: replace
-        path: /spec/template/spec/volumes/4/hostPath/path
-        value: %s
+      apiVersion: apps/v1
+      kind: DaemonSet
+      metadata: {name: flowmap, namespace: flowmap}
+      spec:
+        template:
+          spec:
+            volumes:
+              - name: containerd
+                hostPath: {path: %q, type: Socket}
 `, rel, c.CRISocket)
 	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o644); err != nil {
 		t.Fatal(err)
@@ -161,8 +176,13 @@ func TestCluster(t *testing.T) {
 		}
 	}()
 
+	// The agent's CA and a reader's token: what every test that reads the
+	// agent's API uses.
+	var caPEM []byte
+	var reader string
 	t.Run("agent", func(t *testing.T) {
 		flowmapImage(t, ctx, c)
+		caPEM = agentTLS(t, ctx, c)
 		if _, err := c.Kubectl(ctx, "apply", "-f", "testdata/servicemonitor-crd.yaml"); err != nil {
 			t.Fatal(err)
 		}
@@ -201,6 +221,31 @@ func TestCluster(t *testing.T) {
 		if err != nil || strings.TrimSpace(priv) != "false" {
 			t.Errorf("privileged %q, %v; want false", priv, err)
 		}
+	})
+
+	// The API over HTTPS, to a ServiceAccount bound to flowmap-reader:
+	// TokenReview and SubjectAccessReview against the real API server.
+	t.Run("api", func(t *testing.T) {
+		if caPEM == nil {
+			t.Fatal("the agent did not start")
+		}
+		reader = serviceAccountToken(t, ctx, c, "flowmap-graph", "flowmap-reader")
+		stranger := serviceAccountToken(t, ctx, c, "stranger", "")
+		checkAgentAuth(t, ctx, caPEM, reader, stranger)
+	})
+
+	t.Run("workloads", func(t *testing.T) {
+		if reader == "" {
+			t.Fatal("no reader's token")
+		}
+		testWorkloads(t, ctx, c, newAgentAPI(caPEM, reader))
+	})
+
+	t.Run("services", func(t *testing.T) {
+		if reader == "" {
+			t.Fatal("no reader's token")
+		}
+		testServices(t, ctx, c, newAgentAPI(caPEM, reader))
 	})
 
 	t.Run("rbac", func(t *testing.T) {
