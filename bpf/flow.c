@@ -156,7 +156,7 @@ static __always_inline void retransmit_in(void *flows, void *seen, void *key, __
 		if (!s)
 			return;
 	}
-	s->retransmits += segs;
+	__sync_fetch_and_add(&s->retransmits, segs);
 }
 
 // trace_event_raw_tcp_retransmit_skb is the tracepoint's record; kernels

@@ -396,17 +396,18 @@ func keyString(k bpfFlowKey) string {
 	return fmt.Sprintf("proto %d %v > %v vlan %d pad %d", k.Proto, s, d, k.Vlan, k.Pad)
 }
 
-// flowSum is a flow direction summed over the CPUs.
+// flowSum is a flow direction's entry, with what the CPUs' cache slots
+// hold of it.
 type flowSum struct {
 	Bytes       uint64
 	Packets     uint64
 	TCPFlags    uint16
 	Point       bpfPoint
 	Ifindex     uint32
-	SynRTT      uint64 // the largest of the CPUs'
+	SynRTT      uint64
 	Retransmits uint32
-	First       uint64 // the earliest first_ns of the CPUs'
-	Last        uint64 // the latest last_jiffies of the CPUs'
+	First       uint64 // first_ns
+	Last        uint64 // the latest last_jiffies of the entry's and the slots'
 }
 
 // flowHalf is one half of the double buffer: the _a maps or the _b maps.
@@ -469,19 +470,19 @@ func (k bpfFlowKey) v4() (bpfFlowKey4, bool) {
 	}, true
 }
 
-// sumFlows reads both flow maps of a half and sums each direction over the
-// CPUs, with IPv4 keys mapped as the drain maps them. It fails t where a
-// CPU's slot is inconsistent: packets without a time or a point, or CPUs
-// that disagree on where the flow was counted.
+// sumFlows reads both flow maps of a half, and adds to each IPv4
+// direction what the CPUs' cache slots hold of it, with IPv4 keys mapped
+// as the drain maps them. It fails t where an entry is inconsistent:
+// packets without a time or a point, or a time or a point without packets.
 func sumFlows(t testing.TB, h flowHalf) map[bpfFlowKey]flowSum {
 	t.Helper()
 	out := map[bpfFlowKey]flowSum{}
 	v4, v6 := h.maps()
 	var k4 bpfFlowKey4
-	var percpu []bpfFlowStats
+	var v bpfFlowStats
 	it := v4.Iterate()
-	for it.Next(&k4, &percpu) {
-		out[k4.mapped()] = sumCPUs(t, k4.mapped(), percpu)
+	for it.Next(&k4, &v) {
+		out[k4.mapped()] = entrySum(t, k4.mapped(), v)
 	}
 	if err := it.Err(); err != nil {
 		t.Fatalf("iterate %v: %v", v4, err)
@@ -505,11 +506,11 @@ func sumFlows(t testing.TB, h flowHalf) map[bpfFlowKey]flowSum {
 	}
 	var k bpfFlowKey
 	it = v6.Iterate()
-	for it.Next(&k, &percpu) {
+	for it.Next(&k, &v) {
 		if _, ok := k.v4(); ok {
 			t.Errorf("%v: IPv4 flow %s in the IPv6 map", v6, keyString(k))
 		}
-		out[k] = sumCPUs(t, k, percpu)
+		out[k] = entrySum(t, k, v)
 	}
 	if err := it.Err(); err != nil {
 		t.Fatalf("iterate %v: %v", v6, err)
@@ -517,35 +518,21 @@ func sumFlows(t testing.TB, h flowHalf) map[bpfFlowKey]flowSum {
 	return out
 }
 
-func sumCPUs(t testing.TB, k bpfFlowKey, percpu []bpfFlowStats) flowSum {
+// entrySum returns the flow map entry v of k as a flowSum.
+func entrySum(t testing.TB, k bpfFlowKey, v bpfFlowStats) flowSum {
 	t.Helper()
-	var s flowSum
-	for cpu, v := range percpu {
-		s.Bytes += v.Bytes
-		s.Packets += v.Packets
-		s.TCPFlags |= v.TcpFlags
-		s.Retransmits += v.Retransmits
-		s.SynRTT = max(s.SynRTT, v.SynRttNs)
-		if v.Packets == 0 {
-			if v.Point != 0 || v.FirstNs != 0 || v.LastJiffies != 0 {
-				t.Errorf("%s on CPU %d: no packets but point %d, first_ns %d, last_jiffies %d",
-					keyString(k), cpu, v.Point, v.FirstNs, v.LastJiffies)
-			}
-			continue
+	s := flowSum{Bytes: v.Bytes, Packets: v.Packets, TCPFlags: v.TcpFlags, Retransmits: v.Retransmits,
+		SynRTT: v.SynRttNs, Point: bpfPoint(v.Point), Ifindex: v.Ifindex, First: v.FirstNs, Last: v.LastJiffies}
+	if v.Packets == 0 {
+		if v.Point != 0 || v.FirstNs != 0 || v.LastJiffies != 0 {
+			t.Errorf("%s: no packets but point %d, first_ns %d, last_jiffies %d",
+				keyString(k), v.Point, v.FirstNs, v.LastJiffies)
 		}
-		if v.FirstNs == 0 || v.LastJiffies == 0 {
-			t.Errorf("%s on CPU %d: first_ns %d, last_jiffies %d, want both set",
-				keyString(k), cpu, v.FirstNs, v.LastJiffies)
-		}
-		if s.Point != 0 && (bpfPoint(v.Point) != s.Point || v.Ifindex != s.Ifindex) {
-			t.Errorf("%s on CPU %d: point %d ifindex %d, other CPUs point %d ifindex %d",
-				keyString(k), cpu, v.Point, v.Ifindex, s.Point, s.Ifindex)
-		}
-		s.Point, s.Ifindex = bpfPoint(v.Point), v.Ifindex
-		if s.First == 0 || v.FirstNs < s.First {
-			s.First = v.FirstNs
-		}
-		s.Last = max(s.Last, v.LastJiffies)
+		return s
+	}
+	if v.FirstNs == 0 || v.LastJiffies == 0 || v.Point == 0 {
+		t.Errorf("%s: first_ns %d, last_jiffies %d, point %d, want all set",
+			keyString(k), v.FirstNs, v.LastJiffies, v.Point)
 	}
 	return s
 }
@@ -1441,8 +1428,9 @@ func TestBPFRepeated(t *testing.T) {
 		}
 	}
 
-	// One flow counted on two CPUs: each CPU's slot starts with its own first
-	// packet, and the slots sum to the flow.
+	// One flow counted on two CPUs: its one entry (with what the CPUs'
+	// cache slots hold of it) has every frame of both, first seen at the
+	// first frame and last seen at the last.
 	t.Run("two CPUs", func(t *testing.T) {
 		var cpus unix.CPUSet
 		if err := unix.SchedGetaffinity(0, &cpus); err != nil {
@@ -1501,49 +1489,42 @@ func TestBPFRepeated(t *testing.T) {
 				if err := <-errc; err != nil {
 					t.Fatal(err)
 				}
-				var percpu []bpfFlowStats
+				var s bpfFlowStats
 				up4, ok := up.v4()
 				if !ok {
 					t.Fatalf("%s is not IPv4", keyString(up))
 				}
-				if err := objs.Flows4A.Lookup(&up4, &percpu); err != nil {
+				if err := objs.Flows4A.Lookup(&up4, &s); err != nil {
 					t.Fatalf("flows4_a[%s]: %v", keyString(up), err)
 				}
 				// With what each CPU's cache slot holds of the flow.
-				for cpu, c := range halfA(objs).cacheSlots(t) {
+				for _, c := range halfA(objs).cacheSlots(t) {
 					if c.Valid != 0 && c.Key == up4 {
-						percpu[cpu].Bytes += c.Bytes
-						percpu[cpu].Packets += c.Packets
-						percpu[cpu].TcpFlags |= c.TcpFlags
-						percpu[cpu].LastJiffies = max(percpu[cpu].LastJiffies, c.LastJiffies)
+						s.Bytes += c.Bytes
+						s.Packets += c.Packets
+						s.TcpFlags |= c.TcpFlags
+						s.LastJiffies = max(s.LastJiffies, c.LastJiffies)
 					}
 				}
 				flags := []uint16{hdrSYN, hdrPSH | hdrACK, hdrACK}
-				// The first CPU counts frames 0 and 2, the second frame 1.
-				wantSlot := func(cpu int, idx ...int) {
-					t.Helper()
-					s := percpu[cpu]
-					var w bpfFlowStats
-					for _, i := range idx {
-						w.Bytes += uint64(len(frames[i]))
-						w.Packets++
-						w.TcpFlags |= segFlags(flags[i])
-					}
-					if s.Bytes != w.Bytes || s.Packets != w.Packets || s.TcpFlags != w.TcpFlags ||
-						bpfPoint(s.Point) != h.point || s.Ifindex != lo {
-						t.Errorf("CPU %d slot: bytes %d packets %d flags %#x point %d ifindex %d; want %d %d %#x %d %d",
-							cpu, s.Bytes, s.Packets, s.TcpFlags, s.Point, s.Ifindex, w.Bytes, w.Packets, w.TcpFlags, h.point, lo)
-					}
-					first, last := idx[0], idx[len(idx)-1]
-					if s.FirstNs < starts[first] || s.FirstNs > ends[first] {
-						t.Errorf("CPU %d slot: first_ns %d, want within [%d, %d] (frame %d)", cpu, s.FirstNs, starts[first], ends[first], first)
-					}
-					if from, now := jiffiesSince(t, objs, starts[last]); s.LastJiffies < from || s.LastJiffies > now {
-						t.Errorf("CPU %d slot: last_jiffies %d, want within [%d, %d] (frame %d)", cpu, s.LastJiffies, from, now, last)
-					}
+				var w bpfFlowStats
+				for i := range frames {
+					w.Bytes += uint64(len(frames[i]))
+					w.Packets++
+					w.TcpFlags |= segFlags(flags[i])
 				}
-				wantSlot(allowed[0], 0, 2)
-				wantSlot(allowed[1], 1)
+				if s.Bytes != w.Bytes || s.Packets != w.Packets || s.TcpFlags != w.TcpFlags ||
+					bpfPoint(s.Point) != h.point || s.Ifindex != lo {
+					t.Errorf("entry: bytes %d packets %d flags %#x point %d ifindex %d; want %d %d %#x %d %d",
+						s.Bytes, s.Packets, s.TcpFlags, s.Point, s.Ifindex, w.Bytes, w.Packets, w.TcpFlags, h.point, lo)
+				}
+				first, last := 0, len(frames)-1
+				if s.FirstNs < starts[first] || s.FirstNs > ends[first] {
+					t.Errorf("entry: first_ns %d, want within [%d, %d] (frame %d)", s.FirstNs, starts[first], ends[first], first)
+				}
+				if from, now := jiffiesSince(t, objs, starts[last]); s.LastJiffies < from || s.LastJiffies > now {
+					t.Errorf("entry: last_jiffies %d, want within [%d, %d] (frame %d)", s.LastJiffies, from, now, last)
+				}
 			})
 		}
 	})

@@ -136,9 +136,8 @@ func newTestDatapath(t *testing.T) *Datapath {
 func putFlow(t *testing.T, d *Datapath, src string, ifindex uint32) {
 	t.Helper()
 	k, _ := flowKey(src, "192.0.2.200", 40000, 80, 6, 0).v4()
-	vals := make([]bpfFlowStats, mustPossibleCPUs(t))
-	vals[0] = bpfFlowStats{Bytes: 100, Packets: 1, Ifindex: ifindex, Point: uint8(bpfPointPOINT_TC_INGRESS)}
-	if err := d.drain.halves[d.drain.cur].v4.Put(k, vals); err != nil {
+	v := bpfFlowStats{Bytes: 100, Packets: 1, Ifindex: ifindex, Point: uint8(bpfPointPOINT_TC_INGRESS)}
+	if err := d.drain.halves[d.drain.cur].v4.Put(k, v); err != nil {
 		t.Fatalf("put flow from %s: %v", src, err)
 	}
 }
@@ -224,9 +223,8 @@ func TestDrainFailureKeeps(t *testing.T) {
 	d.conntrack = func() ([]*netlink.ConntrackFlow, error) { return nil, nil }
 	putFlow(t, d, "192.0.2.1", 0)
 	k6 := flowKey("2001:db8::1", "2001:db8::2", 40000, 80, 6, 0)
-	vals := make([]bpfFlowStats, mustPossibleCPUs(t))
-	vals[0] = bpfFlowStats{Bytes: 200, Packets: 2, Point: uint8(bpfPointPOINT_TC_INGRESS)}
-	if err := d.drain.halves[d.drain.cur].v6.Put(k6, vals); err != nil {
+	v := bpfFlowStats{Bytes: 200, Packets: 2, Point: uint8(bpfPointPOINT_TC_INGRESS)}
+	if err := d.drain.halves[d.drain.cur].v6.Put(k6, v); err != nil {
 		t.Fatalf("put IPv6 flow: %v", err)
 	}
 	injected := errors.New("injected after the IPv4 map")

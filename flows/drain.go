@@ -24,7 +24,7 @@ const drainGrace = 20 * time.Millisecond
 // the longest hash bucket, or the kernel answers ENOSPC.
 const drainBatch = 4096
 
-// direction is one flow direction summed over the CPUs.
+// direction is one flow direction as drained.
 type direction struct {
 	model.Direction
 	first uint64 // CLOCK_MONOTONIC ns; 0 if only a retransmit was seen
@@ -108,7 +108,7 @@ type drainer struct {
 	ncpu   int
 	keys4  []bpfFlowKey4
 	keys6  []bpfFlowKey
-	vals   []bpfFlowStats // drainBatch × ncpu
+	vals   []bpfFlowStats // drainBatch: the flow maps are shared, one value a key
 	// clients remembers the client direction of connections whose
 	// handshake was seen, so that later intervals orient them alike.
 	clients *clientSet
@@ -172,7 +172,7 @@ func newDrainer(objs *bpfObjects, maxFlows int, reasons map[uint32]string) (*dra
 		ncpu:    ncpu,
 		keys4:   make([]bpfFlowKey4, drainBatch),
 		keys6:   make([]bpfFlowKey, drainBatch),
-		vals:    make([]bpfFlowStats, drainBatch*ncpu),
+		vals:    make([]bpfFlowStats, drainBatch),
 		clients: newClientSet(maxFlows),
 		l7s:     [2]half{{objs.L7s4A, objs.L7s6A}, {objs.L7s4B, objs.L7s6B}},
 		cache:   objs.FlowCache,
@@ -248,12 +248,12 @@ func (d *drainer) step(name string) error {
 }
 
 // drain flips the buffer and returns what the programs counted in the
-// half they wrote until now, summed over CPUs, and empties that half,
-// with what a failed drain kept (see keep). IPv4 keys come out
-// IPv4-mapped. On an error, what it returns was taken out of the maps:
-// the caller keeps it for the next drain. The half it did not empty is
-// emptied by the drain after next, when it is the old half again. The map
-// and its directions are the drainer's, valid until the next drain.
+// half they wrote until now, with what the CPUs' cache slots held, and
+// empties that half, with what a failed drain kept (see keep). IPv4 keys
+// come out IPv4-mapped. On an error, what it returns was taken out of the
+// maps: the caller keeps it for the next drain. The half it did not empty
+// is emptied by the drain after next, when it is the old half again. The
+// map and its directions are the drainer's, valid until the next drain.
 func (d *drainer) drain() (map[bpfFlowKey]*direction, error) {
 	out := d.dirs
 	if d.kept {
@@ -310,15 +310,18 @@ func (d *drainer) drainCache(half uint32, out map[bpfFlowKey]*direction) error {
 	return nil
 }
 
-// drainMap reads and deletes every entry of m, a per-CPU map, handing add
-// each key with its CPUs' values; in batches of len(keys) where the kernel
-// has them (5.6+), else one by one. vals holds len(keys) × ncpu values. The
-// programs do not write m meanwhile, so reading then deleting loses
-// nothing.
+// drainMap reads and deletes every entry of m, handing add each key with
+// its value, or its CPUs' values if m is per CPU; in batches of len(keys)
+// where the kernel has them (5.6+), else one by one. vals holds len(keys)
+// values, times ncpu for a per-CPU map. The programs do not write m
+// meanwhile, so reading then deleting loses nothing.
 func drainMap[K comparable, V any](m *ebpf.Map, keys []K, vals []V, ncpu int, add func(K, []V)) error {
+	if !perCPU(m.Type()) {
+		ncpu = 1
+	}
 	var cursor ebpf.MapBatchCursor
 	for {
-		n, err := m.BatchLookupAndDelete(&cursor, keys, vals, nil)
+		n, err := m.BatchLookupAndDelete(&cursor, keys, vals[:len(keys)*ncpu], nil)
 		for i := range n {
 			add(keys[i], vals[i*ncpu:(i+1)*ncpu])
 		}
@@ -340,9 +343,17 @@ func drainEach[K comparable, V any](m *ebpf.Map, add func(K, []V)) error {
 		keys []K
 	)
 	it := m.Iterate()
-	for it.Next(&key, &vals) {
-		add(key, vals)
-		keys = append(keys, key)
+	if !perCPU(m.Type()) {
+		vals = make([]V, 1)
+		for it.Next(&key, &vals[0]) {
+			add(key, vals)
+			keys = append(keys, key)
+		}
+	} else {
+		for it.Next(&key, &vals) {
+			add(key, vals)
+			keys = append(keys, key)
+		}
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("iterate %s: %w", m, err)
@@ -366,13 +377,15 @@ func (k bpfFlowKey4) mapped() bpfFlowKey {
 	return m
 }
 
-func (d *drainer) add(out map[bpfFlowKey]*direction, k bpfFlowKey, percpu []bpfFlowStats) {
+// add adds vals, a flow map's value or a cache slot's counts, to k's
+// direction in out.
+func (d *drainer) add(out map[bpfFlowKey]*direction, k bpfFlowKey, vals []bpfFlowStats) {
 	dir := out[k]
 	if dir == nil {
 		dir = d.alloc.next()
 		out[k] = dir
 	}
-	for _, v := range percpu {
+	for _, v := range vals {
 		dir.Bytes += v.Bytes
 		dir.Packets += v.Packets
 		dir.Retransmits += v.Retransmits

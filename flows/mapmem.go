@@ -33,8 +33,11 @@ func (m MapMemory) preallocated() bool {
 }
 
 // PerCPU reports whether the map holds a value per possible CPU.
-func (m MapMemory) PerCPU() bool {
-	switch m.Type {
+func (m MapMemory) PerCPU() bool { return perCPU(m.Type) }
+
+// perCPU reports whether a map of type t holds a value per possible CPU.
+func perCPU(t ebpf.MapType) bool {
+	switch t {
 	case ebpf.PerCPUHash, ebpf.PerCPUArray, ebpf.LRUCPUHash, ebpf.PerCPUCGroupStorage:
 		return true
 	}

@@ -57,6 +57,13 @@ func TestMapMemoryReported(t *testing.T) {
 			t.Errorf("Stats().MapMemory lacks map %s", name)
 			continue
 		}
+		// The flow maps are shared: their memory does not grow with the
+		// CPUs.
+		if strings.HasPrefix(name, "flows") {
+			if got := m.At(128); m.PerCPU() || got != m.Bytes {
+				t.Errorf("map %s: per CPU %t, %d bytes here, %d at 128 CPUs; want shared, the same", name, m.PerCPU(), m.Bytes, got)
+			}
+		}
 		vals := uint64(m.MaxEntries) * uint64(m.ValueSize)
 		if m.PerCPU() {
 			vals *= uint64(m.CPUs)
@@ -65,6 +72,11 @@ func TestMapMemoryReported(t *testing.T) {
 			t.Errorf("map %s: memory %d bytes, want at least its values' %d", name, m.Bytes, vals)
 		}
 	}
+	var here, at64, at128 uint64
+	for _, m := range mem {
+		here, at64, at128 = here+m.Bytes, at64+m.At(64), at128+m.At(128)
+	}
+	t.Logf("maps: %.1f MiB at %d CPUs, %.1f MiB at 64, %.1f MiB at 128", mib(here), mem[0].CPUs, mib(at64), mib(at128))
 	metrics, err := testutil.CollectAndFormat(NewCollector(d), expfmt.TypeTextPlain, "flowmap_map_memory_bytes")
 	if err != nil {
 		t.Fatalf("collect: %v", err)
@@ -73,3 +85,5 @@ func TestMapMemoryReported(t *testing.T) {
 		t.Errorf("/metrics has %d flowmap_map_memory_bytes series, want %d (one a map):\n%s", got, want, metrics)
 	}
 }
+
+func mib(b uint64) float64 { return float64(b) / (1 << 20) }

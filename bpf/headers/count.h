@@ -15,8 +15,13 @@ enum point {
 	POINT_XDP = 3,
 };
 
-// flow_stats is what one CPU counted for one flow direction since the
-// last drain.
+// flow_stats is what the CPUs counted for one flow direction since the
+// last drain. One for all CPUs: the counts are added atomically, the flags
+// ORed atomically; first_ns, ifindex and point are written once when the
+// entry is made (or, for an entry a retransmit made, by the first packet);
+// last_jiffies and syn_rtt_ns are plain stores, a benign race: CPUs that
+// count the same flow at once store the same tick (or one a tick older),
+// and a flow has one SYN-ACK.
 struct flow_stats {
 	__u64 bytes;      // wire bytes: Ethernet header to end of payload, no FCS
 	__u64 packets;    // wire packets: a GSO skb counts gso_segs
@@ -30,20 +35,37 @@ struct flow_stats {
 	__u8 pad[5];
 };
 
+// or_flags ORs flags into s->tcp_flags, atomically. BPF has a 32-bit
+// atomic OR only from -mcpu=v3 on (bpf2go builds v1), so it ORs the
+// aligned 64-bit word that starts with tcp_flags, whose low 16 bits they
+// are on a little-endian target: point and pad are left as they are. Most
+// packets bring no new flag, and then cost a compare, not a locked OR.
+_Static_assert(__builtin_offsetof(struct flow_stats, tcp_flags) % 8 == 0,
+	       "or_flags needs tcp_flags 8-byte aligned");
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "or_flags needs little-endian");
+static __always_inline void or_flags(struct flow_stats *s, __u16 flags)
+{
+	if ((s->tcp_flags & flags) != flags)
+		__sync_fetch_and_or((__u64 *)&s->tcp_flags, (__u64)flags);
+}
+
 // Force BTF for a type that Go needs beyond map keys and values.
 const enum point *unused_point __attribute__((unused));
 
 #define MAX_FLOWS 65536 // Go sets max_entries from --max-flows
 
-// flows4_a, flows4_b: flow_key4 -> per-CPU flow_stats, and flows6_a,
-// flows6_b: flow_key -> per-CPU flow_stats. A double buffer: the programs
+// flows4_a, flows4_b: flow_key4 -> flow_stats, and flows6_a, flows6_b:
+// flow_key -> flow_stats. Shared, not per CPU: a per-CPU value takes
+// max_entries × value size on every possible CPU (14.7 MiB a CPU at 65,536
+// flows, 1.9 GiB on 128 CPUs), and a drain reads every CPU's copy; a
+// shared one costs its atomic adds. A double buffer: the programs
 // write the half named by active_buf while Go drains the other, so no
 // increment is lost between a read and its delete. Not LRU: a full map
 // refuses new flows and counts what it refused (COUNTER_MAP_FULL_*), where
 // an LRU would silently evict a live flow's counts.
 #define FLOW_MAP(name, key_type)                                                                   \
 	struct {                                                                                   \
-		__uint(type, BPF_MAP_TYPE_PERCPU_HASH);                                            \
+		__uint(type, BPF_MAP_TYPE_HASH);                                                   \
 		__uint(max_entries, MAX_FLOWS);                                                    \
 		__type(key, key_type);                                                             \
 		__type(value, struct flow_stats);                                                  \
@@ -86,7 +108,8 @@ static __always_inline void see(void *seen, void *key)
 // counted of it since it was last added to the flow map: consecutive
 // packets of one flow (a burst, a GSO train) then cost an array slot's
 // compare and adds instead of a hash lookup (about 40 ns a packet on real
-// traffic here, where the hash's bucket, key and per-CPU value are cold).
+// traffic here, where the hash's bucket, key and value are cold), and no
+// atomic adds on a value other CPUs may write.
 struct cache_slot {
 	struct flow_key4 key;
 	__u64 bytes;
@@ -145,16 +168,17 @@ static __always_inline int account(void *flows, void *seen, void *key, int tcp, 
 			return 0;
 		}
 	}
-	// Each CPU has its own slot: the first packet on this CPU starts it.
+	// An entry a retransmit made (see retransmit_in) has no first
+	// packet yet: this is it. CPUs that race here store nearly the same.
 	if (!s->first_ns) {
 		s->first_ns = bpf_ktime_get_ns();
 		s->ifindex = ifindex;
 		s->point = point;
 	}
 	s->last_jiffies = now;
-	s->bytes += bytes;
-	s->packets += packets;
-	s->tcp_flags |= flags;
+	__sync_fetch_and_add(&s->bytes, bytes);
+	__sync_fetch_and_add(&s->packets, packets);
+	or_flags(s, flags);
 	if (rtt)
 		s->syn_rtt_ns = rtt;
 	return 1;
@@ -186,9 +210,9 @@ static __always_inline void account4(void *flows, struct cache_slot *c, struct f
 		// it, after the programs moved to the other half.
 		struct flow_stats *s = bpf_map_lookup_elem(flows, &c->key);
 		if (s) {
-			s->bytes += c->bytes;
-			s->packets += c->packets;
-			s->tcp_flags |= c->tcp_flags;
+			__sync_fetch_and_add(&s->bytes, c->bytes);
+			__sync_fetch_and_add(&s->packets, c->packets);
+			or_flags(s, c->tcp_flags);
 			if (c->last_jiffies > s->last_jiffies)
 				s->last_jiffies = c->last_jiffies;
 		}
