@@ -35,7 +35,9 @@ const (
 	bpfCounterCOUNTER_TRUNCATED        bpfCounter = 5
 	bpfCounterCOUNTER_HEALTH_MAP_FULL  bpfCounter = 6
 	bpfCounterCOUNTER_DROPS_MAP_FULL   bpfCounter = 7
-	bpfCounterCOUNTER_MAX              bpfCounter = 8
+	bpfCounterCOUNTER_NAMES_UNMATCHED  bpfCounter = 8
+	bpfCounterCOUNTER_NAMES_NOT_CLIENT bpfCounter = 9
+	bpfCounterCOUNTER_MAX              bpfCounter = 10
 )
 
 type bpfDropKey struct {
@@ -132,10 +134,11 @@ const (
 )
 
 type bpfL7Pending struct {
-	_    structs.HostLayout
-	Ts   [4]uint64
-	Head uint32
-	Tail uint32
+	_        structs.HostLayout
+	Ts       [4]uint64
+	Head     uint32
+	Tail     uint32
+	Question uint64
 }
 
 type bpfL7PendingKey struct {

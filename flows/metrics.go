@@ -110,6 +110,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descNamesLost, s.NamesDropped, "batch_full")
 	counter(descNamesLost, s.NamesUndecoded, "undecoded")
 	counter(descNamesLost, s.NamesUnchained, "not_tied_to_question")
+	counter(descNamesLost, s.NamesUnmatched, "no_matching_query")
+	counter(descNamesLost, s.NamesNotClient, "not_first_client_hello")
 	for _, m := range s.MapMemory {
 		gauge(descMapMemory, float64(m.Bytes), m.Name)
 	}
