@@ -247,6 +247,11 @@ func TestBPFL7(t *testing.T) {
 	// A name of 4 + 30*5 = 154 bytes: longer than the question bytes
 	// the programs compare (DNS_QMAX).
 	longName := "shop" + strings.Repeat(".abcd", 30)
+	udp6 := func(src, dst string, sport, dport uint16, payload []byte) []byte {
+		return buildFrame(t, ethL(layers.EthernetTypeIPv6), ip6L(src, dst, layers.IPProtocolUDP),
+			udpL(sport, dport), gopacket.Payload(payload))
+	}
+	syn6 := buildFrame(t, ethL(layers.EthernetTypeIPv6), ip6L(l7Cli6, l7Srv6, layers.IPProtocolTCP), tcpL(42000, 443, hdrSYN))
 	syn := func(sport, dport uint16) []byte {
 		return buildFrame(t, ethL(layers.EthernetTypeIPv4), ip4L(l7Cli, l7Srv, layers.IPProtocolTCP), tcpL(sport, dport, hdrSYN))
 	}
@@ -260,6 +265,7 @@ func TestBPFL7(t *testing.T) {
 		want     map[bpfFlowKey]l7Want
 		names    []string              // the kinds of name events, in order
 		dnsName  string                // the name of the DNS names, if not shop.example
+		v6       bool                  // the names' client is l7Cli6, not l7Cli
 		counters map[bpfCounter]uint64 // the counters not 0
 	}{
 		{
@@ -371,6 +377,28 @@ func TestBPFL7(t *testing.T) {
 				unmatched: 1, latencies: 1}},
 			names:    []string{"dns"},
 			counters: map[bpfCounter]uint64{bpfCounterCOUNTER_NAMES_UNMATCHED: 1},
+		},
+		{
+			// The IPv6 keys: a forged answer (another id), the real
+			// one; a ClientHello twice after the client's SYN.
+			name: "dns and tls over ipv6",
+			frames: [][]byte{
+				udp6(l7Cli6, l7Srv6, 41000, 53, dnsMsg(t, 4, false, 0, "shop.example")),
+				udp6(l7Srv6, l7Cli6, 53, 41000, dnsMsg(t, 5, true, 0, "shop.example", "192.0.2.66")),
+				udp6(l7Srv6, l7Cli6, 53, 41000, dnsMsg(t, 4, true, 0, "shop.example", "203.0.113.9")),
+				syn6,
+				tcpPayload(t, true, l7Cli6, l7Srv6, 42000, 443, hello),
+				tcpPayload(t, true, l7Cli6, l7Srv6, 42000, 443, hello),
+			},
+			want: map[bpfFlowKey]l7Want{
+				flowKey(l7Cli6, l7Srv6, 41000, 53, layers.IPProtocolUDP, 0): {proto: model.L7DNS, queries: 1,
+					rcodes: map[int]uint32{0: 2}, unmatched: 1, latencies: 1},
+				flowKey(l7Cli6, l7Srv6, 42000, 443, layers.IPProtocolTCP, 0): {proto: model.L7TLS},
+			},
+			names: []string{"dns", "tls"},
+			v6:    true,
+			counters: map[bpfCounter]uint64{bpfCounterCOUNTER_NAMES_UNMATCHED: 1,
+				bpfCounterCOUNTER_NAMES_NOT_CLIENT: 1},
 		},
 		{
 			name:    "dns long question",
@@ -489,12 +517,16 @@ func TestBPFL7(t *testing.T) {
 					if len(names) == 0 || names[0].Source.String() != tc.names[i] {
 						t.Errorf("name event %d: %+v, want a %s name", i, names, tc.names[i])
 					}
+					cli, srv := l7Cli, l7Srv
+					if tc.v6 {
+						cli, srv = l7Cli6, l7Srv6
+					}
 					for _, n := range names {
-						if n.Client.String() != l7Cli || n.Seen != start {
-							t.Errorf("name %+v: client %v seen %v, want %s %v", n, n.Client, n.Seen, l7Cli, start)
+						if n.Client.String() != cli || n.Seen != start {
+							t.Errorf("name %+v: client %v seen %v, want %s %v", n, n.Client, n.Seen, cli, start)
 						}
-						if n.Source == model.NameTLS && (n.Name != "api.example.com" || n.Addr.String() != l7Srv) {
-							t.Errorf("tls name %+v, want api.example.com for %s", n, l7Srv)
+						if n.Source == model.NameTLS && (n.Name != "api.example.com" || n.Addr.String() != srv) {
+							t.Errorf("tls name %+v, want api.example.com for %s", n, srv)
 						}
 						dnsName := "shop.example"
 						if tc.dnsName != "" {

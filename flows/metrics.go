@@ -47,7 +47,7 @@ var (
 		"L7 messages (and payloads that tell a protocol) not counted because their flow's entry could not be inserted into the L7 map, by reason (map_full, no_memory, busy, other) and protocol.",
 		[]string{"reason", "protocol"}, nil)
 	descNamesLost = prometheus.NewDesc("flowmap_name_events_lost_total",
-		"DNS answers and TLS server names not read, by reason.", []string{"reason"}, nil)
+		"DNS answers and TLS server names not read, or refused as not vouched for by a query or a connection's client, by reason.", []string{"reason"}, nil)
 	descNATJoined = prometheus.NewDesc("flowmap_nat_joined_total",
 		"Flow directions of NATed connections moved to their connection's tuple through conntrack.", nil, nil)
 	descConntrackErrors = prometheus.NewDesc("flowmap_conntrack_errors_total",
