@@ -5,8 +5,9 @@
 // L7 looks at the first bytes of TCP payload and of UDP to or from the DNS
 // port, on packets already counted by the L4 path (so under the same
 // counted-once rule: a request where it enters the host, its response where
-// that enters). It reads a few dozen bytes at most, never loops over a
-// payload, and keeps no URL, header or body: HTTP gives its method and
+// that enters). It reads a few dozen bytes at most (a DNS question up to
+// 128, in a loop of 16 words at most), never loops over a payload
+// otherwise, and keeps no URL, header or body: HTTP gives its method and
 // status class, DNS its id and response code; only DNS responses and TLS
 // ClientHellos go to user space, through l7_names, for the names in them,
 // and only those that a client's own traffic vouches for: a DNS answer to
