@@ -50,6 +50,16 @@ static __always_inline void dns_header(struct packet *p, const __u8 *h, __u8 dns
 // name, its first DNS_QMAX bytes. A multiple of 8.
 #define DNS_QMAX 128
 
+// dns_scratch: 0 -> per CPU, the question bytes dns_question reads; off
+// the stack, which the flow and L7 paths share, and a map value needs no
+// zeroing before the verifier lets bytes past what peek wrote be read.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64[DNS_QMAX / 8]);
+} dns_scratch SEC(".maps");
+
 // dns_mix folds the word w into the hash h (a multiply and xor-shift, as
 // in splitmix64): cheap, and not meant to resist an attacker, who has to
 // match the query's id and ports before the question counts.
@@ -99,8 +109,10 @@ static __always_inline __u64 dns_question(void *ctx, int xdp, __u32 off, __u32 l
 	asm volatile("" : "+r"(n)); // as in send_name
 	if (n < 1)
 		return 0;
-	__u64 w[DNS_QMAX / 8] = {};
-	if (peek(ctx, xdp, off + 12, w, n))
+	// Not zeroed: no byte past n is hashed (see end below).
+	__u32 zero = 0;
+	__u64 *w = bpf_map_lookup_elem(&dns_scratch, &zero);
+	if (!w || peek(ctx, xdp, off + 12, w, n))
 		return 0;
 	// The words before the one that holds the name's end, whole.
 	__u64 h = 0;
