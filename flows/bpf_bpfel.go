@@ -35,7 +35,9 @@ const (
 	bpfCounterCOUNTER_TRUNCATED        bpfCounter = 5
 	bpfCounterCOUNTER_HEALTH_MAP_FULL  bpfCounter = 6
 	bpfCounterCOUNTER_DROPS_MAP_FULL   bpfCounter = 7
-	bpfCounterCOUNTER_MAX              bpfCounter = 8
+	bpfCounterCOUNTER_NAMES_UNMATCHED  bpfCounter = 8
+	bpfCounterCOUNTER_NAMES_NOT_CLIENT bpfCounter = 9
+	bpfCounterCOUNTER_MAX              bpfCounter = 10
 )
 
 type bpfDropKey struct {
@@ -132,10 +134,11 @@ const (
 )
 
 type bpfL7Pending struct {
-	_    structs.HostLayout
-	Ts   [4]uint64
-	Head uint32
-	Tail uint32
+	_        structs.HostLayout
+	Ts       [4]uint64
+	Head     uint32
+	Tail     uint32
+	Question uint64
 }
 
 type bpfL7PendingKey struct {
@@ -209,6 +212,7 @@ const (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	bpfMapCounters          = "counters"
+	bpfMapDnsScratch        = "dns_scratch"
 	bpfMapDropsA            = "drops_a"
 	bpfMapDropsB            = "drops_b"
 	bpfMapFlowCache         = "flow_cache"
@@ -311,6 +315,7 @@ type bpfProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
 	Counters   *ebpf.MapSpec `ebpf:"counters"`
+	DnsScratch *ebpf.MapSpec `ebpf:"dns_scratch"`
 	DropsA     *ebpf.MapSpec `ebpf:"drops_a"`
 	DropsB     *ebpf.MapSpec `ebpf:"drops_b"`
 	FlowCache  *ebpf.MapSpec `ebpf:"flow_cache"`
@@ -377,6 +382,7 @@ func (o *bpfObjects) Close() error {
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
 	Counters   *ebpf.Map `ebpf:"counters"`
+	DnsScratch *ebpf.Map `ebpf:"dns_scratch"`
 	DropsA     *ebpf.Map `ebpf:"drops_a"`
 	DropsB     *ebpf.Map `ebpf:"drops_b"`
 	FlowCache  *ebpf.Map `ebpf:"flow_cache"`
@@ -405,6 +411,7 @@ type bpfMaps struct {
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.Counters,
+		m.DnsScratch,
 		m.DropsA,
 		m.DropsB,
 		m.FlowCache,

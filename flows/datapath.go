@@ -139,6 +139,9 @@ type Stats struct {
 	// Health (see health.go).
 	HealthMapFull uint64 // health events not counted: the health map was full
 	DropsMapFull  uint64 // drops not counted: the drops map was full
+	// Names the programs refused (see l7.h).
+	NamesUnmatched uint64 // DNS answers not sent: no query with their id, flow and question
+	NamesNotClient uint64 // TLS ClientHellos not sent: not the first from a connection's client
 	// MapMemory is the kernel memory of each map, read at load and after
 	// each drain; replaced, never changed in place.
 	MapMemory []MapMemory
@@ -743,6 +746,8 @@ var counterFields = map[bpfCounter]func(*Stats) *uint64{
 	bpfCounterCOUNTER_TRUNCATED:        func(s *Stats) *uint64 { return &s.Truncated },
 	bpfCounterCOUNTER_HEALTH_MAP_FULL:  func(s *Stats) *uint64 { return &s.HealthMapFull },
 	bpfCounterCOUNTER_DROPS_MAP_FULL:   func(s *Stats) *uint64 { return &s.DropsMapFull },
+	bpfCounterCOUNTER_NAMES_UNMATCHED:  func(s *Stats) *uint64 { return &s.NamesUnmatched },
+	bpfCounterCOUNTER_NAMES_NOT_CLIENT: func(s *Stats) *uint64 { return &s.NamesNotClient },
 }
 
 // readCounters returns the per-CPU counters of counterFields, summed; one

@@ -79,6 +79,12 @@
 // TLS ClientHellos go, their first 1024 bytes, through a ring buffer to
 // user space, which keeps of them only the question's name, the answers'
 // addresses and TTLs, and the TLS server name ([model.Name], [model.Batch.Names]); the
-// rest of the message is dropped once decoded. Encrypted traffic (TLS,
+// rest of the message is dropped once decoded. Only those a client's own
+// traffic vouches for go: a DNS response that answers a query the programs
+// saw (its id, on the query's flow turned round, with the query's question,
+// compared by a hash of its first 128 bytes), and the first ClientHello
+// from the side of a connection that sent its SYN. Any other (a forged
+// answer, a ClientHello from the server's side or sent again) is counted
+// ([Stats.NamesUnmatched], [Stats.NamesNotClient]) and names nothing. Encrypted traffic (TLS,
 // HTTP/2 over TLS) is counted as such, with no methods or statuses.
 package flows

@@ -2,6 +2,7 @@ package flows_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -33,7 +34,8 @@ const serverDelay = 23 * time.Millisecond
 // and checks what the L7 parsers counted: every HTTP request by method and
 // response by status class on one keep-alive connection, with a latency
 // p50 within 20% of the client's; every DNS query by response code, and
-// the names the answers gave.
+// the names the answers gave, every answer matched to its query; and of
+// ClientHellos, the first of a connection's client only.
 func TestEndToEndL7(t *testing.T) {
 	testenv.MustBeRoot(t)
 	testenv.MustHaveBTF(t)
@@ -93,6 +95,8 @@ func TestEndToEndL7(t *testing.T) {
 			t.Fatalf("look up %s = %v, %v; want %v", l.name, got, err, l.want)
 		}
 	}
+
+	sendClientHellos(t, a, b)
 
 	recs := c.flows(t)
 
@@ -167,6 +171,9 @@ func TestEndToEndL7(t *testing.T) {
 		}
 		got := map[key]int{}
 		for _, nm := range c.names() {
+			if nm.Source == model.NameTLS {
+				continue // see "tls names"
+			}
 			if nm.Source != model.NameDNS || nm.TTL != sandboxtest.DNSTTL*time.Second || nm.Seen.IsZero() {
 				t.Errorf("name %+v: want source dns, ttl %ds, a time seen", nm, sandboxtest.DNSTTL)
 			}
@@ -181,7 +188,113 @@ func TestEndToEndL7(t *testing.T) {
 		if !mapsEqual(got, want) {
 			t.Errorf("names = %v, want %v", got, want)
 		}
+		if n := c.dp.Stats().NamesUnmatched; n != 0 {
+			t.Errorf("%d DNS answers matched no query, want 0", n)
+		}
 	})
+
+	t.Run("tls names", func(t *testing.T) {
+		type key struct {
+			addr   netip.Addr
+			name   string
+			client netip.Addr
+		}
+		got := map[key]int{}
+		for _, nm := range c.names() {
+			if nm.Source == model.NameTLS {
+				got[key{nm.Addr, nm.Name, nm.Client}]++
+			}
+		}
+		if want := map[key]int{{b.Addr, tlsServerName, a.Addr}: 1}; !mapsEqual(got, want) {
+			t.Errorf("tls names = %v, want %v", got, want)
+		}
+		// The client's second ClientHello, and the server's.
+		if n := c.dp.Stats().NamesNotClient; n != 2 {
+			t.Errorf("ClientHellos refused = %d, want 2", n)
+		}
+	})
+}
+
+// tlsServerName is the server name of sendClientHellos' ClientHellos.
+const tlsServerName = "api.shop.example"
+
+// sendClientHellos connects a to a listener on b and sends on that one
+// connection a ClientHello for tlsServerName from a, the same again, then
+// one from b. Each side reads what the other sent whole before it writes,
+// so that each ClientHello is a segment of its own.
+func sendClientHellos(t *testing.T, a, b *sandbox.Host) {
+	t.Helper()
+	hello := clientHelloRecord(t, tlsServerName)
+	ln, err := b.Listen("tcp4", b.Addr.String()+":0")
+	if err != nil {
+		t.Fatalf("listen in %s: %v", b.NetNS, err)
+	}
+	defer ln.Close()
+	served := make(chan error, 1)
+	go func() {
+		served <- func() error {
+			c, err := ln.Accept()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			buf := make([]byte, len(hello))
+			if _, err := io.ReadFull(c, buf); err != nil {
+				return fmt.Errorf("read the first ClientHello: %w", err)
+			}
+			if _, err := c.Write([]byte{'k'}); err != nil {
+				return err
+			}
+			if _, err := io.ReadFull(c, buf); err != nil {
+				return fmt.Errorf("read the second ClientHello: %w", err)
+			}
+			_, err = c.Write(hello)
+			return err
+		}()
+	}()
+	conn, err := a.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatalf("dial %s from %s: %v", ln.Addr(), a.NetNS, err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, len(hello))
+	if _, err := conn.Write(hello); err != nil {
+		t.Fatalf("send ClientHello: %v", err)
+	}
+	if _, err := io.ReadFull(conn, buf[:1]); err != nil {
+		t.Fatalf("read the server's ack: %v", err)
+	}
+	if _, err := conn.Write(hello); err != nil {
+		t.Fatalf("send ClientHello again: %v", err)
+	}
+	if _, err := io.ReadFull(conn, buf); err != nil {
+		t.Fatalf("read the server's ClientHello: %v", err)
+	}
+	if err := <-served; err != nil {
+		t.Fatalf("serve: %v", err)
+	}
+}
+
+// clientHelloRecord returns the first TLS record that crypto/tls sends to
+// name: its ClientHello.
+func clientHelloRecord(t *testing.T, name string) []byte {
+	t.Helper()
+	c, s := net.Pipe()
+	defer c.Close()
+	defer s.Close()
+	go tls.Client(c, &tls.Config{ServerName: name}).Handshake()
+	s.SetReadDeadline(time.Now().Add(5 * time.Second))
+	hdr := make([]byte, 5)
+	if _, err := io.ReadFull(s, hdr); err != nil {
+		t.Fatalf("read client hello: %v", err)
+	}
+	body := make([]byte, int(hdr[3])<<8|int(hdr[4]))
+	if _, err := io.ReadFull(s, body); err != nil {
+		t.Fatalf("read client hello: %v", err)
+	}
+	return append(hdr, body...)
 }
 
 // names returns every name the batches so far carried.

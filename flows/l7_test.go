@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -236,15 +237,36 @@ func TestBPFL7(t *testing.T) {
 	dnsR := func(id uint16, rcode layers.DNSResponseCode, answers ...string) []byte {
 		return udpPayload(t, l7Srv, l7Cli, 53, 41000, dnsMsg(t, id, true, rcode, "shop.example", answers...))
 	}
+	// A query and an answer for another name, on dnsUp.
+	dnsQName := func(id uint16, name string) []byte {
+		return udpPayload(t, l7Cli, l7Srv, 41000, 53, dnsMsg(t, id, false, 0, name))
+	}
+	dnsRName := func(id uint16, name string, answers ...string) []byte {
+		return udpPayload(t, l7Srv, l7Cli, 53, 41000, dnsMsg(t, id, true, 0, name, answers...))
+	}
+	// A name of 4 + 30*5 = 154 bytes: longer than the question bytes
+	// the programs compare (DNS_QMAX).
+	longName := "shop" + strings.Repeat(".abcd", 30)
+	udp6 := func(src, dst string, sport, dport uint16, payload []byte) []byte {
+		return buildFrame(t, ethL(layers.EthernetTypeIPv6), ip6L(src, dst, layers.IPProtocolUDP),
+			udpL(sport, dport), gopacket.Payload(payload))
+	}
+	syn6 := buildFrame(t, ethL(layers.EthernetTypeIPv6), ip6L(l7Cli6, l7Srv6, layers.IPProtocolTCP), tcpL(42000, 443, hdrSYN))
+	syn := func(sport, dport uint16) []byte {
+		return buildFrame(t, ethL(layers.EthernetTypeIPv4), ip4L(l7Cli, l7Srv, layers.IPProtocolTCP), tcpL(sport, dport, hdrSYN))
+	}
 	dnsTCPUp := flowKey(l7Cli, l7Srv, 42000, 53, layers.IPProtocolTCP, 0)
 	withLen := func(m []byte) []byte { return append([]byte{byte(len(m) >> 8), byte(len(m))}, m...) }
 	hello := clientHello(t, "api.example.com")
 
 	cases := []struct {
-		name   string
-		frames [][]byte
-		want   map[bpfFlowKey]l7Want
-		names  []string // the kinds of name events, in order
+		name     string
+		frames   [][]byte
+		want     map[bpfFlowKey]l7Want
+		names    []string              // the kinds of name events, in order
+		dnsName  string                // the name of the DNS names, if not shop.example
+		v6       bool                  // the names' client is l7Cli6, not l7Cli
+		counters map[bpfCounter]uint64 // the counters not 0
 	}{
 		{
 			name:   "http request and response",
@@ -316,7 +338,74 @@ func TestBPFL7(t *testing.T) {
 				dnsR(3, layers.DNSResponseCodeNoErr, "203.0.113.9"), dnsR(1, layers.DNSResponseCodeRefused)},
 			want: map[bpfFlowKey]l7Want{dnsUp: {proto: model.L7DNS, queries: 2,
 				rcodes: map[int]uint32{0: 1, 2: 1, 3: 1, 5: 1}, unmatched: 2, latencies: 2}},
-			names: []string{"dns"},
+			// Id 3's answer matches no query: it names nothing.
+			counters: map[bpfCounter]uint64{bpfCounterCOUNTER_NAMES_UNMATCHED: 1},
+		},
+		{
+			name:     "dns answer without a query",
+			frames:   [][]byte{dnsR(0x1234, layers.DNSResponseCodeNoErr, "203.0.113.9")},
+			want:     map[bpfFlowKey]l7Want{dnsUp: {proto: model.L7DNS, rcodes: map[int]uint32{0: 1}, unmatched: 1}},
+			counters: map[bpfCounter]uint64{bpfCounterCOUNTER_NAMES_UNMATCHED: 1},
+		},
+		{
+			// Forged answers race the real one: another id, another
+			// question, another client port, another server; then the
+			// real answer, which alone names.
+			name: "dns forged answers before the real one",
+			frames: [][]byte{dnsQ(5),
+				dnsR(6, layers.DNSResponseCodeNoErr, "192.0.2.66"),
+				dnsRName(5, "s3.amazonaws.com", "192.0.2.66"),
+				udpPayload(t, l7Srv, l7Cli, 53, 41001, dnsMsg(t, 5, true, 0, "shop.example", "192.0.2.66")),
+				udpPayload(t, "198.51.100.4", l7Cli, 53, 41000, dnsMsg(t, 5, true, 0, "shop.example", "192.0.2.66")),
+				dnsR(5, layers.DNSResponseCodeNoErr, "203.0.113.9"),
+				dnsR(5, layers.DNSResponseCodeNoErr, "192.0.2.66"), // once answered, no more
+			},
+			want: map[bpfFlowKey]l7Want{
+				dnsUp: {proto: model.L7DNS, queries: 1, rcodes: map[int]uint32{0: 4}, unmatched: 3, latencies: 1},
+				flowKey(l7Cli, l7Srv, 41001, 53, layers.IPProtocolUDP, 0):          {proto: model.L7DNS, rcodes: map[int]uint32{0: 1}, unmatched: 1},
+				flowKey(l7Cli, "198.51.100.4", 41000, 53, layers.IPProtocolUDP, 0): {proto: model.L7DNS, rcodes: map[int]uint32{0: 1}, unmatched: 1},
+			},
+			names:    []string{"dns"},
+			counters: map[bpfCounter]uint64{bpfCounterCOUNTER_NAMES_UNMATCHED: 5},
+		},
+		{
+			// The question's bytes, case included (0x20 randomisation):
+			// a resolver repeats them as asked.
+			name:   "dns question case",
+			frames: [][]byte{dnsQName(8, "Shop.Example"), dnsR(8, layers.DNSResponseCodeNoErr, "203.0.113.9"), dnsRName(8, "Shop.Example", "203.0.113.9")},
+			want: map[bpfFlowKey]l7Want{dnsUp: {proto: model.L7DNS, queries: 1, rcodes: map[int]uint32{0: 2},
+				unmatched: 1, latencies: 1}},
+			names:    []string{"dns"},
+			counters: map[bpfCounter]uint64{bpfCounterCOUNTER_NAMES_UNMATCHED: 1},
+		},
+		{
+			// The IPv6 keys: a forged answer (another id), the real
+			// one; a ClientHello twice after the client's SYN.
+			name: "dns and tls over ipv6",
+			frames: [][]byte{
+				udp6(l7Cli6, l7Srv6, 41000, 53, dnsMsg(t, 4, false, 0, "shop.example")),
+				udp6(l7Srv6, l7Cli6, 53, 41000, dnsMsg(t, 5, true, 0, "shop.example", "192.0.2.66")),
+				udp6(l7Srv6, l7Cli6, 53, 41000, dnsMsg(t, 4, true, 0, "shop.example", "203.0.113.9")),
+				syn6,
+				tcpPayload(t, true, l7Cli6, l7Srv6, 42000, 443, hello),
+				tcpPayload(t, true, l7Cli6, l7Srv6, 42000, 443, hello),
+			},
+			want: map[bpfFlowKey]l7Want{
+				flowKey(l7Cli6, l7Srv6, 41000, 53, layers.IPProtocolUDP, 0): {proto: model.L7DNS, queries: 1,
+					rcodes: map[int]uint32{0: 2}, unmatched: 1, latencies: 1},
+				flowKey(l7Cli6, l7Srv6, 42000, 443, layers.IPProtocolTCP, 0): {proto: model.L7TLS},
+			},
+			names: []string{"dns", "tls"},
+			v6:    true,
+			counters: map[bpfCounter]uint64{bpfCounterCOUNTER_NAMES_UNMATCHED: 1,
+				bpfCounterCOUNTER_NAMES_NOT_CLIENT: 1},
+		},
+		{
+			name:    "dns long question",
+			frames:  [][]byte{dnsQName(9, longName), dnsRName(9, longName, "203.0.113.9")},
+			want:    map[bpfFlowKey]l7Want{dnsUp: {proto: model.L7DNS, queries: 1, rcodes: map[int]uint32{0: 1}, latencies: 1}},
+			names:   []string{"dns"},
+			dnsName: longName,
 		},
 		{
 			name: "dns truncated",
@@ -346,9 +435,30 @@ func TestBPFL7(t *testing.T) {
 		},
 		{
 			name:   "tls client hello",
-			frames: [][]byte{tcpTo(443, hello)},
+			frames: [][]byte{syn(42000, 443), tcpTo(443, hello)},
 			want:   map[bpfFlowKey]l7Want{flowKey(l7Cli, l7Srv, 42000, 443, layers.IPProtocolTCP, 0): {proto: model.L7TLS}},
 			names:  []string{"tls"},
+		},
+		{
+			name:     "tls client hello twice",
+			frames:   [][]byte{syn(42000, 443), tcpTo(443, hello), tcpTo(443, hello)},
+			want:     map[bpfFlowKey]l7Want{flowKey(l7Cli, l7Srv, 42000, 443, layers.IPProtocolTCP, 0): {proto: model.L7TLS}},
+			names:    []string{"tls"},
+			counters: map[bpfCounter]uint64{bpfCounterCOUNTER_NAMES_NOT_CLIENT: 1},
+		},
+		{
+			name:     "tls client hello without a syn",
+			frames:   [][]byte{tcpTo(443, hello)},
+			want:     map[bpfFlowKey]l7Want{flowKey(l7Cli, l7Srv, 42000, 443, layers.IPProtocolTCP, 0): {proto: model.L7TLS}},
+			counters: map[bpfCounter]uint64{bpfCounterCOUNTER_NAMES_NOT_CLIENT: 1},
+		},
+		{
+			// The client opened the connection; a ClientHello from
+			// the server's side names nothing.
+			name:     "tls client hello from the server side",
+			frames:   [][]byte{syn(42000, 443), tcpFrom(443, hello)},
+			want:     map[bpfFlowKey]l7Want{flowKey(l7Srv, l7Cli, 443, 42000, layers.IPProtocolTCP, 0): {proto: model.L7TLS}},
+			counters: map[bpfCounter]uint64{bpfCounterCOUNTER_NAMES_NOT_CLIENT: 1},
 		},
 		{
 			name: "protocols by their first bytes",
@@ -393,6 +503,7 @@ func TestBPFL7(t *testing.T) {
 					h.run(t, f)
 				}
 				checkL7(t, objs, tc.want, time.Since(start))
+				checkCounters(t, objs, tc.counters)
 				evs := readEvents(t, rd)
 				if len(evs) != len(tc.names) {
 					t.Fatalf("%d name events, want %d", len(evs), len(tc.names))
@@ -406,15 +517,23 @@ func TestBPFL7(t *testing.T) {
 					if len(names) == 0 || names[0].Source.String() != tc.names[i] {
 						t.Errorf("name event %d: %+v, want a %s name", i, names, tc.names[i])
 					}
+					cli, srv := l7Cli, l7Srv
+					if tc.v6 {
+						cli, srv = l7Cli6, l7Srv6
+					}
 					for _, n := range names {
-						if n.Client.String() != l7Cli || n.Seen != start {
-							t.Errorf("name %+v: client %v seen %v, want %s %v", n, n.Client, n.Seen, l7Cli, start)
+						if n.Client.String() != cli || n.Seen != start {
+							t.Errorf("name %+v: client %v seen %v, want %s %v", n, n.Client, n.Seen, cli, start)
 						}
-						if n.Source == model.NameTLS && (n.Name != "api.example.com" || n.Addr.String() != l7Srv) {
-							t.Errorf("tls name %+v, want api.example.com for %s", n, l7Srv)
+						if n.Source == model.NameTLS && (n.Name != "api.example.com" || n.Addr.String() != srv) {
+							t.Errorf("tls name %+v, want api.example.com for %s", n, srv)
 						}
-						if n.Source == model.NameDNS && (n.Name != "shop.example" || n.TTL != 300*time.Second) {
-							t.Errorf("dns name %+v, want shop.example for 300s", n)
+						dnsName := "shop.example"
+						if tc.dnsName != "" {
+							dnsName = tc.dnsName
+						}
+						if n.Source == model.NameDNS && (n.Name != dnsName || n.Addr.String() == "192.0.2.66" || n.TTL != 300*time.Second) {
+							t.Errorf("dns name %+v, want %s for 300s, not the forged 192.0.2.66", n, dnsName)
 						}
 					}
 				}

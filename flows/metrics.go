@@ -47,7 +47,7 @@ var (
 		"L7 messages (and payloads that tell a protocol) not counted because their flow's entry could not be inserted into the L7 map, by reason (map_full, no_memory, busy, other) and protocol.",
 		[]string{"reason", "protocol"}, nil)
 	descNamesLost = prometheus.NewDesc("flowmap_name_events_lost_total",
-		"DNS answers and TLS server names not read, by reason.", []string{"reason"}, nil)
+		"DNS answers and TLS server names not read, or refused as not vouched for by a query or a connection's client, by reason.", []string{"reason"}, nil)
 	descNATJoined = prometheus.NewDesc("flowmap_nat_joined_total",
 		"Flow directions of NATed connections moved to their connection's tuple through conntrack.", nil, nil)
 	descConntrackErrors = prometheus.NewDesc("flowmap_conntrack_errors_total",
@@ -110,6 +110,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descNamesLost, s.NamesDropped, "batch_full")
 	counter(descNamesLost, s.NamesUndecoded, "undecoded")
 	counter(descNamesLost, s.NamesUnchained, "not_tied_to_question")
+	counter(descNamesLost, s.NamesUnmatched, "no_matching_query")
+	counter(descNamesLost, s.NamesNotClient, "not_first_client_hello")
 	for _, m := range s.MapMemory {
 		gauge(descMapMemory, float64(m.Bytes), m.Name)
 	}

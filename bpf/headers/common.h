@@ -57,6 +57,8 @@ enum counter {
 	COUNTER_TRUNCATED,  // IPv6 frames with more extension headers than parse walks
 	COUNTER_HEALTH_MAP_FULL, // health events not counted: the health map was full
 	COUNTER_DROPS_MAP_FULL,  // drops not counted: the drops map was full
+	COUNTER_NAMES_UNMATCHED, // DNS answers not sent: no query with their id, flow and question waited
+	COUNTER_NAMES_NOT_CLIENT, // TLS ClientHellos not sent: not the first from a connection's client
 	COUNTER_MAX,
 };
 

@@ -6,6 +6,7 @@
 #pragma once
 
 #include "common.h"
+#include "parse.h"
 
 // point is where a flow direction was counted.
 enum point {
@@ -82,7 +83,9 @@ FLOW_MAP(flows6_b, struct flow_key);
 // the direction has no entry in the active half (idle since the last
 // drain), and never inserts one for a flow no watched interface carries.
 // account adds a direction when it inserts its entry; LRU, so that the
-// directions longest without a new entry go first.
+// directions longest without a new entry go first. The value is an enum
+// seen: the direction that opened its connection is the client, whose
+// first TLS ClientHello alone names the server (see tls.h).
 #define SEEN_MAP(name, key_type)                                                                   \
 	struct {                                                                                   \
 		__uint(type, BPF_MAP_TYPE_LRU_HASH);                                               \
@@ -94,14 +97,28 @@ FLOW_MAP(flows6_b, struct flow_key);
 SEEN_MAP(seen4, struct flow_key4);
 SEEN_MAP(seen6, struct flow_key);
 
-// see notes the TCP flow direction key in the map seen (see seen4): a
-// lookup, which keeps it in the LRU, and an insert if it is not there.
-static __always_inline void see(void *seen, void *key)
+// seen is what the seen maps know of a TCP flow direction.
+enum seen {
+	SEEN_ANY = 1,   // counted lately
+	SEEN_SYN = 2,   // and it sent a SYN without ACK: the connection's client
+	SEEN_HELLO = 3, // a client whose ClientHello went to user space
+};
+
+// see notes the TCP flow direction key in the map seen (see seen4), whose
+// frame has the flags flags: a lookup, which keeps it in the LRU, and an
+// insert if it is not there. A SYN (a connection's first frame, so one
+// that inserts its entry) marks its direction the client, anew if the
+// tuple served an earlier connection.
+static __always_inline void see(void *seen, void *key, __u16 flags)
 {
-	if (bpf_map_lookup_elem(seen, key))
+	__u8 v = (flags & FLAG_SYN_ONLY) ? SEEN_SYN : SEEN_ANY;
+	__u8 *s = bpf_map_lookup_elem(seen, key);
+	if (s) {
+		if (v == SEEN_SYN)
+			*s = SEEN_SYN;
 		return;
-	__u8 one = 1;
-	bpf_map_update_elem(seen, key, &one, BPF_ANY);
+	}
+	bpf_map_update_elem(seen, key, &v, BPF_ANY);
 }
 
 // cache_slot is the IPv4 flow direction a CPU counted last, with what it
@@ -157,7 +174,7 @@ static __always_inline int account(void *flows, void *seen, void *key, int tcp, 
 		long err = bpf_map_update_elem(flows, key, &n, BPF_NOEXIST);
 		if (err == 0) {
 			if (tcp)
-				see(seen, key);
+				see(seen, key, flags);
 			return 1;
 		}
 		// -EEXIST: another CPU inserted the key since our lookup.

@@ -5,10 +5,16 @@
 // L7 looks at the first bytes of TCP payload and of UDP to or from the DNS
 // port, on packets already counted by the L4 path (so under the same
 // counted-once rule: a request where it enters the host, its response where
-// that enters). It reads a few dozen bytes at most, never loops over a
-// payload, and keeps no URL, header or body: HTTP gives its method and
+// that enters). It reads a few dozen bytes at most (a DNS question up to
+// 128, in a loop of 16 words at most), never loops over a payload
+// otherwise, and keeps no URL, header or body: HTTP gives its method and
 // status class, DNS its id and response code; only DNS responses and TLS
-// ClientHellos go to user space, through l7_names, for the names in them.
+// ClientHellos go to user space, through l7_names, for the names in them,
+// and only those that a client's own traffic vouches for: a DNS answer to
+// a query seen (its id, flow and question; see match.h), the first
+// ClientHello of the side that opened its connection (see tls.h). Any
+// other is counted (COUNTER_NAMES_UNMATCHED, COUNTER_NAMES_NOT_CLIENT):
+// whoever can send a packet to a node must not name an address.
 
 #pragma once
 
@@ -100,7 +106,8 @@ static __always_inline void classify_tcp(struct packet *p, const __u8 *b, __u32 
 }
 
 // l7_lookup notes or matches the request or response m of a flow, whose
-// pending key is pk and flow key flow, in the map pending, sets *lat to
+// pending key is pk and flow key flow (and, for DNS, whose question hashes
+// to question), in the map pending, sets *lat to
 // the latency pending_msg returns, and returns the flow's stats in l7s_a or
 // l7s_b, the half active_buf names (NULL, and the error in *err, if its
 // entry could not be inserted). It is
@@ -110,15 +117,34 @@ static __always_inline void classify_tcp(struct packet *p, const __u8 *b, __u32 
 // l7_entry back into one call on a map chosen at run time.
 static __always_inline struct l7_stats *l7_lookup(void *pending, void *l7s_a, void *l7s_b,
 						  void *pk, void *flow, struct l7_msg *m,
-						  __u64 sent, __u64 *lat, long *err)
+						  __u64 sent, __u64 question, __u64 *lat, long *err)
 {
-	*lat = pending_msg(pending, pk, m, sent);
+	*lat = pending_msg(pending, pk, m, sent, question);
 	if (active_buf) {
 		asm volatile("/* l7s_b */");
 		return l7_entry(l7s_b, flow, err);
 	}
 	asm volatile("/* l7s_a */");
 	return l7_entry(l7s_a, flow, err);
+}
+
+// name_vouched reports whether the message m of the flow whose client to
+// server key is flow, which carries names (m->name), may go to user space:
+// a DNS answer that matched its query (lat, from pending_msg, is not 0), a
+// ClientHello that hello_first lets through (seen is seen4 or seen6, as
+// the flow's family). One that may not is counted.
+static __always_inline int name_vouched(void *seen, void *flow, struct l7_msg *m, __u64 lat)
+{
+	if (m->name == NAME_DNS) {
+		if (lat)
+			return 1;
+		bump(COUNTER_NAMES_UNMATCHED, 1);
+		return 0;
+	}
+	if (hello_first(seen, flow))
+		return 1;
+	bump(COUNTER_NAMES_NOT_CLIENT, 1);
+	return 0;
 }
 
 // l7 classifies the payload of p, a TCP segment with payload or a UDP
@@ -159,6 +185,11 @@ static __always_inline void l7(void *ctx, int xdp, struct packet *p, void *data,
 	if (!m.proto)
 		return;
 
+	// A DNS message's question, which its answer must repeat.
+	__u64 question = 0;
+	if (m.proto == L7_DNS)
+		question = dns_question(ctx, xdp, off + m.name_off, plen - m.name_off);
+
 	__u64 sent = send_time(ctx, xdp);
 	// The flow client to server: the packet's, turned round for a message
 	// from the server. The families differ in their keys only, and
@@ -181,12 +212,13 @@ static __always_inline void l7(void *ctx, int xdp, struct packet *p, void *data,
 			},
 			.id = m.id,
 		};
-		if (m.name) {
+		s = l7_lookup(&l7_pending4, &l7s4_a, &l7s4_b, &pk, &pk.flow, &m, sent, question,
+			      &lat, &err);
+		if (m.name && name_vouched(&seen4, &pk.flow, &m, lat)) {
 			struct flow_key k6;
 			key6_of4(&pk.flow, &k6);
 			send_name(ctx, xdp, &k6, m.name, off + m.name_off, plen - m.name_off);
 		}
-		s = l7_lookup(&l7_pending4, &l7s4_a, &l7s4_b, &pk, &pk.flow, &m, sent, &lat, &err);
 	} else {
 		struct l7_pending_key pk = {.flow = p->key, .id = m.id};
 		if (m.reverse) {
@@ -199,9 +231,10 @@ static __always_inline void l7(void *ctx, int xdp, struct packet *p, void *data,
 			k->sport = k->dport;
 			k->dport = port;
 		}
-		if (m.name)
+		s = l7_lookup(&l7_pending6, &l7s6_a, &l7s6_b, &pk, &pk.flow, &m, sent, question,
+			      &lat, &err);
+		if (m.name && name_vouched(&seen6, &pk.flow, &m, lat))
 			send_name(ctx, xdp, &pk.flow, m.name, off + m.name_off, plen - m.name_off);
-		s = l7_lookup(&l7_pending6, &l7s6_a, &l7s6_b, &pk, &pk.flow, &m, sent, &lat, &err);
 	}
 	if (!s) {
 		// Every message, and every payload that only tells its

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 //
 // match.h matches responses to their requests, for the latency between
-// them: a request's time waits in a pending map until its response.
+// them: a request's time waits in a pending map until its response. A DNS
+// response matches only the query with its id, on its flow turned round,
+// that asked its question: only such an answer may name addresses.
 
 #pragma once
 
@@ -30,6 +32,7 @@ struct l7_pending {
 	__u64 ts[L7_PIPELINE]; // bpf_ktime_get_ns at each request's first byte
 	__u32 head;            // the oldest request waiting
 	__u32 tail;            // where the next request goes
+	__u64 question;        // DNS: the latest query's dns_question (0: none that reads)
 };
 
 // l7_pending4, l7_pending6: l7_pending_key(4) -> l7_pending, from a
@@ -46,15 +49,19 @@ PENDING_MAP(l7_pending4, struct l7_pending_key4);
 PENDING_MAP(l7_pending6, struct l7_pending_key);
 
 // pending_request notes the time of a request of flow k in the map
-// pending (a constant at each call site, as in account).
-static __always_inline void pending_request(void *pending, void *k, __u64 now)
+// pending (a constant at each call site, as in account), and for DNS its
+// question.
+static __always_inline void pending_request(void *pending, void *k, __u64 now, __u64 question)
 {
 	struct l7_pending *q = bpf_map_lookup_elem(pending, k);
 	if (!q) {
-		struct l7_pending n = {.ts = {now}, .tail = 1};
+		struct l7_pending n = {.ts = {now}, .tail = 1, .question = question};
 		bpf_map_update_elem(pending, k, &n, BPF_ANY);
 		return;
 	}
+	// A query sent again with its id (a retry) asks the same; the
+	// latest question is the one its answer must repeat.
+	q->question = question;
 	// Deeper pipelines than L7_PIPELINE lose their latest requests'
 	// times: their responses count as unmatched.
 	if (q->tail - q->head < L7_PIPELINE) {
@@ -64,11 +71,17 @@ static __always_inline void pending_request(void *pending, void *k, __u64 now)
 }
 
 // pending_response returns the time since the oldest request of flow k
-// that waits in the map pending, and takes it off; 0 if none waits.
-static __always_inline __u64 pending_response(void *pending, void *k, __u64 now, int dns)
+// that waits in the map pending, and takes it off; 0 if none waits. A DNS
+// response (dns set) must carry the question its query asked: one that
+// does not is no answer to it (a forgery, or a stray), and the query waits
+// on for its own.
+static __always_inline __u64 pending_response(void *pending, void *k, __u64 now, int dns,
+					      __u64 question)
 {
 	struct l7_pending *q = bpf_map_lookup_elem(pending, k);
 	if (!q || q->head == q->tail)
+		return 0;
+	if (dns && (!question || q->question != question))
 		return 0;
 	__u64 ts = q->ts[q->head & (L7_PIPELINE - 1)];
 	// A request's send time may lie ahead of the response's clock read
@@ -109,15 +122,18 @@ static __always_inline __u64 send_time(void *ctx, int xdp)
 }
 
 // pending_msg notes a request's time in the map pending, or takes a
-// response's request off it and returns the latency (0 if unknown). The
-// message's time is when its sender's TCP stack sent it, where the skb
-// carries that (see send_time), else now.
-static __always_inline __u64 pending_msg(void *pending, void *k, struct l7_msg *m, __u64 sent)
+// response's request off it and returns the latency (0 if unknown: no
+// request matched). The message's time is when its sender's TCP stack sent
+// it, where the skb carries that (see send_time), else now. question is a
+// DNS message's dns_question, 0 for other protocols.
+static __always_inline __u64 pending_msg(void *pending, void *k, struct l7_msg *m, __u64 sent,
+					 __u64 question)
 {
 	if (m->kind == MSG_REQUEST)
-		pending_request(pending, k, sent ? sent : bpf_ktime_get_ns());
+		pending_request(pending, k, sent ? sent : bpf_ktime_get_ns(), question);
 	else if (m->kind == MSG_RESPONSE && !(m->proto == L7_HTTP && m->status == 1))
 		// 1xx is not the response: the final one follows.
-		return pending_response(pending, k, sent ? sent : bpf_ktime_get_ns(), m->proto == L7_DNS);
+		return pending_response(pending, k, sent ? sent : bpf_ktime_get_ns(),
+					m->proto == L7_DNS, question);
 	return 0;
 }

@@ -43,7 +43,7 @@ struct l7_msg {
 	__u16 id;     // DNS id
 	__u8 reverse; // the payload goes server to client
 	__u8 name;    // enum name_kind: send the payload to l7_names
-	__u8 name_off; // where in the payload the name event's data starts
+	__u8 name_off; // where in the payload the name event's data starts; DNS: its header, always
 };
 
 static __always_inline int is_digit(__u8 c) { return c >= '0' && c <= '9'; }

@@ -5,6 +5,7 @@
 
 #pragma once
 
+#include "count.h"
 #include "l7/msg.h"
 #include "names.h"
 
@@ -23,5 +24,21 @@ static __always_inline int tls(const __u8 *b, struct l7_msg *m)
 		m->proto = L7_TLS;
 		m->reverse = 1;
 	}
+	return 1;
+}
+
+// hello_first reports whether a ClientHello on the TCP flow direction key
+// (in the map seen: seen4 or seen6, a constant at each call site) is the
+// first from the side that opened the connection, and notes that one was:
+// a ClientHello from the server's side, from a connection whose SYN no
+// watched interface counted, or again on one connection, names nothing.
+// Two CPUs with a ClientHello each of one connection at the same instant
+// may both pass: a byte has no atomic compare-and-swap.
+static __always_inline int hello_first(void *seen, void *key)
+{
+	__u8 *s = bpf_map_lookup_elem(seen, key);
+	if (!s || *s != SEEN_SYN)
+		return 0;
+	*s = SEEN_HELLO;
 	return 1;
 }
