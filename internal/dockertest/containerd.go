@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/flowmap/flowmap/internal/daemon"
 )
 
 // Containerd is a running containerd with its CRI plugin, on a bridge of
@@ -32,7 +34,7 @@ type Containerd struct {
 	Subnet netip.Prefix
 	Dir    string
 
-	proc *proc
+	proc *daemon.Proc
 }
 
 // SandboxImage is the pod sandbox ("pause") image that StartContainerd
@@ -97,7 +99,7 @@ state = %[2]q
 	if err := os.WriteFile(configPath, []byte(config), 0o644); err != nil {
 		return nil, fmt.Errorf("write containerd config: %w", err)
 	}
-	if c.proc, err = startProc("containerd", filepath.Join(dir, "containerd.log"), exec.Command(bin, "--config", configPath)); err != nil {
+	if c.proc, err = daemon.Start("containerd", filepath.Join(dir, "containerd.log"), exec.Command(bin, "--config", configPath), false); err != nil {
 		c.Close()
 		return nil, err
 	}
@@ -108,7 +110,7 @@ state = %[2]q
 		}
 		return err == nil
 	}
-	if err := c.proc.waitReady(ctx, 30*time.Second, dialable); err != nil {
+	if err := c.proc.WaitReady(ctx, 30*time.Second, dialable); err != nil {
 		c.Close()
 		return nil, err
 	}
@@ -154,7 +156,7 @@ func (c *Containerd) Close() error {
 	// the pids runc recorded, before containerd goes.
 	c.killContainers()
 	// Killed after 15 s if need be: its containers are gone already.
-	_ = c.proc.stop(15 * time.Second)
+	_ = c.proc.Stop(15 * time.Second)
 	if c.Bridge != "" {
 		if err := delBridge(c.Bridge); err != nil {
 			errs = append(errs, err)

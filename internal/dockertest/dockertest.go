@@ -42,6 +42,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/flowmap/flowmap/internal/daemon"
 )
 
 // DefaultSubnet is the bridge's subnet when Options leave it unset: a part
@@ -71,7 +73,7 @@ type Daemon struct {
 	// Dir holds the data root, exec root, pid file, sockets and log.
 	Dir string
 
-	proc *proc
+	proc *daemon.Proc
 }
 
 // Start starts dockerd and waits until it answers. Close stops it and
@@ -125,12 +127,12 @@ func Start(ctx context.Context, opts Options) (*Daemon, error) {
 		"--storage-driver", "vfs",
 		"--log-level", "warn",
 	)
-	if d.proc, err = startProc("dockerd", filepath.Join(dir, "dockerd.log"), cmd); err != nil {
+	if d.proc, err = daemon.Start("dockerd", filepath.Join(dir, "dockerd.log"), cmd, false); err != nil {
 		d.Close()
 		return nil, err
 	}
 	client := d.Client(d.Socket)
-	if err := d.proc.waitReady(ctx, 60*time.Second, func(ctx context.Context) bool { return ping(ctx, client, "docker") }); err != nil {
+	if err := d.proc.WaitReady(ctx, 60*time.Second, func(ctx context.Context) bool { return ping(ctx, client, "docker") }); err != nil {
 		d.Close()
 		return nil, err
 	}
@@ -217,7 +219,7 @@ func (d *Daemon) Client(socket string) *http.Client {
 }
 
 // PID returns dockerd's process id.
-func (d *Daemon) PID() int { return d.proc.cmd.Process.Pid }
+func (d *Daemon) PID() int { return d.proc.Pid() }
 
 // Docker runs the docker command against the engine and returns its
 // standard output, trimmed.
@@ -310,7 +312,7 @@ func BusyboxRootFS() ([]byte, error) {
 // twice.
 func (d *Daemon) Close() error {
 	var errs []error
-	if err := d.proc.stop(30 * time.Second); err != nil {
+	if err := d.proc.Stop(30 * time.Second); err != nil {
 		errs = append(errs, err)
 	}
 	if err := d.removeBridge(); err != nil {

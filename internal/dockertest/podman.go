@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flowmap/flowmap/internal/daemon"
 )
 
 // Podman is a running `podman system service`: Podman's Docker-compatible
@@ -33,7 +35,7 @@ type Podman struct {
 	Dir     string
 
 	conf string
-	proc *proc
+	proc *daemon.Proc
 }
 
 // StartPodman starts Podman's API service and waits until it answers.
@@ -82,12 +84,12 @@ network_config_dir = %q
 	}
 	cmd := exec.Command(bin, append(p.globalFlags(), "system", "service", "--time=0", "unix://"+p.Socket)...)
 	cmd.Env = append(os.Environ(), "CONTAINERS_CONF="+p.conf)
-	if p.proc, err = startProc("podman service", filepath.Join(dir, "podman.log"), cmd); err != nil {
+	if p.proc, err = daemon.Start("podman service", filepath.Join(dir, "podman.log"), cmd, false); err != nil {
 		p.Close()
 		return nil, err
 	}
 	client := (&Daemon{}).Client(p.Socket)
-	if err := p.proc.waitReady(ctx, 60*time.Second, func(ctx context.Context) bool { return ping(ctx, client, "podman") }); err != nil {
+	if err := p.proc.WaitReady(ctx, 60*time.Second, func(ctx context.Context) bool { return ping(ctx, client, "podman") }); err != nil {
 		p.Close()
 		return nil, err
 	}
@@ -153,7 +155,7 @@ func (p *Podman) Close() error {
 		}
 		cancel()
 		// Killed after 15 s if need be: its containers are gone already.
-		_ = p.proc.stop(15 * time.Second)
+		_ = p.proc.Stop(15 * time.Second)
 		p.proc = nil
 	}
 	if err := delBridge(p.Bridge); err != nil {

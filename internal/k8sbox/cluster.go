@@ -16,10 +16,12 @@ import (
 	"strings"
 	"time"
 
-	"github.com/flowmap/flowmap/internal/dockertest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/flowmap/flowmap/internal/daemon"
+	"github.com/flowmap/flowmap/internal/dockertest"
 )
 
 // The box's network: see the package comment.
@@ -52,7 +54,7 @@ type Cluster struct {
 
 	log   *slog.Logger
 	host  *hostState
-	procs []*proc // in start order
+	procs []*daemon.Proc // in start order
 	guard [][]string
 }
 
@@ -193,8 +195,8 @@ func (c *Cluster) certificates() error {
 }
 
 // start starts a program of the cluster, its log <Dir>/<name>.log.
-func (c *Cluster) start(name string, args ...string) (*proc, error) {
-	p, err := startProc(name, filepath.Join(c.Dir, name+".log"), exec.Command(filepath.Join(c.Bin, name), args...))
+func (c *Cluster) start(name string, args ...string) (*daemon.Proc, error) {
+	p, err := daemon.Start(name, filepath.Join(c.Dir, name+".log"), exec.Command(filepath.Join(c.Bin, name), args...), true)
 	if err != nil {
 		return nil, err
 	}
@@ -224,7 +226,7 @@ func (c *Cluster) startControlPlane(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := etcd.waitReady(ctx, 30*time.Second, func(context.Context) bool {
+	if err := etcd.WaitReady(ctx, 30*time.Second, func(context.Context) bool {
 		r, err := http.Get(etcdURL + "/health")
 		if err == nil {
 			r.Body.Close()
@@ -260,7 +262,7 @@ func (c *Cluster) startControlPlane(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := api.waitReady(ctx, 60*time.Second, func(context.Context) bool {
+	if err := api.WaitReady(ctx, 60*time.Second, func(context.Context) bool {
 		r, err := client.Get("https://" + NodeIP + ":6443/readyz")
 		if err == nil {
 			r.Body.Close()
@@ -373,12 +375,12 @@ state = %[2]q
 	if err != nil {
 		return fmt.Errorf("find containerd: %w (on Debian: apt-get install containerd runc)", err)
 	}
-	p, err := startProc("containerd", filepath.Join(c.Dir, "containerd.log"), exec.Command(bin, "--config", configPath))
+	p, err := daemon.Start("containerd", filepath.Join(c.Dir, "containerd.log"), exec.Command(bin, "--config", configPath), true)
 	if err != nil {
 		return err
 	}
 	c.procs = append(c.procs, p)
-	if err := p.waitReady(ctx, 30*time.Second, func(ctx context.Context) bool {
+	if err := p.WaitReady(ctx, 30*time.Second, func(ctx context.Context) bool {
 		_, err := run(ctx, "ctr", "--address", c.CRISocket, "version")
 		return err == nil
 	}); err != nil {
@@ -486,7 +488,7 @@ conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeou
 		return err
 	}
 	kubelet := c.procs[len(c.procs)-2]
-	return kubelet.waitReady(ctx, 90*time.Second, func(ctx context.Context) bool {
+	return kubelet.WaitReady(ctx, 90*time.Second, func(ctx context.Context) bool {
 		out, err := c.Kubectl(ctx, "get", "node", NodeName, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`)
 		return err == nil && strings.TrimSpace(out) == "True"
 	})
@@ -570,14 +572,14 @@ func (c *Cluster) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var errs []error
-	var containerd *proc
+	var containerd *daemon.Proc
 	// Nothing may start or restart pods while they are removed.
 	for i := len(c.procs) - 1; i >= 0; i-- {
-		switch p := c.procs[i]; p.name {
+		switch p := c.procs[i]; p.Name() {
 		case "containerd":
 			containerd = p
 		case "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy":
-			p.stop(10 * time.Second)
+			p.Stop(10 * time.Second)
 		}
 	}
 	if containerd != nil {
@@ -585,11 +587,11 @@ func (c *Cluster) Close() error {
 			errs = append(errs, err)
 		}
 		c.killShims()
-		containerd.stop(10 * time.Second)
+		containerd.Stop(10 * time.Second)
 		c.killShims()
 	}
 	for _, p := range c.procs {
-		p.stop(10 * time.Second)
+		p.Stop(10 * time.Second)
 	}
 	if _, err := os.Stat(filepath.Join(c.Bin, "kube-proxy")); err == nil {
 		// Its own chains, in every mode it knows.
