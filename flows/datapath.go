@@ -70,6 +70,9 @@ type Datapath struct {
 	retran link.Link
 	health []link.Link // kfree_skb and tcp_probe
 	clock  *clock
+	// tcIngress and tcEgress are the TC programs' kernel ids: what tells
+	// flowmap's filters and TCX programs from others'.
+	tcIngress, tcEgress ebpf.ProgramID
 	// conntrack lists conntrack's connections for the NAT join; tests
 	// replace it.
 	conntrack func() ([]*netlink.ConntrackFlow, error)
@@ -105,6 +108,9 @@ type Datapath struct {
 
 	statsMu sync.Mutex
 	stats   Stats
+	// bypassed are the hooks where another program runs first, as
+	// checkBypass last found them; guarded by statsMu.
+	bypassed []Bypass
 }
 
 // Stats are the datapath's own counters, for /metrics. What a drain
@@ -128,6 +134,7 @@ type Stats struct {
 	Malformed       uint64 // truncated or bad IP frames
 	Truncated       uint64 // IPv6 frames with more extension headers than the programs walk
 	LeftoversPurged int    // clsact filters of a dead agent removed at start
+	Bypassable      int    // interfaces where another TC program runs before flowmap's (see Bypassed)
 	NATJoined       uint64 // directions of NATed connections joined by conntrack
 	ConntrackErrors uint64 // drains that could not read conntrack
 	// L7 (see l7.go).
@@ -242,7 +249,12 @@ func New(cfg Config) (*Datapath, error) {
 			d.health = append(d.health, l)
 		}
 	}
-	if n, err := removeLeftovers(); err != nil {
+	own, err := d.ownPrograms()
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
+	if n, err := removeLeftovers(own); err != nil {
 		log.Warn("removing a dead agent's clsact filters", "err", err)
 	} else if n > 0 {
 		log.Info("removed a dead agent's clsact filters", "filters", n)
@@ -384,6 +396,7 @@ func (d *Datapath) Run(ctx context.Context, out chan<- model.Batch) error {
 	d.regMu.Lock()
 	d.running = true
 	d.regMu.Unlock()
+	d.checkBypass()
 	// L7 names: read as they come, handed out with the next batch.
 	namesCtx, stopNames := context.WithCancel(ctx)
 	namesDone := make(chan error, 1)
@@ -404,6 +417,7 @@ func (d *Datapath) Run(ctx context.Context, out chan<- model.Batch) error {
 			return ctx.Err()
 		case <-tick.C:
 			b, err := d.Drain(start)
+			d.checkBypass()
 			if err != nil {
 				d.log.Warn("drain", "err", err)
 				continue
@@ -488,7 +502,7 @@ func (d *Datapath) attachLocked(l netlink.Link) (err error) {
 		Name:        attrs.Name,
 		Kind:        l.Type(),
 		PeerNetNSID: attrs.NetNsID,
-	}}
+	}, log: d.log}
 	if l.Type() == "veth" {
 		a.iface.PeerIndex = attrs.ParentIndex
 	}
@@ -504,10 +518,10 @@ func (d *Datapath) attachLocked(l netlink.Link) (err error) {
 			if err := a.attachXDP(d.objs.XdpIngress, d.cfg.XDPMode); err != nil {
 				return err
 			}
-		} else if err := a.attachTC(d.cfg.Attach, d.objs.TcIngress, true); err != nil {
+		} else if err := a.attachTC(d.cfg.Attach, d.objs.TcIngress, d.tcIngress, true); err != nil {
 			return err
 		}
-		if err := a.attachTC(d.cfg.Attach, d.objs.TcEgress, false); err != nil {
+		if err := a.attachTC(d.cfg.Attach, d.objs.TcEgress, d.tcEgress, false); err != nil {
 			return err
 		}
 	}
