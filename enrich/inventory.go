@@ -13,6 +13,7 @@ import (
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
+	"golang.org/x/sys/unix"
 
 	"github.com/flowmap/flowmap/host"
 	"github.com/flowmap/flowmap/model"
@@ -234,6 +235,11 @@ func New(cfg Config) (*Inventory, error) {
 	}
 	add("host", prioHost, &hostSource{})
 	if cfg.NetNS {
+		// Opening /proc/PID/ns/net of a process with other capabilities
+		// than ours, or another user's, is a ptrace read check.
+		if !host.HasCap(unix.CAP_SYS_PTRACE) {
+			return nil, errors.New("netns source: CAP_SYS_PTRACE missing: it is needed to open /proc/PID/ns/net of containers' processes (a ptrace read check); add it, or turn the source off (--netns=false)")
+		}
 		add("netns", prioNetNS, &netnsSource{procRoot: cfg.ProcRoot, dirs: cfg.NetNSDirs, resync: cfg.Resync})
 	}
 	if cfg.DockerSocket != "" {

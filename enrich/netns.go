@@ -165,12 +165,22 @@ func (n *netnsSource) scan(s *sourceState) error {
 		ns.pids = append(ns.pids, pid)
 	}
 
+	noSetns := false
+	defer func() {
+		if noSetns {
+			s.setDetail(errNoSetns.Error())
+		}
+	}()
 	// Our own namespace needs no skipping: no veth of ours has its peer
 	// there with a namespace id. (Nor could we tell it by
 	// /proc/self/ns/net: a thread of ours may have been switched.)
 	var recs []record
 	for _, ns := range spaces {
 		nsid, addrs, routes, err := nsLook(ns.path)
+		if errors.Is(err, errNoSetns) {
+			noSetns = true
+			err = nil
+		}
 		if err != nil {
 			// The namespace went away since, most likely.
 			s.log.Debug("look into network namespace", "netns", ns.inode, "path", ns.path, "err", err)
@@ -264,6 +274,10 @@ func nsInode(path string) (uint64, error) {
 	return st.Ino, nil
 }
 
+// errNoSetns is nsLook's answer where it may not enter the namespace: it
+// knows the namespace's id, not its addresses or routes.
+var errNoSetns = errors.New("addresses and routes inside network namespaces not read: entering them (setns) needs CAP_SYS_ADMIN; the other sources' addresses are used")
+
 // nsLook opens the namespace at path and returns its id in the host's
 // namespace (-1 if it has none), its own addresses and its main table's
 // routes.
@@ -279,6 +293,13 @@ func nsLook(path string) (int, []netip.Addr, []netlink.Route, error) {
 	}
 	if nsid < 0 {
 		return nsid, nil, nil, nil
+	}
+	// Entering a namespace (setns) needs CAP_SYS_ADMIN, which the agent
+	// runs without where the other sources (Kubernetes, the runtime) know
+	// the addresses: the namespace is still named. (netlink's error on
+	// setns does not wrap EPERM: ask first.)
+	if !host.HasCap(unix.CAP_SYS_ADMIN) {
+		return nsid, nil, nil, errNoSetns
 	}
 	h, err := netlink.NewHandleAt(netns.NsHandle(int(f.Fd())))
 	if err != nil {

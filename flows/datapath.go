@@ -268,6 +268,24 @@ func prerequisites() error {
 	if _, err := btf.LoadKernelSpec(); err != nil {
 		return fmt.Errorf("%w: kernel BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF): %v", ErrPrerequisite, err)
 	}
+	// Each capability the datapath needs, named with what needs it, so
+	// that a container missing one says which (see README, "Capabilities").
+	// CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON (kernels before
+	// 5.8 have only it), not for CAP_NET_ADMIN, which tc's netlink asks.
+	for _, c := range []struct {
+		cap      int
+		name     string
+		sysAdmin bool
+		why      string
+	}{
+		{unix.CAP_BPF, "CAP_BPF", true, "load the flow programs and create their maps (bpf BPF_PROG_LOAD, BPF_MAP_CREATE)"},
+		{unix.CAP_PERFMON, "CAP_PERFMON", true, "load programs that read kernel memory (the tcp_retransmit_skb tracepoint, bpf_probe_read) with the pointer arithmetic the verifier allows only with it"},
+		{unix.CAP_NET_ADMIN, "CAP_NET_ADMIN", false, "load TC and XDP programs, attach them (TCX links, clsact filters over netlink, XDP), query the hooks' programs and dump conntrack"},
+	} {
+		if !host.HasCap(c.cap) && !(c.sysAdmin && host.HasCap(unix.CAP_SYS_ADMIN)) {
+			return fmt.Errorf("%w: %s missing: it is needed to %s; run as root or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON", ErrPrerequisite, c.name, c.why)
+		}
+	}
 	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; raising it
 	// needs CAP_SYS_RESOURCE. Without the rights to load programs it fails
 	// too, so the probe below names the missing rights first.
