@@ -25,6 +25,10 @@ type record struct {
 	// grantClaims). ep.Addrs are the addresses the platform assigned: a
 	// runtime's or the kubelet's pod IPs, ClusterIPs, node addresses.
 	claims []netip.Addr
+	// routed are the prefixes the endpoint's namespace forwards for (set
+	// by the netns source, see routedFor): sources it may send besides its
+	// own addresses.
+	routed []netip.Prefix
 }
 
 // joinKey is something that only one endpoint has.

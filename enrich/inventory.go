@@ -13,6 +13,7 @@ import (
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
+	"golang.org/x/sys/unix"
 
 	"github.com/flowmap/flowmap/host"
 	"github.com/flowmap/flowmap/model"
@@ -112,6 +113,10 @@ type Inventory struct {
 	// and all) at twice the cost.
 	byAddr *lru.Cache[[16]byte, *model.Endpoint]
 	byNSID *lru.Cache[int, *model.Endpoint]
+	// routed are the prefixes each namespace forwards for, by namespace
+	// id, where it forwards for any (see routedFor); replaced whole by
+	// each merge.
+	routed atomic.Pointer[map[int][]netip.Prefix]
 	// ext caches the answers for addresses that no source owns, with the
 	// generation of the index they were made from.
 	ext *lru.Cache[extKey, *extEntry]
@@ -133,6 +138,9 @@ type Inventory struct {
 	claimsRefused atomic.Int64
 
 	resolved [resolvedKinds]atomic.Uint64
+	// spoofed counts the packets that entered at a container's veth with
+	// a source that is not the container's (see Enrich).
+	spoofed atomic.Uint64
 }
 
 type extKey struct {
@@ -227,6 +235,11 @@ func New(cfg Config) (*Inventory, error) {
 	}
 	add("host", prioHost, &hostSource{})
 	if cfg.NetNS {
+		// Opening /proc/PID/ns/net of a process with other capabilities
+		// than ours, or another user's, is a ptrace read check.
+		if !host.HasCap(unix.CAP_SYS_PTRACE) {
+			return nil, errors.New("netns source: CAP_SYS_PTRACE missing: it is needed to open /proc/PID/ns/net of containers' processes (a ptrace read check); add it, or turn the source off (--netns=false)")
+		}
 		add("netns", prioNetNS, &netnsSource{procRoot: cfg.ProcRoot, dirs: cfg.NetNSDirs, resync: cfg.Resync})
 	}
 	if cfg.DockerSocket != "" {
@@ -344,6 +357,7 @@ func (inv *Inventory) rebuild() {
 	inv.claimsRefused.Store(int64(refused))
 	addrs := make(map[[16]byte]struct{}, len(inv.prevAddr))
 	nsids := make(map[int]struct{}, len(inv.prevNSID))
+	routed := make(map[int][]netip.Prefix)
 	for i, g := range groups {
 		ep := eps[i]
 		if granted != nil && len(granted[i]) > 0 {
@@ -359,9 +373,13 @@ func (inv *Inventory) rebuild() {
 			for _, id := range r.nsids {
 				inv.byNSID.Add(id, ep)
 				nsids[id] = struct{}{}
+				if len(r.routed) > 0 {
+					routed[id] = r.routed
+				}
 			}
 		}
 	}
+	inv.routed.Store(&routed)
 	for a := range inv.prevAddr {
 		if _, ok := addrs[a]; !ok {
 			inv.byAddr.Remove(a)
@@ -394,6 +412,16 @@ const (
 // any other address is model.KindExternal, named by the CIDR file where a line
 // covers it, else by itself.
 func (inv *Inventory) Resolve(addr netip.Addr, iface model.Interface) model.Endpoint {
+	ep, _ := inv.resolve(addr, iface, false)
+	return ep
+}
+
+// resolve is Resolve; sent says that addr is the source of packets counted
+// as they entered at iface, which the namespace behind it sent. Such an
+// address, where it is neither the namespace's own nor one it forwards
+// for, is spoofed: resolve returns the namespace's endpoint, not the
+// address's owner, and true.
+func (inv *Inventory) resolve(addr netip.Addr, iface model.Interface, sent bool) (model.Endpoint, bool) {
 	addr = addr.Unmap()
 	behindVeth := iface.Index != 0 && iface.PeerNetNSID >= 0
 	var nsEP *model.Endpoint
@@ -402,31 +430,50 @@ func (inv *Inventory) Resolve(addr netip.Addr, iface model.Interface) model.Endp
 		nsEP, haveNS = inv.byNSID.Get(iface.PeerNetNSID)
 		if haveNS && (len(nsEP.Addrs) == 0 || containsAddr(nsEP.Addrs, addr)) {
 			inv.resolved[resolvedKnown].Add(1)
-			return *nsEP
+			return *nsEP, false
+		}
+		if haveNS && sent && !inv.forwards(iface.PeerNetNSID, addr) {
+			inv.resolved[resolvedKnown].Add(1)
+			return *nsEP, !addr.IsLinkLocalUnicast() && !addr.IsUnspecified()
 		}
 	}
 	a16 := addr.As16()
 	if ep, ok := inv.byAddr.Get(a16); ok {
 		inv.resolved[resolvedKnown].Add(1)
-		return *ep
+		return *ep, false
 	}
 	if haveNS {
 		// An address the namespace's endpoint does not list (it routes for
 		// others, or took the address after the last sync): still who is
 		// behind the veth.
 		inv.resolved[resolvedKnown].Add(1)
-		return *nsEP
+		return *nsEP, false
 	}
 	key := extKey{addr: a16, local: behindVeth}
 	gen := inv.gen.Load()
 	if e, ok := inv.ext.Get(key); ok && e.gen == gen {
 		inv.count(e.ep.Kind)
-		return e.ep
+		return e.ep, false
 	}
 	ep := inv.unowned(addr, behindVeth)
 	inv.ext.Add(key, &extEntry{gen: gen, ep: ep})
 	inv.count(ep.Kind)
-	return ep
+	return ep, false
+}
+
+// forwards reports whether the namespace of id routes addr out of an
+// interface of its own: it forwards for addr (see routedFor).
+func (inv *Inventory) forwards(id int, addr netip.Addr) bool {
+	m := inv.routed.Load()
+	if m == nil {
+		return false
+	}
+	for _, p := range (*m)[id] {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
 }
 
 func (inv *Inventory) count(k model.EndpointKind) {
@@ -462,26 +509,50 @@ func containsAddr(addrs []netip.Addr, a netip.Addr) bool {
 	return false
 }
 
-// Enrich returns r with both ends resolved.
+// Enrich returns r with both ends resolved. An end whose packets were
+// counted as they entered at a container's veth (the ingress of its
+// host-side end) is that container, whatever their source address says: a
+// container with CAP_NET_RAW (a runtime's default) can write any source.
+// The packets of an end whose address is neither the container's nor one
+// it forwards for are counted as spoofed (Spoofed), not credited to the
+// address's owner.
 //
 // Where the host translated the address the client dialled (r.Backend),
 // the server's interface is the backend's: the backend is resolved behind
 // it, the dialled address (a Service's, a node's) by itself.
 func (inv *Inventory) Enrich(r model.Record) model.Flow {
+	src, spoofed := inv.resolve(r.Src, r.SrcIf, sentAt(r.Forward, r.SrcIf))
+	if spoofed {
+		inv.spoofed.Add(r.Forward.Packets)
+	}
 	if r.Backend.IsValid() {
+		backend, spoofed := inv.resolve(r.Backend.Addr(), r.DstIf, sentAt(r.Reverse, r.DstIf))
+		if spoofed {
+			inv.spoofed.Add(r.Reverse.Packets)
+		}
 		return model.Flow{
 			Record:          r,
-			SrcEndpoint:     inv.Resolve(r.Src, r.SrcIf),
+			SrcEndpoint:     src,
 			DstEndpoint:     inv.Resolve(r.Dst, model.Interface{}),
-			BackendEndpoint: inv.Resolve(r.Backend.Addr(), r.DstIf),
+			BackendEndpoint: backend,
 		}
 	}
-	return model.Flow{
-		Record:      r,
-		SrcEndpoint: inv.Resolve(r.Src, r.SrcIf),
-		DstEndpoint: inv.Resolve(r.Dst, r.DstIf),
+	dst, spoofed := inv.resolve(r.Dst, r.DstIf, sentAt(r.Reverse, r.DstIf))
+	if spoofed {
+		inv.spoofed.Add(r.Reverse.Packets)
 	}
+	return model.Flow{Record: r, SrcEndpoint: src, DstEndpoint: dst}
 }
+
+// sentAt reports whether d's packets were counted entering at iface: sent
+// by what is behind it.
+func sentAt(d model.Direction, iface model.Interface) bool {
+	return iface.Index != 0 && d.Packets > 0 && d.Point.Ingress() && d.Ifindex == iface.Index
+}
+
+// Spoofed returns how many packets entered at a container's veth with a
+// source address that is not the container's (see Enrich).
+func (inv *Inventory) Spoofed() uint64 { return inv.spoofed.Load() }
 
 // Status returns each source's status, in the order they were configured.
 func (inv *Inventory) Status() []SourceStatus {

@@ -307,3 +307,61 @@ func BenchmarkRebuild(b *testing.B) {
 		inv.rebuild()
 	}
 }
+
+// TestEnrichSpoofed: packets counted as they entered at a container's veth
+// are the container's, whatever source they carry; one that is neither the
+// container's address nor one it forwards for counts as spoofed, and is not
+// credited to the address's owner.
+func TestEnrichSpoofed(t *testing.T) {
+	inv := newTestInventory(t, map[string][]record{
+		"netns": {
+			{ep: model.Endpoint{Kind: model.KindNetNS, ID: "netns:1", Name: "attacker", NetNS: 1, Addrs: addrs("198.51.100.2")}, nsids: []int{3}},
+			{ep: model.Endpoint{Kind: model.KindNetNS, ID: "netns:2", Name: "victim", NetNS: 2, Addrs: addrs("198.51.100.3")}, nsids: []int{4}},
+			// A node in a container (kind): its pods' addresses are routed
+			// to their veths inside it.
+			{ep: model.Endpoint{Kind: model.KindNetNS, ID: "netns:3", Name: "kind-node", NetNS: 3, Addrs: addrs("198.51.100.5")}, nsids: []int{5},
+				routed: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}},
+		},
+		"kubernetes": {{ep: model.Endpoint{Kind: model.KindPod, ID: uidA, Name: "nested-pod", Addrs: addrs("10.244.1.7")}, keys: []joinKey{podKey(uidA)}}},
+	})
+	veth := func(idx, nsid int) model.Interface {
+		return model.Interface{Index: idx, Name: fmt.Sprintf("veth%d", idx), Kind: "veth", PeerNetNSID: nsid}
+	}
+	server := netip.MustParseAddr("198.51.100.100")
+	tests := []struct {
+		name    string
+		src     string
+		srcIf   model.Interface
+		point   model.Point
+		want    string
+		spoofed uint64
+	}{
+		{"own address", "198.51.100.2", veth(10, 3), model.PointTCIngress, "attacker", 0},
+		{"victim's address", "198.51.100.3", veth(10, 3), model.PointTCIngress, "attacker", 7},
+		{"victim's address at xdp", "198.51.100.3", veth(10, 3), model.PointXDPIngress, "attacker", 7},
+		{"link-local address", "fe80::1", veth(10, 3), model.PointTCIngress, "attacker", 0},
+		{"forwarded for a nested pod", "10.244.1.7", veth(12, 5), model.PointTCIngress, "nested-pod", 0},
+		{"victim's address from the router", "198.51.100.3", veth(12, 5), model.PointTCIngress, "kind-node", 7},
+		// Counted where the reverse left toward the source (egress): the
+		// source did not come through the veth, which says nothing of it.
+		{"not sent through the veth", "198.51.100.3", veth(10, 3), model.PointTCEgress, "victim", 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := inv.Spoofed()
+			r := model.Record{Src: netip.MustParseAddr(tt.src), Dst: server, Proto: model.ProtoUDP, DstPort: 53, SrcIf: tt.srcIf,
+				Forward: model.Direction{Packets: 7, Bytes: 700, Point: tt.point, Ifindex: tt.srcIf.Index}}
+			if tt.point == model.PointTCEgress {
+				r.Forward = model.Direction{}
+				r.Reverse = model.Direction{Packets: 7, Bytes: 700, Point: tt.point, Ifindex: tt.srcIf.Index}
+			}
+			f := inv.Enrich(r)
+			if f.SrcEndpoint.Name != tt.want {
+				t.Errorf("source = %q, want %q", f.SrcEndpoint.Name, tt.want)
+			}
+			if got := inv.Spoofed() - before; got != tt.spoofed {
+				t.Errorf("spoofed packets = %d, want %d", got, tt.spoofed)
+			}
+		})
+	}
+}

@@ -27,6 +27,8 @@ var (
 		"Endpoints the inventory knows, all sources joined.", nil, nil)
 	descClaimsRefused = prometheus.NewDesc("flowmap_enrich_address_claims_refused",
 		"Addresses that users wrote (Service externalIPs, load-balancer ingress, selectorless EndpointSlices) and that the last merge refused because the platform assigned them to another endpoint.", nil, nil)
+	descSpoofed = prometheus.NewDesc("flowmap_spoofed_packets_total",
+		"Packets that entered at a container's veth with a source address neither the container's nor one it forwards for: attributed to the container, not to the address's owner.", nil, nil)
 	descResolutions = prometheus.NewDesc("flowmap_enrich_resolutions_total",
 		"Addresses resolved, by result: known to a source, unknown behind a local veth, or external.", []string{"result"}, nil)
 )
@@ -34,7 +36,7 @@ var (
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descSourceUp, descSourceEndpoints, descSourceSync,
-		descSourceErrors, descEndpoints, descClaimsRefused, descResolutions} {
+		descSourceErrors, descEndpoints, descClaimsRefused, descResolutions, descSpoofed} {
 		ch <- d
 	}
 }
@@ -62,6 +64,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descEndpoints, prometheus.GaugeValue, float64(c.inv.Known()))
 	ch <- prometheus.MustNewConstMetric(descClaimsRefused, prometheus.GaugeValue, float64(c.inv.claimsRefused.Load()))
+	ch <- prometheus.MustNewConstMetric(descSpoofed, prometheus.CounterValue, float64(c.inv.Spoofed()))
 	for i, result := range [resolvedKinds]string{"known", "unknown", "external"} {
 		ch <- prometheus.MustNewConstMetric(descResolutions, prometheus.CounterValue,
 			float64(c.inv.resolved[i].Load()), result)

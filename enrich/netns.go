@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -106,10 +107,12 @@ func (n *netnsSource) scan(s *sourceState) error {
 	if err != nil {
 		return fmt.Errorf("list links: %w", err)
 	}
-	peers := make(map[int]bool) // namespace ids behind veths
+	// The namespace ids behind veths, and the indexes of the veths' ends
+	// in those namespaces.
+	peers := make(map[int][]int)
 	for _, l := range links {
 		if l.Type() == "veth" && l.Attrs().NetNsID >= 0 {
-			peers[l.Attrs().NetNsID] = true
+			peers[l.Attrs().NetNsID] = append(peers[l.Attrs().NetNsID], l.Attrs().ParentIndex)
 		}
 	}
 	if len(peers) == 0 {
@@ -162,21 +165,34 @@ func (n *netnsSource) scan(s *sourceState) error {
 		ns.pids = append(ns.pids, pid)
 	}
 
+	noSetns := false
+	defer func() {
+		if noSetns {
+			s.setDetail(errNoSetns.Error())
+		}
+	}()
 	// Our own namespace needs no skipping: no veth of ours has its peer
 	// there with a namespace id. (Nor could we tell it by
 	// /proc/self/ns/net: a thread of ours may have been switched.)
 	var recs []record
 	for _, ns := range spaces {
-		nsid, addrs, err := nsLook(ns.path)
+		nsid, addrs, routes, err := nsLook(ns.path)
+		if errors.Is(err, errNoSetns) {
+			noSetns = true
+			err = nil
+		}
 		if err != nil {
 			// The namespace went away since, most likely.
 			s.log.Debug("look into network namespace", "netns", ns.inode, "path", ns.path, "err", err)
 			continue
 		}
-		if nsid < 0 || !peers[nsid] {
+		facing, ok := peers[nsid]
+		if nsid < 0 || !ok {
 			continue // no veth of ours leads there
 		}
-		recs = append(recs, n.record(s, ns, nsid, addrs))
+		rec := n.record(s, ns, nsid, addrs)
+		rec.routed = routedFor(routes, facing)
+		recs = append(recs, rec)
 	}
 	s.publish(recs)
 	return nil
@@ -258,29 +274,79 @@ func nsInode(path string) (uint64, error) {
 	return st.Ino, nil
 }
 
+// errNoSetns is nsLook's answer where it may not enter the namespace: it
+// knows the namespace's id, not its addresses or routes.
+var errNoSetns = errors.New("addresses and routes inside network namespaces not read: entering them (setns) needs CAP_SYS_ADMIN; the other sources' addresses are used")
+
 // nsLook opens the namespace at path and returns its id in the host's
-// namespace (-1 if it has none) and its own addresses.
-func nsLook(path string) (int, []netip.Addr, error) {
+// namespace (-1 if it has none), its own addresses and its main table's
+// routes.
+func nsLook(path string) (int, []netip.Addr, []netlink.Route, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return -1, nil, err
+		return -1, nil, nil, err
 	}
 	defer f.Close()
 	nsid, err := netlink.GetNetNsIdByFd(int(f.Fd()))
 	if err != nil {
-		return -1, nil, fmt.Errorf("get namespace id of %s: %w", path, err)
+		return -1, nil, nil, fmt.Errorf("get namespace id of %s: %w", path, err)
 	}
 	if nsid < 0 {
-		return nsid, nil, nil
+		return nsid, nil, nil, nil
+	}
+	// Entering a namespace (setns) needs CAP_SYS_ADMIN, which the agent
+	// runs without where the other sources (Kubernetes, the runtime) know
+	// the addresses: the namespace is still named. (netlink's error on
+	// setns does not wrap EPERM: ask first.)
+	if !host.HasCap(unix.CAP_SYS_ADMIN) {
+		return nsid, nil, nil, errNoSetns
 	}
 	h, err := netlink.NewHandleAt(netns.NsHandle(int(f.Fd())))
 	if err != nil {
-		return nsid, nil, fmt.Errorf("open netlink in %s: %w", path, err)
+		return nsid, nil, nil, fmt.Errorf("open netlink in %s: %w", path, err)
 	}
 	defer h.Close()
 	list, err := host.Dump(func() ([]netlink.Addr, error) { return h.AddrList(nil, netlink.FAMILY_ALL) })
 	if err != nil {
-		return nsid, nil, fmt.Errorf("list addresses in %s: %w", path, err)
+		return nsid, nil, nil, fmt.Errorf("list addresses in %s: %w", path, err)
 	}
-	return nsid, host.AddrsOf(list), nil
+	routes, err := host.Dump(func() ([]netlink.Route, error) { return h.RouteList(nil, netlink.FAMILY_ALL) })
+	if err != nil {
+		return nsid, nil, nil, fmt.Errorf("list routes in %s: %w", path, err)
+	}
+	return nsid, host.AddrsOf(list), routes, nil
+}
+
+// routedFor returns the prefixes a namespace forwards for: those its
+// routes send out of an interface other than the veths that face the host
+// (facing, their indexes in the namespace), as a node-in-a-container
+// (kind) routes its pods' addresses to their veths. Packets with such a
+// source may leave the namespace without being spoofed; default routes
+// and the facing veths' own subnets are not forwarding: a pod on a bridge
+// CNI has its neighbours' subnet on its eth0.
+func routedFor(routes []netlink.Route, facing []int) []netip.Prefix {
+	var out []netip.Prefix
+	for _, r := range routes {
+		if r.Dst == nil || r.LinkIndex == 0 || slices.Contains(facing, r.LinkIndex) {
+			continue
+		}
+		p, ok := netipPrefix(r.Dst)
+		if !ok || p.Bits() == 0 {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+func netipPrefix(n *net.IPNet) (netip.Prefix, bool) {
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, bits := n.Mask.Size()
+	if a.Is4In6() && bits == 128 {
+		ones -= 96
+	}
+	return netip.PrefixFrom(a.Unmap(), ones).Masked(), true
 }

@@ -70,6 +70,9 @@ type Datapath struct {
 	retran link.Link
 	health []link.Link // kfree_skb and tcp_probe
 	clock  *clock
+	// tcIngress and tcEgress are the TC programs' kernel ids: what tells
+	// flowmap's filters and TCX programs from others'.
+	tcIngress, tcEgress ebpf.ProgramID
 	// conntrack lists conntrack's connections for the NAT join; tests
 	// replace it.
 	conntrack func() ([]*netlink.ConntrackFlow, error)
@@ -105,6 +108,9 @@ type Datapath struct {
 
 	statsMu sync.Mutex
 	stats   Stats
+	// bypassed are the hooks where another program runs first, as
+	// checkBypass last found them; guarded by statsMu.
+	bypassed []Bypass
 }
 
 // Stats are the datapath's own counters, for /metrics. What a drain
@@ -128,6 +134,7 @@ type Stats struct {
 	Malformed       uint64 // truncated or bad IP frames
 	Truncated       uint64 // IPv6 frames with more extension headers than the programs walk
 	LeftoversPurged int    // clsact filters of a dead agent removed at start
+	Bypassable      int    // interfaces where another TC program runs before flowmap's (see Bypassed)
 	NATJoined       uint64 // directions of NATed connections joined by conntrack
 	ConntrackErrors uint64 // drains that could not read conntrack
 	// L7 (see l7.go).
@@ -245,7 +252,12 @@ func New(cfg Config) (*Datapath, error) {
 			d.health = append(d.health, l)
 		}
 	}
-	if n, err := removeLeftovers(); err != nil {
+	own, err := d.ownPrograms()
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
+	if n, err := removeLeftovers(own); err != nil {
 		log.Warn("removing a dead agent's clsact filters", "err", err)
 	} else if n > 0 {
 		log.Info("removed a dead agent's clsact filters", "filters", n)
@@ -258,6 +270,24 @@ func New(cfg Config) (*Datapath, error) {
 func prerequisites() error {
 	if _, err := btf.LoadKernelSpec(); err != nil {
 		return fmt.Errorf("%w: kernel BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF): %v", ErrPrerequisite, err)
+	}
+	// Each capability the datapath needs, named with what needs it, so
+	// that a container missing one says which (see README, "Capabilities").
+	// CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON (kernels before
+	// 5.8 have only it), not for CAP_NET_ADMIN, which tc's netlink asks.
+	for _, c := range []struct {
+		cap      int
+		name     string
+		sysAdmin bool
+		why      string
+	}{
+		{unix.CAP_BPF, "CAP_BPF", true, "load the flow programs and create their maps (bpf BPF_PROG_LOAD, BPF_MAP_CREATE)"},
+		{unix.CAP_PERFMON, "CAP_PERFMON", true, "load programs that read kernel memory (the tcp_retransmit_skb tracepoint, bpf_probe_read) with the pointer arithmetic the verifier allows only with it"},
+		{unix.CAP_NET_ADMIN, "CAP_NET_ADMIN", false, "load TC and XDP programs, attach them (TCX links, clsact filters over netlink, XDP), query the hooks' programs and dump conntrack"},
+	} {
+		if !host.HasCap(c.cap) && !(c.sysAdmin && host.HasCap(unix.CAP_SYS_ADMIN)) {
+			return fmt.Errorf("%w: %s missing: it is needed to %s; run as root or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON", ErrPrerequisite, c.name, c.why)
+		}
 	}
 	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; raising it
 	// needs CAP_SYS_RESOURCE. Without the rights to load programs it fails
@@ -387,6 +417,7 @@ func (d *Datapath) Run(ctx context.Context, out chan<- model.Batch) error {
 	d.regMu.Lock()
 	d.running = true
 	d.regMu.Unlock()
+	d.checkBypass()
 	// L7 names: read as they come, handed out with the next batch.
 	namesCtx, stopNames := context.WithCancel(ctx)
 	namesDone := make(chan error, 1)
@@ -407,6 +438,7 @@ func (d *Datapath) Run(ctx context.Context, out chan<- model.Batch) error {
 			return ctx.Err()
 		case <-tick.C:
 			b, err := d.Drain(start)
+			d.checkBypass()
 			if err != nil {
 				d.log.Warn("drain", "err", err)
 				continue
@@ -491,7 +523,7 @@ func (d *Datapath) attachLocked(l netlink.Link) (err error) {
 		Name:        attrs.Name,
 		Kind:        l.Type(),
 		PeerNetNSID: attrs.NetNsID,
-	}}
+	}, log: d.log}
 	if l.Type() == "veth" {
 		a.iface.PeerIndex = attrs.ParentIndex
 	}
@@ -507,10 +539,10 @@ func (d *Datapath) attachLocked(l netlink.Link) (err error) {
 			if err := a.attachXDP(d.objs.XdpIngress, d.cfg.XDPMode); err != nil {
 				return err
 			}
-		} else if err := a.attachTC(d.cfg.Attach, d.objs.TcIngress, true); err != nil {
+		} else if err := a.attachTC(d.cfg.Attach, d.objs.TcIngress, d.tcIngress, true); err != nil {
 			return err
 		}
-		if err := a.attachTC(d.cfg.Attach, d.objs.TcEgress, false); err != nil {
+		if err := a.attachTC(d.cfg.Attach, d.objs.TcEgress, d.tcEgress, false); err != nil {
 			return err
 		}
 	}

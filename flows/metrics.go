@@ -54,6 +54,8 @@ var (
 		"Drains that could not read conntrack, whose NATed connections stay two one-way flows.", nil, nil)
 	descMapMemory = prometheus.NewDesc("flowmap_map_memory_bytes",
 		"Kernel memory of each BPF map (fdinfo memlock); per-CPU maps grow with the possible CPUs.", []string{"map"}, nil)
+	descBypassable = prometheus.NewDesc("flowmap_bypassable_interfaces",
+		"Interfaces where another TC program runs before flowmap's and may hide packets from it.", nil, nil)
 	descLeftovers = prometheus.NewDesc("flowmap_leftover_filters_removed",
 		"clsact filters of a dead agent removed at start.", nil, nil)
 )
@@ -62,7 +64,7 @@ var (
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAttached, descBridges, descAttachErrors, descEntries,
 		descCapacity, descFullPackets, descFullBytes, descDrain, descDrainErrors, descDrainKept, descGraceWaits, descResubscribes, descFlows,
-		descFrames, descLeftovers, descL7Lost, descNamesLost, descNATJoined, descConntrackErrors, descMapMemory} {
+		descFrames, descLeftovers, descL7Lost, descNamesLost, descNATJoined, descConntrackErrors, descMapMemory, descBypassable} {
 		ch <- d
 	}
 }
@@ -98,6 +100,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descFrames, s.NonIP, "non_ip")
 	counter(descFrames, s.Malformed, "malformed")
 	gauge(descLeftovers, float64(s.LeftoversPurged))
+	gauge(descBypassable, float64(s.Bypassable))
 	counter(descNATJoined, s.NATJoined)
 	counter(descConntrackErrors, s.ConntrackErrors)
 	counter(descFrames, s.Truncated, "truncated")

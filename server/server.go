@@ -54,6 +54,7 @@ type Server struct {
 
 	extra  []route    // mounted beside the server's own paths
 	status func() any // the sources' status, for /readyz
+	dpath  func() any // the datapath's warnings, for /readyz
 
 	mu      sync.Mutex
 	batches []model.Batch // oldest first, at most keep
@@ -106,12 +107,20 @@ func (s *Server) Handle(pattern string, h http.Handler) {
 // the inventory's sources, up or not. Call it before Handler or Serve.
 func (s *Server) ReportStatus(status func() any) { s.status = status }
 
+// ReportDatapath adds what status returns, unless nil, to /readyz's
+// answer, as "datapath": the hooks where another program may hide packets
+// from flowmap. Call it before Handler or Serve.
+func (s *Server) ReportDatapath(status func() any) { s.dpath = status }
+
 // Readiness is /readyz's answer.
 type Readiness struct {
 	Ready bool `json:"ready"`
 	// Reason says why not, when not.
 	Reason  string `json:"reason,omitempty"`
 	Sources any    `json:"sources,omitempty"`
+	// Datapath warns of what the datapath may not see (see
+	// ReportDatapath); it does not make the agent unready.
+	Datapath any `json:"datapath,omitempty"`
 }
 
 // Handler returns the HTTP handler of every endpoint.
@@ -140,6 +149,9 @@ func (s *Server) serveReady(w http.ResponseWriter, req *http.Request) {
 	}
 	if s.status != nil {
 		r.Sources = s.status()
+	}
+	if s.dpath != nil {
+		r.Datapath = s.dpath()
 	}
 	if anonymous(req) {
 		r = Readiness{Ready: r.Ready}

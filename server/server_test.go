@@ -90,6 +90,18 @@ func TestServer(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Errorf("/readyz once ready = %d, want 200", resp.StatusCode)
 	}
+
+	// A datapath warning is detail, not a reason to be unready.
+	s.ReportDatapath(func() any { return map[string]any{"bypassable": []string{"veth1 ingress"}} })
+	resp, err = http.Get(srv.URL + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if want := `{"ready":true,"sources":["netns"],"datapath":{"bypassable":["veth1 ingress"]}}`; resp.StatusCode != 200 || strings.TrimSpace(string(body)) != want {
+		t.Errorf("/readyz with a datapath warning = %d %s, want 200 %s", resp.StatusCode, body, want)
+	}
 }
 
 // TestFlowsRepeatable checks that reading the flows leaves what the server

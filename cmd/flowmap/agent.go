@@ -165,6 +165,12 @@ func agent(ctx context.Context, a agentFlags, log *slog.Logger) error {
 	reg.MustRegister(flows.NewCollector(dp), collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv := server.New(a.keep, dp.Ready, reg, log.With("component", "server"))
+	srv.ReportDatapath(func() any {
+		if b := dp.Bypassed(); len(b) > 0 {
+			return map[string]any{"bypassable": b}
+		}
+		return nil
+	})
 	g, ctx := errgroup.WithContext(ctx)
 	namer := a.namer
 	if namer == nil && !a.inv.off {

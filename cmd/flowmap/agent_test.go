@@ -60,8 +60,15 @@ type agentProc struct {
 
 func startAgent(t *testing.T, bin string, args ...string) *agentProc {
 	t.Helper()
+	return startAgentUnder(t, []string{bin}, args...)
+}
+
+// startAgentUnder is startAgent with the binary run by a command, as
+// under: its last element is the binary, and "agent" and args follow.
+func startAgentUnder(t *testing.T, under []string, args ...string) *agentProc {
+	t.Helper()
 	addr := freePort(t)
-	cmd := exec.Command(bin, append([]string{"agent", "--listen", addr, "--interval", "200ms"}, args...)...)
+	cmd := exec.Command(under[0], append(append(under[1:], "agent", "--listen", addr, "--interval", "200ms"), args...)...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start agent: %v", err)

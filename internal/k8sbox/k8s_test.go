@@ -23,8 +23,8 @@ import (
 )
 
 // agentCaps are the capabilities deploy/kubernetes/daemonset.yaml adds,
-// by number: NET_ADMIN 12, SYS_PTRACE 19, SYS_ADMIN 21, PERFMON 38, BPF 39.
-var agentCaps = map[int]string{12: "NET_ADMIN", 19: "SYS_PTRACE", 21: "SYS_ADMIN", 38: "PERFMON", 39: "BPF"}
+// by number: NET_ADMIN 12, SYS_PTRACE 19, PERFMON 38, BPF 39.
+var agentCaps = map[int]string{12: "NET_ADMIN", 19: "SYS_PTRACE", 38: "PERFMON", 39: "BPF"}
 
 // flowmapImage builds flowmap statically and loads it as flowmap:dev, as
 // `make image` does.
