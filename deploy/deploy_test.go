@@ -4,6 +4,7 @@ package deploy
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -16,6 +17,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
+
+	"github.com/flowmap/flowmap/internal/testenv"
 )
 
 // serviceMonitor is monitoring.coreos.com/v1 ServiceMonitor, the fields of
@@ -467,5 +470,23 @@ func TestExportExamples(t *testing.T) {
 	}
 	if got := s.Spec.Ports[0].Protocol; got != corev1.ProtocolUDP {
 		t.Errorf("nfcapd's Service port protocol = %s, want UDP", got)
+	}
+}
+
+// TestPrometheusRules checks the recording and alerting rules with
+// promtool, and runs their unit tests (prometheus/rules_test.yml: each
+// health alert fires on made-up series of a failing edge, and not on a
+// well one). Needs promtool.
+func TestPrometheusRules(t *testing.T) {
+	promtool := testenv.MustHaveCommand(t, "promtool")
+	for _, args := range [][]string{
+		{"check", "rules", "rules.yml"},
+		{"test", "rules", "rules_test.yml"},
+	} {
+		cmd := exec.Command(promtool, args...)
+		cmd.Dir = "prometheus"
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
 	}
 }

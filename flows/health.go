@@ -118,10 +118,14 @@ func (d *drainer) takeHealth(k, rk bpfFlowKey, fwd, back *direction, clk clockRe
 	h.RTTSum = time.Duration(c.RttSumUs+s.RttSumUs) * time.Microsecond
 	for _, x := range []*dirHealth{c, s} {
 		for r, n := range x.drops {
+			name := d.reasonName(r)
+			if !lost(name) {
+				continue
+			}
 			if h.Drops == nil {
 				h.Drops = map[string]uint64{}
 			}
-			h.Drops[d.reasonName(r)] += n
+			h.Drops[name] += n
 		}
 	}
 	if model.Proto(k.Proto) == model.ProtoTCP {
@@ -204,6 +208,15 @@ func (d *drainer) leftoverHealth(clk clockReading) []model.Record {
 		x.carried = true
 	}
 	return out
+}
+
+// lost reports whether a drop of the reason named is a packet lost to
+// its flow. QUEUE_PURGE is not: it frees what a socket's queues held as
+// the socket is destroyed (a connection closed with its peer's last
+// segments unread, or its own unsent), once for nearly every connection
+// that closes, failed or not.
+func lost(reason string) bool {
+	return reason != "QUEUE_PURGE"
 }
 
 // reasonName names a drop reason by the kernel's enum skb_drop_reason.

@@ -50,12 +50,7 @@ func (m *Metrics) Each(fn func(e *EdgeSeries)) {
 		e.Bytes = [2]uint64{s.traffic[0].Bytes, s.traffic[1].Bytes}
 		e.Packets = [2]uint64{s.traffic[0].Packets, s.traffic[1].Packets}
 		e.Connections = s.conns
-		e.RTTCounts = append(e.RTTCounts[:0], s.rtt...)
-		var n uint64
-		for _, c := range s.rtt {
-			n += c
-		}
-		e.RTTCounts = append(e.RTTCounts, s.rttN-n)
+		e.RTTCounts = append(e.RTTCounts[:0], s.rtt...) // with the last, above every bound
 		e.RTTCount, e.RTTSum = s.rttN, s.rttSum
 	}
 	for k, r := range m.series.rows {

@@ -60,7 +60,10 @@ type batch struct {
 	flows []model.Flow
 }
 
-// fixtureFlows are the fixed graph's flows, in batches.
+// fixtureFlows are the fixed graph's flows, in batches. Their health:
+// web-2 → db-0 and the first api-1 → payments are well; web-1-sidecar →
+// api-1 is refused; the last api-1 → payments times out behind a DROP
+// rule, with drops of four reasons; web-1's DNS query finds no socket.
 func fixtureFlows() []batch {
 	at := func(ago time.Duration, fs ...model.Flow) batch { return batch{t0.Add(-ago), fs} }
 	return []batch{
@@ -69,17 +72,28 @@ func fixtureFlows() []batch {
 			flow(web1, api1, model.ProtoTCP, 8080, 2000, 50000, 40*time.Microsecond),
 			flow(prom, web1, model.ProtoTCP, 9090, 300, 21000, 90*time.Microsecond)),
 		at(3*time.Minute,
-			flow(web2, db0, model.ProtoTCP, 5432, 500, 120000, 300*time.Microsecond),
-			flow(api1, payments, model.ProtoTCP, 443, 1500, 6000, 12*time.Millisecond)),
+			withHealth(flow(web2, db0, model.ProtoTCP, 5432, 500, 120000, 300*time.Microsecond),
+				&model.Health{Attempts: 1, Established: 1, Closed: 1, RTTSum: 600 * time.Microsecond, RTTSamples: 2}),
+			withHealth(flow(api1, payments, model.ProtoTCP, 443, 1500, 6000, 12*time.Millisecond),
+				&model.Health{Attempts: 1, Established: 1, RTTSum: 36 * time.Millisecond, RTTSamples: 3})),
 		at(30*time.Second,
 			flow(web1, api1, model.ProtoTCP, 8080, 2100, 52000, 50*time.Microsecond),
-			flow(web1side, api1, model.ProtoTCP, 8080, 700, 9000, 0),
+			withHealth(flow(web1side, api1, model.ProtoTCP, 8080, 700, 9000, 0),
+				&model.Health{Attempts: 2, Refused: 2}),
 			flow(web2, db0, model.ProtoTCP, 5432, 400, 100000, 250*time.Microsecond),
 			flow(n1, web1, model.ProtoTCP, 8080, 150, 300, 20*time.Microsecond),
 			flow(stranger, web2, model.ProtoTCP, 22, 60, 0, 0),
-			flow(api1, payments, model.ProtoTCP, 443, 1400, 5000, 11*time.Millisecond),
-			flow(web1, db0, model.ProtoUDP, 53, 80, 160, 0)),
+			withHealth(flow(api1, payments, model.ProtoTCP, 443, 1400, 5000, 11*time.Millisecond),
+				&model.Health{Attempts: 3, SYNRetries: 6, Established: 1, TimedOut: 2,
+					Drops: map[string]uint64{"NETFILTER_DROP": 8, "OTHERHOST": 2, "TCP_CSUM": 1, "QDISC_DROP": 1}}),
+			withHealth(flow(web1, db0, model.ProtoUDP, 53, 80, 160, 0),
+				&model.Health{Unreachable: 1, Drops: map[string]uint64{"NO_SOCKET": 1}})),
 	}
+}
+
+func withHealth(f model.Flow, h *model.Health) model.Flow {
+	f.Health = h
+	return f
 }
 
 // fixture returns the fixed graph that the golden files show, at t0.

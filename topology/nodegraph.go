@@ -30,14 +30,20 @@ type NodeGraphNode struct {
 	MainStat float64 `json:"mainstat"`
 	// SecondaryStat is the TCP connections per second it opened or took.
 	SecondaryStat float64 `json:"secondarystat"`
-	// The arcs around the node add up to 1. A node that answered L7
-	// requests (its incoming edges have L7 responses) shows ArcSuccess
-	// and ArcErrors, the shares of those responses that succeeded and
-	// failed (see L7.Errors), and zero sent and received; any other node
+	// The arcs around the node add up to 1. A node that answered, as a
+	// server (its incoming edges have L7 responses, or TCP handshakes that
+	// ended, established, refused or timed out), shows how what its
+	// clients asked ended: ArcConnFailed the share of their connections
+	// that were refused or timed out, ArcErrors the share that were
+	// established but whose responses failed (the share of established
+	// connections times that of failed responses, see L7.Errors), and
+	// ArcSuccess the rest; with zero sent and received. Any other node
 	// shows ArcSent and ArcReceived, the shares of its bytes it sent and
-	// received (an idle node's are 0 and 1), and zero success and errors.
+	// received (an idle node's are 0 and 1), and zero success and
+	// failures.
 	ArcSuccess      float64 `json:"arc__success"`
 	ArcErrors       float64 `json:"arc__errors"`
+	ArcConnFailed   float64 `json:"arc__connections_failed"`
 	ArcSent         float64 `json:"arc__sent"`
 	ArcReceived     float64 `json:"arc__received"`
 	DetailKind      string  `json:"detail__kind"`
@@ -72,7 +78,18 @@ type NodeGraphEdge struct {
 	DetailErrorRatio float64 `json:"detail__error_ratio"`
 	DetailP50        float64 `json:"detail__latency_p50_seconds"`
 	DetailP99        float64 `json:"detail__latency_p99_seconds"`
-	Color            string  `json:"color"`
+	// Health (topology/health.go): the share of the connections that
+	// ended their handshake that were established, the dominant failure,
+	// packets dropped and the mean smoothed RTT of local sockets; 1, "",
+	// 0, 0 without health.
+	DetailConnSuccess float64 `json:"detail__connection_success_ratio"`
+	DetailFailure     string  `json:"detail__failure"`
+	DetailDrops       uint64  `json:"detail__drops"`
+	DetailSRTT        float64 `json:"detail__srtt_mean_seconds"`
+	// Color is green to red by the share of what the client asked that
+	// succeeded: of its connections established, times that of its L7
+	// responses; "" where there was neither.
+	Color string `json:"color"`
 }
 
 // Field is a node graph frame's field as the Node Graph API data source
@@ -102,6 +119,7 @@ func Fields() NodeGraphFields {
 			{Name: "secondarystat", Type: "number", DisplayName: "connections/s"},
 			{Name: "arc__success", Type: "number", DisplayName: "responses succeeded", Color: "green"},
 			{Name: "arc__errors", Type: "number", DisplayName: "responses failed", Color: "red"},
+			{Name: "arc__connections_failed", Type: "number", DisplayName: "connections refused or timed out", Color: "orange"},
 			{Name: "arc__sent", Type: "number", DisplayName: "sent", Color: "blue"},
 			{Name: "arc__received", Type: "number", DisplayName: "received", Color: "purple"},
 			{Name: "detail__kind", Type: "string", DisplayName: "kind"},
@@ -127,6 +145,10 @@ func Fields() NodeGraphFields {
 			{Name: "detail__error_ratio", Type: "number", DisplayName: "failed responses (share)"},
 			{Name: "detail__latency_p50_seconds", Type: "number", DisplayName: "latency p50 (s)"},
 			{Name: "detail__latency_p99_seconds", Type: "number", DisplayName: "latency p99 (s)"},
+			{Name: "detail__connection_success_ratio", Type: "number", DisplayName: "connections established (share)"},
+			{Name: "detail__failure", Type: "string", DisplayName: "failure"},
+			{Name: "detail__drops", Type: "number", DisplayName: "packets dropped"},
+			{Name: "detail__srtt_mean_seconds", Type: "number", DisplayName: "smoothed RTT (mean, s)"},
 			{Name: "color", Type: "string"},
 		},
 	}
@@ -139,8 +161,11 @@ func ToNodeGraph(s *Snapshot) *NodeGraph {
 	ng := &NodeGraph{Nodes: make([]NodeGraphNode, len(s.Nodes)), Edges: make([]NodeGraphEdge, len(s.Edges))}
 	type sums struct {
 		sent, received, conns uint64
-		// responses and errors are the L7 ones of the incoming edges.
+		// responses and errors are the L7 ones of the incoming edges;
+		// ended and failed their TCP handshakes that ended, and of those
+		// refused or timed out.
 		responses, errors uint64
+		ended, failed     uint64
 	}
 	byNode := make(map[string]*sums, len(s.Nodes))
 	for i := range s.Nodes {
@@ -165,6 +190,10 @@ func ToNodeGraph(s *Snapshot) *NodeGraph {
 		if dst := byNode[e.Target]; dst != nil && e.L7 != nil {
 			dst.responses += e.L7.Responses
 			dst.errors += e.L7.Errors
+		}
+		if dst := byNode[e.Target]; dst != nil && e.Health != nil {
+			dst.ended += e.Health.Established + e.Health.Refused + e.Health.TimedOut
+			dst.failed += e.Health.Refused + e.Health.TimedOut
 		}
 		thick := 1.0
 		if most > 0 {
@@ -194,8 +223,15 @@ func ToNodeGraph(s *Snapshot) *NodeGraph {
 				ge.DetailP50 = l.Latency.P50.Seconds()
 				ge.DetailP99 = l.Latency.P99.Seconds()
 			}
-			ge.Color = successColor(l)
 		}
+		ge.DetailConnSuccess = 1
+		if h := e.Health; h != nil {
+			ge.DetailConnSuccess = round(h.SuccessRatio)
+			ge.DetailFailure = h.Failure
+			ge.DetailDrops = h.Dropped()
+			ge.DetailSRTT = h.SRTT.Seconds()
+		}
+		ge.Color = edgeColor(e)
 		ng.Edges[i] = ge
 	}
 	for i := range s.Nodes {
@@ -209,10 +245,18 @@ func ToNodeGraph(s *Snapshot) *NodeGraph {
 			DetailKind:    string(n.Kind), DetailNamespace: n.Namespace, DetailHost: n.Host,
 		}
 		switch t := m.sent + m.received; {
-		case m.responses > 0:
+		case m.responses > 0 || m.ended > 0:
+			connOK, reqErr := 1.0, 0.0
+			if m.ended > 0 {
+				connOK = float64(m.ended-min(m.failed, m.ended)) / float64(m.ended)
+			}
+			if m.responses > 0 {
+				reqErr = float64(min(m.errors, m.responses)) / float64(m.responses)
+			}
 			gn.ArcReceived = 0
-			gn.ArcErrors = round(float64(min(m.errors, m.responses)) / float64(m.responses))
-			gn.ArcSuccess = round(1 - gn.ArcErrors)
+			gn.ArcConnFailed = round(1 - connOK)
+			gn.ArcErrors = round(connOK * reqErr)
+			gn.ArcSuccess = round(1 - gn.ArcConnFailed - gn.ArcErrors)
 		case t > 0:
 			gn.ArcSent = round(float64(m.sent) / float64(t))
 			gn.ArcReceived = round(1 - gn.ArcSent)
@@ -225,6 +269,34 @@ func ToNodeGraph(s *Snapshot) *NodeGraph {
 		ng.Nodes[i] = gn
 	}
 	return ng
+}
+
+// edgeColor is an edge's color: green where at least 99% of what its
+// clients asked succeeded (connections established, times L7 responses
+// that did not fail), orange from 90%, red below; where it had neither
+// handshakes that ended nor L7 responses, red if it failed otherwise (ICMP
+// errors, drops), else "".
+func edgeColor(e *Edge) string {
+	ok, has := 1.0, false
+	if e.L7 != nil {
+		if r, h := e.L7.SuccessRatio(); h {
+			ok, has = r, true
+		}
+	}
+	if h := e.Health; h != nil && h.Established+h.Refused+h.TimedOut > 0 {
+		ok, has = ok*h.SuccessRatio, true
+	}
+	switch {
+	case !has && e.Health.Failing():
+		return "red" // ICMP errors or drops, on an edge with no handshake
+	case !has:
+		return ""
+	case ok >= 0.99:
+		return "green"
+	case ok >= 0.9:
+		return "orange"
+	}
+	return "red"
 }
 
 // subtitle says what a node is and where.

@@ -1,6 +1,7 @@
 package topology
 
 import (
+	"sort"
 	"strconv"
 	"sync"
 	"time"
@@ -29,8 +30,11 @@ type MetricsOptions struct {
 	Level Level
 	// MaxEdges caps the label sets (src, dst, protocol, port): flows of
 	// further ones are counted in the series whose labels are all
-	// "overflow". Each edge has 2+2 byte and packet series, 1 connection
-	// series and len(RTTBuckets)+3 histogram series. Zero is
+	// "overflow". Each edge has 2+2 byte and packet series, and a TCP
+	// edge 1 connection series (outcome="attempted") and len(RTTBuckets)+3
+	// handshake RTT series; health adds, where it happened, up to 6
+	// outcome series, up to MaxDropReasons+1 drop series and
+	// len(RTTBuckets)+3 smoothed RTT series. Zero is
 	// DefaultMetricsMaxEdges.
 	MaxEdges int
 	// Idle is how long an edge's series stay after its last flow; then they
@@ -123,9 +127,16 @@ type seriesKey struct {
 type series struct {
 	traffic [2]Traffic // forward, reverse
 	conns   uint64
-	rtt     []uint64 // per bucket of RTTBuckets, not cumulative
+	rtt     []uint64 // per bucket of RTTBuckets, not cumulative, the last above them all
 	rttN    uint64
 	rttSum  float64
+	// health: the outcomes of its connections past "attempted" (by
+	// outcomes' order), drops by reason and smoothed RTTs, each collected
+	// only once non-zero (see lazy).
+	outcomes [len(outcomes)]lazy
+	drops    []reasonCount // at most MaxDropReasons, in the order they came
+	other    lazy          // drops of further reasons
+	srtt     lazyHist
 	// start is when the series began counting: its first flow's first
 	// packet.
 	start time.Time
@@ -201,7 +212,7 @@ func (m *Metrics) add(t time.Time, f *model.Flow, ends Ends, rep string) {
 		s = m.overflow
 	}
 	if s.rtt == nil {
-		s.rtt = make([]uint64, len(RTTBuckets))
+		s.rtt = make([]uint64, len(RTTBuckets)+1)
 		s.start = t
 		if !f.FirstSeen.IsZero() && f.FirstSeen.Before(t) {
 			s.start = f.FirstSeen
@@ -213,15 +224,123 @@ func (m *Metrics) add(t time.Time, f *model.Flow, ends Ends, rep string) {
 		s.conns++
 	}
 	if f.HandshakeRTT > 0 {
-		v := f.HandshakeRTT.Seconds()
 		s.rttN++
-		s.rttSum += v
-		for j, ub := range RTTBuckets {
-			if v <= ub {
-				s.rtt[j]++
-				break
-			}
+		s.rttSum += f.HandshakeRTT.Seconds()
+		s.rtt[bucketOf(f.HandshakeRTT.Seconds())]++
+	}
+	if f.Health != nil {
+		s.addHealth(f.Health)
+	}
+}
+
+// bucketOf returns the index of the bucket of RTTBuckets that holds v
+// seconds, len(RTTBuckets) above them all.
+func bucketOf(v float64) int {
+	for j, ub := range RTTBuckets {
+		if v <= ub {
+			return j
 		}
+	}
+	return len(RTTBuckets)
+}
+
+// MaxDropReasons bounds the reason label of flowmap_drops_total: an edge's
+// first MaxDropReasons reasons (the commonest first, of those that came in
+// one interval) have series of their own, its drops of any further reason
+// count in reason="other". A reason's series, once there, stays (a counter
+// cannot move to another label), so the named ones are the first to come,
+// not a ranking redone at each scrape; on an edge the first drops are
+// nearly always of its commonest reasons.
+const MaxDropReasons = 3
+
+// outcomes are the values of the outcome label of
+// flowmap_tcp_connections_total after "attempted", with what counts them.
+var outcomes = [...]struct {
+	name  string
+	count func(h *model.Health) uint64
+}{
+	{"established", func(h *model.Health) uint64 { return h.Established }},
+	{"refused", func(h *model.Health) uint64 { return h.Refused }},
+	{"timed_out", func(h *model.Health) uint64 { return h.TimedOut }},
+	{"reset_client", func(h *model.Health) uint64 { return h.ResetByClient }},
+	{"reset_server", func(h *model.Health) uint64 { return h.ResetByServer }},
+	{"closed", func(h *model.Health) uint64 { return h.Closed }},
+}
+
+// lazy is a counter whose series appears only once it is non-zero: at
+// zero at its first scrape, so that increase() counts its first events, as
+// the series of a new edge.
+type lazy struct {
+	n     uint64
+	shown bool
+}
+
+// value returns what to collect of c, and false where it has no series
+// yet.
+func (c *lazy) value() (float64, bool) {
+	if c.n == 0 {
+		return 0, false
+	}
+	if !c.shown {
+		c.shown = true
+		return 0, true
+	}
+	return float64(c.n), true
+}
+
+type reasonCount struct {
+	reason string
+	lazy
+}
+
+// lazyHist is a histogram of RTTBuckets collected only once it has
+// samples, as lazy.
+type lazyHist struct {
+	buckets []uint64 // per bucket, not cumulative, the last above them all
+	n       uint64
+	sum     float64
+	shown   bool
+}
+
+func (s *series) addHealth(h *model.Health) {
+	for i, o := range outcomes {
+		s.outcomes[i].n += o.count(h)
+	}
+	if len(h.Drops) > 0 {
+		reasons := make([]string, 0, len(h.Drops))
+		for r := range h.Drops {
+			reasons = append(reasons, r)
+		}
+		sort.Slice(reasons, func(i, j int) bool {
+			a, b := reasons[i], reasons[j]
+			return h.Drops[a] > h.Drops[b] || h.Drops[a] == h.Drops[b] && a < b
+		})
+	next:
+		for _, r := range reasons {
+			n := h.Drops[r]
+			for i := range s.drops {
+				if s.drops[i].reason == r {
+					s.drops[i].n += n
+					continue next
+				}
+			}
+			if len(s.drops) < MaxDropReasons && r != "other" {
+				s.drops = append(s.drops, reasonCount{reason: r, lazy: lazy{n: n}})
+				continue
+			}
+			s.other.n += n
+		}
+	}
+	if h.RTTSamples > 0 {
+		// Each sample at the flow's mean: the sum is that of the samples,
+		// the count theirs (a socket is sampled at most every 100 ms, so
+		// this weighs sockets by how long they carried data).
+		if s.srtt.buckets == nil {
+			s.srtt.buckets = make([]uint64, len(RTTBuckets)+1)
+		}
+		s.srtt.n += h.RTTSamples
+		s.srtt.sum += h.RTTSum.Seconds()
+		s.srtt.buckets[bucketOf(h.RTT().Seconds())] += h.RTTSamples
 	}
 }
 
@@ -236,9 +355,15 @@ var (
 		"Packets of the flows from src (the client) to dst (the server) on the server's port, by direction.",
 		append(flowLabels[:len(flowLabels):len(flowLabels)], "direction"), nil)
 	connsDesc = prometheus.NewDesc("flowmap_tcp_connections_total",
-		"TCP connections src opened to dst (SYNs seen).", flowLabels, nil)
+		"TCP connections from src to dst by outcome: attempted (SYNs seen, every connection), then established, refused (RST to the SYN), timed_out (SYNs unanswered), reset_client and reset_server (RST after the handshake, by the side that sent it), closed (FIN); the outcomes past attempted have series once they happened.",
+		append(flowLabels[:len(flowLabels):len(flowLabels)], "outcome"), nil)
 	rttDesc = prometheus.NewDesc("flowmap_tcp_handshake_rtt_seconds",
 		"Round-trip time of TCP handshakes from src to dst, SYN to SYN-ACK.", flowLabels, nil)
+	srttDesc = prometheus.NewDesc("flowmap_tcp_rtt_seconds",
+		"Smoothed RTT of the local TCP sockets of the flows from src to dst (tcp_probe), sampled at most every 100 ms a socket.", flowLabels, nil)
+	dropsDesc = prometheus.NewDesc("flowmap_drops_total",
+		"Packets of the flows from src to dst that the kernel dropped, by reason (enum skb_drop_reason, as NETFILTER_DROP): an edge's first 3 reasons, further ones summed as other.",
+		append(flowLabels[:len(flowLabels):len(flowLabels)], "reason"), nil)
 	seriesEdgesDesc = prometheus.NewDesc("flowmap_flow_series_edges",
 		"Edges (label sets src, dst, proto, port) with flow series, at most the cap.", nil, nil)
 	seriesCapDesc = prometheus.NewDesc("flowmap_flow_series_max_edges",
@@ -254,7 +379,7 @@ var (
 
 // Describe implements prometheus.Collector.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{bytesDesc, packetsDesc, connsDesc, rttDesc, seriesEdgesDesc, seriesCapDesc, overflowDesc, skippedDesc, endpointDesc} {
+	for _, d := range []*prometheus.Desc{bytesDesc, packetsDesc, connsDesc, rttDesc, srttDesc, dropsDesc, seriesEdgesDesc, seriesCapDesc, overflowDesc, skippedDesc, endpointDesc} {
 		ch <- d
 	}
 }
@@ -280,26 +405,61 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 }
 
 func collectSeries(ch chan<- prometheus.Metric, s *series, lv []string) {
+	with := func(v string) []string { return append(lv[:len(lv):len(lv)], v) }
+	// Drops and the outcomes past attempted go lazily, from their first
+	// events, whatever the edge's other series.
+	for i := range s.drops {
+		if v, ok := s.drops[i].value(); ok {
+			ch <- prometheus.MustNewConstMetric(dropsDesc, prometheus.CounterValue, v, with(s.drops[i].reason)...)
+		}
+	}
+	if v, ok := s.other.value(); ok {
+		ch <- prometheus.MustNewConstMetric(dropsDesc, prometheus.CounterValue, v, with("other")...)
+	}
+	tcp := true
+	if proto := lv[len(edgeLabelNames)]; proto != model.ProtoTCP.String() && proto != "overflow" {
+		tcp = false
+	}
+	if tcp {
+		for i := range s.outcomes {
+			if v, ok := s.outcomes[i].value(); ok {
+				ch <- prometheus.MustNewConstMetric(connsDesc, prometheus.CounterValue, v, with(outcomes[i].name)...)
+			}
+		}
+		if h := &s.srtt; h.n > 0 {
+			z := lazyHist{buckets: make([]uint64, len(RTTBuckets)+1)}
+			if !h.shown {
+				h.shown = true
+				h = &z
+			}
+			ch <- constHistogram(srttDesc, h.buckets, h.n, h.sum, lv)
+		}
+	}
 	if !s.shown {
 		s.shown = true
-		s = &series{rtt: make([]uint64, len(RTTBuckets))}
+		s = &series{rtt: make([]uint64, len(RTTBuckets)+1)}
 	}
-	dir := func(d string) []string { return append(lv[:len(lv):len(lv)], d) }
-	ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(s.traffic[0].Bytes), dir("forward")...)
-	ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(s.traffic[1].Bytes), dir("reverse")...)
-	ch <- prometheus.MustNewConstMetric(packetsDesc, prometheus.CounterValue, float64(s.traffic[0].Packets), dir("forward")...)
-	ch <- prometheus.MustNewConstMetric(packetsDesc, prometheus.CounterValue, float64(s.traffic[1].Packets), dir("reverse")...)
-	if proto := lv[len(edgeLabelNames)]; proto != model.ProtoTCP.String() && proto != "overflow" {
+	ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(s.traffic[0].Bytes), with("forward")...)
+	ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(s.traffic[1].Bytes), with("reverse")...)
+	ch <- prometheus.MustNewConstMetric(packetsDesc, prometheus.CounterValue, float64(s.traffic[0].Packets), with("forward")...)
+	ch <- prometheus.MustNewConstMetric(packetsDesc, prometheus.CounterValue, float64(s.traffic[1].Packets), with("reverse")...)
+	if !tcp {
 		return
 	}
-	ch <- prometheus.MustNewConstMetric(connsDesc, prometheus.CounterValue, float64(s.conns), lv...)
+	ch <- prometheus.MustNewConstMetric(connsDesc, prometheus.CounterValue, float64(s.conns), with("attempted")...)
+	ch <- constHistogram(rttDesc, s.rtt, s.rttN, s.rttSum, lv)
+}
+
+// constHistogram returns the histogram of RTTBuckets with per-bucket (not
+// cumulative) counts c.
+func constHistogram(d *prometheus.Desc, c []uint64, n uint64, sum float64, lv []string) prometheus.Metric {
 	buckets := make(map[float64]uint64, len(RTTBuckets))
-	var n uint64
+	var cum uint64
 	for j, ub := range RTTBuckets {
-		n += s.rtt[j]
-		buckets[ub] = n
+		cum += c[j]
+		buckets[ub] = cum
 	}
-	ch <- prometheus.MustNewConstHistogram(rttDesc, s.rttN, s.rttSum, buckets, lv...)
+	return prometheus.MustNewConstHistogram(d, n, sum, buckets, lv...)
 }
 
 // GraphCollector exports a graph's size.

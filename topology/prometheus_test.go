@@ -1,6 +1,7 @@
 package topology
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -109,4 +110,65 @@ func sorted(s []string) []string {
 		}
 	}
 	return s
+}
+
+// TestMetricsHealth: an edge's failing outcomes and drops have series
+// from their first events, at zero at their first scrape; its drop reasons
+// past MaxDropReasons, in any interval, sum as reason="other".
+func TestMetricsHealth(t *testing.T) {
+	a := model.Endpoint{Kind: model.KindUnknown, ID: "198.51.100.34", Name: "198.51.100.34"}
+	b := model.Endpoint{Kind: model.KindUnknown, ID: "198.51.100.42", Name: "198.51.100.42"}
+	m := NewMetrics(MetricsOptions{Level: LevelContainer, Node: "n1"})
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(m)
+	with := func(h *model.Health) model.Flow {
+		f := flow(a, b, model.ProtoTCP, 5432, 100, 100, 0)
+		f.Health = h
+		return f
+	}
+	gather := func() map[string]float64 {
+		t.Helper()
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]float64{}
+		for _, mf := range mfs {
+			for _, mt := range mf.Metric {
+				for _, lp := range mt.Label {
+					if n := lp.GetName(); n == "outcome" || n == "reason" {
+						got[mf.GetName()+"/"+lp.GetValue()] = mt.Counter.GetValue()
+					}
+				}
+				if mf.GetName() == "flowmap_tcp_rtt_seconds" {
+					got["srtt_count"] = float64(mt.Histogram.GetSampleCount())
+				}
+			}
+		}
+		return got
+	}
+	for _, step := range []struct {
+		add  *model.Health
+		want map[string]float64
+	}{
+		{&model.Health{Attempts: 2, Established: 1, Refused: 1, Drops: map[string]uint64{"NO_SOCKET": 1, "NETFILTER_DROP": 3}},
+			map[string]float64{"flowmap_tcp_connections_total/attempted": 0, "flowmap_tcp_connections_total/established": 0,
+				"flowmap_tcp_connections_total/refused": 0, "flowmap_drops_total/NETFILTER_DROP": 0, "flowmap_drops_total/NO_SOCKET": 0}},
+		{&model.Health{Attempts: 1, TimedOut: 1, RTTSum: 3 * time.Millisecond, RTTSamples: 3,
+			Drops: map[string]uint64{"NETFILTER_DROP": 1, "TCP_CSUM": 2, "OTHERHOST": 5}},
+			map[string]float64{"flowmap_tcp_connections_total/attempted": 2, "flowmap_tcp_connections_total/established": 1,
+				"flowmap_tcp_connections_total/refused": 1, "flowmap_tcp_connections_total/timed_out": 0,
+				"flowmap_drops_total/NETFILTER_DROP": 4, "flowmap_drops_total/NO_SOCKET": 1, "flowmap_drops_total/OTHERHOST": 0,
+				"flowmap_drops_total/other": 0, "srtt_count": 0}},
+		{&model.Health{Drops: map[string]uint64{"QDISC_DROP": 1}},
+			map[string]float64{"flowmap_tcp_connections_total/attempted": 3, "flowmap_tcp_connections_total/established": 1,
+				"flowmap_tcp_connections_total/refused": 1, "flowmap_tcp_connections_total/timed_out": 1,
+				"flowmap_drops_total/NETFILTER_DROP": 4, "flowmap_drops_total/NO_SOCKET": 1, "flowmap_drops_total/OTHERHOST": 5,
+				"flowmap_drops_total/other": 3, "srtt_count": 3}},
+	} {
+		m.Add(t0, with(step.add))
+		if got := gather(); fmt.Sprint(got) != fmt.Sprint(step.want) {
+			t.Errorf("series %v, want %v", got, step.want)
+		}
+	}
 }

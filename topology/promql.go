@@ -130,7 +130,13 @@ func (p *PromQL) Snapshot(ctx context.Context, end time.Time, level Level, windo
 				e.Forward.Packets += v
 			}
 		}},
-		{"flowmap_tcp_connections_total", "", func(e *acc, _ pmodel.Metric, v uint64, _ float64) { e.Connections += v }},
+		{"flowmap_tcp_connections_total", "outcome", func(e *acc, m pmodel.Metric, v uint64, _ float64) {
+			// Connections are those attempted; an agent older than the
+			// outcome label exported only them.
+			if o := m["outcome"]; o == "attempted" || o == "" {
+				e.Connections += v
+			}
+		}},
 		{"flowmap_tcp_handshake_rtt_seconds_sum", "", func(e *acc, _ pmodel.Metric, _ uint64, f float64) { e.rttSum += f }},
 		{"flowmap_tcp_handshake_rtt_seconds_count", "", func(e *acc, _ pmodel.Metric, _ uint64, f float64) { e.rttN += f }},
 	} {

@@ -32,11 +32,19 @@ import (
 const demoPrefix = "fmdemo"
 
 // The shop: each host a network namespace on the sandbox's bridge, its
-// role, Kubernetes-like namespace, and the port it serves.
+// role, Kubernetes-like namespace, and the port it serves. Two of its
+// dependencies are broken, so that the map shows failing edges: reviews is
+// down (nothing listens on its port: web's connections are refused), and
+// ratings is behind a DROP rule in its namespace (web's SYNs time out,
+// the kernel counts them as netfilter drops); web renders its pages
+// without either.
 var shop = []struct {
 	name, ns string
 	port     int
 	addr     string // a documentation address of its own, for the outside
+	// broken: "down" (no listener) or "drop" (an iptables DROP rule on
+	// the port, in the host's namespace, gone with it).
+	broken string
 }{
 	{name: "client", ns: "shoppers"},
 	{name: "web", ns: "shop", port: 80},
@@ -45,7 +53,14 @@ var shop = []struct {
 	{name: "db", ns: "shop", port: 5432},
 	{name: "cache", ns: "shop", port: 11211},
 	{name: "payments", port: 443, addr: "203.0.113.10/24"},
+	{name: "reviews", ns: "shop", port: 8082, broken: "down"},
+	{name: "ratings", ns: "shop", port: 8083, broken: "drop"},
 }
+
+// demoDropTimeout is how long web waits for ratings, behind its DROP
+// rule, before it renders without: less than the kernel's first SYN
+// retransmission (1 s), so each call sends one SYN.
+const demoDropTimeout = 300 * time.Millisecond
 
 // demoWarmup is how long the demo drives traffic before it prints the
 // table and the live map's address, when it runs until interrupted.
@@ -130,6 +145,14 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if err != nil {
 			return fmt.Errorf("demo: %w", err)
 		}
+		if h.broken == "drop" {
+			// In the host's namespace: it goes with the namespace when the
+			// sandbox closes, and touches nothing of the machine's.
+			cmd := hosts[h.name].Command(ctx, "iptables", "-A", "INPUT", "-p", "tcp", "--dport", strconv.Itoa(h.port), "-j", "DROP")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				return fmt.Errorf("demo: a DROP rule in %s: %w: %s", h.name, err, out)
+			}
+		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -145,6 +168,12 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		port := ""
 		if h.port != 0 {
 			port = ":" + strconv.Itoa(h.port)
+		}
+		switch h.broken {
+		case "down":
+			where += "; down: nothing listens"
+		case "drop":
+			where += "; behind an iptables DROP rule"
 		}
 		fmt.Fprintf(stdout, "  %-9s %s%s (%s, netns %s)\n", h.name, hosts[h.name].Addr, port, where, hosts[h.name].NetNS)
 	}
@@ -292,8 +321,11 @@ func demoNamer(sb *sandbox.Net, hosts map[string]*sandbox.Host) pipeline.Namer {
 
 // driveShop runs the shop for d, or until ctx is done if d is 0: shoppers
 // browse web, which asks catalog (cache over UDP, db on a miss) and, for
-// one page in three, orders (db, and payments outside). For its first
-// report it prints progress, with what the agent sees.
+// one page in three, orders (db, and payments outside); for one page in
+// four, web also asks reviews (refused) and renders the page without;
+// beside the pages, web asks ratings four times a second (timed out,
+// after demoDropTimeout). For its first report it prints progress, with
+// what the agent sees.
 func driveShop(ctx context.Context, h map[string]*sandbox.Host, shoppers int, d, report time.Duration, agentURL string, stdout io.Writer) error {
 	addr := func(name string) string {
 		for _, s := range shop {
@@ -336,6 +368,10 @@ func driveShop(ctx context.Context, h map[string]*sandbox.Host, shoppers int, d,
 	webOut := client("web", true)
 	handlers := map[string]http.HandlerFunc{
 		"web": func(w http.ResponseWriter, r *http.Request) {
+			if rand.IntN(4) == 0 {
+				// A broken dependency: its failure does not fail the page.
+				callTCP(r.Context(), h["web"], addr("reviews"), 100)
+			}
 			if err := get(r.Context(), webOut, "http://"+addr("catalog")+"/item"); err != nil {
 				http.Error(w, err.Error(), http.StatusBadGateway)
 				return
@@ -385,6 +421,20 @@ func driveShop(ctx context.Context, h map[string]*sandbox.Host, shoppers int, d,
 	start := time.Now()
 	// Without a duration, the shoppers shop until ctx is done.
 	shopping := func() bool { return ctx.Err() == nil && (d == 0 || time.Since(start) < d) }
+	// web asks ratings, behind its DROP rule, beside the pages: every
+	// 250 ms, giving up after demoDropTimeout.
+	g.Go(func() error {
+		for shopping() {
+			cctx, cancel := context.WithTimeout(ctx, demoDropTimeout)
+			callTCP(cctx, h["web"], addr("ratings"), 100)
+			cancel()
+			select {
+			case <-ctx.Done():
+			case <-time.After(250 * time.Millisecond):
+			}
+		}
+		return nil
+	})
 	for range shoppers {
 		g.Go(func() error {
 			c := client("client", false)

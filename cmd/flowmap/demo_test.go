@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -102,6 +103,19 @@ func TestDemo(t *testing.T) {
 	}
 	if want := "http://" + listen + "/"; mapURL != want {
 		t.Errorf("the demo printed the map at %s, want %s", mapURL, want)
+	}
+	// The broken dependencies, at a glance in the table's health column:
+	// reviews refuses web's connections, ratings' DROP rule times them
+	// out and drops their SYNs.
+	for _, w := range []struct{ server, health string }{
+		{"reviews", "refused"}, {"ratings", "timeout"}, {"ratings", "drop:NETFILTER_DROP"},
+	} {
+		if !slices.ContainsFunc(printed, func(l string) bool {
+			f := strings.Fields(l)
+			return len(f) > 2 && f[0] == "web" && f[1] == w.server && strings.Contains(l, w.health)
+		}) {
+			t.Errorf("the demo's table has no web → %s row with %q:\n%s", w.server, w.health, strings.Join(printed, "\n"))
+		}
 	}
 	for _, f := range []string{"topology.json"} {
 		if _, err := os.Stat(filepath.Join(out, f)); err != nil {

@@ -105,7 +105,7 @@ func TestGraphPrometheus(t *testing.T) {
 		t.Errorf("edge a → b:8080: %d B forward, %d B reverse, %d connections; want over %d B, over %d B, 5",
 			edge.Forward.Bytes, edge.Reverse.Bytes, edge.Connections, 5*100<<10, 5*10<<10)
 	}
-	if conns, _ := promScalar(t, prom, fmt.Sprintf(`flowmap_tcp_connections_total{src=%q,dst=%q,port="8080"}`, src, dst)); conns != 5 {
+	if conns, _ := promScalar(t, prom, fmt.Sprintf(`flowmap_tcp_connections_total{src=%q,dst=%q,port="8080",outcome="attempted"}`, src, dst)); conns != 5 {
 		t.Errorf("flowmap_tcp_connections_total of a → b:8080 = %v, want 5", conns)
 	}
 	if n, _ := promScalar(t, prom, fmt.Sprintf(`flowmap_tcp_handshake_rtt_seconds_count{src=%q,dst=%q,port="8080"}`, src, dst)); n != 5 {
@@ -142,7 +142,7 @@ func TestGraphPrometheus(t *testing.T) {
 		{`count(flowmap_tcp_handshake_rtt_seconds_bucket)`, 0, (maxEdges + 1) * float64(len(topology.RTTBuckets)+1)},
 		{`flowmap_flow_series_edges`, maxEdges, maxEdges},
 		{`flowmap_flow_overflow_flows_total`, 1000 - maxEdges, 1e9},
-		{`sum(flowmap_tcp_connections_total{src="overflow"})`, 1000 - maxEdges, 1000},
+		{`sum(flowmap_tcp_connections_total{src="overflow",outcome="attempted"})`, 1000 - maxEdges, 1000},
 	} {
 		if v, ok := promScalar(t, prom, c.expr); !ok || v < c.min || v > c.max {
 			t.Errorf("%s = %v (result: %v), want %v to %v", c.expr, v, ok, c.min, c.max)

@@ -463,7 +463,7 @@
     const sel = `src_kind="${src.kind}",src_namespace="${src.namespace || ''}",src="${src.name}",dst_kind="${dst.kind}",dst_namespace="${dst.namespace || ''}",dst="${dst.name}",proto="${e.protocol}",port="${e.port}"`;
     return [
       `sum by (direction) (rate(flowmap_flow_bytes_total{${sel}}[${s.window.name}]))`,
-      `sum(rate(flowmap_tcp_connections_total{${sel}}[${s.window.name}]))`,
+      `sum(rate(flowmap_tcp_connections_total{${sel},outcome="attempted"}[${s.window.name}]))`,
     ];
   }
 
