@@ -273,6 +273,11 @@ func checkDashboard(t *testing.T, prom, agentURL string) {
 // checkRules waits for Prometheus to evaluate the rules of deploy/prometheus
 // and checks none failed.
 func checkRules(t *testing.T, prom string) {
+	file, err := os.ReadFile("../../deploy/prometheus/rules.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := len(regexp.MustCompile(`(?m)^\s*- (record|alert):`).FindAll(file, -1))
 	eventually(t, 20*time.Second, "every rule evaluated, without error", func() (bool, string) {
 		var resp struct {
 			Data struct {
@@ -296,7 +301,7 @@ func checkRules(t *testing.T, prom string) {
 				}
 			}
 		}
-		return n == 4, fmt.Sprintf("%d rules, want 4", n)
+		return n == want, fmt.Sprintf("%d rules, want %d (deploy/prometheus/rules.yml)", n, want)
 	})
 }
 
