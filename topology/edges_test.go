@@ -12,7 +12,9 @@ import (
 // cap with its overflow series, the counts since each series' start, and
 // the RTT histogram's buckets.
 func TestMetricsEach(t *testing.T) {
-	ep := func(n string) model.Endpoint { return model.Endpoint{Kind: model.KindPod, ID: n, Name: n, Namespace: "shop"} }
+	ep := func(n string) model.Endpoint {
+		return model.Endpoint{Kind: model.KindPod, ID: n, Name: n, Namespace: "shop"}
+	}
 	m := NewMetrics(MetricsOptions{Level: LevelPod, MaxEdges: 2, Node: "n1", Ends: func(*model.Flow) Ends { return Ends{ClientHere: true} }})
 	first := flow(ep("a"), ep("b"), model.ProtoTCP, 80, 1000, 2000, 300*time.Microsecond)
 	first.FirstSeen = t0.Add(-3 * time.Second)
