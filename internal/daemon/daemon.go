@@ -116,3 +116,23 @@ func (p *Proc) Tail() string {
 
 // Name returns the daemon's name.
 func (p *Proc) Name() string { return p.name }
+
+// UnmountUnder lazily unmounts every mount point under dir, deepest first:
+// what a runtime daemon (containerd, dockerd, the kubelet) leaves mounted
+// under its state directory.
+func UnmountUnder(dir string) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	var points []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			points = append(points, f[4])
+		}
+	}
+	for i := len(points) - 1; i >= 0; i-- {
+		syscall.Unmount(points[i], syscall.MNT_DETACH)
+	}
+}

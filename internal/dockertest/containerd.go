@@ -163,7 +163,7 @@ func (c *Containerd) Close() error {
 		}
 	}
 	if c.Dir != "" {
-		unmountUnder(c.Dir)
+		daemon.UnmountUnder(c.Dir)
 		if err := os.RemoveAll(c.Dir); err != nil {
 			errs = append(errs, fmt.Errorf("remove %s: %w", c.Dir, err))
 		}

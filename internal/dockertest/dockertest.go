@@ -37,7 +37,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -321,30 +320,12 @@ func (d *Daemon) Close() error {
 	if d.Dir != "" {
 		// What dockerd left mounted under its roots (a netns of a killed
 		// container) would keep RemoveAll from finishing.
-		unmountUnder(d.Dir)
+		daemon.UnmountUnder(d.Dir)
 		if err := os.RemoveAll(d.Dir); err != nil {
 			errs = append(errs, fmt.Errorf("remove %s: %w", d.Dir, err))
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// unmountUnder lazily unmounts every mount point under dir, deepest first.
-func unmountUnder(dir string) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return
-	}
-	var points []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
-			points = append(points, f[4])
-		}
-	}
-	for i := len(points) - 1; i >= 0; i-- {
-		syscall.Unmount(points[i], syscall.MNT_DETACH)
-	}
 }
 
 // OCIArchive returns an OCI image layout, as a tar archive, of the busybox

@@ -162,7 +162,7 @@ func (p *Podman) Close() error {
 		errs = append(errs, err)
 	}
 	if p.Dir != "" {
-		unmountUnder(p.Dir)
+		daemon.UnmountUnder(p.Dir)
 		if err := os.RemoveAll(p.Dir); err != nil {
 			errs = append(errs, fmt.Errorf("remove %s: %w", p.Dir, err))
 		}

@@ -616,7 +616,7 @@ func (c *Cluster) Close() error {
 		errs = append(errs, err)
 	}
 	removeLogLinks(c.Dir)
-	unmountUnder(c.Dir)
+	daemon.UnmountUnder(c.Dir)
 	if err := os.RemoveAll(c.Dir); err != nil {
 		errs = append(errs, fmt.Errorf("remove %s: %w", c.Dir, err))
 	}

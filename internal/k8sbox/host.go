@@ -205,24 +205,6 @@ func removeCgroups(roots []string) error {
 	return errors.Join(errs...)
 }
 
-// unmountUnder lazily unmounts every mount point under dir, deepest first.
-func unmountUnder(dir string) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return
-	}
-	var points []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
-			points = append(points, f[4])
-		}
-	}
-	for i := len(points) - 1; i >= 0; i-- {
-		syscall.Unmount(points[i], syscall.MNT_DETACH)
-	}
-}
-
 // mountsUnder counts the mount points under dir.
 func mountsUnder(dir string) int {
 	b, _ := os.ReadFile("/proc/self/mountinfo")
