@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -18,30 +17,6 @@ import (
 	"github.com/flowmap/flowmap/topology"
 )
 
-// mapJS is what the live map draws: its nodes (not the host and namespace
-// boxes) and edges, sorted, as JSON.
-const mapJS = `JSON.stringify((() => { const cy = flowmap.cy; return {
-	nodes: cy.nodes().filter(n => !n.isParent()).map(n => n.id()).sort(),
-	edges: cy.edges().filter(e => !e.hasClass('removed')).map(e => e.id()).sort()}; })())`
-
-type mapIDs struct {
-	Nodes []string `json:"nodes"`
-	Edges []string `json:"edges"`
-}
-
-func snapshotIDs(s *topology.Snapshot) mapIDs {
-	var m mapIDs
-	for _, n := range s.Nodes {
-		m.Nodes = append(m.Nodes, n.ID)
-	}
-	for _, e := range s.Edges {
-		m.Edges = append(m.Edges, e.ID)
-	}
-	sort.Strings(m.Nodes)
-	sort.Strings(m.Edges)
-	return m
-}
-
 // waitMap waits until the page draws what the agent's API says at level
 // over window.
 func waitMap(t *testing.T, p *browser.Page, agentURL, level, window string) *topology.Snapshot {
@@ -49,10 +24,10 @@ func waitMap(t *testing.T, p *browser.Page, agentURL, level, window string) *top
 	var s *topology.Snapshot
 	eventually(t, 15*time.Second, fmt.Sprintf("the map to draw the API's graph at %s over %s", level, window), func() (bool, string) {
 		s = getGraph(t, agentURL, level, window)
-		var got mapIDs
-		drawn := browser.Eval[string](t, p, `flowmap.ready && flowmap.snapshot.level === '`+level+`' && flowmap.snapshot.window.name === '`+window+`' ? `+mapJS+` : "{}"`)
+		var got browser.Drawn
+		drawn := browser.Eval[string](t, p, `flowmap.ready && flowmap.snapshot.level === '`+level+`' && flowmap.snapshot.window.name === '`+window+`' ? JSON.stringify(`+browser.DrawnJS+`) : "{}"`)
 		json.Unmarshal([]byte(drawn), &got)
-		want := snapshotIDs(s)
+		want := browser.SnapshotDrawn(s)
 		return slices.Equal(got.Nodes, want.Nodes) && slices.Equal(got.Edges, want.Edges), fmt.Sprintf("drawn %+v, API %+v", got, want)
 	})
 	return s

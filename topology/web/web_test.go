@@ -11,7 +11,6 @@ import (
 	"net/netip"
 	"net/url"
 	"slices"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -76,37 +75,11 @@ func apiGraph(t testing.TB, srv *httptest.Server, level, window string) *topolog
 	return s
 }
 
-// drawn is what the map holds: its nodes (not the host and namespace
-// boxes) and edges, sorted.
-type drawn struct {
-	Nodes []string `json:"nodes"`
-	Edges []string `json:"edges"`
-}
-
-const drawnJS = `(() => {
-	const cy = flowmap.cy;
-	return {nodes: cy.nodes().filter(n => !n.isParent()).map(n => n.id()).sort(),
-		edges: cy.edges().filter(e => !e.hasClass('removed')).map(e => e.id()).sort()};
-})()`
-
-func ids(s *topology.Snapshot) drawn {
-	var d drawn
-	for _, n := range s.Nodes {
-		d.Nodes = append(d.Nodes, n.ID)
-	}
-	for _, e := range s.Edges {
-		d.Edges = append(d.Edges, e.ID)
-	}
-	sort.Strings(d.Nodes)
-	sort.Strings(d.Edges)
-	return d
-}
-
 // waitDrawn waits until the map draws what the API says at level over
 // window.
-func waitDrawn(t *testing.T, p *browser.Page, srv *httptest.Server, level, window string) drawn {
+func waitDrawn(t *testing.T, p *browser.Page, srv *httptest.Server, level, window string) browser.Drawn {
 	t.Helper()
-	want := ids(apiGraph(t, srv, level, window))
+	want := browser.SnapshotDrawn(apiGraph(t, srv, level, window))
 	var b strings.Builder
 	enc := json.NewEncoder(&b)
 	enc.SetEscapeHTML(false) // as JSON.stringify writes "->"
@@ -114,8 +87,8 @@ func waitDrawn(t *testing.T, p *browser.Page, srv *httptest.Server, level, windo
 	w := strings.TrimSpace(b.String())
 	p.Wait(t, fmt.Sprintf("the map draws the API's graph at %s over %s", level, window),
 		fmt.Sprintf(`flowmap.ready && flowmap.snapshot.level === %q && flowmap.snapshot.window.name === %q && JSON.stringify(%s) === %q`,
-			level, window, drawnJS, w),
-		`JSON.stringify(`+drawnJS+`) + " want " + `+fmt.Sprintf("%q", w), 10*time.Second)
+			level, window, browser.DrawnJS, w),
+		`JSON.stringify(`+browser.DrawnJS+`) + " want " + `+fmt.Sprintf("%q", w), 10*time.Second)
 	return want
 }
 
@@ -246,10 +219,10 @@ func TestPage(t *testing.T) {
 	t.Run("filters in the URL", func(t *testing.T) {
 		p.Do(t, "filter", chromedp.Navigate(srv.URL+"/#window=5m&ns=batch&min=1"))
 		p.Wait(t, "only namespace batch's edges", `flowmap.ready && flowmap.snapshot.window.name === '5m' && flowmap.cy.edges().length === 1 && flowmap.cy.edges()[0].source().id() === 'workload:batch/report'`,
-			drawnJS, 10*time.Second)
+			browser.DrawnJS, 10*time.Second)
 		p.Do(t, "hide externals and focus", chromedp.Navigate(srv.URL+"/#window=15m&ext=0&focus=workload:shop/db&hops=1"))
 		p.Wait(t, "db and its neighbours, no external", `flowmap.ready && flowmap.cy.nodes().filter(n => !n.isParent()).map(n => n.id()).sort().join() === 'workload:shop/api,workload:shop/db,workload:shop/web'`,
-			`JSON.stringify(`+drawnJS+`)`, 10*time.Second)
+			`JSON.stringify(`+browser.DrawnJS+`)`, 10*time.Second)
 	})
 
 	t.Run("rolls up", func(t *testing.T) {
