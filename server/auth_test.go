@@ -27,34 +27,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/flowmap/flowmap/internal/testenv"
 	"github.com/flowmap/flowmap/model"
 )
-
-// hostAddr returns an address of this machine that is not loopback, to
-// listen on as the agent does on a node's address: the first global
-// unicast address of the first interface that is up (the lowest index,
-// so the machine's own NIC rather than a link a test made). Nothing is
-// sent off the machine: the test's client dials its own address.
-func hostAddr(t *testing.T) netip.Addr {
-	t.Helper()
-	ifs, err := net.Interfaces()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, ifc := range ifs {
-		if ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 {
-			continue
-		}
-		addrs, _ := ifc.Addrs()
-		for _, a := range addrs {
-			if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Is4() && p.Addr().IsGlobalUnicast() {
-				return p.Addr()
-			}
-		}
-	}
-	t.Fatal("this machine has no non-loopback IPv4 address to listen on: the test needs one")
-	return netip.Addr{}
-}
 
 // certs is a CA and a server certificate it signed, in files.
 type certs struct {
@@ -169,7 +144,7 @@ func newTestServer() *Server {
 // /healthz and /readyz's status but not its reasons.
 func TestAuth(t *testing.T) {
 	dir := t.TempDir()
-	addr := hostAddr(t)
+	addr := testenv.HostAddr(t)
 	c := newCerts(t, dir, addr)
 	tokens := filepath.Join(dir, "token")
 	write(t, tokens, "s3cret-token\n")
@@ -250,7 +225,7 @@ func TestAuth(t *testing.T) {
 // loopback without TLS and authentication, and says what is missing.
 func TestRefuseInsecure(t *testing.T) {
 	dir := t.TempDir()
-	addr := hostAddr(t)
+	addr := testenv.HostAddr(t)
 	c := newCerts(t, dir, addr)
 	tf := &TokenFile{}
 	host := netip.AddrPortFrom(addr, 0).String()

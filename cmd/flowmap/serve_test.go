@@ -57,36 +57,11 @@ func TestListenFlag(t *testing.T) {
 	}
 }
 
-// hostAddr returns an IPv4 address of this machine that is not loopback:
-// the first global unicast address of the first interface that is up (the
-// lowest index: the machine's NIC, not a link a test made). Tests listen
-// on it as the agent does on a node's address, and dial it from here.
-func hostAddr(t *testing.T) netip.Addr {
-	t.Helper()
-	ifs, err := net.Interfaces()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, ifc := range ifs {
-		if ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 {
-			continue
-		}
-		addrs, _ := ifc.Addrs()
-		for _, a := range addrs {
-			if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Is4() && p.Addr().IsGlobalUnicast() {
-				return p.Addr()
-			}
-		}
-	}
-	t.Fatal("this machine has no non-loopback IPv4 address to listen on: the test needs one")
-	return netip.Addr{}
-}
-
 // TestAgentRefusesInsecure: on an address other hosts reach, the agent
 // does not start without TLS and authentication, and says what to give.
 // It fails before it loads anything, so no root is needed.
 func TestAgentRefusesInsecure(t *testing.T) {
-	host := hostAddr(t).String()
+	host := testenv.HostAddr(t).String()
 	dir := t.TempDir()
 	token := filepath.Join(dir, "token")
 	os.WriteFile(token, []byte("t0ken\n"), 0o600)
@@ -164,7 +139,7 @@ func TestAgentTLSAuth(t *testing.T) {
 	if err := os.WriteFile(token, []byte("s3cret\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", netip.AddrPortFrom(hostAddr(t), 0).String())
+	ln, err := net.Listen("tcp", netip.AddrPortFrom(testenv.HostAddr(t), 0).String())
 	if err != nil {
 		t.Fatal(err)
 	}
