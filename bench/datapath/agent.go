@@ -25,6 +25,9 @@ import (
 // agentListen is where the agent the bench runs serves its API.
 const agentListen = "127.0.0.1:19477"
 
+// agentStart is how long the agent may take to attach and be ready.
+const agentStart = time.Minute
+
 // buildAgent builds flowmap's binary into dir, for the bench to run the
 // agent as a process of its own: its CPU time and memory are then its
 // own, not the bench's load generators'.
@@ -91,7 +94,8 @@ func (b *bench) attachAgent(ctx context.Context, m mode, ifindexes []int) (_ *at
 	}()
 
 	a := &attached{close: stop, pid: cmd.Process.Pid}
-	deadline := time.Now().Add(10 * time.Second)
+	// Loading and verifying the programs takes seconds on a busy machine.
+	deadline := time.Now().Add(agentStart)
 	for {
 		in, eg, err := agentPrograms(m.hook, ifindexes)
 		if err == nil && in != nil && eg != nil && ready(ctx) {
@@ -113,7 +117,7 @@ func (b *bench) attachAgent(ctx context.Context, m mode, ifindexes []int) (_ *at
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("agent not attached to the veths after 10s (last: %v): %s", err, stderr.String())
+			return nil, fmt.Errorf("agent not attached to the veths after %v (last: %v): %s", agentStart, err, stderr.String())
 		}
 	}
 	if err := checkXDP(m.hook, ifindexes); err != nil {
