@@ -42,9 +42,9 @@ func benchKey(i int) bpfFlowKey {
 
 // benchDirs returns n flow directions as drain leaves them: both
 // directions of n/2 flows, a third of the TCP ones with their handshake.
-func benchDirs(n int) map[bpfFlowKey]*direction {
-	dirs := make(map[bpfFlowKey]*direction, n)
-	for i := 0; len(dirs) < n; i++ {
+func benchDirs(n int) *flowTable {
+	dirs := newFlowTable()
+	for i := 0; dirs.len() < n; i++ {
 		k := benchKey(i)
 		fwd := &direction{Direction: model.Direction{Bytes: 1500, Packets: 10, Point: model.PointTCIngress, Ifindex: 2 + i%32},
 			first: uint64(i), lastJ: uint64(i) + 1000}
@@ -58,13 +58,13 @@ func benchDirs(n int) map[bpfFlowKey]*direction {
 				rev.rtt = 50_000
 			}
 		}
-		dirs[k], dirs[reverse(k)] = fwd, rev
+		*dirs.put(k), *dirs.put(reverse(k)) = *fwd, *rev
 	}
 	return dirs
 }
 
 func benchDrainer(b *testing.B) *drainer {
-	return &drainer{ncpu: benchCPUs, clients: newClientSet(65536), dirs: map[bpfFlowKey]*direction{}}
+	return &drainer{ncpu: benchCPUs, clients: newClientSet(65536), dirs: newFlowTable()}
 }
 
 // BenchmarkDrainerAdd adds the values of 10k drained entries to their
@@ -79,8 +79,7 @@ func BenchmarkDrainerAdd(b *testing.B) {
 		Ifindex: 3, TcpFlags: benchACK, Point: uint8(model.PointTCIngress)}}
 	b.ReportAllocs()
 	for b.Loop() {
-		clear(d.dirs)
-		d.alloc.reset()
+		d.dirs.reset()
 		out := d.dirs
 		for _, k := range keys {
 			d.add(out, k, vals)
@@ -123,15 +122,15 @@ func BenchmarkMerge(b *testing.B) {
 	start := time.Now()
 	var in []model.Batch
 	for i := range batches {
-		dirs := make(map[bpfFlowKey]*direction, benchDirections)
+		dirs := newFlowTable()
 		for j := range flows {
 			n := j
 			if j%2 == 1 {
 				n = flows + i*flows + j // new in this batch
 			}
 			k := benchKey(n)
-			dirs[k] = &direction{Direction: model.Direction{Bytes: 1500, Packets: 10, Point: model.PointTCIngress, Ifindex: 3}, first: 1, lastJ: 2}
-			dirs[reverse(k)] = &direction{Direction: model.Direction{Bytes: 900, Packets: 9, Point: model.PointTCEgress, Ifindex: 4}, first: 1, lastJ: 2}
+			*dirs.put(k) = direction{Direction: model.Direction{Bytes: 1500, Packets: 10, Point: model.PointTCIngress, Ifindex: 3}, first: 1, lastJ: 2}
+			*dirs.put(reverse(k)) = direction{Direction: model.Direction{Bytes: 900, Packets: 9, Point: model.PointTCEgress, Ifindex: 4}, first: 1, lastJ: 2}
 		}
 		t := start.Add(time.Duration(i) * 5 * time.Second)
 		clk := clockReading{wall: t, ns: 1 << 40, j: 1 << 30, tick: 4 * time.Millisecond}

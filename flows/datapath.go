@@ -643,11 +643,11 @@ func (d *Datapath) Drain(start time.Time) (model.Batch, error) {
 	if err != nil {
 		// What it took out of the maps goes out with the next batch.
 		d.drain.keep(dirs)
-		d.count(func(s *Stats) { s.Drains++; s.DrainErrors++; s.DrainKept = uint64(len(dirs)) })
+		d.count(func(s *Stats) { s.Drains++; s.DrainErrors++; s.DrainKept = uint64(dirs.len()) })
 		return model.Batch{}, err
 	}
 	var joined, ctErrors uint64
-	if len(dirs) > 0 {
+	if dirs.len() > 0 {
 		// Join the directions of NATed connections (see natJoin). Without
 		// conntrack (no nf_conntrack_netlink, no CAP_NET_ADMIN) they stay
 		// two one-way records.
@@ -664,7 +664,7 @@ func (d *Datapath) Drain(start time.Time) (model.Batch, error) {
 		d.count(func(s *Stats) {
 			s.Drains++
 			s.DrainErrors++
-			s.DrainKept = uint64(len(dirs))
+			s.DrainKept = uint64(dirs.len())
 			s.ConntrackErrors += ctErrors
 			s.NATJoined += joined
 		})
@@ -700,13 +700,13 @@ func (d *Datapath) Drain(start time.Time) (model.Batch, error) {
 		s.DrainSeconds += took.Seconds()
 		s.DrainKept = 0
 		s.GraceWaits = d.drain.graceWaits
-		s.LastEntries = len(dirs)
+		s.LastEntries = dirs.len()
 		if mem != nil {
 			s.MapMemory = mem
 		}
 		s.Flows += uint64(len(recs))
 	})
-	d.log.Debug("drained", "directions", len(dirs), "flows", len(recs), "took", took)
+	d.log.Debug("drained", "directions", dirs.len(), "flows", len(recs), "took", took)
 	d.namesMu.Lock()
 	names := d.names
 	d.names = nil

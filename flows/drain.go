@@ -33,67 +33,56 @@ type direction struct {
 	// backend is the server that answered where it was not the one
 	// dialled (natJoin).
 	backend netip.AddrPort
-	// joined is the records call that made this direction's record.
-	joined uint64
 }
 
-// dirChunk is how many directions the drainer allocates at once.
-const dirChunk = 4096
-
-// directions hands out the directions of one drain from chunks it keeps
-// for the next: a drain allocates nothing per flow once the busiest
-// interval's chunks exist.
-type directions struct {
-	chunks [][]direction
-	used   int // directions handed out since reset
-}
-
-// next returns a zeroed direction.
-func (a *directions) next() *direction {
-	c, i := a.used/dirChunk, a.used%dirChunk
-	if c == len(a.chunks) {
-		a.chunks = append(a.chunks, make([]direction, dirChunk))
-	}
-	a.used++
-	d := &a.chunks[c][i]
-	*d = direction{}
-	return d
-}
-
-// reset takes back every direction handed out.
-func (a *directions) reset() { a.used = 0 }
-
-// clientSet remembers up to n client directions, as two generations of
-// maps: an add to a full newer one drops the older, and a key found in the
-// older moves to the newer. Unlike a linked LRU, an add allocates nothing
-// once the maps have grown.
+// clientSet remembers the client direction of up to n flows, by the
+// flow's canonical key (see canon) and the client's side of it, as two
+// generations of maps: a set in a full newer one drops the older, and a
+// flow found in the older moves to the newer. Unlike a linked LRU, a set
+// allocates nothing once the maps have grown; one lookup answers for
+// both directions of a flow.
 type clientSet struct {
-	cur, old map[bpfFlowKey]struct{}
+	cur, old map[bpfFlowKey]uint8
 	n        int // entries of one generation
 }
 
 func newClientSet(n int) *clientSet {
 	n = max(1, n/2)
-	return &clientSet{cur: make(map[bpfFlowKey]struct{}), old: make(map[bpfFlowKey]struct{}), n: n}
+	return &clientSet{cur: make(map[bpfFlowKey]uint8), old: make(map[bpfFlowKey]uint8), n: n}
 }
 
-func (s *clientSet) has(k bpfFlowKey) bool {
-	if _, ok := s.cur[k]; ok {
-		return true
+// side returns the client's side of the flow whose canonical key is ck.
+func (s *clientSet) side(ck bpfFlowKey) (int, bool) {
+	if v, ok := s.cur[ck]; ok {
+		return int(v), true
 	}
-	if _, ok := s.old[k]; ok {
-		s.add(k)
-		return true
+	if v, ok := s.old[ck]; ok {
+		s.set(ck, int(v))
+		return int(v), true
 	}
-	return false
+	return 0, false
 }
 
-func (s *clientSet) add(k bpfFlowKey) {
+// set remembers side as the client's of the flow whose canonical key is ck.
+func (s *clientSet) set(ck bpfFlowKey, side int) {
 	if len(s.cur) >= s.n {
 		s.old, s.cur = s.cur, s.old
 		clear(s.cur)
 	}
-	s.cur[k] = struct{}{}
+	s.cur[ck] = uint8(side)
+}
+
+// has reports whether k is a client direction the set knows.
+func (s *clientSet) has(k bpfFlowKey) bool {
+	ck, side := canon(k)
+	c, ok := s.side(ck)
+	return ok && c == side
+}
+
+// add remembers k as the client direction of its flow.
+func (s *clientSet) add(k bpfFlowKey) {
+	ck, side := canon(k)
+	s.set(ck, side)
 }
 
 // half is one half of the double buffer: the IPv4 and IPv6 flow maps, or
@@ -112,12 +101,9 @@ type drainer struct {
 	// clients remembers the client direction of connections whose
 	// handshake was seen, so that later intervals orient them alike.
 	clients *clientSet
-	// dirs and alloc hold the last drain's directions, until records
-	// made them records: both are reused by the next drain.
-	dirs  map[bpfFlowKey]*direction
-	alloc directions
-	// joins counts records calls (direction.joined).
-	joins uint64
+	// dirs holds the last drain's directions, until records made them
+	// records: it is reused by the next drain.
+	dirs *flowTable
 
 	// L7: the halves of the L7 maps, and what the last drain read of
 	// them by client-to-server key (see l7.go), until records takes it.
@@ -137,7 +123,9 @@ type drainer struct {
 	// close was counted, and the kernel's drop reasons by value.
 	healths [2]healthHalf
 	health  map[bpfFlowKey]*dirHealth
-	pending map[bpfFlowKey]pendingSYN
+	// healthFree are dirHealths for health to reuse (newDirHealth).
+	healthFree []*dirHealth
+	pending    map[bpfFlowKey]pendingSYN
 	// maxPending bounds pending: attempts past it are not timed.
 	maxPending int
 	finished   *lru.Cache[bpfFlowKey, struct{}]
@@ -166,7 +154,7 @@ func newDrainer(objs *bpfObjects, maxFlows int, reasons map[uint32]string) (*dra
 		return nil, fmt.Errorf("count possible CPUs: %w", err)
 	}
 	d := &drainer{
-		dirs:    map[bpfFlowKey]*direction{},
+		dirs:    newFlowTable(),
 		halves:  [2]half{{objs.Flows4A, objs.Flows6A}, {objs.Flows4B, objs.Flows6B}},
 		active:  objs.ActiveBuf,
 		ncpu:    ncpu,
@@ -235,8 +223,8 @@ func (d *drainer) waitPrograms() {
 }
 
 // keep holds what a failed drain took out of the maps for the next one.
-func (d *drainer) keep(dirs map[bpfFlowKey]*direction) {
-	d.kept = len(dirs) > 0
+func (d *drainer) keep(dirs *flowTable) {
+	d.kept = dirs.len() > 0
 }
 
 // step returns the fault a test injected after step, or nil.
@@ -253,16 +241,15 @@ func (d *drainer) step(name string) error {
 // come out IPv4-mapped. On an error, what it returns was taken out of the
 // maps: the caller keeps it for the next drain. The half it did not empty
 // is emptied by the drain after next, when it is the old half again. The
-// map and its directions are the drainer's, valid until the next drain.
-func (d *drainer) drain() (map[bpfFlowKey]*direction, error) {
+// table is the drainer's, valid until the next drain.
+func (d *drainer) drain() (*flowTable, error) {
 	out := d.dirs
 	if d.kept {
 		// A failed drain's directions are still in d.dirs: this drain
 		// adds to them and hands them out.
 		d.kept = false
 	} else {
-		clear(d.dirs)
-		d.alloc.reset()
+		d.dirs.reset()
 	}
 	old := d.cur
 	if err := d.active.Set(1 - old); err != nil {
@@ -294,7 +281,7 @@ func (d *drainer) drain() (map[bpfFlowKey]*direction, error) {
 // drainCache adds what each CPU's cache slot of half counted since it was
 // last added to the map, and empties the slots before the half is written
 // again.
-func (d *drainer) drainCache(half uint32, out map[bpfFlowKey]*direction) error {
+func (d *drainer) drainCache(half uint32, out *flowTable) error {
 	var slots []bpfCacheSlot
 	if err := d.cache.Lookup(half, &slots); err != nil {
 		return fmt.Errorf("read flow cache %d: %w", half, err)
@@ -379,12 +366,8 @@ func (k bpfFlowKey4) mapped() bpfFlowKey {
 
 // add adds vals, a flow map's value or a cache slot's counts, to k's
 // direction in out.
-func (d *drainer) add(out map[bpfFlowKey]*direction, k bpfFlowKey, vals []bpfFlowStats) {
-	dir := out[k]
-	if dir == nil {
-		dir = d.alloc.next()
-		out[k] = dir
-	}
+func (d *drainer) add(out *flowTable, k bpfFlowKey, vals []bpfFlowStats) {
+	dir := out.put(k)
 	for _, v := range vals {
 		dir.Bytes += v.Bytes
 		dir.Packets += v.Packets
@@ -402,10 +385,19 @@ func (d *drainer) add(out map[bpfFlowKey]*direction, k bpfFlowKey, vals []bpfFlo
 	}
 }
 
-// icmpReply pairs ICMP and ICMPv6 query types with their reply types.
-var icmpReply = map[model.Proto]map[uint16]uint16{
-	model.ProtoICMP:   {8: 0, 0: 8, 13: 14, 14: 13}, // echo, timestamp
-	model.ProtoICMPv6: {128: 129, 129: 128},         // echo
+// icmpReply returns the reply type of an ICMP or ICMPv6 query type t, or
+// the query type of a reply type (echo, timestamp; ICMPv6 echo), and false
+// for other types and protocols.
+func icmpReply(p model.Proto, t uint16) (uint16, bool) {
+	switch {
+	case p == model.ProtoICMP && (t == 8 || t == 0):
+		return 8 - t, true
+	case p == model.ProtoICMP && (t == 13 || t == 14):
+		return 27 - t, true
+	case p == model.ProtoICMPv6 && (t == 128 || t == 129):
+		return 257 - t, true
+	}
+	return 0, false
 }
 
 // reverse returns the key of the other direction. For ICMP, whose ports
@@ -413,8 +405,8 @@ var icmpReply = map[model.Proto]map[uint16]uint16{
 // of a reply; other ICMP types keep their type.
 func reverse(k bpfFlowKey) bpfFlowKey {
 	k.Saddr, k.Daddr = k.Daddr, k.Saddr
-	if types, ok := icmpReply[model.Proto(k.Proto)]; ok {
-		if t, ok := types[k.Sport]; ok {
+	if p := model.Proto(k.Proto); p == model.ProtoICMP || p == model.ProtoICMPv6 {
+		if t, ok := icmpReply(p, k.Sport); ok {
 			k.Sport = t
 		}
 		return k
@@ -433,22 +425,25 @@ func reverse(k bpfFlowKey) bpfFlowKey {
 //   - else the direction seen first, when both were seen;
 //   - else, for a flow seen one way, the direction seen (until a later
 //     interval knows better); else the direction towards the lower port.
+//
+// k is the flow's canonical key (see canon), whose side 0 it is.
 func (d *drainer) isClient(k bpfFlowKey, dir, rev *direction) bool {
-	if d.clients.has(k) {
-		return true
-	}
-	if d.clients.has(reverse(k)) {
-		return false
+	if side, ok := d.clients.side(k); ok {
+		return side == 0
 	}
 	client, sure := guessClient(k, dir, rev)
 	if sure {
-		if client {
-			d.clients.add(k)
-		} else {
-			d.clients.add(reverse(k))
-		}
+		d.clients.set(k, boolSide(!client))
 	}
 	return client
+}
+
+// boolSide is 1 for true, 0 for false.
+func boolSide(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // ephemeralPorts is where Linux picks client ports by default.
@@ -487,19 +482,10 @@ func guessClient(k bpfFlowKey, dir, rev *direction) (client, sure bool) {
 
 // records joins the two directions of each flow into a Record. ifaces
 // names the interfaces by index; clk turns the programs' times into times.
-func (d *drainer) records(dirs map[bpfFlowKey]*direction, ifaces func(int) model.Interface, clk clockReading) []model.Record {
-	recs := make([]model.Record, 0, len(dirs)/2+1)
-	d.joins++
-	for k, dir := range dirs {
-		if dir.joined == d.joins {
-			continue
-		}
+func (d *drainer) records(dirs *flowTable, ifaces func(int) model.Interface, clk clockReading) []model.Record {
+	recs := make([]model.Record, 0, dirs.used)
+	dirs.each(func(k bpfFlowKey, dir, rev *direction) {
 		rk := reverse(k)
-		rev := dirs[rk]
-		dir.joined = d.joins
-		if rev != nil {
-			rev.joined = d.joins
-		}
 		if !d.isClient(k, dir, rev) {
 			if rev == nil {
 				// A one-way flow seen from its server side (a reply
@@ -563,7 +549,7 @@ func (d *drainer) records(dirs map[bpfFlowKey]*direction, ifaces func(int) model
 		r.L7 = d.takeL7(k, rk)
 		r.Health = d.takeHealth(k, rk, dir, rev, clk)
 		recs = append(recs, r)
-	}
+	})
 	if d.health != nil {
 		recs = append(recs, d.leftoverHealth(clk)...)
 	}

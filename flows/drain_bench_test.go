@@ -2,6 +2,8 @@ package flows
 
 import (
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -29,31 +31,8 @@ func BenchmarkDrainLive(b *testing.B) {
 		b.Fatalf("New: %v", err)
 	}
 	defer d.Close()
-	keys := make([]bpfFlowKey4, 0, 2*drainBenchFlows)
-	for i := range drainBenchFlows {
-		var k bpfFlowKey4
-		k.Saddr = binary.NativeEndian.Uint32([]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
-		k.Daddr = binary.NativeEndian.Uint32([]byte{10, 255, 0, byte(i % 64)})
-		k.Sport, k.Dport, k.Proto = uint16(32768+i%28000), 443, uint8(unix.IPPROTO_TCP)
-		r := k
-		r.Saddr, r.Daddr, r.Sport, r.Dport = k.Daddr, k.Saddr, k.Dport, k.Sport
-		keys = append(keys, k, r)
-	}
-	vals := make([]bpfFlowStats, len(keys))
-	for i := range keys {
-		vals[i] = bpfFlowStats{Bytes: 1500, Packets: 3, FirstNs: 1000, LastJiffies: 2000,
-			Ifindex: 3, TcpFlags: benchACK, Point: uint8(bpfPointPOINT_TC_INGRESS)}
-	}
-	fill := func() {
-		// The drain reads the half the programs wrote until it flips.
-		h := d.drain.halves[d.drain.cur]
-		for i := 0; i < len(keys); i += drainBatch {
-			j := min(i+drainBatch, len(keys))
-			if _, err := h.v4.BatchUpdate(keys[i:j], vals[i:j], &ebpf.BatchOptions{}); err != nil {
-				b.Fatalf("fill flow map: %v", err)
-			}
-		}
-	}
+	keys, vals := drainBenchEntries()
+	fill := func() { fillFlows(b, d.drain.halves[d.drain.cur].v4, keys, vals) }
 	var cpu time.Duration
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -74,6 +53,106 @@ func BenchmarkDrainLive(b *testing.B) {
 		b.StartTimer()
 	}
 	b.ReportMetric(float64(cpu.Milliseconds())/float64(b.N), "cpu-ms/op")
+}
+
+// drainBenchEntries returns the flow map entries BenchmarkDrainLive
+// drains: both directions of drainBenchFlows TCP connections.
+func drainBenchEntries() ([]bpfFlowKey4, []bpfFlowStats) {
+	keys := make([]bpfFlowKey4, 0, 2*drainBenchFlows)
+	for i := range drainBenchFlows {
+		var k bpfFlowKey4
+		k.Saddr = binary.NativeEndian.Uint32([]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		k.Daddr = binary.NativeEndian.Uint32([]byte{10, 255, 0, byte(i % 64)})
+		k.Sport, k.Dport, k.Proto = uint16(32768+i%28000), 443, uint8(unix.IPPROTO_TCP)
+		r := k
+		r.Saddr, r.Daddr, r.Sport, r.Dport = k.Daddr, k.Saddr, k.Dport, k.Sport
+		keys = append(keys, k, r)
+	}
+	vals := make([]bpfFlowStats, len(keys))
+	for i := range keys {
+		vals[i] = bpfFlowStats{Bytes: 1500, Packets: 3, FirstNs: 1000, LastJiffies: 2000,
+			Ifindex: 3, TcpFlags: benchACK, Point: uint8(bpfPointPOINT_TC_INGRESS)}
+	}
+	return keys, vals
+}
+
+// fillFlows puts keys and vals in the flow map m.
+func fillFlows(b *testing.B, m *ebpf.Map, keys []bpfFlowKey4, vals []bpfFlowStats) {
+	for i := 0; i < len(keys); i += drainBatch {
+		j := min(i+drainBatch, len(keys))
+		if _, err := m.BatchUpdate(keys[i:j], vals[i:j], &ebpf.BatchOptions{}); err != nil {
+			b.Fatalf("fill flow map: %v", err)
+		}
+	}
+}
+
+// BenchmarkDrainKernel is the kernel's share of BenchmarkDrainLive: the
+// batch syscalls alone over the same million entries, by batch size, with
+// and without the delete (what emptying the map costs on top of reading
+// it). cpu-ms/op is the process's user and system time.
+func BenchmarkDrainKernel(b *testing.B) {
+	testenv.MustBeRoot(b)
+	testenv.MustHaveBTF(b)
+	d, err := New(Config{MaxFlows: 2 * drainBenchFlows})
+	if err != nil {
+		b.Fatalf("New: %v", err)
+	}
+	defer d.Close()
+	m := d.drain.halves[d.drain.cur].v4
+	keys, vals := drainBenchEntries()
+	for _, del := range []bool{true, false} {
+		for _, size := range []int{1024, 4096, 16384, 65536} {
+			name := fmt.Sprintf("lookup/batch=%d", size)
+			if del {
+				name = fmt.Sprintf("lookup-and-delete/batch=%d", size)
+			}
+			b.Run(name, func(b *testing.B) {
+				kb, vb := make([]bpfFlowKey4, size), make([]bpfFlowStats, size)
+				var cpu time.Duration
+				for range b.N {
+					b.StopTimer()
+					fillFlows(b, m, keys, vals)
+					c0 := cpuTime(b)
+					b.StartTimer()
+					var cursor ebpf.MapBatchCursor
+					got := 0
+					for {
+						var n int
+						var err error
+						if del {
+							n, err = m.BatchLookupAndDelete(&cursor, kb, vb, nil)
+						} else {
+							n, err = m.BatchLookup(&cursor, kb, vb, nil)
+						}
+						got += n
+						if errors.Is(err, ebpf.ErrKeyNotExist) {
+							break
+						}
+						if err != nil {
+							b.Fatalf("batch: %v", err)
+						}
+					}
+					b.StopTimer()
+					cpu += cpuTime(b) - c0
+					if got != len(keys) {
+						b.Fatalf("read %d entries, want %d", got, len(keys))
+					}
+					if !del {
+						// Empty it for the next fill, untimed.
+						var c ebpf.MapBatchCursor
+						for {
+							_, err := m.BatchLookupAndDelete(&c, kb, vb, nil)
+							if errors.Is(err, ebpf.ErrKeyNotExist) {
+								break
+							}
+						}
+					}
+					b.StartTimer()
+				}
+				b.ReportMetric(float64(cpu.Microseconds())/1000/float64(b.N), "cpu-ms/op")
+			})
+		}
+	}
 }
 
 // cpuTime returns the process's user and system time.

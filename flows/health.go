@@ -54,7 +54,7 @@ func (d *drainer) drainHealth(half uint32) error {
 	get := func(k bpfFlowKey) *dirHealth {
 		x := d.health[k]
 		if x == nil {
-			x = &dirHealth{}
+			x = d.newDirHealth()
 			d.health[k] = x
 		}
 		return x
@@ -97,8 +97,14 @@ func (d *drainer) takeHealth(k, rk bpfFlowKey, fwd, back *direction, clk clockRe
 		return nil
 	}
 	c, s := d.health[k], d.health[rk]
-	delete(d.health, k)
-	delete(d.health, rk)
+	if c != nil || s != nil {
+		delete(d.health, k)
+		delete(d.health, rk)
+		defer d.freeDirHealth(c)
+		if s != c { // k == rk: one entry
+			defer d.freeDirHealth(s)
+		}
+	}
 	var h model.Health
 	if c == nil {
 		c = &dirHealth{}
@@ -134,7 +140,10 @@ func (d *drainer) takeHealth(k, rk bpfFlowKey, fwd, back *direction, clk clockRe
 	if h.IsZero() {
 		return nil
 	}
-	return &h
+	// Only a flow with health allocates one.
+	hp := new(model.Health)
+	*hp = h
+	return hp
 }
 
 // outcomes adds the outcomes the drain tells from both directions to h:
@@ -168,6 +177,29 @@ func (d *drainer) outcomes(k bpfFlowKey, h *model.Health, c *dirHealth, fwd, bac
 			d.pending[k] = p
 		}
 	}
+}
+
+// newDirHealth returns an empty dirHealth, one freeDirHealth kept if
+// there is: a drain allocates none once the busiest interval's exist.
+func (d *drainer) newDirHealth() *dirHealth {
+	if n := len(d.healthFree); n > 0 {
+		x := d.healthFree[n-1]
+		d.healthFree = d.healthFree[:n-1]
+		return x
+	}
+	return &dirHealth{}
+}
+
+// freeDirHealth keeps x, which nothing refers to any more, for
+// newDirHealth, emptied (its drops map kept). x may be nil.
+func (d *drainer) freeDirHealth(x *dirHealth) {
+	if x == nil {
+		return
+	}
+	drops := x.drops
+	clear(drops)
+	*x = dirHealth{drops: drops}
+	d.healthFree = append(d.healthFree, x)
 }
 
 // hdrFlagFIN is FIN in Direction.TCPFlags.
@@ -204,6 +236,7 @@ func (d *drainer) leftoverHealth(clk clockReading) []model.Record {
 	for k, x := range d.health {
 		if x.carried {
 			delete(d.health, k)
+			d.freeDirHealth(x)
 		}
 		x.carried = true
 	}

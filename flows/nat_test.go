@@ -106,13 +106,22 @@ func TestNATJoin(t *testing.T) {
 		want:  map[bpfFlowKey]uint64{key(pod, out, 1, 2): 1},
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
-			if moved := natJoin(tc.dirs, tc.conns); moved != tc.moved {
+			table := newFlowTable()
+			for k, d := range tc.dirs {
+				*table.put(k) = *d
+			}
+			if moved := natJoin(table, tc.conns); moved != tc.moved {
 				t.Errorf("natJoin moved %d directions, want %d", moved, tc.moved)
 			}
 			got := map[bpfFlowKey]uint64{}
-			for k, d := range tc.dirs {
-				got[k] = d.Bytes
-			}
+			table.each(func(k bpfFlowKey, dir, rev *direction) {
+				if dir != nil {
+					got[k] = dir.Bytes
+				}
+				if rev != nil {
+					got[reverse(k)] = rev.Bytes
+				}
+			})
 			if len(got) != len(tc.want) {
 				t.Errorf("got %d directions, want %d", len(got), len(tc.want))
 			}
@@ -120,7 +129,7 @@ func TestNATJoin(t *testing.T) {
 				if g, ok := got[k]; !ok || g != w {
 					t.Errorf("%s: %d bytes (there: %v), want %d", keyString(k), g, ok, w)
 				}
-				if d := tc.dirs[k]; d != nil {
+				if d := table.get(k); d != nil {
 					var b string
 					if d.backend.IsValid() {
 						b = d.backend.String()
