@@ -24,14 +24,7 @@ const drainBenchFlows = 500_000
 // BPF_PROG_TEST_RUN would take minutes. cpu-ms/op is the process's user
 // and system time (the grace period after the flip sleeps).
 func BenchmarkDrainLive(b *testing.B) {
-	testenv.MustBeRoot(b)
-	testenv.MustHaveBTF(b)
-	d, err := New(Config{MaxFlows: 2 * drainBenchFlows})
-	if err != nil {
-		b.Fatalf("New: %v", err)
-	}
-	defer d.Close()
-	keys, vals := drainBenchEntries()
+	d, keys, vals := drainBenchDatapath(b)
 	fill := func() { fillFlows(b, d.drain.halves[d.drain.cur].v4, keys, vals) }
 	var cpu time.Duration
 	b.ReportAllocs()
@@ -53,6 +46,20 @@ func BenchmarkDrainLive(b *testing.B) {
 		b.StartTimer()
 	}
 	b.ReportMetric(float64(cpu.Milliseconds())/float64(b.N), "cpu-ms/op")
+}
+
+// drainBenchDatapath returns a datapath whose flow maps hold the entries
+// of drainBenchEntries, and those entries; it is closed when b ends.
+func drainBenchDatapath(b *testing.B) (*Datapath, []bpfFlowKey4, []bpfFlowStats) {
+	testenv.MustBeRoot(b)
+	testenv.MustHaveBTF(b)
+	d, err := New(Config{MaxFlows: 2 * drainBenchFlows})
+	if err != nil {
+		b.Fatalf("New: %v", err)
+	}
+	b.Cleanup(func() { d.Close() })
+	keys, vals := drainBenchEntries()
+	return d, keys, vals
 }
 
 // drainBenchEntries returns the flow map entries BenchmarkDrainLive
@@ -91,15 +98,8 @@ func fillFlows(b *testing.B, m *ebpf.Map, keys []bpfFlowKey4, vals []bpfFlowStat
 // and without the delete (what emptying the map costs on top of reading
 // it). cpu-ms/op is the process's user and system time.
 func BenchmarkDrainKernel(b *testing.B) {
-	testenv.MustBeRoot(b)
-	testenv.MustHaveBTF(b)
-	d, err := New(Config{MaxFlows: 2 * drainBenchFlows})
-	if err != nil {
-		b.Fatalf("New: %v", err)
-	}
-	defer d.Close()
+	d, keys, vals := drainBenchDatapath(b)
 	m := d.drain.halves[d.drain.cur].v4
-	keys, vals := drainBenchEntries()
 	for _, del := range []bool{true, false} {
 		for _, size := range []int{1024, 4096, 16384, 65536} {
 			name := fmt.Sprintf("lookup/batch=%d", size)
