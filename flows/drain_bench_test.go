@@ -8,9 +8,11 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	lru "github.com/hashicorp/golang-lru/v2"
 	"golang.org/x/sys/unix"
 
 	"github.com/flowmap/flowmap/internal/testenv"
+	"github.com/flowmap/flowmap/model"
 )
 
 // drainBenchFlows is how many live flows BenchmarkDrainLive drains: both
@@ -151,6 +153,34 @@ func BenchmarkDrainKernel(b *testing.B) {
 				}
 				b.ReportMetric(float64(cpu.Microseconds())/1000/float64(b.N), "cpu-ms/op")
 			})
+		}
+	}
+}
+
+// BenchmarkDrainGo is the Go share of BenchmarkDrainLive, without root:
+// the same million directions added as the batches hand them over, joined
+// by natJoin (no conntrack) and made records, with health on (its maps
+// are only tested for nil on this path).
+func BenchmarkDrainGo(b *testing.B) {
+	d := &drainer{ncpu: 1, clients: newClientSet(2 * drainBenchFlows), dirs: newFlowTable(),
+		health: map[bpfFlowKey]*dirHealth{}, pending: map[bpfFlowKey]pendingSYN{}, maxPending: 2 * drainBenchFlows}
+	d.healths[0].health = &ebpf.Map{}
+	var err error
+	if d.finished, err = lru.New[bpfFlowKey, struct{}](2 * drainBenchFlows); err != nil {
+		b.Fatal(err)
+	}
+	keys, vals := drainBenchEntries()
+	clk := clockReading{wall: time.Now(), ns: 1 << 40, j: 1 << 30, tick: 4 * time.Millisecond}
+	ifaces := func(idx int) model.Interface { return model.Interface{Index: idx, PeerNetNSID: -1} }
+	b.ReportAllocs()
+	for b.Loop() {
+		d.dirs.reset()
+		for i := range keys {
+			d.add(d.dirs, keys[i].mapped(), vals[i:i+1])
+		}
+		natJoin(d.dirs, nil)
+		if recs := d.records(d.dirs, ifaces, clk); len(recs) != drainBenchFlows {
+			b.Fatalf("records: %d, want %d", len(recs), drainBenchFlows)
 		}
 	}
 }

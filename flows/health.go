@@ -96,21 +96,18 @@ func (d *drainer) takeHealth(k, rk bpfFlowKey, fwd, back *direction, clk clockRe
 	if d.healths[0].health == nil {
 		return nil
 	}
-	c, s := d.health[k], d.health[rk]
-	if c != nil || s != nil {
+	hc, hs := d.health[k], d.health[rk]
+	if hc != nil || hs != nil {
 		delete(d.health, k)
 		delete(d.health, rk)
-		defer d.freeDirHealth(c)
-		if s != c { // k == rk: one entry
-			defer d.freeDirHealth(s)
-		}
 	}
 	var h model.Health
+	c, s := hc, hs
 	if c == nil {
-		c = &dirHealth{}
+		c = &noDirHealth
 	}
 	if s == nil {
-		s = &dirHealth{}
+		s = &noDirHealth
 	}
 	h.Attempts = uint64(c.Syns)
 	h.SYNRetries = uint64(c.SynRetries)
@@ -136,6 +133,10 @@ func (d *drainer) takeHealth(k, rk bpfFlowKey, fwd, back *direction, clk clockRe
 	}
 	if model.Proto(k.Proto) == model.ProtoTCP {
 		d.outcomes(k, &h, c, fwd, back, clk)
+	}
+	d.freeDirHealth(hc)
+	if hs != hc { // k == rk: one entry
+		d.freeDirHealth(hs)
 	}
 	if h.IsZero() {
 		return nil
@@ -178,6 +179,9 @@ func (d *drainer) outcomes(k bpfFlowKey, h *model.Health, c *dirHealth, fwd, bac
 		}
 	}
 }
+
+// noDirHealth is the health of a direction that has none; never written.
+var noDirHealth dirHealth
 
 // newDirHealth returns an empty dirHealth, one freeDirHealth kept if
 // there is: a drain allocates none once the busiest interval's exist.
