@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	lru "github.com/hashicorp/golang-lru/v2"
 
 	"github.com/flowmap/flowmap/model"
 )
@@ -85,6 +84,48 @@ func (s *clientSet) add(k bpfFlowKey) {
 	s.set(ck, side)
 }
 
+// keySet remembers up to n keys, the newest n/2 at least, as two
+// generations of maps like clientSet: unlike a linked LRU, which allocates
+// an element for each key it adds, it allocates nothing once the maps have
+// grown. Its methods are a cache's: a value-less Add.
+type keySet struct {
+	cur, old map[bpfFlowKey]struct{}
+	n        int // entries of one generation
+}
+
+func newKeySet(n int) *keySet {
+	return &keySet{cur: map[bpfFlowKey]struct{}{}, old: map[bpfFlowKey]struct{}{}, n: max(1, n/2)}
+}
+
+// Contains reports whether the set holds k.
+func (s *keySet) Contains(k bpfFlowKey) bool {
+	if _, ok := s.cur[k]; ok {
+		return true
+	}
+	_, ok := s.old[k]
+	return ok
+}
+
+// Add adds k; evicted says whether it dropped the older generation.
+func (s *keySet) Add(k bpfFlowKey, _ struct{}) (evicted bool) {
+	if _, ok := s.cur[k]; ok {
+		return false
+	}
+	if len(s.cur) >= s.n {
+		s.old, s.cur = s.cur, s.old
+		clear(s.cur)
+		evicted = true
+	}
+	s.cur[k] = struct{}{}
+	return evicted
+}
+
+// Remove forgets k.
+func (s *keySet) Remove(k bpfFlowKey) {
+	delete(s.cur, k)
+	delete(s.old, k)
+}
+
 // half is one half of the double buffer: the IPv4 and IPv6 flow maps, or
 // L7 maps.
 type half struct{ v4, v6 *ebpf.Map }
@@ -128,7 +169,7 @@ type drainer struct {
 	pending    map[bpfFlowKey]pendingSYN
 	// maxPending bounds pending: attempts past it are not timed.
 	maxPending int
-	finished   *lru.Cache[bpfFlowKey, struct{}]
+	finished   *keySet
 	reasons    map[uint32]string
 	hkeys      []bpfFlowKey
 	hvals      []bpfHealthStats
@@ -170,9 +211,7 @@ func newDrainer(objs *bpfObjects, maxFlows int, reasons map[uint32]string) (*dra
 		l7vals:  make([]bpfL7Stats, l7Batch*ncpu),
 	}
 	if reasons != nil {
-		if d.finished, err = lru.New[bpfFlowKey, struct{}](maxFlows); err != nil {
-			return nil, fmt.Errorf("close cache of %d: %w", maxFlows, err)
-		}
+		d.finished = newKeySet(maxFlows)
 		d.healths = [2]healthHalf{{objs.HealthA, objs.DropsA}, {objs.HealthB, objs.DropsB}}
 		d.health = map[bpfFlowKey]*dirHealth{}
 		d.pending = map[bpfFlowKey]pendingSYN{}

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	lru "github.com/hashicorp/golang-lru/v2"
 	"golang.org/x/sys/unix"
 
 	"github.com/flowmap/flowmap/internal/testenv"
@@ -165,10 +164,7 @@ func BenchmarkDrainGo(b *testing.B) {
 	d := &drainer{ncpu: 1, clients: newClientSet(2 * drainBenchFlows), dirs: newFlowTable(),
 		health: map[bpfFlowKey]*dirHealth{}, pending: map[bpfFlowKey]pendingSYN{}, maxPending: 2 * drainBenchFlows}
 	d.healths[0].health = &ebpf.Map{}
-	var err error
-	if d.finished, err = lru.New[bpfFlowKey, struct{}](2 * drainBenchFlows); err != nil {
-		b.Fatal(err)
-	}
+	d.finished = newKeySet(2 * drainBenchFlows)
 	keys, vals := drainBenchEntries()
 	clk := clockReading{wall: time.Now(), ns: 1 << 40, j: 1 << 30, tick: 4 * time.Millisecond}
 	ifaces := func(idx int) model.Interface { return model.Interface{Index: idx, PeerNetNSID: -1} }
@@ -214,6 +210,26 @@ func TestClientSet(t *testing.T) {
 	}{{0, true}, {1, false}, {2, true}, {3, true}, {4, false}} {
 		if got := s.has(key(tt.key)); got != tt.want {
 			t.Errorf("has(%d) = %t, want %t", tt.key, got, tt.want)
+		}
+	}
+}
+
+// TestKeySet checks that the set keeps its newest n/2 keys at least, and
+// forgets a key removed.
+func TestKeySet(t *testing.T) {
+	key := func(i int) bpfFlowKey { return bpfFlowKey{Sport: uint16(i), Proto: 6} }
+	s := newKeySet(4) // two generations of 2
+	for i := range 5 {
+		s.Add(key(i), struct{}{})
+	}
+	// Generations: old {2, 3}, cur {4}.
+	s.Remove(key(3))
+	for _, tt := range []struct {
+		key  int
+		want bool
+	}{{0, false}, {1, false}, {2, true}, {3, false}, {4, true}} {
+		if got := s.Contains(key(tt.key)); got != tt.want {
+			t.Errorf("Contains(%d) = %t, want %t", tt.key, got, tt.want)
 		}
 	}
 }
