@@ -29,6 +29,16 @@ type record struct {
 	// by the netns source, see routedFor): sources it may send besides its
 	// own addresses.
 	routed []netip.Prefix
+	// nodePorts are a Service's NodePorts: connections to a node's
+	// address on one of them, which the node translated, are to the
+	// Service (see Inventory.Enrich).
+	nodePorts []portKey
+}
+
+// portKey is a protocol's port.
+type portKey struct {
+	proto model.Proto
+	port  uint16
 }
 
 // joinKey is something that only one endpoint has.

@@ -123,6 +123,9 @@ type Inventory struct {
 	gen atomic.Uint64
 
 	cidrs atomic.Pointer[cidrTable]
+	// nodePorts are the Services by NodePort; replaced whole by each
+	// merge.
+	nodePorts atomic.Pointer[map[portKey]*model.Endpoint]
 
 	mu      sync.Mutex
 	records map[string][]record // by source
@@ -358,6 +361,7 @@ func (inv *Inventory) rebuild() {
 	addrs := make(map[[16]byte]struct{}, len(inv.prevAddr))
 	nsids := make(map[int]struct{}, len(inv.prevNSID))
 	routed := make(map[int][]netip.Prefix)
+	nodePorts := make(map[portKey]*model.Endpoint)
 	for i, g := range groups {
 		ep := eps[i]
 		if granted != nil && len(granted[i]) > 0 {
@@ -370,6 +374,9 @@ func (inv *Inventory) rebuild() {
 			addrs[a.As16()] = struct{}{}
 		}
 		for _, r := range g {
+			for _, k := range r.nodePorts {
+				nodePorts[k] = ep
+			}
 			for _, id := range r.nsids {
 				inv.byNSID.Add(id, ep)
 				nsids[id] = struct{}{}
@@ -380,6 +387,7 @@ func (inv *Inventory) rebuild() {
 		}
 	}
 	inv.routed.Store(&routed)
+	inv.nodePorts.Store(&nodePorts)
 	for a := range inv.prevAddr {
 		if _, ok := addrs[a]; !ok {
 			inv.byAddr.Remove(a)
@@ -519,7 +527,9 @@ func containsAddr(addrs []netip.Addr, a netip.Addr) bool {
 //
 // Where the host translated the address the client dialled (r.Backend),
 // the server's interface is the backend's: the backend is resolved behind
-// it, the dialled address (a Service's, a node's) by itself.
+// it, the dialled address (a Service's, a node's) by itself. A node's
+// address dialled on a Service's NodePort is that Service: the client
+// reached the Service through the node.
 func (inv *Inventory) Enrich(r model.Record) model.Flow {
 	src, spoofed := inv.resolve(r.Src, r.SrcIf, sentAt(r.Forward, r.SrcIf))
 	if spoofed {
@@ -530,10 +540,18 @@ func (inv *Inventory) Enrich(r model.Record) model.Flow {
 		if spoofed {
 			inv.spoofed.Add(r.Reverse.Packets)
 		}
+		dst := inv.Resolve(r.Dst, model.Interface{})
+		if dst.Kind == model.KindHost {
+			if np := inv.nodePorts.Load(); np != nil {
+				if svc, ok := (*np)[portKey{proto: r.Proto, port: r.DstPort}]; ok {
+					dst = *svc
+				}
+			}
+		}
 		return model.Flow{
 			Record:          r,
 			SrcEndpoint:     src,
-			DstEndpoint:     inv.Resolve(r.Dst, model.Interface{}),
+			DstEndpoint:     dst,
 			BackendEndpoint: backend,
 		}
 	}

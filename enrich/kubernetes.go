@@ -237,6 +237,9 @@ func slimPod(obj any) (any, error) {
 	return out, nil
 }
 
+// protoSCTP is SCTP's IP protocol number.
+const protoSCTP model.Proto = 132
+
 func slimService(obj any) (any, error) {
 	s, ok := obj.(*corev1.Service)
 	if !ok {
@@ -244,6 +247,11 @@ func slimService(obj any) (any, error) {
 	}
 	out := &corev1.Service{ObjectMeta: slimMeta(&s.ObjectMeta)}
 	out.Spec.ClusterIPs, out.Spec.ExternalIPs = s.Spec.ClusterIPs, s.Spec.ExternalIPs
+	for _, p := range s.Spec.Ports {
+		if p.NodePort != 0 {
+			out.Spec.Ports = append(out.Spec.Ports, corev1.ServicePort{Protocol: p.Protocol, NodePort: p.NodePort})
+		}
+	}
 	for _, in := range s.Status.LoadBalancer.Ingress {
 		out.Status.LoadBalancer.Ingress = append(out.Status.LoadBalancer.Ingress, corev1.LoadBalancerIngress{IP: in.IP})
 	}
@@ -312,7 +320,20 @@ func kubeRecords(inf kubeInformers, node string) []record {
 			claims = append(claims, in.IP)
 		}
 		rec := record{ep: ep, claims: parseAddrs(claims)}
-		if len(rec.ep.Addrs) > 0 || len(rec.claims) > 0 {
+		for _, p := range svc.Spec.Ports {
+			if p.NodePort == 0 {
+				continue
+			}
+			k := portKey{proto: model.ProtoTCP, port: uint16(p.NodePort)}
+			switch p.Protocol {
+			case corev1.ProtocolUDP:
+				k.proto = model.ProtoUDP
+			case corev1.ProtocolSCTP:
+				k.proto = protoSCTP
+			}
+			rec.nodePorts = append(rec.nodePorts, k)
+		}
+		if len(rec.ep.Addrs) > 0 || len(rec.claims) > 0 || len(rec.nodePorts) > 0 {
 			recs = append(recs, rec)
 		}
 	}

@@ -192,6 +192,31 @@ func TestKubernetes(t *testing.T) {
 	if ep := inv.Resolve(netip.MustParseAddr("198.51.100.20"), model.Interface{}); ep.Labels["app"] != "checkout" {
 		t.Errorf("pod labels = %v, want app=checkout", ep.Labels)
 	}
+	// A node's address dialled on checkout's NodePort, translated to its
+	// pod, is checkout; on another port, or untranslated, the node.
+	for _, tc := range []struct {
+		port    uint16
+		proto   model.Proto
+		backend string
+		want    string
+	}{
+		{30080, model.ProtoTCP, "198.51.100.20:8080", "checkout"},
+		{30080, model.ProtoUDP, "198.51.100.20:8080", "n1"},
+		{30081, model.ProtoTCP, "198.51.100.20:8080", "n1"},
+		{30080, model.ProtoTCP, "", "n1"},
+	} {
+		r := model.Record{Src: netip.MustParseAddr("203.0.113.200"), Dst: netip.MustParseAddr("203.0.113.5"), Proto: tc.proto, SrcPort: 40000, DstPort: tc.port}
+		if tc.backend != "" {
+			r.Backend = netip.MustParseAddrPort(tc.backend)
+		}
+		f := inv.Enrich(r)
+		if f.DstEndpoint.Name != tc.want {
+			t.Errorf("Enrich(%v to n1:%d, backend %q): dst %s %q, want %q", tc.proto, tc.port, tc.backend, f.DstEndpoint.Kind, f.DstEndpoint.Name, tc.want)
+		}
+		if tc.backend != "" && f.BackendEndpoint.Name != "checkout-7d9f-abcde" {
+			t.Errorf("Enrich(%v to n1:%d): backend %q, want checkout-7d9f-abcde", tc.proto, tc.port, f.BackendEndpoint.Name)
+		}
+	}
 
 	// The watch resumed where it broke: each new pods watch starts from
 	// the resource version of the last event, and pods are listed once.
