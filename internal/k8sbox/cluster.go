@@ -36,6 +36,12 @@ const (
 	// BusyboxImage the workloads' (busybox, its applets in /bin).
 	SandboxImage = "docker.io/library/fmk8s-pause:1"
 	BusyboxImage = "docker.io/library/fmk8s-busybox:1"
+	// PodAddresses is how many addresses the pods' range has,
+	// PodRangeStart on: few, so that a test can fill it and make the
+	// allocator give a deleted pod's address to the next pod.
+	PodRangeStart = "10.213.0.10"
+	PodRangeEnd   = "10.213.0.29"
+	PodAddresses  = 20
 	// cgroupRoot holds the pods' cgroups in every hierarchy.
 	cgroupRoot = "flowmap-k8sbox"
 )
@@ -333,10 +339,10 @@ func (c *Cluster) startContainerd(ctx context.Context) error {
 	// traffic where FORWARD's policy is DROP (as Docker leaves it).
 	conflist := fmt.Sprintf(`{"cniVersion":"0.4.0","name":"fmk8s","plugins":[
 {"type":"bridge","bridge":%q,"isGateway":true,"ipMasq":false,"hairpinMode":true,
- "ipam":{"type":"host-local","ranges":[[{"subnet":%q,"gateway":%q,"rangeStart":"10.213.0.10"}]],
+ "ipam":{"type":"host-local","ranges":[[{"subnet":%q,"gateway":%q,"rangeStart":%q,"rangeEnd":%q}]],
  "routes":[{"dst":"0.0.0.0/0"}],"dataDir":%q}},
 {"type":"portmap","capabilities":{"portMappings":true}},
-{"type":"firewall"}]}`, Bridge, PodCIDR, NodeIP, filepath.Join(dir, "ipam"))
+{"type":"firewall"}]}`, Bridge, PodCIDR, NodeIP, PodRangeStart, PodRangeEnd, filepath.Join(dir, "ipam"))
 	if err := os.WriteFile(filepath.Join(cniDir, "10-fmk8s.conflist"), []byte(conflist), 0o644); err != nil {
 		return fmt.Errorf("write cni config: %w", err)
 	}

@@ -26,16 +26,17 @@ import (
 // by number: NET_ADMIN 12, SYS_PTRACE 19, PERFMON 38, BPF 39.
 var agentCaps = map[int]string{12: "NET_ADMIN", 19: "SYS_PTRACE", 38: "PERFMON", 39: "BPF"}
 
-// flowmapImage builds flowmap statically and loads it as flowmap:dev, as
-// `make image` does.
-func flowmapImage(t *testing.T, ctx context.Context, c *Cluster) {
+// flowmapImage builds flowmap statically and loads it as name (flowmap:dev,
+// as `make image` does), and returns the binary.
+func flowmapImage(t *testing.T, ctx context.Context, c *Cluster, name string) string {
 	t.Helper()
-	importProgram(t, ctx, c, "./cmd/flowmap", "flowmap:dev", "/flowmap", "65534:65534")
+	return importProgram(t, ctx, c, "./cmd/flowmap", name, "/flowmap", "65534:65534")
 }
 
 // importProgram builds the Go program pkg statically and loads it into
-// the node as the image name, its entrypoint the program at path.
-func importProgram(t *testing.T, ctx context.Context, c *Cluster, pkg, name, path, user string) {
+// the node as the image name, its entrypoint the program at path, and
+// returns the binary.
+func importProgram(t *testing.T, ctx context.Context, c *Cluster, pkg, name, path, user string) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "prog")
 	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, pkg)
@@ -44,6 +45,14 @@ func importProgram(t *testing.T, ctx context.Context, c *Cluster, pkg, name, pat
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build %s: %v: %s", pkg, err, out)
 	}
+	importBinary(t, ctx, c, bin, name, path, user)
+	return bin
+}
+
+// importBinary loads the static binary bin into the node as the image
+// name, its entrypoint the program at path.
+func importBinary(t *testing.T, ctx context.Context, c *Cluster, bin, name, path, user string) {
+	t.Helper()
 	body, err := os.ReadFile(bin)
 	if err != nil {
 		t.Fatal(err)
@@ -181,7 +190,7 @@ func TestCluster(t *testing.T) {
 	var caPEM []byte
 	var reader string
 	t.Run("agent", func(t *testing.T) {
-		flowmapImage(t, ctx, c)
+		flowmapImage(t, ctx, c, "flowmap:dev")
 		caPEM = agentTLS(t, ctx, c)
 		if _, err := c.Kubectl(ctx, "apply", "-f", "testdata/servicemonitor-crd.yaml"); err != nil {
 			t.Fatal(err)
@@ -246,6 +255,34 @@ func TestCluster(t *testing.T) {
 			t.Fatal("no reader's token")
 		}
 		testServices(t, ctx, c, newAgentAPI(caPEM, reader))
+	})
+
+	t.Run("nodeports", func(t *testing.T) {
+		if reader == "" {
+			t.Fatal("no reader's token")
+		}
+		testNodePorts(t, ctx, c, newAgentAPI(caPEM, reader))
+	})
+
+	t.Run("ip reuse", func(t *testing.T) {
+		if reader == "" {
+			t.Fatal("no reader's token")
+		}
+		testIPReuse(t, ctx, c, newAgentAPI(caPEM, reader))
+	})
+
+	t.Run("prometheus", func(t *testing.T) {
+		if reader == "" {
+			t.Fatal("no reader's token")
+		}
+		testPrometheus(t, ctx, c, newAgentAPI(caPEM, reader), caPEM)
+	})
+
+	t.Run("rollout", func(t *testing.T) {
+		if reader == "" {
+			t.Fatal("no reader's token")
+		}
+		testRollout(t, ctx, c, newAgentAPI(caPEM, reader))
 	})
 
 	t.Run("rbac", func(t *testing.T) {

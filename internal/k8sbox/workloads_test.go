@@ -196,7 +196,12 @@ func within(got, want uint64, frac float64) bool {
 
 // graph reads the agent's graph at level over the last 5 minutes.
 func (a *agentAPI) graph(ctx context.Context, level topology.Level) (*topology.Snapshot, error) {
-	code, body, err := a.get(ctx, "/api/v1/graph?level="+string(level)+"&window=5m&format=json")
+	return a.graphIn(ctx, level, "5m")
+}
+
+// graphIn reads the agent's graph at level over window (1m, 5m, 15m, 1h).
+func (a *agentAPI) graphIn(ctx context.Context, level topology.Level, window string) (*topology.Snapshot, error) {
+	code, body, err := a.get(ctx, "/api/v1/graph?level="+string(level)+"&window="+window+"&format=json")
 	if err != nil {
 		return nil, err
 	}

@@ -4,14 +4,17 @@
 // with kubectl exec.
 //
 //	fmtool serve [-listen :8080] [-reply 10000]
-//	fmtool send -to 10.213.0.12:8080 -bytes 1000000 [-conns 1]
+//	fmtool send -to 10.213.0.12:8080 -bytes 1000000 [-conns 1] [-rate 0]
+//	fmtool dial -to 10.213.1.20:80 [-n 1] [-timeout 2s]
 //
 // serve prints "recv <client address> <bytes>" for each connection once
 // the client has closed its side, then answers -reply bytes. send prints
 // "sent <bytes> recv <bytes> retrans <bytes> local <address>" per
 // connection (retrans: the payload its socket sent again, from TCP_INFO,
 // on the wire besides what was sent), and fails unless the server answered
-// in full.
+// in full. -rate paces each connection's bytes at that many a second.
+// dial makes n connection attempts, one after the other, and prints each
+// one's outcome: "ok", "refused" or "timeout" (or the error).
 package main
 
 import (
@@ -40,6 +43,8 @@ func main() {
 		err = serve(os.Args[2:])
 	case "send":
 		err = send(os.Args[2:])
+	case "dial":
+		err = dialN(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
@@ -97,6 +102,7 @@ func send(args []string) error {
 	bytes := fs.Int64("bytes", 0, "bytes to send each connection")
 	conns := fs.Int("conns", 1, "connections, one after the other")
 	reply := fs.Int64("reply", 10000, "bytes the server answers")
+	rate := fs.Int64("rate", 0, "bytes a second to send at; 0: as fast as the connection takes them")
 	fs.Parse(args)
 	buf := make([]byte, 64<<10)
 	for i := 0; i < *conns; i++ {
@@ -104,7 +110,11 @@ func send(args []string) error {
 		if err != nil {
 			return err
 		}
-		n, err := io.CopyN(c, zeros{buf}, *bytes)
+		var src io.Reader = zeros{buf}
+		if *rate > 0 {
+			src = &paced{r: zeros{buf}, rate: *rate, start: time.Now()}
+		}
+		n, err := io.CopyN(c, src, *bytes)
 		if err != nil {
 			c.Close()
 			return fmt.Errorf("send to %s: %w", *to, err)
@@ -167,4 +177,47 @@ func (z zeros) Read(p []byte) (int, error) {
 		p = p[:len(z.buf)]
 	}
 	return copy(p, z.buf), nil
+}
+
+// paced reads r at rate bytes a second, from start: each read waits until
+// the bytes it returns are due.
+type paced struct {
+	r     io.Reader
+	rate  int64
+	start time.Time
+	n     int64
+}
+
+func (p *paced) Read(b []byte) (int, error) {
+	if max := p.rate / 50; int64(len(b)) > max && max > 0 {
+		b = b[:max] // 20 ms of bytes at most
+	}
+	due := p.start.Add(time.Duration(float64(p.n+int64(len(b))) / float64(p.rate) * float64(time.Second)))
+	time.Sleep(time.Until(due))
+	n, err := p.r.Read(b)
+	p.n += int64(n)
+	return n, err
+}
+
+func dialN(args []string) error {
+	fs := flag.NewFlagSet("dial", flag.ExitOnError)
+	to := fs.String("to", "", "server address")
+	n := fs.Int("n", 1, "attempts, one after the other")
+	timeout := fs.Duration("timeout", 2*time.Second, "how long each attempt waits")
+	fs.Parse(args)
+	for i := 0; i < *n; i++ {
+		c, err := net.DialTimeout("tcp", *to, *timeout)
+		switch {
+		case err == nil:
+			c.Close()
+			fmt.Println("ok")
+		case errors.Is(err, syscall.ECONNREFUSED):
+			fmt.Println("refused")
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			fmt.Println("timeout")
+		default:
+			fmt.Println("error", err)
+		}
+	}
+	return nil
 }
