@@ -168,7 +168,7 @@ func testNodePorts(t *testing.T, ctx context.Context, c *Cluster, api *agentAPI)
 	for _, svc := range []struct {
 		name     string
 		dial     netip.Addr
-		nodePort int // the port dialled
+		nodePort int   // the port dialled
 		bytes    int64 // odd sizes: the backends' logs tell these connections by them
 		// seen is the client address the backends see: the node's under
 		// Cluster (kube-proxy masquerades), the client's own under Local.
