@@ -94,9 +94,13 @@ image:
 # (internal/k8sbox, build tag k8s: make test does not run them): the
 # agent's image applied with kubectl apply -k deploy/kubernetes and its
 # TLS Secret, its privileges and RBAC, its API over HTTPS with a token,
-# workloads of every kind named and counted, a Service split per backend
-# (about a minute with the binaries cached). Root. The first run builds the cluster's binaries
-# from the Go module proxy (about 10 minutes on two cores) into
-# /var/cache/flowmap-k8sbox (FLOWMAP_K8SBOX_CACHE to move it).
+# workloads of every kind named and counted, a Service split per backend,
+# NodePorts under both externalTrafficPolicies, a load balancer's address,
+# a Service with no ready backend, a pod address reused, Prometheus
+# discovering the agent (deploy/prometheus/kubernetes.yml) for flowmap
+# graph --prometheus, and a rollout of the agent to a new image. Root. The
+# first run builds the cluster's binaries and Prometheus from the Go module
+# proxy (about 15 minutes on two cores) into /var/cache/flowmap-k8sbox
+# (FLOWMAP_K8SBOX_CACHE to move it).
 k8s-test:
 	$(GO) test -tags k8s -count=1 -timeout 40m -v ./internal/k8sbox/
