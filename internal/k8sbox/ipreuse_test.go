@@ -89,6 +89,20 @@ spec:
 	_, loneUID, _ := podOf(t, ctx, c, "lone")
 	_, uidA, ipA := podOf(t, ctx, c, "reuse-a")
 	retransA := sum(sendFrom(t, ctx, c, "lone", netip.AddrPortFrom(ipA, 8080), 123_457, 1))
+	// The agent names a flow when it drains it, by who has the address
+	// then: reuse-a goes once its connection is drained. (An address
+	// that another pod takes within the interval of the first pod's last
+	// traffic is named the second pod: see docs/kubernetes.md.)
+	poll(t, ctx, func() []string {
+		g, err := api.graph(ctx, topology.LevelPod)
+		if err != nil {
+			return []string{err.Error()}
+		}
+		if e := findEdge(g, "pod:"+loneUID, "pod:"+uidA, 8080); e == nil || e.Forward.Bytes < 123_457 {
+			return []string{"the agent has not drained lone → reuse-a yet"}
+		}
+		return nil
+	})
 	for _, args := range [][]string{
 		{"delete", "pod/reuse-a", "--wait=true", "--timeout=60s"},
 	} {

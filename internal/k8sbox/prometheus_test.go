@@ -62,10 +62,10 @@ spec:
     - name: prometheus
       image: ` + prometheusImage + `
       imagePullPolicy: Never
-      args: [--config.file=/etc/prometheus/kubernetes.yml, --storage.tsdb.path=/prometheus, --web.listen-address=:9090]
+      args: [--config.file=/etc/prometheus/kubernetes.yml, --storage.tsdb.path=/data, --web.listen-address=:9090]
       volumeMounts:
         - {name: config, mountPath: /etc/prometheus}
-        - {name: data, mountPath: /prometheus}
+        - {name: data, mountPath: /data}
   volumes:
     - name: config
       configMap:

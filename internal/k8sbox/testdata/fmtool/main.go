@@ -207,13 +207,14 @@ func dialN(args []string) error {
 	fs.Parse(args)
 	for i := 0; i < *n; i++ {
 		c, err := net.DialTimeout("tcp", *to, *timeout)
+		var ne net.Error
 		switch {
 		case err == nil:
 			c.Close()
 			fmt.Println("ok")
 		case errors.Is(err, syscall.ECONNREFUSED):
 			fmt.Println("refused")
-		case errors.Is(err, os.ErrDeadlineExceeded):
+		case errors.As(err, &ne) && ne.Timeout():
 			fmt.Println("timeout")
 		default:
 			fmt.Println("error", err)
