@@ -243,47 +243,28 @@ func TestCluster(t *testing.T) {
 		checkAgentAuth(t, ctx, caPEM, reader, stranger)
 	})
 
-	t.Run("workloads", func(t *testing.T) {
-		if reader == "" {
-			t.Fatal("no reader's token")
-		}
-		testWorkloads(t, ctx, c, newAgentAPI(caPEM, reader))
-	})
-
-	t.Run("services", func(t *testing.T) {
-		if reader == "" {
-			t.Fatal("no reader's token")
-		}
-		testServices(t, ctx, c, newAgentAPI(caPEM, reader))
-	})
-
-	t.Run("nodeports", func(t *testing.T) {
-		if reader == "" {
-			t.Fatal("no reader's token")
-		}
-		testNodePorts(t, ctx, c, newAgentAPI(caPEM, reader))
-	})
-
-	t.Run("ip reuse", func(t *testing.T) {
-		if reader == "" {
-			t.Fatal("no reader's token")
-		}
-		testIPReuse(t, ctx, c, newAgentAPI(caPEM, reader))
-	})
-
-	t.Run("prometheus", func(t *testing.T) {
-		if reader == "" {
-			t.Fatal("no reader's token")
-		}
-		testPrometheus(t, ctx, c, newAgentAPI(caPEM, reader), caPEM)
-	})
-
-	t.Run("rollout", func(t *testing.T) {
-		if reader == "" {
-			t.Fatal("no reader's token")
-		}
-		testRollout(t, ctx, c, newAgentAPI(caPEM, reader))
-	})
+	// The tests of what the agent shows, in order: each reads the agent's
+	// API as the reader; the rollout replaces the agent, so it is last.
+	for _, tc := range []struct {
+		name string
+		test func(*testing.T, context.Context, *Cluster, *agentAPI)
+	}{
+		{"workloads", testWorkloads},
+		{"services", testServices},
+		{"nodeports", testNodePorts},
+		{"ip reuse", testIPReuse},
+		{"prometheus", func(t *testing.T, ctx context.Context, c *Cluster, api *agentAPI) {
+			testPrometheus(t, ctx, c, api, caPEM)
+		}},
+		{"rollout", testRollout},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if reader == "" {
+				t.Fatal("no reader's token")
+			}
+			tc.test(t, ctx, c, newAgentAPI(caPEM, reader))
+		})
+	}
 
 	t.Run("rbac", func(t *testing.T) {
 		as := "--as=system:serviceaccount:flowmap:flowmap"
