@@ -155,9 +155,15 @@ func TestCluster(t *testing.T) {
 	for _, cmd := range []string{"containerd", "containerd-shim-runc-v2", "ctr", "runc", "iptables", "ip", "busybox", "/usr/lib/cni/bridge", "/usr/lib/cni/portmap", "/usr/lib/cni/firewall"} {
 		testenv.MustHaveCommand(t, cmd)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	// Cold: the cluster's binaries and Prometheus built first (about 15
+	// minutes on two cores), then the tests (about 5).
+	ctx, cancel := context.WithTimeout(context.Background(), 35*time.Minute)
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	promBin, err := BuildPrometheus(ctx, log, os.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
 	before, err := saveHost(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -254,7 +260,7 @@ func TestCluster(t *testing.T) {
 		{"nodeports", testNodePorts},
 		{"ip reuse", testIPReuse},
 		{"prometheus", func(t *testing.T, ctx context.Context, c *Cluster, api *agentAPI) {
-			testPrometheus(t, ctx, c, api, caPEM)
+			testPrometheus(t, ctx, c, api, promBin, caPEM)
 		}},
 		{"rollout", testRollout},
 	} {

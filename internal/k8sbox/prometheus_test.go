@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -84,11 +83,7 @@ spec:
 // own API shows: the same workloads and Services, the same edges, bytes
 // within 1 %. Everything but Prometheus' own traffic (its scrapes, its
 // watch of the API server) has stopped by then.
-func testPrometheus(t *testing.T, ctx context.Context, c *Cluster, api *agentAPI, caPEM []byte) {
-	bin, err := BuildPrometheus(ctx, slog.New(slog.NewTextHandler(os.Stderr, nil)), os.Stderr)
-	if err != nil {
-		t.Fatal(err)
-	}
+func testPrometheus(t *testing.T, ctx context.Context, c *Cluster, api *agentAPI, bin string, caPEM []byte) {
 	importBinary(t, ctx, c, bin, prometheusImage, "/prometheus", "65534:65534")
 	dir := t.TempDir()
 	ca := filepath.Join(dir, "ca.crt")
