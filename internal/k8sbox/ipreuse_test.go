@@ -147,8 +147,10 @@ spec:
 				ps = append(ps, fmt.Sprintf("no edge lone → %s (%s)", x.name, id))
 				continue
 			}
-			if want := wire(x.bytes, e.Forward.Packets); !within(e.Forward.Bytes, want, 0.01) || e.Connections != 1 {
-				ps = append(ps, fmt.Sprintf("lone → %s: %d bytes in %d connections, want %d ±1%% in 1", x.name, e.Forward.Bytes, e.Connections, want))
+			// Connections: 1, and the attempts fmtool made again while
+			// the new pod's server was not listening yet (refused).
+			if want := wire(x.bytes, e.Forward.Packets); !within(e.Forward.Bytes, want, 0.01) || e.Connections < 1 {
+				ps = append(ps, fmt.Sprintf("lone → %s: %d bytes in %d connections, want %d ±1%% in at least 1", x.name, e.Forward.Bytes, e.Connections, want))
 			}
 		}
 		return ps
