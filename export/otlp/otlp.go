@@ -6,7 +6,9 @@
 // attributes where they exist (source.address, destination.port,
 // network.transport, network.type, network.protocol.name) and flowmap's
 // own under flowmap.: the counts of each direction, TCP flags, the
-// handshake RTT, L7 counts, the sampling rate. The convention's resource
+// handshake RTT, L7 counts, the sampling rate, and the flow's health
+// (connection outcomes, ICMP errors, drops by the kernel's reason, the
+// dominant failure, the smoothed RTT; see appendHealth). The convention's resource
 // attributes (k8s.pod.name, k8s.namespace.name, container.id,
 // cloud.availability_zone, …) each name one entity, and a flow has two: a
 // flow's ends carry them under source. and destination., as the convention
@@ -296,7 +298,27 @@ const (
 	keyL7Unmatched  = attribute.Key("flowmap.l7.unmatched")
 	keyL7LatencyN   = attribute.Key("flowmap.l7.latency.count")
 	keyL7LatencySum = attribute.Key("flowmap.l7.latency.sum")
+
+	// Health: outcome names as flowmap_tcp_connections_total's.
+	keyAttempted    = attribute.Key("flowmap.tcp.connections.attempted")
+	keySYNRetries   = attribute.Key("flowmap.tcp.syn_retries")
+	keyEstablished  = attribute.Key("flowmap.tcp.connections.established")
+	keyRefused      = attribute.Key("flowmap.tcp.connections.refused")
+	keyTimedOut     = attribute.Key("flowmap.tcp.connections.timed_out")
+	keyResetClient  = attribute.Key("flowmap.tcp.connections.reset_client")
+	keyResetServer  = attribute.Key("flowmap.tcp.connections.reset_server")
+	keyClosed       = attribute.Key("flowmap.tcp.connections.closed")
+	keyUnreachable  = attribute.Key("flowmap.icmp.errors.unreachable")
+	keyTimeExceeded = attribute.Key("flowmap.icmp.errors.time_exceeded")
+	keyDrops        = attribute.Key("flowmap.drop.count")
+	keyFailure      = attribute.Key("flowmap.health.failure")
+	keySRTT         = attribute.Key("flowmap.tcp.rtt")
+	keySRTTSamples  = attribute.Key("flowmap.tcp.rtt.samples")
 )
+
+// dropKeyPrefix starts the key of a drop reason's count:
+// flowmap.drop.reasons.netfilter_drop.
+const dropKeyPrefix = "flowmap.drop.reasons."
 
 // endKeys are the keys of one end's attributes, under source. or
 // destination.
@@ -381,8 +403,47 @@ func appendAttrs(a []attribute.KeyValue, f *model.Flow, rate uint32) []attribute
 			a = append(a, keyL7LatencyN.Int64(int64(c)), keyL7LatencySum.Float64(l.Latency.Sum.Seconds()))
 		}
 	}
+	if h := f.Health; h != nil {
+		a = appendHealth(a, h)
+	}
 	a = appendEnd(a, srcKeys, &f.SrcEndpoint, f.SrcIf)
 	a = appendEnd(a, dstKeys, &f.DstEndpoint, f.DstIf)
+	return a
+}
+
+// appendHealth appends a flow's health: its connection outcomes and ICMP
+// errors, its drops, in all and by the kernel's reason (one attribute a
+// reason, as flowmap.drop.reasons.netfilter_drop, so that a query selects
+// a reason by its key), the dominant failure, and the smoothed RTT of its
+// local sockets in seconds. Zero counts are left out, as above.
+func appendHealth(a []attribute.KeyValue, h *model.Health) []attribute.KeyValue {
+	n := func(k attribute.Key, v uint64) {
+		if v != 0 {
+			a = append(a, k.Int64(int64(v)))
+		}
+	}
+	n(keyAttempted, h.Attempts)
+	n(keySYNRetries, h.SYNRetries)
+	n(keyEstablished, h.Established)
+	n(keyRefused, h.Refused)
+	n(keyTimedOut, h.TimedOut)
+	n(keyResetClient, h.ResetByClient)
+	n(keyResetServer, h.ResetByServer)
+	n(keyClosed, h.Closed)
+	n(keyUnreachable, h.Unreachable)
+	n(keyTimeExceeded, h.TimeExceeded)
+	if len(h.Drops) > 0 {
+		n(keyDrops, h.Dropped())
+		for r, c := range h.Drops {
+			n(attribute.Key(dropKeyPrefix+strings.ToLower(r)), c)
+		}
+	}
+	if f := h.Failure(); f != "" {
+		a = append(a, keyFailure.String(f))
+	}
+	if h.RTTSamples > 0 {
+		a = append(a, keySRTT.Float64(h.RTT().Seconds()), keySRTTSamples.Int64(int64(h.RTTSamples)))
+	}
 	return a
 }
 

@@ -76,6 +76,7 @@ func TestCollector(t *testing.T) {
 		if url[0] == 'h' {
 			fs = fs[:1]
 			fs[0].SrcPort = 50000
+			fs[0].Health = testHealth()
 		}
 		if err := e.Export(t.Context(), export.Batch{Flows: fs, SampleRate: 4}); err != nil {
 			t.Fatalf("Export to %s: %v", url, err)
@@ -149,6 +150,37 @@ func TestCollector(t *testing.T) {
 	if got := recs[3].Attrs["source.port"]; got != int64(50000) {
 		t.Errorf("the HTTP exporter's record has source.port %v, want 50000", got)
 	}
+	// The HTTP exporter's flow has health; the others have none, and no
+	// attribute of it (counted above).
+	for k, v := range map[string]any{
+		"flowmap.tcp.connections.attempted":   int64(5),
+		"flowmap.tcp.syn_retries":             int64(4),
+		"flowmap.tcp.connections.refused":     int64(1),
+		"flowmap.tcp.connections.timed_out":   int64(2),
+		"flowmap.tcp.connections.closed":      int64(2),
+		"flowmap.icmp.errors.unreachable":     int64(1),
+		"flowmap.drop.count":                  int64(7),
+		"flowmap.drop.reasons.netfilter_drop": int64(6),
+		"flowmap.drop.reasons.no_socket":      int64(1),
+		"flowmap.health.failure":              "drop:NETFILTER_DROP",
+		"flowmap.tcp.rtt":                     0.02,
+		"flowmap.tcp.rtt.samples":             int64(2),
+	} {
+		if got := recs[3].Attrs[k]; got != v {
+			t.Errorf("health attribute %s = %v (%T), want %v (%T)", k, got, got, v, v)
+		}
+	}
+	if got, ok := recs[3].Attrs["flowmap.tcp.connections.established"]; ok {
+		t.Errorf("flowmap.tcp.connections.established = %v, want none (zero)", got)
+	}
+}
+
+// testHealth is a flow's health with a refusal, timeouts, an ICMP error,
+// drops of two reasons and two RTT samples.
+func testHealth() *model.Health {
+	return &model.Health{Attempts: 5, SYNRetries: 4, Refused: 1, TimedOut: 2, Closed: 2, Unreachable: 1,
+		Drops:  map[string]uint64{"NETFILTER_DROP": 6, "NO_SOCKET": 1},
+		RTTSum: 40 * time.Millisecond, RTTSamples: 2}
 }
 
 // waitEmpty waits until q has sent all it holds.
