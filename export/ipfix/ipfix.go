@@ -1,12 +1,15 @@
 // Package ipfix exports flows as IPFIX (RFC 7011) over UDP, TCP or TLS.
 //
-// Each flow is one data record of one of two templates, for IPv4 and IPv6,
+// Each flow is one data record of one of four templates, for IPv4 and IPv6,
+// with and without health,
 // made of IANA's information elements for the 5-tuple, the times and the
 // counts of the forward direction (client to server), the reverse
 // direction as RFC 5103's biflow elements (IANA's numbers with the
 // enterprise bit and PEN 29305), and flowmap's own elements, under
 // [PEN], for what IANA has none of: the names of the ends, L7 counts,
-// retransmits, the handshake RTT and the sampling rate.
+// retransmits, the handshake RTT and the sampling rate, and a flow's
+// health: IANA's flowEndReason, and flowmap's connection outcomes, ICMP
+// errors, drops by the kernel's reason and smoothed RTT.
 //
 // The encoder is written here, not taken from a library: vmware/go-ipfix
 // (the maintained encoder, Antrea's) could not be had from the module
@@ -16,9 +19,14 @@
 package ipfix
 
 import (
+	"cmp"
 	"encoding/binary"
+	"maps"
 	"math"
 	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/flowmap/flowmap/model"
@@ -34,10 +42,15 @@ const PEN = 32473
 // reversePEN is RFC 5103's number of the reverse information elements.
 const reversePEN = 29305
 
-// Template IDs of the data sets (256 and up, RFC 7011 section 3.4.3).
+// Template IDs of the data sets (256 and up, RFC 7011 section 3.4.3): a
+// flow with health (model.Flow.Health, nil with --health=off) goes in one
+// of the health templates, which add its elements to the others'; a flow
+// without costs no byte more than it did before them.
 const (
-	template4 = 256
-	template6 = 257
+	template4       = 256
+	template6       = 257
+	template4Health = 258
+	template6Health = 259
 )
 
 // varLen is the length of a variable-length element in a template.
@@ -76,6 +89,29 @@ const (
 	eDstWorkload       = 19
 	eDstNode           = 20
 	eDstID             = 21
+
+	// Health (the health templates only). Counts are unsigned32 each,
+	// in the interval, as model.Health counts them.
+	eConnAttempts    = 22 // SYNs that opened a connection
+	eSYNRetries      = 23 // SYNs sent again while the first was unanswered
+	eConnEstablished = 24 // SYN-ACKs answering a SYN
+	eConnRefused     = 25 // RSTs answering a SYN
+	eConnTimedOut    = 26 // attempts no answer reached
+	eResetByClient   = 27 // RSTs past the handshake, from the client
+	eResetByServer   = 28 // and from the server
+	eConnClosed      = 29 // connections ended with a FIN
+	eICMPUnreachable = 30 // ICMP destination unreachable quoting the flow
+	eICMPTTL         = 31 // ICMP time exceeded quoting the flow
+	eDrops           = 32 // the flow's packets the kernel dropped
+	eDropReasons     = 33 // string: "REASON=count" for each reason, commonest first, space-separated
+	eFailure         = 34 // string: the dominant failure (refused, timeout, reset, drop:REASON, …), "" if none
+	eSmoothedRTT     = 35 // unsigned32: the local sockets' smoothed RTT, mean of samples, microseconds
+)
+
+// flowEndReason values (IANA IE 136).
+const (
+	endActiveTimeout = 0x02 // the flow is exported at the interval's end
+	endDetected      = 0x03 // a FIN or RST ended a connection of it
 )
 
 func u8(b []byte, v uint8) []byte         { return append(b, v) }
@@ -127,6 +163,69 @@ func l7(f *model.Flow) *model.L7 {
 		return &model.L7{}
 	}
 	return f.L7
+}
+
+// health returns f's health, a zero one if it has none.
+func health(f *model.Flow) *model.Health {
+	if f.Health == nil {
+		return &model.Health{}
+	}
+	return f.Health
+}
+
+// endReason is flowEndReason: end of flow detected where a connection of
+// the flow closed, was refused or reset in the interval, else an active
+// timeout (flowmap exports every flow at each interval).
+func endReason(h *model.Health) uint8 {
+	if h.Closed+h.Refused+h.ResetByClient+h.ResetByServer > 0 {
+		return endDetected
+	}
+	return endActiveTimeout
+}
+
+// dropReasons is eDropReasons' value: "NETFILTER_DROP=6 NO_SOCKET=1".
+func dropReasons(h *model.Health) string {
+	if len(h.Drops) == 0 {
+		return ""
+	}
+	reasons := slices.Collect(maps.Keys(h.Drops))
+	slices.SortFunc(reasons, func(a, b string) int {
+		return cmp.Or(cmp.Compare(h.Drops[b], h.Drops[a]), strings.Compare(a, b))
+	})
+	var b strings.Builder
+	for i, r := range reasons {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(r)
+		b.WriteByte('=')
+		b.WriteString(strconv.FormatUint(h.Drops[r], 10))
+	}
+	return b.String()
+}
+
+// healthFields are the health templates' elements past the others'.
+func healthFields() []field {
+	count := func(id uint16, get func(h *model.Health) uint64) field {
+		return field{id, PEN, 4, func(b []byte, f *model.Flow, _ uint32) []byte { return u32(b, clamp32(get(health(f)))) }}
+	}
+	return []field{
+		{136, 0, 1, func(b []byte, f *model.Flow, _ uint32) []byte { return u8(b, endReason(health(f))) }}, // flowEndReason
+		count(eConnAttempts, func(h *model.Health) uint64 { return h.Attempts }),
+		count(eSYNRetries, func(h *model.Health) uint64 { return h.SYNRetries }),
+		count(eConnEstablished, func(h *model.Health) uint64 { return h.Established }),
+		count(eConnRefused, func(h *model.Health) uint64 { return h.Refused }),
+		count(eConnTimedOut, func(h *model.Health) uint64 { return h.TimedOut }),
+		count(eResetByClient, func(h *model.Health) uint64 { return h.ResetByClient }),
+		count(eResetByServer, func(h *model.Health) uint64 { return h.ResetByServer }),
+		count(eConnClosed, func(h *model.Health) uint64 { return h.Closed }),
+		count(eICMPUnreachable, func(h *model.Health) uint64 { return h.Unreachable }),
+		count(eICMPTTL, func(h *model.Health) uint64 { return h.TimeExceeded }),
+		count(eDrops, func(h *model.Health) uint64 { return h.Dropped() }),
+		{eDropReasons, PEN, varLen, func(b []byte, f *model.Flow, _ uint32) []byte { return str(b, dropReasons(health(f))) }},
+		{eFailure, PEN, varLen, func(b []byte, f *model.Flow, _ uint32) []byte { return str(b, health(f).Failure()) }},
+		count(eSmoothedRTT, func(h *model.Health) uint64 { return uint64(h.RTT().Microseconds()) }),
+	}
 }
 
 func protoName(f *model.Flow) string {
@@ -195,7 +294,26 @@ func fields(v6 bool) []field {
 	}
 }
 
-var templates = [2][]field{fields(false), fields(true)}
+// templates are the elements of each template, by templateIndex.
+var templates = [4][]field{
+	fields(false), fields(true),
+	append(fields(false), healthFields()...), append(fields(true), healthFields()...),
+}
+
+// templateIDs are the templates' IDs, by templateIndex.
+var templateIDs = [4]uint16{template4, template6, template4Health, template6Health}
+
+// templateIndex is the index of f's template: IPv6 +1, health +2.
+func templateIndex(f *model.Flow) int {
+	i := 0
+	if !(f.Src.Unmap().Is4() && f.Dst.Unmap().Is4()) {
+		i = 1
+	}
+	if f.Health != nil {
+		i += 2
+	}
+	return i
+}
 
 // appendTemplate appends a template record (RFC 7011 section 3.4.1).
 func appendTemplate(b []byte, id uint16, fs []field) []byte {
@@ -233,8 +351,9 @@ type encoder struct {
 func newEncoder(domain uint32, max int) *encoder {
 	e := &encoder{domain: domain, max: max}
 	set := []byte{0, setTemplate, 0, 0}
-	set = appendTemplate(set, template4, templates[0])
-	set = appendTemplate(set, template6, templates[1])
+	for i, t := range templates {
+		set = appendTemplate(set, templateIDs[i], t)
+	}
 	binary.BigEndian.PutUint16(set[2:], uint16(len(set)))
 	e.templateSet = set
 	return e
@@ -281,10 +400,8 @@ func (e *encoder) encode(msgs [][]byte, fs []model.Flow, rate uint32, export tim
 	begin()
 	for i := range fs {
 		f := &fs[i]
-		id, t := uint16(template4), templates[0]
-		if !(f.Src.Unmap().Is4() && f.Dst.Unmap().Is4()) {
-			id, t = template6, templates[1]
-		}
+		ti := templateIndex(f)
+		id, t := templateIDs[ti], templates[ti]
 		for try := 0; ; try++ {
 			mark, markSet, markID := len(m), set, setID
 			if set == 0 || setID != id {
@@ -295,7 +412,9 @@ func (e *encoder) encode(msgs [][]byte, fs []model.Flow, rate uint32, export tim
 			for _, fl := range t {
 				m = fl.put(m, f, rate)
 			}
-			if len(m) <= e.max || records == 0 && markSet == 0 || try > 0 {
+			// The first record of a message goes in whatever its
+			// size, unless the templates lead it: they then go alone.
+			if len(m) <= e.max || records == 0 && markSet == 0 && mark == headerLen || try > 0 {
 				records++
 				break
 			}

@@ -102,6 +102,10 @@ func TestEncode(t *testing.T) {
 	fs[0].HandshakeRTT = 250 * time.Microsecond
 	fs[0].Forward.Retransmits = 3
 	fs[0].SrcIf.Index = 12
+	fs[0].Health = &model.Health{Attempts: 5, SYNRetries: 4, Refused: 1, TimedOut: 2, ResetByServer: 1, Closed: 2,
+		Unreachable: 1, Drops: map[string]uint64{"NO_SOCKET": 1, "NETFILTER_DROP": 6, "TCP_LISTEN_OVERFLOW": 1},
+		RTTSum: 40 * time.Millisecond, RTTSamples: 2}
+	fs[2].Health = &model.Health{Attempts: 1, Established: 1}
 	icmp := fs[2]
 	icmp.Proto, icmp.SrcPort, icmp.DstPort = model.ProtoICMP, 8, 0
 	fs = append(fs, icmp)
@@ -122,8 +126,8 @@ func TestEncode(t *testing.T) {
 		if m.domain != 7 || m.seq != uint32(len(recs)) {
 			t.Errorf("message %d: domain %d seq %d, want 7 and %d", i, m.domain, m.seq, len(recs))
 		}
-		if (i == 0) != (len(m.templates) == 2) {
-			t.Errorf("message %d has templates %v, want both in the first only", i, m.templates)
+		if (i == 0) != (len(m.templates) == len(templates)) {
+			t.Errorf("message %d has templates %v, want all in the first only", i, m.templates)
 		}
 		recs = append(recs, m.records...)
 	}
@@ -162,6 +166,19 @@ func TestEncode(t *testing.T) {
 		{"l7Responses", own(eL7Responses), 2},
 		{"l7Errors", own(eL7Errors), 2},
 		{"l7LatencySum", own(eL7LatencySum), 3000},
+		{"flowEndReason", iana(136), endDetected},
+		{"connAttempts", own(eConnAttempts), 5},
+		{"synRetries", own(eSYNRetries), 4},
+		{"connEstablished", own(eConnEstablished), 0},
+		{"connRefused", own(eConnRefused), 1},
+		{"connTimedOut", own(eConnTimedOut), 2},
+		{"resetByClient", own(eResetByClient), 0},
+		{"resetByServer", own(eResetByServer), 1},
+		{"connClosed", own(eConnClosed), 2},
+		{"icmpUnreachable", own(eICMPUnreachable), 1},
+		{"icmpTimeExceeded", own(eICMPTTL), 0},
+		{"drops", own(eDrops), 8},
+		{"smoothedRtt", own(eSmoothedRTT), 20_000},
 	} {
 		if got := be(r[c.key]); got != c.want {
 			t.Errorf("%s = %d, want %d", c.name, got, c.want)
@@ -176,10 +193,23 @@ func TestEncode(t *testing.T) {
 		{"sourceKind", own(eSrcKind), "pod"},
 		{"sourceName", own(eSrcName), "client-7d9"},
 		{"destinationNamespace", own(eDstNamespace), "shop"},
+		{"dropReasons", own(eDropReasons), "NETFILTER_DROP=6 NO_SOCKET=1 TCP_LISTEN_OVERFLOW=1"},
+		{"failure", own(eFailure), "drop:NETFILTER_DROP"},
 	} {
 		if got := string(r[c.key]); got != c.want {
 			t.Errorf("%s = %q, want %q", c.name, got, c.want)
 		}
+	}
+	// A flow without health has none of its elements; one whose
+	// connection is open was exported at the interval's end.
+	if _, ok := recs[1][own(eConnAttempts)]; ok {
+		t.Errorf("a flow without health has element %d", eConnAttempts)
+	}
+	if got := be(recs[2][iana(136)]); got != endActiveTimeout {
+		t.Errorf("an open connection's flowEndReason = %d, want %d", got, endActiveTimeout)
+	}
+	if got := be(recs[2][own(eConnEstablished)]); got != 1 {
+		t.Errorf("connEstablished = %d, want 1", got)
 	}
 	if got := len(recs[1][iana(27)]); got != 16 {
 		t.Errorf("IPv6 flow's sourceIPv6Address has %d bytes, want 16", got)
@@ -218,7 +248,7 @@ func TestUDPTemplates(t *testing.T) {
 	}
 	defer pc.Close()
 	now := time.Unix(1_800_000_000, 0)
-	e, err := New(Options{URL: "udp://" + pc.LocalAddr().String(), TemplateInterval: time.Minute, TemplateMessages: 3,
+	e, err := New(Options{URL: "udp://" + pc.LocalAddr().String(), TemplateInterval: time.Minute, TemplateMessages: 4,
 		Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
@@ -232,13 +262,25 @@ func TestUDPTemplates(t *testing.T) {
 		if err := e.Export(context.Background(), export.Batch{Flows: testFlows()[:1], SampleRate: 1}); err != nil {
 			t.Fatalf("Export %d: %v", i, err)
 		}
-		n, _, err := pc.ReadFrom(buf)
-		if err != nil {
-			t.Fatal(err)
+		// The templates lead the record, in its message or, where
+		// both do not fit in one, in a message before it.
+		templates := false
+		for {
+			n, _, err := pc.ReadFrom(buf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := d.decode(t, buf[:n])
+			templates = templates || len(m.templates) > 0
+			if len(m.records) > 0 {
+				break
+			}
 		}
-		got = append(got, len(d.decode(t, buf[:n]).templates) > 0)
+		got = append(got, templates)
 	}
-	// 1: first; 4: after 3 messages; 6: a minute on.
+	// The four templates and a record do not fit in 1400 bytes, so the
+	// templates go in a message of their own, which counts: 1: first (2
+	// messages); 4: after 4 messages; 6: a minute on.
 	want := []bool{true, false, false, true, false, true, false}
 	for i := range want {
 		if got[i] != want[i] {
@@ -288,8 +330,8 @@ func TestTCP(t *testing.T) {
 		t.Fatalf("Export: %v", err)
 	}
 	r, d := bufio.NewReader(c), &decoder{templates: map[uint16][]field{}}
-	if m := read(r, d); len(m.templates) != 2 || len(m.records) != 3 {
-		t.Errorf("first message: %d templates, %d records, want 2 and 3", len(m.templates), len(m.records))
+	if m := read(r, d); len(m.templates) != len(templates) || len(m.records) != 3 {
+		t.Errorf("first message: %d templates, %d records, want 4 and 3", len(m.templates), len(m.records))
 	}
 	if m := read(r, d); len(m.templates) != 0 || len(m.records) != 3 || m.seq != 3 {
 		t.Errorf("second message: %d templates, %d records, seq %d, want 0, 3 and 3", len(m.templates), len(m.records), m.seq)
@@ -316,8 +358,8 @@ func TestTCP(t *testing.T) {
 	if err := <-errs; err != nil {
 		t.Fatalf("Export after reconnect: %v", err)
 	}
-	if m := read(bufio.NewReader(c), &decoder{templates: map[uint16][]field{}}); len(m.templates) != 2 || len(m.records) != 3 {
-		t.Errorf("first message of the new connection: %d templates, %d records, want 2 and 3", len(m.templates), len(m.records))
+	if m := read(bufio.NewReader(c), &decoder{templates: map[uint16][]field{}}); len(m.templates) != len(templates) || len(m.records) != 3 {
+		t.Errorf("first message of the new connection: %d templates, %d records, want 4 and 3", len(m.templates), len(m.records))
 	}
 }
 

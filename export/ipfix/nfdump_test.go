@@ -40,10 +40,14 @@ func TestNfdump(t *testing.T) {
 		t.Fatal(err)
 	}
 	fs := testFlows()
-	// Many flows, to fill several messages.
+	// Many flows, to fill several messages; every other one with health,
+	// in the health templates, which nfcapd is to read as well.
 	for i := range 200 {
 		f := fs[0]
 		f.SrcPort = uint16(50000 + i)
+		if i%2 == 0 {
+			f.Health = &model.Health{Attempts: 1, Refused: 1, Drops: map[string]uint64{"NO_SOCKET": 1}}
+		}
 		fs = append(fs, f)
 	}
 	if err := e.Export(context.Background(), export.Batch{Flows: fs, SampleRate: 1}); err != nil {
