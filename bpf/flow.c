@@ -248,6 +248,20 @@ int BPF_PROG(tcp_probe, struct sock *sk)
 	return 0;
 }
 
+// tcp_cong_state counts loss recoveries of local sockets that a
+// retransmission timeout began: the retransmit timer puts a socket in
+// TCP_CA_Loss, and this tracepoint fires when its congestion state is set,
+// which is rare. The timeouts backed off within one recovery are not
+// counted (the state stays TCP_CA_Loss); fentry on tcp_enter_loss, which
+// would count each, is refused by this kernel (EPERM).
+SEC("tp_btf/tcp_cong_state_set")
+int BPF_PROG(tcp_cong_state, struct sock *sk, __u8 ca_state)
+{
+	if (health_on && ca_state == TCP_CA_Loss)
+		sock_event(sk, HEALTH_RTO);
+	return 0;
+}
+
 // clock_probe writes these, for Go to map jiffies to CLOCK_MONOTONIC.
 __u64 probe_jiffies = 0;
 __u64 probe_ns = 0;

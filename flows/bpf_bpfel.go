@@ -93,6 +93,8 @@ const (
 	bpfHealthEventHEALTH_UNREACHABLE   bpfHealthEvent = 5
 	bpfHealthEventHEALTH_TIME_EXCEEDED bpfHealthEvent = 6
 	bpfHealthEventHEALTH_RTT           bpfHealthEvent = 7
+	bpfHealthEventHEALTH_ZERO_WINDOW   bpfHealthEvent = 8
+	bpfHealthEventHEALTH_RTO           bpfHealthEvent = 9
 )
 
 type bpfHealthStats struct {
@@ -107,6 +109,8 @@ type bpfHealthStats struct {
 	Resets       uint32
 	Unreachable  uint32
 	TimeExceeded uint32
+	ZeroWindows  uint32
+	Rtos         uint32
 }
 
 type bpfL7Loss uint32
@@ -240,6 +244,7 @@ const (
 	bpfProgKfreeSkb         = "kfree_skb"
 	bpfProgTcEgress         = "tc_egress"
 	bpfProgTcIngress        = "tc_ingress"
+	bpfProgTcpCongState     = "tcp_cong_state"
 	bpfProgTcpProbe         = "tcp_probe"
 	bpfProgTcpRetransmit    = "tcp_retransmit"
 	bpfProgXdpIngress       = "xdp_ingress"
@@ -305,6 +310,7 @@ type bpfProgramSpecs struct {
 	KfreeSkb      *ebpf.ProgramSpec `ebpf:"kfree_skb"`
 	TcEgress      *ebpf.ProgramSpec `ebpf:"tc_egress"`
 	TcIngress     *ebpf.ProgramSpec `ebpf:"tc_ingress"`
+	TcpCongState  *ebpf.ProgramSpec `ebpf:"tcp_cong_state"`
 	TcpProbe      *ebpf.ProgramSpec `ebpf:"tcp_probe"`
 	TcpRetransmit *ebpf.ProgramSpec `ebpf:"tcp_retransmit"`
 	XdpIngress    *ebpf.ProgramSpec `ebpf:"xdp_ingress"`
@@ -466,6 +472,7 @@ type bpfPrograms struct {
 	KfreeSkb      *ebpf.Program `ebpf:"kfree_skb"`
 	TcEgress      *ebpf.Program `ebpf:"tc_egress"`
 	TcIngress     *ebpf.Program `ebpf:"tc_ingress"`
+	TcpCongState  *ebpf.Program `ebpf:"tcp_cong_state"`
 	TcpProbe      *ebpf.Program `ebpf:"tcp_probe"`
 	TcpRetransmit *ebpf.Program `ebpf:"tcp_retransmit"`
 	XdpIngress    *ebpf.Program `ebpf:"xdp_ingress"`
@@ -477,6 +484,7 @@ func (p *bpfPrograms) Close() error {
 		p.KfreeSkb,
 		p.TcEgress,
 		p.TcIngress,
+		p.TcpCongState,
 		p.TcpProbe,
 		p.TcpRetransmit,
 		p.XdpIngress,

@@ -243,10 +243,10 @@ func New(cfg Config) (*Datapath, error) {
 		log.Warn("retransmits not counted", "err", err)
 	}
 	if !cfg.HealthOff {
-		for _, p := range []*ebpf.Program{d.objs.KfreeSkb, d.objs.TcpProbe} {
+		for _, p := range []*ebpf.Program{d.objs.KfreeSkb, d.objs.TcpProbe, d.objs.TcpCongState} {
 			l, err := link.AttachTracing(link.TracingOptions{Program: p})
 			if err != nil {
-				log.Warn("health tracepoint not attached: drops or RTT not counted", "program", p, "err", err)
+				log.Warn("health tracepoint not attached: drops, RTT or retransmission timeouts not counted", "program", p, "err", err)
 				continue
 			}
 			d.health = append(d.health, l)
@@ -829,7 +829,7 @@ var probeInsns = asm.Instructions{
 }
 
 // Programs returns the loaded programs by their C names (tc_ingress,
-// tc_egress, xdp_ingress, tcp_retransmit, kfree_skb, tcp_probe), for benchmarks that read their
+// tc_egress, xdp_ingress, tcp_retransmit, kfree_skb, tcp_probe, tcp_cong_state), for benchmarks that read their
 // run-time statistics.
 func (d *Datapath) Programs() map[string]*ebpf.Program {
 	return map[string]*ebpf.Program{
@@ -839,6 +839,7 @@ func (d *Datapath) Programs() map[string]*ebpf.Program {
 		bpfProgTcpRetransmit: d.objs.TcpRetransmit,
 		bpfProgKfreeSkb:      d.objs.KfreeSkb,
 		bpfProgTcpProbe:      d.objs.TcpProbe,
+		bpfProgTcpCongState:  d.objs.TcpCongState,
 	}
 }
 

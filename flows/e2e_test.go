@@ -558,6 +558,7 @@ func TestRetransmits(t *testing.T) {
 	defer conn.Close()
 	tcp := conn.(*net.TCPConn)
 
+	timeouts0 := tcpTimeouts(t, a)
 	drop := dropIngress(t, b)
 	if _, err := conn.Write(make([]byte, n)); err != nil {
 		t.Fatalf("write %d bytes: %v", n, err)
@@ -575,6 +576,7 @@ func TestRetransmits(t *testing.T) {
 		t.Fatalf("read the answer: %v", err)
 	}
 	want := testenv.TCPRetransmits(tcp)
+	wantRTOs := tcpTimeouts(t, a) - timeouts0
 
 	recs := c.flows(t)
 	r := one(t, find(recs, a.Addr, b.Addr, model.ProtoTCP, uint16(ln.Addr().(*net.TCPAddr).Port)))
@@ -583,6 +585,16 @@ func TestRetransmits(t *testing.T) {
 	}
 	if r.Forward.Bytes < n {
 		t.Errorf("forward bytes = %d, want at least %d", r.Forward.Bytes, n)
+	}
+	// Health: one loss recovery, begun by the first of the timeouts that
+	// a's stack counted (the backed-off ones after it are in the same
+	// recovery).
+	var rtos uint64
+	if r.Health != nil {
+		rtos = r.Health.RTOs
+	}
+	if wantRTOs < 3 || rtos != 1 {
+		t.Errorf("retransmission timeouts = %d, want 1 recovery (of %d timeouts, TcpExtTCPTimeouts in %s, want at least 3)", rtos, wantRTOs, a.NetNS)
 	}
 }
 

@@ -70,6 +70,8 @@ func (d *drainer) drainHealth(half uint32) error {
 			x.Resets += s.Resets
 			x.Unreachable += s.Unreachable
 			x.TimeExceeded += s.TimeExceeded
+			x.ZeroWindows += s.ZeroWindows
+			x.Rtos += s.Rtos
 			x.RttSamples += s.RttSamples
 			x.RttSumUs += s.RttSumUs
 			x.SynNs = max(x.SynNs, s.SynNs)
@@ -117,6 +119,8 @@ func (d *drainer) takeHealth(k, rk bpfFlowKey, fwd, back *direction, clk clockRe
 	h.ResetByServer = uint64(s.Resets)
 	h.Unreachable = uint64(c.Unreachable + s.Unreachable)
 	h.TimeExceeded = uint64(c.TimeExceeded + s.TimeExceeded)
+	h.ZeroWindows = uint64(c.ZeroWindows + s.ZeroWindows)
+	h.RTOs = uint64(c.Rtos + s.Rtos)
 	h.RTTSamples = uint64(c.RttSamples + s.RttSamples)
 	h.RTTSum = time.Duration(c.RttSumUs+s.RttSumUs) * time.Microsecond
 	for _, x := range []*dirHealth{c, s} {

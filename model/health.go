@@ -33,6 +33,15 @@ type Health struct {
 	// unreachable and time exceeded errors quoting the flow's packets.
 	Unreachable  uint64 `json:"icmp_unreachable,omitempty"`
 	TimeExceeded uint64 `json:"icmp_time_exceeded,omitempty"`
+	// ZeroWindows counts the answered zero-window probes of the flow's
+	// local sockets: one for each (backed-off) retransmission timeout
+	// that the peer's receive window stayed zero, its application not
+	// reading. RTOs counts the loss recoveries that a retransmission
+	// timeout began on the flow's local sockets past the handshake (the
+	// timeouts backed off within one are not counted). Neither is
+	// counted for flows that only pass through.
+	ZeroWindows uint64 `json:"zero_windows,omitempty"`
+	RTOs        uint64 `json:"rtos,omitempty"`
 	// Drops counts the flow's packets the kernel dropped, by the name of
 	// its reason (enum skb_drop_reason without SKB_DROP_REASON_, as
 	// "NETFILTER_DROP").
@@ -62,6 +71,8 @@ func (h *Health) Add(o *Health) {
 	h.Closed += o.Closed
 	h.Unreachable += o.Unreachable
 	h.TimeExceeded += o.TimeExceeded
+	h.ZeroWindows += o.ZeroWindows
+	h.RTOs += o.RTOs
 	if len(o.Drops) > 0 {
 		d := make(map[string]uint64, len(h.Drops)+len(o.Drops))
 		maps.Copy(d, h.Drops)
@@ -142,5 +153,6 @@ func (h *Health) Failure() string {
 func (h *Health) IsZero() bool {
 	return h.Attempts == 0 && h.SYNRetries == 0 && h.Established == 0 && h.Refused == 0 &&
 		h.TimedOut == 0 && h.ResetByClient == 0 && h.ResetByServer == 0 && h.Closed == 0 &&
-		h.Unreachable == 0 && h.TimeExceeded == 0 && len(h.Drops) == 0 && h.RTTSamples == 0
+		h.Unreachable == 0 && h.TimeExceeded == 0 && h.ZeroWindows == 0 && h.RTOs == 0 &&
+		len(h.Drops) == 0 && h.RTTSamples == 0
 }

@@ -71,6 +71,8 @@ func healthLabel(h *Health) string {
 	add("reset", h.ResetByClient+h.ResetByServer, false)
 	add("unreachable", h.Unreachable, false)
 	add("ttl", h.TimeExceeded, false)
+	add("zerowin", h.ZeroWindows, false)
+	add("rto", h.RTOs, false)
 	if n := h.Dropped(); n > 0 {
 		reason := strings.TrimPrefix(h.Failure, "drop:")
 		if !strings.HasPrefix(h.Failure, "drop:") {

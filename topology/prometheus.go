@@ -33,7 +33,8 @@ type MetricsOptions struct {
 	// "overflow". Each edge has 2+2 byte and packet series, and a TCP
 	// edge 1 connection series (outcome="attempted") and len(RTTBuckets)+3
 	// handshake RTT series; health adds, where it happened, up to 6
-	// outcome series, up to MaxDropReasons+1 drop series and
+	// outcome series, a zero-window and a retransmit-timeout series, up to
+	// MaxDropReasons+1 drop series and
 	// len(RTTBuckets)+3 smoothed RTT series. Zero is
 	// DefaultMetricsMaxEdges.
 	MaxEdges int
@@ -136,6 +137,8 @@ type series struct {
 	outcomes [len(outcomes)]lazy
 	drops    []reasonCount // at most MaxDropReasons, in the order they came
 	other    lazy          // drops of further reasons
+	zeroWin  lazy          // segments advertising a zero window
+	rtos     lazy          // retransmission timeouts
 	srtt     lazyHist
 	// start is when the series began counting: its first flow's first
 	// packet.
@@ -306,6 +309,8 @@ func (s *series) addHealth(h *model.Health) {
 	for i, o := range outcomes {
 		s.outcomes[i].n += o.count(h)
 	}
+	s.zeroWin.n += h.ZeroWindows
+	s.rtos.n += h.RTOs
 	if len(h.Drops) > 0 {
 		reasons := make([]string, 0, len(h.Drops))
 		for r := range h.Drops {
@@ -361,6 +366,12 @@ var (
 		"Round-trip time of TCP handshakes from src to dst, SYN to SYN-ACK.", flowLabels, nil)
 	srttDesc = prometheus.NewDesc("flowmap_tcp_rtt_seconds",
 		"Smoothed RTT of the local TCP sockets of the flows from src to dst (tcp_probe), sampled at most every 100 ms a socket.", flowLabels, nil)
+	zeroWinDesc = prometheus.NewDesc("flowmap_tcp_zero_windows_total",
+		"Answered zero-window probes of the local TCP sockets of the flows from src to dst: one each retransmission timeout (backed off) that the peer's window stayed zero, its application not reading; a series once one was sent.",
+		flowLabels, nil)
+	rtoDesc = prometheus.NewDesc("flowmap_tcp_retransmit_timeouts_total",
+		"Loss recoveries that a retransmission timeout began on the local TCP sockets of the flows from src to dst, past the handshake (timeouts backed off within one are not counted); a series once one happened.",
+		flowLabels, nil)
 	dropsDesc = prometheus.NewDesc("flowmap_drops_total",
 		"Packets of the flows from src to dst that the kernel dropped, by reason (enum skb_drop_reason, as NETFILTER_DROP): an edge's first 3 reasons, further ones summed as other.",
 		append(flowLabels[:len(flowLabels):len(flowLabels)], "reason"), nil)
@@ -379,7 +390,7 @@ var (
 
 // Describe implements prometheus.Collector.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{bytesDesc, packetsDesc, connsDesc, rttDesc, srttDesc, dropsDesc, seriesEdgesDesc, seriesCapDesc, overflowDesc, skippedDesc, endpointDesc} {
+	for _, d := range []*prometheus.Desc{bytesDesc, packetsDesc, connsDesc, rttDesc, srttDesc, dropsDesc, zeroWinDesc, rtoDesc, seriesEdgesDesc, seriesCapDesc, overflowDesc, skippedDesc, endpointDesc} {
 		ch <- d
 	}
 }
@@ -425,6 +436,12 @@ func collectSeries(ch chan<- prometheus.Metric, s *series, lv []string) {
 			if v, ok := s.outcomes[i].value(); ok {
 				ch <- prometheus.MustNewConstMetric(connsDesc, prometheus.CounterValue, v, with(outcomes[i].name)...)
 			}
+		}
+		if v, ok := s.zeroWin.value(); ok {
+			ch <- prometheus.MustNewConstMetric(zeroWinDesc, prometheus.CounterValue, v, lv...)
+		}
+		if v, ok := s.rtos.value(); ok {
+			ch <- prometheus.MustNewConstMetric(rtoDesc, prometheus.CounterValue, v, lv...)
 		}
 		if h := &s.srtt; h.n > 0 {
 			z := lazyHist{buckets: make([]uint64, len(RTTBuckets)+1)}

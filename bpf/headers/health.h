@@ -31,6 +31,8 @@ enum health_event {
 	HEALTH_UNREACHABLE,   // an ICMP destination unreachable quoting the direction
 	HEALTH_TIME_EXCEEDED, // an ICMP time exceeded quoting the direction
 	HEALTH_RTT,           // a smoothed RTT sample (us) of the direction's local socket
+	HEALTH_ZERO_WINDOW,   // an answered zero-window probe of the direction's local socket
+	HEALTH_RTO,           // a loss recovery a timeout began on the direction's local socket
 };
 
 // health_stats is what one CPU saw go wrong (or right) on one flow
@@ -48,6 +50,8 @@ struct health_stats {
 	__u32 resets;      // HEALTH_RESET
 	__u32 unreachable; // HEALTH_UNREACHABLE
 	__u32 time_exceeded; // HEALTH_TIME_EXCEEDED
+	__u32 zero_windows;  // HEALTH_ZERO_WINDOW
+	__u32 rtos;          // HEALTH_RTO
 };
 
 // health_a, health_b: flow_key (the sender's direction, IPv4 mapped) ->
@@ -109,6 +113,12 @@ static __always_inline void health_add(struct flow_key *k, __u32 ev, __u64 arg)
 	case HEALTH_RTT:
 		h->rtt_sum_us += arg;
 		h->rtt_samples++;
+		break;
+	case HEALTH_ZERO_WINDOW:
+		h->zero_windows++;
+		break;
+	case HEALTH_RTO:
+		h->rtos++;
 		break;
 	}
 }

@@ -4,7 +4,10 @@
 // tcp_probe tracepoint, which fires on every segment an established
 // socket receives: at most once per socket every RTT_SAMPLE_JIFFIES, by a
 // jiffies stamp in the socket's local storage, so that the common case
-// costs a storage lookup and a compare.
+// costs a storage lookup and a compare. Before that, from the same
+// tracepoint, it counts the answers to zero-window probes (a peer that
+// stopped reading), at the cost of a load and a compare; and from
+// tcp_cong_state_set the loss recoveries retransmission timeouts begin.
 
 #pragma once
 
@@ -25,8 +28,13 @@ struct {
 } rtt_sampled SEC(".maps");
 
 #pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+struct inet_connection_sock {
+	__u8 icsk_probes_out; // zero-window probes unanswered
+};
 struct tcp_sock {
+	struct inet_connection_sock inet_conn;
 	__u32 srtt_us; // smoothed RTT << 3, in us
+	__u32 snd_wnd; // the peer's receive window
 };
 #pragma clang attribute pop
 
@@ -53,10 +61,44 @@ static __always_inline int sock_key(const struct sock *sk, struct flow_key *key)
 	return 0;
 }
 
+// TCP_CA_Loss is the congestion state a retransmission timeout enters.
+#define TCP_CA_Loss 4
+
+// TCP_SYN_SENT and TCP_SYN_RECV: a timeout in either is a SYN's or a
+// SYN-ACK's, counted as a SYN retry by handshake.h.
+#define TCP_SYN_SENT 2
+#define TCP_SYN_RECV 3
+
+// sock_event counts event ev (HEALTH_RTO, HEALTH_ZERO_WINDOW) of sk past
+// its handshake on its flow direction, if a watched interface counted it.
+static __always_inline void sock_event(struct sock *sk, __u32 ev)
+{
+	unsigned char state = sk->__sk_common.skc_state;
+	if (state == TCP_SYN_SENT || state == TCP_SYN_RECV)
+		return;
+	struct flow_key key = {};
+	if (sock_key(sk, &key))
+		return;
+	if (flow_counted(&key))
+		health_add(&key, ev, 0);
+}
+
 // rtt_sample adds sk's smoothed RTT to its flow direction's health, if
 // the socket was not sampled in the last RTT_SAMPLE_JIFFIES.
 static __always_inline void rtt_sample(struct sock *sk)
 {
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return;
+	// A segment that answers a zero-window probe: the peer's window is
+	// zero and has been for a retransmission timeout, for the persist
+	// timer sent a probe. (tcp_probe fires before the segment's ACK is
+	// taken, so the probe is still out.) A zero window that opens within
+	// the timeout, as a busy reader's, sent no probe.
+	if (!tp->snd_wnd && tp->inet_conn.icsk_probes_out) {
+		sock_event(sk, HEALTH_ZERO_WINDOW);
+		return;
+	}
 	__u64 *last = bpf_sk_storage_get(&rtt_sampled, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!last)
 		return;
@@ -64,9 +106,6 @@ static __always_inline void rtt_sample(struct sock *sk)
 	if (*last && now - *last < RTT_SAMPLE_JIFFIES)
 		return;
 	*last = now;
-	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
-	if (!tp)
-		return;
 	__u32 srtt = tp->srtt_us >> 3;
 	struct flow_key key = {};
 	if (!srtt || sock_key(sk, &key))
@@ -74,3 +113,4 @@ static __always_inline void rtt_sample(struct sock *sk)
 	if (flow_counted(&key))
 		health_add(&key, HEALTH_RTT, srtt);
 }
+

@@ -9,7 +9,8 @@
 // [PEN], for what IANA has none of: the names of the ends, L7 counts,
 // retransmits, the handshake RTT and the sampling rate, and a flow's
 // health: IANA's flowEndReason, and flowmap's connection outcomes, ICMP
-// errors, drops by the kernel's reason and smoothed RTT.
+// errors, zero windows, retransmission timeouts, drops by the kernel's
+// reason and smoothed RTT.
 //
 // The encoder is written here, not taken from a library: vmware/go-ipfix
 // (the maintained encoder, Antrea's) could not be had from the module
@@ -106,6 +107,8 @@ const (
 	eDropReasons     = 33 // string: "REASON=count" for each reason, commonest first, space-separated
 	eFailure         = 34 // string: the dominant failure (refused, timeout, reset, drop:REASON, …), "" if none
 	eSmoothedRTT     = 35 // unsigned32: the local sockets' smoothed RTT, mean of samples, microseconds
+	eZeroWindows     = 36 // answered zero-window probes of the local sockets
+	eRTOs            = 37 // loss recoveries a retransmission timeout began on the local sockets
 )
 
 // flowEndReason values (IANA IE 136).
@@ -225,6 +228,8 @@ func healthFields() []field {
 		{eDropReasons, PEN, varLen, func(b []byte, f *model.Flow, _ uint32) []byte { return str(b, dropReasons(health(f))) }},
 		{eFailure, PEN, varLen, func(b []byte, f *model.Flow, _ uint32) []byte { return str(b, health(f).Failure()) }},
 		count(eSmoothedRTT, func(h *model.Health) uint64 { return uint64(h.RTT().Microseconds()) }),
+		count(eZeroWindows, func(h *model.Health) uint64 { return h.ZeroWindows }),
+		count(eRTOs, func(h *model.Health) uint64 { return h.RTOs }),
 	}
 }
 

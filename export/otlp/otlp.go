@@ -310,6 +310,8 @@ const (
 	keyClosed       = attribute.Key("flowmap.tcp.connections.closed")
 	keyUnreachable  = attribute.Key("flowmap.icmp.errors.unreachable")
 	keyTimeExceeded = attribute.Key("flowmap.icmp.errors.time_exceeded")
+	keyZeroWindows  = attribute.Key("flowmap.tcp.zero_windows")
+	keyRTOs         = attribute.Key("flowmap.tcp.retransmit_timeouts")
 	keyDrops        = attribute.Key("flowmap.drop.count")
 	keyFailure      = attribute.Key("flowmap.health.failure")
 	keySRTT         = attribute.Key("flowmap.tcp.rtt")
@@ -432,6 +434,8 @@ func appendHealth(a []attribute.KeyValue, h *model.Health) []attribute.KeyValue 
 	n(keyClosed, h.Closed)
 	n(keyUnreachable, h.Unreachable)
 	n(keyTimeExceeded, h.TimeExceeded)
+	n(keyZeroWindows, h.ZeroWindows)
+	n(keyRTOs, h.RTOs)
 	if len(h.Drops) > 0 {
 		n(keyDrops, h.Dropped())
 		for r, c := range h.Drops {
