@@ -52,6 +52,9 @@ func (b *bench) attachAgent(ctx context.Context, m mode, ifindexes []int) (_ *at
 		base := filepath.Join(b.profile, fmt.Sprintf("%s-%d", b.curLoad, n))
 		args = append(args, "--cpu-profile", base+".cpu.pprof", "--heap-profile", base+".heap.pprof")
 	}
+	if m.healthOff {
+		args = append(args, "--health", "off")
+	}
 	switch m.hook {
 	case hookXDPNative:
 		args = append(args, "--xdp", b.prefix+"-*", "--xdp-mode", "native")

@@ -22,7 +22,12 @@
 // kernel memory of the agent's maps, here and extrapolated to 64 and 128
 // possible CPUs; then the programs' cost on a 64-byte frame under
 // BPF_PROG_TEST_RUN, and the L7 path's cost on the frames of an HTTP
-// exchange over a pure ACK of the same flow.
+// exchange over a pure ACK of the same flow. Last, the health path's cost
+// (health.go): the agent with --health=on and off and the TC floor,
+// interleaved, on udp-64B, tcp-rr, tcp-rr-close and two loads of failing
+// connections (refused by a closed port; timed out behind a DROP rule),
+// with the TC programs' ns per run and the tracepoints kfree_skb's and
+// tcp_probe's ns per run and runs a second.
 //
 // Targets, from the issues: a throughput ratio of at least 0.97 on the TCP
 // and UDP loads, 0.95 on http and 0.90 on http-close; on the small packets
@@ -103,6 +108,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		timeRuns = fs.Bool("test-runs", true, "also time the programs under BPF_PROG_TEST_RUN")
 		profile  = fs.String("profile", "", "directory where the agent (TC modes) writes pprof CPU and heap profiles, per load and round")
 		agentBin = fs.String("agent", "", "flowmap binary to run the agent with (default: built from this module)")
+		hRounds  = fs.Int("health-rounds", 5, "rounds of the health path's bench (--health=on vs off; 0: none)")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -239,6 +245,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		log.Info("round done", "round", r+1, "of", *rounds, "elapsed", time.Since(start).Round(time.Second))
 	}
 
+	var health map[string]map[mode][]healthSample
+	if *hRounds > 0 {
+		if health, err = b.healthCost(ctx, ha, hb, ifindexes, *hRounds, *duration); err != nil {
+			return err
+		}
+	}
+
 	if err := stopStats(); err != nil {
 		return fmt.Errorf("disable bpf run-time statistics: %w", err)
 	}
@@ -259,6 +272,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	res.print(stdout)
 	fmt.Fprintln(stdout)
 	printMapMemory(stdout, b.mapMem)
+	if health != nil {
+		fmt.Fprintln(stdout)
+		printHealth(stdout, health, *hRounds)
+	}
 	if *timeRuns {
 		fmt.Fprintln(stdout)
 		printTestRuns(stdout, trs)

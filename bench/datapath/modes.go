@@ -35,14 +35,17 @@ func (h hook) String() string {
 
 // mode is what is attached to the veths during a run.
 type mode struct {
-	hook  hook
-	agent bool // flowmap's programs; otherwise the floor's
+	hook      hook
+	agent     bool // flowmap's programs; otherwise the floor's
+	healthOff bool // the agent with --health=off (health.go)
 }
 
 func (m mode) String() string {
 	switch {
 	case m.hook == hookNone:
 		return "none"
+	case m.agent && m.healthOff:
+		return m.hook.String() + " agent health=off"
 	case m.agent:
 		return m.hook.String() + " agent"
 	}
