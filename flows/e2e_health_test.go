@@ -25,6 +25,21 @@ import (
 	"github.com/flowmap/flowmap/sandbox"
 )
 
+// healthSandbox makes hosts a and b in a sandbox of prefix, with the
+// datapath on their veths, health on. It skips t without root or BTF.
+func healthSandbox(t *testing.T, prefix string) (a, b *sandbox.Host, c *collector) {
+	t.Helper()
+	testenv.MustBeRoot(t)
+	testenv.MustHaveBTF(t)
+	if err := sandbox.Cleanup(prefix); err != nil {
+		t.Fatalf("remove leftovers: %v", err)
+	}
+	sb := sandboxtest.New(t, sandbox.Options{Prefix: prefix, Subnet: e2eSubnet})
+	a = mustHost(t, sb, "a")
+	b = mustHost(t, sb, "b")
+	return a, b, runDatapath(t, flows.Config{Interfaces: []string{prefix + "-*"}})
+}
+
 // health sums the health of recs.
 func health(recs []model.Record) model.Health {
 	var h model.Health
@@ -53,15 +68,7 @@ func run(t *testing.T, h *sandbox.Host, name string, args ...string) {
 // TestEndToEndHealth: connection outcomes, drops with the kernel's reason
 // and RTT on real traffic between two namespaces. Needs root and iptables.
 func TestEndToEndHealth(t *testing.T) {
-	testenv.MustBeRoot(t)
-	testenv.MustHaveBTF(t)
-	if err := sandbox.Cleanup("fmh"); err != nil {
-		t.Fatalf("remove leftovers: %v", err)
-	}
-	sb := sandboxtest.New(t, sandbox.Options{Prefix: "fmh", Subnet: e2eSubnet})
-	a := mustHost(t, sb, "a")
-	b := mustHost(t, sb, "b")
-	c := runDatapath(t, flows.Config{Interfaces: []string{"fmh-*"}})
+	a, b, c := healthSandbox(t, "fmh")
 
 	// A closed port: each attempt is refused by an RST, and the SYN
 	// dropped by b's stack for want of a socket.
@@ -191,15 +198,13 @@ func equalHealth(a, b model.Health) bool {
 	return reflect.DeepEqual(a, b)
 }
 
-// echo makes n round trips of 100 bytes from a to an echo server on b,
-// and returns the server's port.
-func echo(t *testing.T, a, b *sandbox.Host, n int) uint16 {
+// echoServer listens on b for one connection, whose bytes it echoes.
+func echoServer(t *testing.T, b *sandbox.Host) net.Listener {
 	t.Helper()
 	ln, err := b.Listen("tcp4", net.JoinHostPort(b.Addr.String(), "0"))
 	if err != nil {
 		t.Fatalf("listen: %v", err)
 	}
-	defer ln.Close()
 	go func() {
 		s, err := ln.Accept()
 		if err != nil {
@@ -208,6 +213,15 @@ func echo(t *testing.T, a, b *sandbox.Host, n int) uint16 {
 		defer s.Close()
 		io.Copy(s, s)
 	}()
+	return ln
+}
+
+// echo makes n round trips of 100 bytes from a to an echo server on b,
+// and returns the server's port.
+func echo(t *testing.T, a, b *sandbox.Host, n int) uint16 {
+	t.Helper()
+	ln := echoServer(t, b)
+	defer ln.Close()
 	conn, err := a.Dial("tcp4", ln.Addr().String())
 	if err != nil {
 		t.Fatalf("dial: %v", err)
@@ -241,15 +255,7 @@ func echo(t *testing.T, a, b *sandbox.Host, n int) uint16 {
 // when the machine's other work takes its CPU: the client's own
 // measurements include that, a fixed 20 ms would not. Needs root.
 func TestEndToEndRTT(t *testing.T) {
-	testenv.MustBeRoot(t)
-	testenv.MustHaveBTF(t)
-	if err := sandbox.Cleanup("fmy"); err != nil {
-		t.Fatalf("remove leftovers: %v", err)
-	}
-	sb := sandboxtest.New(t, sandbox.Options{Prefix: "fmy", Subnet: e2eSubnet})
-	a := mustHost(t, sb, "a")
-	b := mustHost(t, sb, "b")
-	c := runDatapath(t, flows.Config{Interfaces: []string{"fmy-*"}})
+	a, b, c := healthSandbox(t, "fmy")
 
 	var aMAC net.HardwareAddr
 	if err := a.Do(func() error {
@@ -273,19 +279,8 @@ func TestEndToEndRTT(t *testing.T) {
 	// flowmap's numbers are held against. They include the forwarder's
 	// lateness, which is what makes them wander from 20 ms on a busy
 	// machine.
-	ln, err := b.Listen("tcp4", net.JoinHostPort(b.Addr.String(), "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := echoServer(t, b)
 	defer ln.Close()
-	go func() {
-		s, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer s.Close()
-		io.Copy(s, s)
-	}()
 	start := time.Now()
 	conn, err := a.Dial("tcp4", ln.Addr().String())
 	if err != nil {
@@ -385,15 +380,7 @@ func tcpExt(t *testing.T, h *sandbox.Host, name string) uint64 {
 // whose server reads, though a fast sender may see a zero window there
 // for microseconds. Needs root.
 func TestEndToEndZeroWindow(t *testing.T) {
-	testenv.MustBeRoot(t)
-	testenv.MustHaveBTF(t)
-	if err := sandbox.Cleanup("fmz"); err != nil {
-		t.Fatalf("remove leftovers: %v", err)
-	}
-	sb := sandboxtest.New(t, sandbox.Options{Prefix: "fmz", Subnet: e2eSubnet})
-	a := mustHost(t, sb, "a")
-	b := mustHost(t, sb, "b")
-	c := runDatapath(t, flows.Config{Interfaces: []string{"fmz-*"}})
+	a, b, c := healthSandbox(t, "fmz")
 
 	okPort, _ := sendTCP(t, a.Dial, b, b.Addr, 256<<10)
 
