@@ -71,7 +71,7 @@ func (a *agentFlags) register(fs *flag.FlagSet) {
 	fs.Var((*hostPort)(&a.listen), "listen",
 		"address to serve the HTTP API and /metrics on, host:port (an IPv6 host as [addr]:port or addr:port); other than loopback, only with --tls-cert, --tls-key and --auth")
 	a.serve.register(fs)
-	fs.Func("health", "on or off: connection outcomes, ICMP errors, drops by kernel reason (tracepoint kfree_skb) and RTT of local sockets (tracepoint tcp_probe); off attaches neither tracepoint", func(v string) error {
+	fs.Func("health", "on or off: connection outcomes, ICMP errors, drops by kernel reason (tracepoint kfree_skb), RTT and zero-window probes of local sockets (tracepoint tcp_probe) and their retransmission timeouts (tracepoint tcp_cong_state_set); off attaches none of the tracepoints", func(v string) error {
 		switch v {
 		case "on":
 			a.cfg.HealthOff = false
