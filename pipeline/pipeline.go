@@ -47,8 +47,12 @@ type Options struct {
 	// Node is the name of this node in the cluster: the node label of the
 	// series and the host the fallback namer names. "" is host.Name().
 	Node string
-	// GraphMaxEdges bounds the graph (topology.Options.MaxEdges).
+	// GraphMaxEdges and GraphMaxBytes bound the graph
+	// (topology.Options).
 	GraphMaxEdges int
+	GraphMaxBytes int64
+	// NamesMaxBytes bounds the names from traffic (enrich.Names.SetMaxBytes).
+	NamesMaxBytes int
 	// MetricsLevel and MetricsMaxEdges are those of the flow and L7
 	// series (topology.MetricsOptions).
 	MetricsLevel    topology.Level
@@ -115,13 +119,14 @@ func New(opts Options) *Pipeline {
 		host:      hv,
 		reporting: &Reporting{Host: hv, Uplinks: opts.Uplinks, ClusterCIDRs: opts.ClusterCIDRs},
 		refresh:   opts.Refresh,
-		graph:     topology.New(topology.Options{MaxEdges: opts.GraphMaxEdges}),
+		graph:     topology.New(topology.Options{MaxEdges: opts.GraphMaxEdges, MaxBytes: opts.GraphMaxBytes}),
 		l7Names:   enrich.NewNames(enrich.DefaultMaxNames),
 		namesRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flowmap_names_refused_total",
 			Help: "DNS names from traffic not kept, by reason: client_not_local, an answer to a client that is outside or on another node."},
 			[]string{"reason"}),
 		log: opts.Log,
 	}
+	p.l7Names.SetMaxBytes(opts.NamesMaxBytes)
 	p.refreshHost()
 	if p.namer == nil {
 		p.namer = hv.Namer()
