@@ -32,10 +32,10 @@ func TestNotBlockedByDrain(t *testing.T) {
 	var releaseOnce sync.Once
 	// Cleanups run last first: the drain is released before Close.
 	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
-	d.conntrack = func() ([]*netlink.ConntrackFlow, error) {
+	d.conntrack = func([]bpfFlowKey, func(*netlink.ConntrackFlow)) (int, error) {
 		close(inDump)
 		<-release
-		return nil, nil
+		return 0, nil
 	}
 	// A flow, so that the drain reads conntrack to join NATed directions.
 	putFlow(t, d, "192.0.2.1", 0)
@@ -158,7 +158,7 @@ func TestDrainNamesReleased(t *testing.T) {
 	d.attached[during.Index] = &attachment{iface: during}
 	d.regMu.Unlock()
 	release := true
-	d.conntrack = func() ([]*netlink.ConntrackFlow, error) {
+	d.conntrack = func([]bpfFlowKey, func(*netlink.ConntrackFlow)) (int, error) {
 		if release {
 			d.regMu.Lock()
 			if err := d.releaseLocked(during.Index); err != nil {
@@ -167,7 +167,7 @@ func TestDrainNamesReleased(t *testing.T) {
 			d.regMu.Unlock()
 			release = false
 		}
-		return nil, nil
+		return 0, nil
 	}
 	srcIfs := func(b model.Batch) map[string]string {
 		out := map[string]string{}
@@ -220,7 +220,7 @@ func TestDrainFailureKeeps(t *testing.T) {
 	testenv.MustBeRoot(t)
 	testenv.MustHaveBTF(t)
 	d := newTestDatapath(t)
-	d.conntrack = func() ([]*netlink.ConntrackFlow, error) { return nil, nil }
+	d.conntrack = func([]bpfFlowKey, func(*netlink.ConntrackFlow)) (int, error) { return 0, nil }
 	putFlow(t, d, "192.0.2.1", 0)
 	k6 := flowKey("2001:db8::1", "2001:db8::2", 40000, 80, 6, 0)
 	v := bpfFlowStats{Bytes: 200, Packets: 2, Point: uint8(bpfPointPOINT_TC_INGRESS)}
@@ -267,7 +267,7 @@ func TestDrainFlipExact(t *testing.T) {
 	testenv.MustBeRoot(t)
 	testenv.MustHaveBTF(t)
 	d := newTestDatapath(t)
-	d.conntrack = func() ([]*netlink.ConntrackFlow, error) { return nil, nil }
+	d.conntrack = func([]bpfFlowKey, func(*netlink.ConntrackFlow)) (int, error) { return 0, nil }
 	frame := buildFrame(t, ethL(layers.EthernetTypeIPv4), ip4L("198.51.100.2", "198.51.100.3", layers.IPProtocolUDP),
 		udpL(7000, 7001), payloadL(30))
 	const (

@@ -91,16 +91,3 @@ func (d *direction) merge(o *direction) {
 		d.backend = o.backend
 	}
 }
-
-// conntrack lists the connections conntrack tracks, IPv4 and IPv6.
-func conntrack() ([]*netlink.ConntrackFlow, error) {
-	v4, err := netlink.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
-	if err != nil {
-		return nil, err
-	}
-	v6, err := netlink.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET6)
-	if err != nil {
-		return v4, err
-	}
-	return append(v4, v6...), nil
-}
