@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flowmap/flowmap/internal/testenv"
 	"github.com/flowmap/flowmap/model"
 )
 
@@ -44,7 +45,7 @@ func TestNamesBytes(t *testing.T) {
 func TestNamesBytesEstimate(t *testing.T) {
 	for _, perAddr := range []int{1, 4} {
 		t.Run(fmt.Sprint(perAddr), func(t *testing.T) {
-			before := heapNow()
+			before := testenv.LiveHeap()
 			n := NewNamesBounded(1<<20, 1<<20)
 			n.SetMaxBytes(1 << 30)
 			now := time.Now()
@@ -53,20 +54,9 @@ func TestNamesBytesEstimate(t *testing.T) {
 				nm.Addr = nameAt(i / perAddr).Addr
 				n.Add(nm, now)
 			}
-			grown := heapNow() - before
-			est := n.Usage().Bytes
-			t.Logf("%d names on %d addresses: estimated %d B, heap grew %d B (%.2f)", n.Entries(), n.Len(), est, grown, float64(est)/float64(grown))
-			if r := float64(est) / float64(grown); r < 0.75 || r > 1.25 {
-				t.Errorf("estimate %d B, heap grew %d B: ratio %.2f, want within 25%%", est, grown, r)
-			}
+			grown := testenv.LiveHeap() - before
+			testenv.CheckEstimate(t, fmt.Sprintf("%d names on %d addresses", n.Entries(), n.Len()), n.Usage().Bytes, grown, 0.25)
 			runtime.KeepAlive(n)
 		})
 	}
-}
-
-func heapNow() uint64 {
-	runtime.GC()
-	var m runtime.MemStats
-	runtime.ReadMemStats(&m)
-	return m.HeapAlloc
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/flowmap/flowmap/internal/testenv"
 	"github.com/flowmap/flowmap/model"
 )
 
@@ -68,24 +69,12 @@ func TestHistoryBound(t *testing.T) {
 func TestHistoryBytesEstimate(t *testing.T) {
 	s := New(100, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
 	s.SetMaxBytes(1 << 30)
-	before := heapInUse()
+	before := testenv.LiveHeap()
 	t0 := time.Now()
 	for i := range 20 {
 		s.Add(records(t0.Add(time.Duration(i)*time.Second), 5000, 10))
 	}
-	grown := heapInUse() - before
-	est := s.Usage().Bytes
-	t.Logf("100,000 records, 10%% with L7: estimated %d B, heap grew %d B (%.2f)", est, grown, float64(est)/float64(grown))
-	if r := float64(est) / float64(grown); r < 0.85 || r > 1.15 {
-		t.Errorf("estimate %d B, heap grew %d B: ratio %.2f, want within 15%%", est, grown, r)
-	}
+	grown := testenv.LiveHeap() - before
+	testenv.CheckEstimate(t, "100,000 records, 10% with L7", s.Usage().Bytes, grown, 0.15)
 	runtime.KeepAlive(s)
-}
-
-// heapInUse returns the live heap after a collection.
-func heapInUse() uint64 {
-	runtime.GC()
-	var m runtime.MemStats
-	runtime.ReadMemStats(&m)
-	return m.HeapAlloc
 }

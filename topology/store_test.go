@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flowmap/flowmap/internal/testenv"
 	"github.com/flowmap/flowmap/model"
 )
 
@@ -57,7 +58,7 @@ func TestGraphBytes(t *testing.T) {
 // TestGraphBytesEstimate checks the graph's estimate against the heap's
 // growth.
 func TestGraphBytesEstimate(t *testing.T) {
-	before := heapInUse()
+	before := testenv.LiveHeap()
 	g := New(Options{MaxBytes: 1 << 30})
 	at := t0
 	for range 12 {
@@ -70,19 +71,7 @@ func TestGraphBytesEstimate(t *testing.T) {
 		g.Add(at, fs...)
 		at = at.Add(10 * time.Second)
 	}
-	grown := heapInUse() - before
-	est := g.Usage().Bytes
-	t.Logf("5,000 edges in 12 buckets, 10%% with L7: estimated %d B, heap grew %d B (%.2f)", est, grown, float64(est)/float64(grown))
-	if r := float64(est) / float64(grown); r < 0.75 || r > 1.25 {
-		t.Errorf("estimate %d B, heap grew %d B: ratio %.2f, want within 25%%", est, grown, r)
-	}
+	grown := testenv.LiveHeap() - before
+	testenv.CheckEstimate(t, "5,000 edges in 12 buckets, 10% with L7", g.Usage().Bytes, grown, 0.25)
 	runtime.KeepAlive(g)
-}
-
-// heapInUse returns the live heap after a collection.
-func heapInUse() uint64 {
-	runtime.GC()
-	var m runtime.MemStats
-	runtime.ReadMemStats(&m)
-	return m.HeapAlloc
 }
