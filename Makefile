@@ -46,10 +46,9 @@ test: vet
 	$(GO) test -p 1 -count=1 -timeout 30m ./...
 
 # soak runs the long tests under hostile traffic and faults, which make
-# test leaves out (build tag soak; root, BPF, hping3, docker): a 60 s SYN
-# flood with the agent in a 256 MiB memory cgroup, namespaces and
-# containers churning, kill -9 during a drain, runtimes restarted.
-# FLOWMAP_SOAK_FLOOD=20s shortens the flood.
+# test leaves out (build tag soak; root, BPF, hping3): a 60 s SYN flood
+# with the agent in a 256 MiB memory cgroup, 1,000 namespaces churning,
+# kill -9 during drains. FLOWMAP_SOAK_FLOOD=20s shortens the flood.
 soak:
 	$(GO) test -tags soak -run '^TestSoak' -count=1 -v -timeout 60m ./cmd/flowmap/
 
