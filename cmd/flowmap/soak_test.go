@@ -259,7 +259,8 @@ func TestSoakSYNFlood(t *testing.T) {
 	for time.Since(start) < dur {
 		select {
 		case err := <-p.done:
-			t.Fatalf("agent exited during the flood after %s: %v (OOM kills in its cgroup: %d)", time.Since(start), err, cg.oomKills(t))
+			p.done <- err // for the cleanup
+			t.Fatalf("agent exited during the flood after %s: %v (OOM kills in its cgroup: %d; VmRSS before: max %d MiB)", time.Since(start), err, cg.oomKills(t), maxRSS>>20)
 		case err := <-floodDone:
 			t.Fatalf("hping3 exited after %s: %v\n%s", time.Since(start), err, floodOut.String())
 		case <-tick.C:
