@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unsafe"
 
 	lru "github.com/hashicorp/golang-lru/v2"
 
@@ -29,6 +30,21 @@ const (
 	// 68 years') still names its address for an hour at most, unless
 	// answered again.
 	MaxNameTTL = time.Hour
+	// DefaultNamesBytes bounds the estimated memory of a Names cache:
+	// 8 MiB, about 35,000 addresses of one 30-byte name, or 75,000
+	// names of 30 bytes on fewer addresses.
+	DefaultNamesBytes = 8 << 20
+)
+
+// Sizes in a Names cache, as Go lays them out: an address costs its LRU
+// entry (list links, key, value, expiry: 96 B), its map slot (key and
+// pointer, at mapLoad 0.65: 51 B), its nameEntry (32 B) and its names'
+// array (at least 1 of 48 B, growing by doubling: a name's share is its
+// nameRec, plus 24 B of spare room on average). TestNamesBytesEstimate
+// checks them against the heap.
+const (
+	addrBytes    = 96 + 51 + 32
+	nameRecBytes = int(unsafe.Sizeof(nameRec{})) + 24
 )
 
 // Names is a bounded cache of address → name, from the DNS answers and TLS
@@ -44,6 +60,8 @@ type Names struct {
 	cache      *lru.Cache[netip.Addr, *nameEntry]
 	maxEntries int
 	entries    int // names held, over all addresses
+	maxBytes   int
+	bytes      int // the estimated memory of what is held (nameEntry.size)
 	stats      NamesStats
 }
 
@@ -51,6 +69,23 @@ type Names struct {
 // MaxNamesPerAddr.
 type nameEntry struct {
 	names []nameRec
+	bytes int // size when last accounted
+}
+
+// size is the estimated memory of the address and its names.
+func (e *nameEntry) size() int {
+	n := addrBytes + len(e.names)*nameRecBytes
+	for i := range e.names {
+		n += len(e.names[i].name)
+	}
+	return n
+}
+
+// account brings n.bytes up to date with e's size.
+func (n *Names) account(e *nameEntry) {
+	b := e.size()
+	n.bytes += b - e.bytes
+	e.bytes = b
 }
 
 type nameRec struct {
@@ -96,11 +131,12 @@ func NewNamesBounded(maxAddrs, maxEntries int) *Names {
 	if maxEntries <= 0 {
 		maxEntries = DefaultMaxNameEntries
 	}
-	n := &Names{maxEntries: maxEntries}
+	n := &Names{maxEntries: maxEntries, maxBytes: DefaultNamesBytes}
 	// lru.NewWithEvict fails only on a size <= 0.
 	n.cache, _ = lru.NewWithEvict(maxAddrs, func(_ netip.Addr, e *nameEntry) {
 		n.stats.Evicted++
 		n.entries -= len(e.names)
+		n.bytes -= e.bytes
 	})
 	return n
 }
@@ -156,9 +192,35 @@ func (n *Names) Add(nm model.Name, now time.Time) {
 		}
 		n.entries = n.entries - MaxNamesPerAddr - 1 + len(e.names)
 	}
-	for n.entries > n.maxEntries && n.cache.Len() > 1 {
+	n.account(e)
+	for (n.entries > n.maxEntries || n.bytes > n.maxBytes) && n.cache.Len() > 1 {
 		n.cache.RemoveOldest()
 	}
+}
+
+// SetMaxBytes bounds the cache's estimated memory to max bytes
+// (DefaultNamesBytes where <= 0): past it, the least recently used
+// addresses go first, counted in NamesStats.Evicted.
+func (n *Names) SetMaxBytes(max int) {
+	if max <= 0 {
+		max = DefaultNamesBytes
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.maxBytes = max
+	for n.bytes > n.maxBytes && n.cache.Len() > 1 {
+		n.cache.RemoveOldest()
+	}
+}
+
+// Usage is the cache's estimated memory and its bound: entries are names,
+// and Dropped the addresses evicted (by the bounds, or expired) and the
+// names an address let go of.
+func (n *Names) Usage() model.StoreUsage {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return model.StoreUsage{Entries: uint64(n.entries), Bytes: uint64(n.bytes), LimitBytes: uint64(n.maxBytes),
+		Dropped: n.stats.Evicted + n.stats.Dropped}
 }
 
 // prune drops the names of e that expired by now.
@@ -198,6 +260,7 @@ func (n *Names) Lookup(addr netip.Addr, now time.Time) (NameInfo, bool) {
 	before := len(e.names)
 	e.prune(now)
 	n.entries -= before - len(e.names)
+	n.account(e)
 	if len(e.names) == 0 {
 		n.cache.Remove(addr)
 		return NameInfo{}, false

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -67,6 +69,7 @@ const (
 	ResultFiltered      = "filtered"
 	ResultSampledOut    = "sampled_out"
 	defaultCapacity     = 65536
+	defaultMaxBytes     = 16 << 20
 	defaultBatchSize    = 1024
 	defaultRetryInitial = 100 * time.Millisecond
 	defaultRetryMax     = 30 * time.Second
@@ -81,6 +84,10 @@ type Options struct {
 	// Capacity is the records the queue holds, those being sent included;
 	// the default is 65536. Offer drops the newest records past it.
 	Capacity int
+	// MaxBytes bounds the queue's estimated memory (Usage): the capacity
+	// is at most MaxBytes / FlowBytes records. The default is 16 MiB,
+	// 17,189 records.
+	MaxBytes int
 	// BatchSize is the most records handed to Export at once; the default
 	// is 1024.
 	BatchSize int
@@ -106,7 +113,8 @@ type Queue struct {
 
 	mu     sync.Mutex
 	chunks [][]model.Flow
-	held   int // records in chunks and being sent
+	held   int           // records in chunks and being sent
+	full   atomic.Uint64 // records dropped for the capacity
 	wake   chan struct{}
 
 	records  *prometheus.CounterVec
@@ -121,6 +129,10 @@ func NewQueue(exp Exporter, opts Options) *Queue {
 	if opts.Capacity <= 0 {
 		opts.Capacity = defaultCapacity
 	}
+	if opts.MaxBytes <= 0 {
+		opts.MaxBytes = defaultMaxBytes
+	}
+	opts.Capacity = max(min(opts.Capacity, opts.MaxBytes/FlowBytes), 1)
 	if opts.BatchSize <= 0 {
 		opts.BatchSize = defaultBatchSize
 	}
@@ -181,6 +193,7 @@ func (q *Queue) Offer(fs []model.Flow) {
 	room := q.opts.Capacity - q.held
 	if room < len(kept) {
 		q.records.WithLabelValues(ResultQueueFull).Add(float64(len(kept) - max(room, 0)))
+		q.full.Add(uint64(len(kept) - max(room, 0)))
 		kept = kept[:max(room, 0)]
 	}
 	if len(kept) > 0 {
@@ -193,6 +206,23 @@ func (q *Queue) Offer(fs []model.Flow) {
 	default:
 	}
 }
+
+// FlowBytes is a queued record's size, as Go lays it out (the chunks'
+// arrays hold model.Flow by value). The L7 and Health a record points to
+// are the batch's, which the API's history counts while it keeps it; the
+// endpoints' strings are the inventory's.
+const FlowBytes = int(unsafe.Sizeof(model.Flow{}))
+
+// Usage is the queue's estimated memory and its bound: entries are
+// records, and Dropped those the bound refused (dropped_queue_full).
+func (q *Queue) Usage() model.StoreUsage {
+	n := uint64(q.Len())
+	return model.StoreUsage{Entries: n, Bytes: n * uint64(FlowBytes), LimitBytes: uint64(q.opts.Capacity * FlowBytes),
+		Dropped: q.full.Load()}
+}
+
+// Name is the exporter's name (Options.Name).
+func (q *Queue) Name() string { return q.opts.Name }
 
 // Len returns the records the queue holds, those being sent included.
 func (q *Queue) Len() int {

@@ -218,3 +218,17 @@ flowmap_export_queue_capacity_records{exporter="ipfix"} 7
 		t.Errorf("lint: %v %v", n, err)
 	}
 }
+
+// TestQueueBytes: the byte bound caps the capacity, and what it refuses
+// is counted.
+func TestQueueBytes(t *testing.T) {
+	q := NewQueue(newFake(), Options{Name: "otlp", Capacity: 100, MaxBytes: 10 * FlowBytes})
+	q.Offer(make([]model.Flow, 25))
+	u := q.Usage()
+	if u.Entries != 10 || u.Bytes != 10*uint64(FlowBytes) || u.LimitBytes != 10*uint64(FlowBytes) || u.Dropped != 15 {
+		t.Errorf("usage %+v, want 10 records of %d B held and 15 dropped", u, FlowBytes)
+	}
+	if got := count(t, q, ResultQueueFull); got != 15 {
+		t.Errorf("dropped_queue_full = %d, want 15", got)
+	}
+}

@@ -75,7 +75,8 @@ type Datapath struct {
 	tcIngress, tcEgress ebpf.ProgramID
 	// conntrack lists conntrack's connections for the NAT join; tests
 	// replace it.
-	conntrack func() ([]*netlink.ConntrackFlow, error)
+	conntrack func(keys []bpfFlowKey, fn func(*netlink.ConntrackFlow)) (int, error)
+	ctKeys    []bpfFlowKey // the drain's candidates for conntrack, reused
 	// subscribe and routes are the host's link and route events and its
 	// routes (see events.go); tests replace them.
 	subscribe func(done <-chan struct{}) (events, error)
@@ -137,6 +138,10 @@ type Stats struct {
 	Bypassable      int    // interfaces where another TC program runs before flowmap's (see Bypassed)
 	NATJoined       uint64 // directions of NATed connections joined by conntrack
 	ConntrackErrors uint64 // drains that could not read conntrack
+	// ConntrackLookups counts the connections looked up in conntrack (one
+	// per TCP or UDP connection drained), ConntrackFound those it knew.
+	// ConntrackSkipped counts the half-open connections not looked up.
+	ConntrackLookups, ConntrackFound, ConntrackSkipped uint64
 	// L7 (see l7.go).
 	L7Lost         [bpfL7LossL7LOSS_MAX][model.NumL7Protocols]uint64 // L7 messages not counted, by reason and protocol
 	NamesLost      uint64                                            // name events the ring buffer had no room for
@@ -215,7 +220,7 @@ func New(cfg Config) (*Datapath, error) {
 			return nil, fmt.Errorf("set first drop reason %d: %w", first, err)
 		}
 	}
-	d := &Datapath{cfg: cfg, log: log, conntrack: conntrack, subscribe: subscribe, routes: host.Routes, attached: map[int]*attachment{}, known: map[int]model.Interface{}}
+	d := &Datapath{cfg: cfg, log: log, conntrack: ctLookup, subscribe: subscribe, routes: host.Routes, attached: map[int]*attachment{}, known: map[int]model.Interface{}}
 	d.stats.MaxFlows = cfg.MaxFlows
 	if err := spec.LoadAndAssign(&d.objs, nil); err != nil {
 		var ve *ebpf.VerifierError
@@ -283,7 +288,7 @@ func prerequisites() error {
 	}{
 		{unix.CAP_BPF, "CAP_BPF", true, "load the flow programs and create their maps (bpf BPF_PROG_LOAD, BPF_MAP_CREATE)"},
 		{unix.CAP_PERFMON, "CAP_PERFMON", true, "load programs that read kernel memory (the tcp_retransmit_skb tracepoint, bpf_probe_read) with the pointer arithmetic the verifier allows only with it"},
-		{unix.CAP_NET_ADMIN, "CAP_NET_ADMIN", false, "load TC and XDP programs, attach them (TCX links, clsact filters over netlink, XDP), query the hooks' programs and dump conntrack"},
+		{unix.CAP_NET_ADMIN, "CAP_NET_ADMIN", false, "load TC and XDP programs, attach them (TCX links, clsact filters over netlink, XDP), query the hooks' programs and look conntrack up"},
 	} {
 		if !host.HasCap(c.cap) && !(c.sysAdmin && host.HasCap(unix.CAP_SYS_ADMIN)) {
 			return fmt.Errorf("%w: %s missing: it is needed to %s; run as root or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON", ErrPrerequisite, c.name, c.why)
@@ -646,17 +651,24 @@ func (d *Datapath) Drain(start time.Time) (model.Batch, error) {
 		d.count(func(s *Stats) { s.Drains++; s.DrainErrors++; s.DrainKept = uint64(dirs.len()) })
 		return model.Batch{}, err
 	}
-	var joined, ctErrors uint64
+	var joined, ctErrors, ctLookups, ctFound, ctSkipped uint64
 	if dirs.len() > 0 {
 		// Join the directions of NATed connections (see natJoin). Without
 		// conntrack (no nf_conntrack_netlink, no CAP_NET_ADMIN) they stay
 		// two one-way records.
-		conns, err := d.conntrack()
+		var skipped int
+		d.ctKeys, skipped = ctCandidates(d.ctKeys, dirs)
+		ctSkipped = uint64(skipped)
+		var one [1]*netlink.ConntrackFlow
+		found, err := d.conntrack(d.ctKeys, func(c *netlink.ConntrackFlow) {
+			one[0] = c
+			joined += uint64(natJoin(dirs, one[:]))
+		})
 		if err != nil {
 			ctErrors = 1
-			d.log.Debug("read conntrack", "err", err)
+			d.log.Debug("look conntrack up", "err", err)
 		}
-		joined = uint64(natJoin(dirs, conns))
+		ctLookups, ctFound = uint64(len(d.ctKeys)), uint64(found)
 	}
 	clk, err := d.clock.read()
 	if err != nil {
@@ -691,6 +703,9 @@ func (d *Datapath) Drain(start time.Time) (model.Batch, error) {
 	d.count(func(s *Stats) {
 		s.Drains++
 		s.ConntrackErrors += ctErrors
+		s.ConntrackLookups += ctLookups
+		s.ConntrackFound += ctFound
+		s.ConntrackSkipped += ctSkipped
 		s.NATJoined += joined
 		for c, v := range counters {
 			*counterFields[c](s) = v

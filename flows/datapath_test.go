@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -32,10 +33,10 @@ func TestNotBlockedByDrain(t *testing.T) {
 	var releaseOnce sync.Once
 	// Cleanups run last first: the drain is released before Close.
 	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
-	d.conntrack = func() ([]*netlink.ConntrackFlow, error) {
+	d.conntrack = func([]bpfFlowKey, func(*netlink.ConntrackFlow)) (int, error) {
 		close(inDump)
 		<-release
-		return nil, nil
+		return 0, nil
 	}
 	// A flow, so that the drain reads conntrack to join NATed directions.
 	putFlow(t, d, "192.0.2.1", 0)
@@ -158,7 +159,7 @@ func TestDrainNamesReleased(t *testing.T) {
 	d.attached[during.Index] = &attachment{iface: during}
 	d.regMu.Unlock()
 	release := true
-	d.conntrack = func() ([]*netlink.ConntrackFlow, error) {
+	d.conntrack = func([]bpfFlowKey, func(*netlink.ConntrackFlow)) (int, error) {
 		if release {
 			d.regMu.Lock()
 			if err := d.releaseLocked(during.Index); err != nil {
@@ -167,7 +168,7 @@ func TestDrainNamesReleased(t *testing.T) {
 			d.regMu.Unlock()
 			release = false
 		}
-		return nil, nil
+		return 0, nil
 	}
 	srcIfs := func(b model.Batch) map[string]string {
 		out := map[string]string{}
@@ -220,7 +221,7 @@ func TestDrainFailureKeeps(t *testing.T) {
 	testenv.MustBeRoot(t)
 	testenv.MustHaveBTF(t)
 	d := newTestDatapath(t)
-	d.conntrack = func() ([]*netlink.ConntrackFlow, error) { return nil, nil }
+	d.conntrack = func([]bpfFlowKey, func(*netlink.ConntrackFlow)) (int, error) { return 0, nil }
 	putFlow(t, d, "192.0.2.1", 0)
 	k6 := flowKey("2001:db8::1", "2001:db8::2", 40000, 80, 6, 0)
 	v := bpfFlowStats{Bytes: 200, Packets: 2, Point: uint8(bpfPointPOINT_TC_INGRESS)}
@@ -263,24 +264,52 @@ func TestDrainFailureKeeps(t *testing.T) {
 // flip the buffer under it, and checks that the drains' batches hold
 // every packet: none lands in a half after it was read, none is counted
 // in a cache slot after it was emptied.
+//
+// One worker a CPU, each pinned to its own: BPF_PROG_TEST_RUN runs a TC
+// program with migration disabled but preemption enabled (the kernel's
+// bpf_test_run, NO_MIGRATE), so two workers on one CPU can preempt each
+// other inside the program and race on that CPU's cache slot: one flushes
+// it into the map and is preempted before clearing it, the other flushes
+// it again. That was the over-count seen once (800,122 of 800,000) with 4
+// workers on 2 CPUs under load. Real TC and XDP programs run in softirq or
+// with bottom halves disabled: never preempted on their CPU.
 func TestDrainFlipExact(t *testing.T) {
 	testenv.MustBeRoot(t)
 	testenv.MustHaveBTF(t)
 	d := newTestDatapath(t)
-	d.conntrack = func() ([]*netlink.ConntrackFlow, error) { return nil, nil }
+	d.conntrack = func([]bpfFlowKey, func(*netlink.ConntrackFlow)) (int, error) { return 0, nil }
 	frame := buildFrame(t, ethL(layers.EthernetTypeIPv4), ip4L("198.51.100.2", "198.51.100.3", layers.IPProtocolUDP),
 		udpL(7000, 7001), payloadL(30))
 	const (
-		workers = 4
-		runs    = 400 // Program.Run calls a worker
-		repeat  = 500 // packets a call
+		total  = 800_000
+		repeat = 500 // packets a call
 	)
+	var allowed unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &allowed); err != nil {
+		t.Fatalf("CPUs allowed: %v", err)
+	}
+	var cpuIDs []int
+	for c := 0; len(cpuIDs) < allowed.Count(); c++ {
+		if allowed.IsSet(c) {
+			cpuIDs = append(cpuIDs, c)
+		}
+	}
+	workers := len(cpuIDs)
+	runs := total / (workers * repeat) // Program.Run calls a worker
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
-	for range workers {
+	for _, cpu := range cpuIDs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			// The thread ends with the goroutine: it is left pinned.
+			runtime.LockOSThread()
+			var cpus unix.CPUSet
+			cpus.Set(cpu)
+			if err := unix.SchedSetaffinity(0, &cpus); err != nil {
+				t.Errorf("pin worker to CPU %d: %v", cpu, err)
+				return
+			}
 			for range runs {
 				if _, err := d.objs.TcIngress.Run(&ebpf.RunOptions{Data: frame, Repeat: repeat}); err != nil {
 					t.Errorf("run tc_ingress: %v", err)

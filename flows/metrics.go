@@ -52,6 +52,8 @@ var (
 		"Flow directions of NATed connections moved to their connection's tuple through conntrack.", nil, nil)
 	descConntrackErrors = prometheus.NewDesc("flowmap_conntrack_errors_total",
 		"Drains that could not read conntrack, whose NATed connections stay two one-way flows.", nil, nil)
+	descConntrackLookups = prometheus.NewDesc("flowmap_conntrack_lookups_total",
+		"Connections looked up in conntrack at the drains (one per TCP or UDP connection drained), by result: found, missing, or skipped_half_open (a client that sent SYNs and no ACK, as a SYN flood's).", []string{"result"}, nil)
 	descMapMemory = prometheus.NewDesc("flowmap_map_memory_bytes",
 		"Kernel memory of each BPF map (fdinfo memlock); per-CPU maps grow with the possible CPUs.", []string{"map"}, nil)
 	descBypassable = prometheus.NewDesc("flowmap_bypassable_interfaces",
@@ -64,7 +66,7 @@ var (
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAttached, descBridges, descAttachErrors, descEntries,
 		descCapacity, descFullPackets, descFullBytes, descDrain, descDrainErrors, descDrainKept, descGraceWaits, descResubscribes, descFlows,
-		descFrames, descLeftovers, descL7Lost, descNamesLost, descNATJoined, descConntrackErrors, descMapMemory, descBypassable} {
+		descFrames, descLeftovers, descL7Lost, descNamesLost, descNATJoined, descConntrackErrors, descConntrackLookups, descMapMemory, descBypassable} {
 		ch <- d
 	}
 }
@@ -103,6 +105,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descBypassable, float64(s.Bypassable))
 	counter(descNATJoined, s.NATJoined)
 	counter(descConntrackErrors, s.ConntrackErrors)
+	counter(descConntrackLookups, s.ConntrackFound, "found")
+	counter(descConntrackLookups, s.ConntrackLookups-s.ConntrackFound, "missing")
+	counter(descConntrackLookups, s.ConntrackSkipped, "skipped_half_open")
 	counter(descFrames, s.Truncated, "truncated")
 	for reason, byProto := range s.L7Lost {
 		for proto, n := range byProto[1:] {

@@ -3,8 +3,6 @@ package flows
 import (
 	"net"
 	"net/netip"
-	"os"
-	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -90,20 +88,4 @@ func (d *direction) merge(o *direction) {
 	if !d.backend.IsValid() {
 		d.backend = o.backend
 	}
-}
-
-// conntrackCount is the file that counts the connections conntrack
-// tracks in the agent's network namespace.
-const conntrackCount = "/proc/sys/net/netfilter/nf_conntrack_count"
-
-// conntrack lists the connections conntrack tracks, IPv4 and IPv6, in one
-// dump (AF_UNSPEC): every dump walks the whole hash table, locking each
-// bucket (262,144 of them here, ~10 ms a walk), whatever it holds. When
-// conntrack counts no connection, it does not dump at all: with nothing
-// tracked, nothing is NATed.
-func conntrack() ([]*netlink.ConntrackFlow, error) {
-	if b, err := os.ReadFile(conntrackCount); err == nil && strings.TrimSpace(string(b)) == "0" {
-		return nil, nil
-	}
-	return netlink.ConntrackTableList(netlink.ConntrackTable, unix.AF_UNSPEC)
 }

@@ -47,8 +47,12 @@ type Options struct {
 	// Node is the name of this node in the cluster: the node label of the
 	// series and the host the fallback namer names. "" is host.Name().
 	Node string
-	// GraphMaxEdges bounds the graph (topology.Options.MaxEdges).
+	// GraphMaxEdges and GraphMaxBytes bound the graph
+	// (topology.Options).
 	GraphMaxEdges int
+	GraphMaxBytes int64
+	// NamesMaxBytes bounds the names from traffic (enrich.Names.SetMaxBytes).
+	NamesMaxBytes int
 	// MetricsLevel and MetricsMaxEdges are those of the flow and L7
 	// series (topology.MetricsOptions).
 	MetricsLevel    topology.Level
@@ -115,13 +119,14 @@ func New(opts Options) *Pipeline {
 		host:      hv,
 		reporting: &Reporting{Host: hv, Uplinks: opts.Uplinks, ClusterCIDRs: opts.ClusterCIDRs},
 		refresh:   opts.Refresh,
-		graph:     topology.New(topology.Options{MaxEdges: opts.GraphMaxEdges}),
+		graph:     topology.New(topology.Options{MaxEdges: opts.GraphMaxEdges, MaxBytes: opts.GraphMaxBytes}),
 		l7Names:   enrich.NewNames(enrich.DefaultMaxNames),
 		namesRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flowmap_names_refused_total",
 			Help: "DNS names from traffic not kept, by reason: client_not_local, an answer to a client that is outside or on another node."},
 			[]string{"reason"}),
 		log: opts.Log,
 	}
+	p.l7Names.SetMaxBytes(opts.NamesMaxBytes)
 	p.refreshHost()
 	if p.namer == nil {
 		p.namer = hv.Namer()
@@ -169,20 +174,29 @@ func (p *Pipeline) Add(b model.Batch) {
 		}
 		p.l7Names.Add(n, b.End)
 	}
-	fs := make([]model.Flow, len(b.Records))
-	for i := range b.Records {
-		fs[i] = p.namer(&b.Records[i])
-		p.l7Names.Name(&fs[i].SrcEndpoint, fs[i].Src, b.End)
-		p.l7Names.Name(&fs[i].DstEndpoint, fs[i].Dst, b.End)
+	// Named flows are 976 B each: a flood's batch of 65,536 would be
+	// 64 MB at once. They are named and folded a chunk at a time, in one
+	// buffer, which none of the stages keeps (each copies what it keeps).
+	fs := make([]model.Flow, min(len(b.Records), foldChunk))
+	for start := 0; start < len(b.Records); start += foldChunk {
+		chunk := fs[:min(len(b.Records)-start, foldChunk)]
+		for i := range chunk {
+			chunk[i] = p.namer(&b.Records[start+i])
+			p.l7Names.Name(&chunk[i].SrcEndpoint, chunk[i].Src, b.End)
+			p.l7Names.Name(&chunk[i].DstEndpoint, chunk[i].Dst, b.End)
+		}
+		p.graph.Add(b.End, chunk...)
+		p.metrics.Add(b.End, chunk...)
+		p.l7.Add(b.End, chunk...)
+		for _, e := range p.exports {
+			e.Offer(chunk)
+		}
 	}
-	p.graph.Add(b.End, fs...)
-	p.metrics.Add(b.End, fs...)
-	p.l7.Add(b.End, fs...)
-	for _, e := range p.exports {
-		e.Offer(fs)
-	}
-	p.log.Debug("folded", "flows", len(fs))
+	p.log.Debug("folded", "flows", len(b.Records))
 }
+
+// foldChunk is how many named flows Add holds at once.
+const foldChunk = 4096
 
 // localClient reports whether the client that a DNS answer went to is one
 // of this node's: a DNS name counts only as the answer to a query of a

@@ -24,6 +24,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -56,8 +57,52 @@ type Server struct {
 	status func() any // the sources' status, for /readyz
 	dpath  func() any // the datapath's warnings, for /readyz
 
-	mu      sync.Mutex
-	batches []model.Batch // oldest first, at most keep
+	mu       sync.Mutex
+	batches  []model.Batch // oldest first, at most keep
+	sizes    []uint64      // each batch's estimated bytes (batchBytes)
+	bytes    uint64        // their sum, at most maxBytes
+	maxBytes uint64
+	dropped  uint64 // records let go of for maxBytes
+}
+
+// DefaultHistoryBytes bounds the batches a Server keeps, in bytes (see
+// SetMaxBytes): 24 MiB, about 71,000 records without L7 or health.
+const DefaultHistoryBytes = 24 << 20
+
+// Sizes of what a kept batch holds, as Go lays it out. An L7 (1,040 B) is
+// allocated in the 1,152 B size class; a Health's drops map costs its
+// header and a bucket of 8 entries at least.
+const (
+	recordBytes = uint64(unsafe.Sizeof(model.Record{}))
+	l7Bytes     = 1152
+	healthBytes = uint64(unsafe.Sizeof(model.Health{})) + 48
+	dropBytes   = 48 // a drop reason's map slot and its share of a bucket
+	nameBytes   = uint64(unsafe.Sizeof(model.Name{}))
+)
+
+// recordExtra is what r points to beyond its own struct.
+func recordExtra(r *model.Record) uint64 {
+	var n uint64
+	if r.L7 != nil {
+		n += l7Bytes
+	}
+	if r.Health != nil {
+		n += healthBytes + uint64(len(r.Health.Drops))*dropBytes
+	}
+	return n
+}
+
+// batchBytes estimates the memory that b holds: its records' array (to
+// its capacity), what they point to, and its names.
+func batchBytes(b *model.Batch) uint64 {
+	n := uint64(cap(b.Records))*recordBytes + uint64(cap(b.Names))*nameBytes
+	for i := range b.Records {
+		n += recordExtra(&b.Records[i])
+	}
+	for i := range b.Names {
+		n += uint64(len(b.Names[i].Name))
+	}
+	return n
 }
 
 type route struct {
@@ -68,17 +113,73 @@ type route struct {
 // New returns a server that keeps the last keep batches. ready tells
 // /readyz whether the agent is ready (nil) or why not.
 func New(keep int, ready func() error, g prometheus.Gatherer, log *slog.Logger) *Server {
-	return &Server{keep: max(keep, 1), ready: ready, gatherer: g, log: log}
+	return &Server{keep: max(keep, 1), ready: ready, gatherer: g, log: log, maxBytes: DefaultHistoryBytes}
 }
 
-// Add keeps a batch, dropping the oldest past keep.
+// SetMaxBytes bounds the memory of the batches kept to n bytes (0:
+// DefaultHistoryBytes): past it, the oldest batches go first, and a batch
+// that alone is larger keeps its first records that fit. Records let go
+// of are counted (Usage).
+func (s *Server) SetMaxBytes(n uint64) {
+	if n == 0 {
+		n = DefaultHistoryBytes
+	}
+	s.mu.Lock()
+	s.maxBytes = n
+	s.mu.Unlock()
+}
+
+// Add keeps a batch, dropping the oldest past keep or the byte bound.
 func (s *Server) Add(b model.Batch) {
+	size := batchBytes(&b)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.batches = append(s.batches, b)
-	if len(s.batches) > s.keep {
-		s.batches = append(s.batches[:0], s.batches[len(s.batches)-s.keep:]...)
+	if size > s.maxBytes {
+		b, size = s.truncate(b)
 	}
+	s.batches = append(s.batches, b)
+	s.sizes = append(s.sizes, size)
+	s.bytes += size
+	for len(s.batches) > s.keep || (s.bytes > s.maxBytes && len(s.batches) > 1) {
+		if len(s.batches) <= s.keep {
+			// Past keep, the oldest goes as asked; past the bound, it
+			// is counted.
+			s.dropped += uint64(len(s.batches[0].Records))
+		}
+		s.bytes -= s.sizes[0]
+		s.batches[0] = model.Batch{}
+		s.batches, s.sizes = s.batches[1:], s.sizes[1:]
+	}
+}
+
+// truncate returns b cut to the records that fit in maxBytes, in a new
+// array of their size (b's own, larger, would stay held), and its size.
+// It counts the records cut.
+func (s *Server) truncate(b model.Batch) (model.Batch, uint64) {
+	size := uint64(cap(b.Names)) * nameBytes
+	n := 0
+	for n < len(b.Records) {
+		add := recordBytes + recordExtra(&b.Records[n])
+		if size+add > s.maxBytes {
+			break
+		}
+		size += add
+		n++
+	}
+	s.dropped += uint64(len(b.Records) - n)
+	b.Records = slices.Clone(b.Records[:n])
+	return b, batchBytes(&b)
+}
+
+// Usage is the memory of the batches kept: entries are records.
+func (s *Server) Usage() model.StoreUsage {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var n uint64
+	for i := range s.batches {
+		n += uint64(len(s.batches[i].Records))
+	}
+	return model.StoreUsage{Entries: n, Bytes: s.bytes, LimitBytes: s.maxBytes, Dropped: s.dropped}
 }
 
 // Flows returns the last n batches merged. The merge runs outside the

@@ -52,19 +52,50 @@ var tiers = [...]struct{ width, until time.Duration }{
 // DefaultMaxEdges is the edge cap of a graph whose Options leave it zero.
 const DefaultMaxEdges = 50000
 
+// DefaultMaxBytes bounds the memory of a graph whose Options leave it
+// zero: 24 MiB, about 230,000 edge counts in buckets (an edge has one in
+// each bucket it was added to, up to 31 over the hour).
+const DefaultMaxBytes = 24 << 20
+
 // Options configures a Graph.
 type Options struct {
 	// MaxEdges caps the edges kept, at the finest level; flows of new
 	// edges past it are counted in one edge between two endpoints of kind
 	// "overflow". Zero means DefaultMaxEdges.
 	MaxEdges int
+	// MaxBytes bounds the graph's estimated memory (Usage): a flow that
+	// would add an edge, or an edge's counts to a bucket, past it counts
+	// in the overflow edge instead. Zero means DefaultMaxBytes.
+	MaxBytes int64
 }
+
+// Sizes of the graph's entries, as Go lays them out: a map slot per entry
+// with its control byte, at mapLoad; an L7 (1,040 B) in the 1,152 B size
+// class; a Health with its drops map's header.
+var (
+	countsBytes   = int64(unsafe.Sizeof(counts{}))
+	edgeBytes     = withSlot(unsafe.Sizeof(edge{}), unsafe.Sizeof(edgeKey{}))
+	endpointBytes = withSlot(unsafe.Sizeof(endpoint{}), unsafe.Sizeof(epKey{}))
+	l7Bytes       = int64(1152)
+	healthBytes   = int64(unsafe.Sizeof(model.Health{})) + 48
+	// entryMost is the most a new entry may cost, and overflowReserve
+	// what the overflow edge may take under the bound: its endpoint, and
+	// an entry in each of the hour's buckets.
+	entryMost       = countsBytes + l7Bytes + healthBytes
+	overflowReserve = edgeBytes + endpointBytes + 8 + 32*entryMost
+)
 
 // Graph is the flows of the last hour between endpoints, in time buckets.
 // Its methods are safe for concurrent use.
 type Graph struct {
 	mu       sync.Mutex
 	maxEdges int
+	maxBytes int64
+	// entryBytes is the estimated memory of the buckets' entries (counts,
+	// and the L7 and health they point to); epBytes the endpoints'
+	// strings. See size.
+	entryBytes, epBytes int64
+	bytesDropped        uint64 // flows folded into the overflow edge for maxBytes
 
 	eps     []endpoint // interned endpoints, by index
 	epIndex map[epKey]uint32
@@ -142,8 +173,12 @@ func New(opts Options) *Graph {
 	if opts.MaxEdges <= 0 {
 		opts.MaxEdges = DefaultMaxEdges
 	}
+	if opts.MaxBytes <= 0 {
+		opts.MaxBytes = DefaultMaxBytes
+	}
 	return &Graph{
 		maxEdges: opts.MaxEdges,
+		maxBytes: opts.MaxBytes,
 		epIndex:  map[epKey]uint32{},
 		index:    map[edgeKey]uint32{},
 		overflow: -1,
@@ -207,15 +242,73 @@ func (g *Graph) foldEdge(now int64, f *model.Flow) {
 		i = g.newEdge(k, now)
 	}
 	e := &g.edges[i]
-	e.last = now
 	cur := g.cur
+	if e.seq != cur.seq && int32(i) != g.overflow && g.size()+entryMost > g.maxBytes-overflowReserve {
+		// Past the byte bound: the flow counts in the overflow edge.
+		g.bytesDropped++
+		g.overflowFlows++
+		i = g.overflowEdge(now)
+		e = &g.edges[i]
+	}
+	e.last = now
 	if e.seq != cur.seq {
 		e.seq = cur.seq
 		e.slot = int32(len(cur.entries))
 		cur.entries = append(cur.entries, counts{edge: i})
+		g.entryBytes += countsBytes
 	}
 	o := flowCounts(f)
-	cur.entries[e.slot].add(&o)
+	c := &cur.entries[e.slot]
+	g.entryBytes += extraBytes(c, &o)
+	c.add(&o)
+}
+
+// extraBytes is what adding o to c allocates: an L7 or a Health where c
+// had none.
+func extraBytes(c, o *counts) int64 {
+	var n int64
+	if c.l7 == nil && o.l7 != nil {
+		n += l7Bytes
+	}
+	if c.health == nil && o.health != nil {
+		n += healthBytes
+	}
+	return n
+}
+
+// withSlot is the size of a table entry of n bytes with its index's map
+// slot (a key of k bytes and a uint32).
+func withSlot(n, k uintptr) int64 {
+	return int64(n) + int64(float64(k+4+1)/mapLoad)
+}
+
+// size is the graph's estimated memory: the buckets' entries, the edges
+// and the endpoints.
+func (g *Graph) size() int64 {
+	return g.entryBytes + int64(len(g.index)+1)*edgeBytes + int64(len(g.epIndex))*endpointBytes + g.epBytes
+}
+
+// overflowEdge returns the overflow edge, adding it if there is none.
+func (g *Graph) overflowEdge(now int64) uint32 {
+	if g.overflow >= 0 {
+		return uint32(g.overflow)
+	}
+	o := &model.Endpoint{Kind: KindOverflow, ID: "overflow", Name: "overflow"}
+	k := edgeKey{src: g.intern(o), dst: g.intern(o)}
+	return g.addEdge(k, now)
+}
+
+// Usage is the graph's estimated memory and its bound; entries are edge
+// counts in buckets, and Dropped the flows that the bound sent to the
+// overflow edge (the edge cap's are Stats.OverflowFlows).
+func (g *Graph) Usage() model.StoreUsage {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var n int
+	for _, b := range g.buckets {
+		n += len(b.entries)
+	}
+	return model.StoreUsage{Entries: uint64(n), Bytes: uint64(g.size()), LimitBytes: uint64(g.maxBytes), Dropped: g.bytesDropped}
 }
 
 // flowCounts are the counts of one flow, of no edge.
@@ -267,7 +360,10 @@ func opened(r *model.Record) bool {
 
 // newEdge adds the edge k, or returns the overflow edge past the cap.
 func (g *Graph) newEdge(k edgeKey, now int64) uint32 {
-	if len(g.index) >= g.maxEdges {
+	if len(g.index) >= g.maxEdges || g.size()+edgeBytes+2*endpointBytes+entryMost > g.maxBytes-overflowReserve {
+		if len(g.index) < g.maxEdges {
+			g.bytesDropped++
+		}
 		g.overflowFlows++
 		g.eps[k.src].refs++ // undone by the release below
 		g.eps[k.dst].refs++
@@ -279,6 +375,11 @@ func (g *Graph) newEdge(k edgeKey, now int64) uint32 {
 		o := &model.Endpoint{Kind: KindOverflow, ID: "overflow", Name: "overflow"}
 		k = edgeKey{src: g.intern(o), dst: g.intern(o)}
 	}
+	return g.addEdge(k, now)
+}
+
+// addEdge adds the edge k, first added to at now.
+func (g *Graph) addEdge(k edgeKey, now int64) uint32 {
 	e := edge{key: k, seq: 0, first: now}
 	var i uint32
 	if n := len(g.edgeFree); n > 0 {
@@ -318,6 +419,7 @@ func (g *Graph) intern(ep *model.Endpoint) uint32 {
 		g.eps = append(g.eps, endpoint{ep: *ep})
 	}
 	g.epIndex[epKey{ep.Kind, ep.ID}] = i
+	g.epBytes += int64(len(ep.ID))
 	return i
 }
 
@@ -329,6 +431,7 @@ func (g *Graph) release(i uint32) {
 		return
 	}
 	delete(g.epIndex, epKey{p.ep.Kind, p.ep.ID})
+	g.epBytes -= int64(len(p.ep.ID))
 	*p = endpoint{}
 	g.epFree = append(g.epFree, i)
 }
@@ -364,6 +467,13 @@ func (g *Graph) compact(now int64) {
 	}
 	clear(g.buckets[len(out):])
 	g.buckets = out
+	g.entryBytes = 0
+	for _, b := range g.buckets {
+		for i := range b.entries {
+			c := &b.entries[i]
+			g.entryBytes += countsBytes + extraBytes(&counts{}, c)
+		}
+	}
 }
 
 // merge adds the entries of src into dst, which is older.

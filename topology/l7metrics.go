@@ -30,6 +30,8 @@ type L7Metrics struct {
 	edges idleTable[l7Key, model.L7]
 	// overflow are the edges past the cap, by protocol and reporter.
 	overflow map[l7Key]*idleRow[model.L7]
+	// overflowFlows counts the flows counted in the overflow series.
+	overflowFlows uint64
 }
 
 type l7Key struct {
@@ -68,6 +70,7 @@ func (m *L7Metrics) Add(t time.Time, fs ...model.Flow) {
 			continue
 		}
 		k.edge = overflowEdge
+		m.overflowFlows++
 		o := m.overflow[k]
 		if o == nil {
 			o = &idleRow[model.L7]{first: t}
@@ -223,4 +226,14 @@ func histogram(d *prometheus.Desc, h *model.Histogram, labels ...string) prometh
 		cum += c
 	}
 	return prometheus.MustNewConstHistogram(d, cum, h.Sum.Seconds(), buckets, labels...)
+}
+
+// Usage is the L7 series' estimated memory, bounded by the edge cap (see
+// idleTable.usage); Dropped counts the flows past it, in the overflow
+// series.
+func (m *L7Metrics) Usage() model.StoreUsage {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n, b, limit := m.edges.usage(func(k *l7Key) int { return k.edge.labelBytes() + len(k.reporter) }, 0, 2)
+	return model.StoreUsage{Entries: n, Bytes: b, LimitBytes: limit, Dropped: m.overflowFlows}
 }

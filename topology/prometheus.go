@@ -511,3 +511,16 @@ func (c *GraphCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(graphFlowsDesc, prometheus.CounterValue, float64(s.Flows))
 	ch <- prometheus.MustNewConstMetric(graphOverflowDesc, prometheus.CounterValue, float64(s.OverflowFlows))
 }
+
+// Usage is the flow series' estimated memory, bounded by the edge cap
+// (see idleTable.usage): each edge's series with its RTT histograms, and
+// the endpoints running here, at most twice the edges. Dropped counts the
+// flows past the cap, in the overflow series.
+func (m *Metrics) Usage() model.StoreUsage {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	hists := 2 * (len(RTTBuckets) + 1) * 8
+	n, b, limit := m.series.usage(func(k *seriesKey) int { return k.edge.labelBytes() + len(k.reporter) }, hists, 2)
+	_, lb, llimit := m.local.usage(func(k *nodeLabels) int { return k.labelBytes() }, 0, 1)
+	return model.StoreUsage{Entries: n, Bytes: b + lb, LimitBytes: limit + llimit, Dropped: m.overflowFlows}
+}

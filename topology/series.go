@@ -2,6 +2,7 @@ package topology
 
 import (
 	"time"
+	"unsafe"
 
 	"github.com/flowmap/flowmap/model"
 )
@@ -147,4 +148,29 @@ func (t *idleTable[K, V]) sweep(now time.Time) {
 			delete(t.rows, k)
 		}
 	}
+}
+
+// maxLabelBytes bounds the strings of a node's labels in the estimates of
+// the series' memory: a kind, and a namespace and a name as long as
+// Kubernetes allows (63 and 253 bytes).
+const maxLabelBytes = 16 + 63 + 253
+
+// labelBytes is the length of n's strings.
+func (n nodeLabels) labelBytes() int { return len(n.kind) + len(n.namespace) + len(n.name) }
+
+// edgeBytes is the length of e's strings.
+func (e edgeLabels) labelBytes() int { return e.src.labelBytes() + e.dst.labelBytes() }
+
+// usage estimates the table's memory: each row's struct and map slot,
+// extra bytes it points to, and the strings of its key (strs). limit is
+// the same at max rows with keys of nLabels nodes of the longest labels.
+func (t *idleTable[K, V]) usage(strs func(*K) int, extra, nLabels int) (rows, bytes, limit uint64) {
+	var r V
+	var k K
+	row := uint64(unsafe.Sizeof(idleRow[V]{v: r})) + uint64(float64(unsafe.Sizeof(k)+8+1)/mapLoad) + uint64(extra)
+	for k := range t.rows {
+		bytes += uint64(strs(&k))
+	}
+	rows = uint64(len(t.rows))
+	return rows, bytes + rows*row, uint64(t.max) * (row + uint64(nLabels*maxLabelBytes))
 }

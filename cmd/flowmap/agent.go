@@ -41,14 +41,15 @@ func (g *globs) Set(s string) error {
 
 // agentFlags are the agent's settings, shared with the demo.
 type agentFlags struct {
-	cfg      flows.Config
-	listen   string
-	serve    serveFlags
-	keep     int
-	logLevel slog.Level
-	graph    graphFlags
-	inv      inventoryFlags
-	export   exportFlags
+	cfg       flows.Config
+	listen    string
+	serve     serveFlags
+	keep      int
+	keepBytes uint64
+	logLevel  slog.Level
+	graph     graphFlags
+	inv       inventoryFlags
+	export    exportFlags
 	// Profiles written when the agent stops, for make bench.
 	cpuProfile, heapProfile string
 	// namer names the ends of flows; nil: the inventory, or with
@@ -83,6 +84,8 @@ func (a *agentFlags) register(fs *flag.FlagSet) {
 		return nil
 	})
 	fs.IntVar(&a.keep, "keep", 12, "intervals of flows kept for /api/v1/flows?last=N")
+	fs.Uint64Var(&a.keepBytes, "keep-bytes", server.DefaultHistoryBytes,
+		"bound on the memory of the intervals kept for /api/v1/flows, in bytes (a record is 352 B, 1,504 with L7); past it the oldest intervals go, counted")
 	fs.TextVar(&a.logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
 	fs.StringVar(&a.cpuProfile, "cpu-profile", "", "write a pprof CPU profile of the agent's run to this file when it stops (for profiling)")
 	fs.StringVar(&a.heapProfile, "heap-profile", "", "write a pprof heap profile to this file when the agent stops (for profiling)")
@@ -165,6 +168,7 @@ func agent(ctx context.Context, a agentFlags, log *slog.Logger) error {
 	reg.MustRegister(flows.NewCollector(dp), collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv := server.New(a.keep, dp.Ready, reg, log.With("component", "server"))
+	srv.SetMaxBytes(a.keepBytes)
 	srv.ReportDatapath(func() any {
 		if b := dp.Bypassed(); len(b) > 0 {
 			return map[string]any{"bypassable": b}
@@ -201,6 +205,11 @@ func agent(ctx context.Context, a agentFlags, log *slog.Logger) error {
 	}
 	pipe := pipeline.New(opts)
 	reg.MustRegister(pipe.Collectors()...)
+	stores := append(pipe.Stores(), pipeline.Store{Name: "api_history", Usage: srv.Usage})
+	for _, q := range queues {
+		stores = append(stores, pipeline.Store{Name: "export_" + q.Name(), Usage: q.Usage})
+	}
+	reg.MustRegister(pipeline.StoreCollector(stores))
 	om, err := a.export.metrics(ctx, a.graph.node, pipe.FlowSeries(), pipe.L7Series())
 	if err != nil {
 		return err

@@ -193,7 +193,7 @@ func TestAgent(t *testing.T) {
 		t.Errorf("flow bytes = %d, want 100000 of payload plus headers (and %d retransmitted)", rec.fwd, retrans)
 	}
 	metrics := p.get(t, "/metrics")
-	for _, want := range []string{"flowmap_attached_interfaces 2", "flowmap_watched_bridges 1", "flowmap_flow_map_capacity 65536", "flowmap_drain_duration_seconds_count", "flowmap_flow_map_full_packets_total 0"} {
+	for _, want := range []string{"flowmap_attached_interfaces 2", "flowmap_watched_bridges 1", "flowmap_flow_map_capacity 65536", "flowmap_drain_duration_seconds_count", "flowmap_flow_map_full_packets_total 0", `flowmap_store_limit_bytes{store="api_history"} 2.5165824e+07`, `flowmap_store_bytes{store="graph"}`} {
 		if !strings.Contains(metrics, want+"\n") && !strings.Contains(metrics, want+" ") {
 			t.Errorf("/metrics lacks %q", want)
 		}

@@ -23,6 +23,7 @@ type exportFlags struct {
 	ports           string
 	sample          uint
 	queue           int
+	queueBytes      int
 	// otlpMetrics is how often the edge series go to --export-otlp; 0:
 	// never.
 	otlpMetrics time.Duration
@@ -46,7 +47,8 @@ func (e *exportFlags) register(fs *flag.FlagSet) {
 	fs.UintVar(&e.sample, "export-sample", 1, "export one flow in N, chosen by a hash of the flow's key (so a flow is exported in every interval or none); the records carry N")
 	fs.DurationVar(&e.otlpMetrics, "export-otlp-metrics-interval", otlp.DefaultMetricsInterval,
 		"how often to send the flow series (edges, under --metrics-max-edges) and the HTTP and DNS series to --export-otlp as OTLP metrics; 0: never")
-	fs.IntVar(&e.queue, "export-queue", 65536, "flow records each exporter's queue holds while its collector is slow or down; newer ones are dropped and counted")
+	fs.IntVar(&e.queue, "export-queue", 65536, "flow records each exporter's queue holds while its collector is slow or down, at most --export-queue-bytes / 976 (a record's size); newer ones are dropped and counted")
+	fs.IntVar(&e.queueBytes, "export-queue-bytes", 16<<20, "bound on the memory of each exporter's queue, in bytes (a record is 976 B)")
 	fs.UintVar(&e.ipfixDomain, "export-ipfix-domain", 0, "observation domain ID of the IPFIX messages")
 	fs.DurationVar(&e.ipfixRefresh, "export-ipfix-template-refresh", ipfix.DefaultTemplateInterval,
 		"over UDP, send the IPFIX templates again this often (over TCP they lead each connection)")
@@ -88,7 +90,7 @@ func (e *exportFlags) exporters(ctx context.Context, node string, reg prometheus
 	filter := export.Filter{Namespaces: e.namespaces, Ports: ports, Sample: uint32(e.sample)}
 	var qs []*export.Queue
 	add := func(name string, exp export.Exporter) {
-		q := export.NewQueue(exp, export.Options{Name: name, Capacity: e.queue, Filter: filter,
+		q := export.NewQueue(exp, export.Options{Name: name, Capacity: e.queue, MaxBytes: e.queueBytes, Filter: filter,
 			Logger: log.With("component", "export", "exporter", name)})
 		reg.MustRegister(q)
 		qs = append(qs, q)

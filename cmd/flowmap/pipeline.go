@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/flowmap/flowmap/enrich"
 	"github.com/flowmap/flowmap/host"
 	"github.com/flowmap/flowmap/pipeline"
 	"github.com/flowmap/flowmap/topology"
@@ -15,6 +16,8 @@ import (
 // graphFlags are the settings of the graph and its flow series.
 type graphFlags struct {
 	maxEdges        int
+	maxBytes        int64
+	namesMaxBytes   int
 	metricsLevel    topology.Level
 	metricsMaxEdges int
 	// node is the name of this node in the cluster.
@@ -57,6 +60,10 @@ func (g *graphFlags) register(fs *flag.FlagSet) {
 	g.metricsLevel = topology.DefaultMetricsLevel
 	fs.IntVar(&g.maxEdges, "graph-max-edges", topology.DefaultMaxEdges,
 		"edges the graph keeps (endpoint pair, protocol, server port); flows of more count in one overflow edge")
+	fs.Int64Var(&g.maxBytes, "graph-max-bytes", topology.DefaultMaxBytes,
+		"bound on the graph's memory, in bytes (flowmap_store_bytes{store=\"graph\"}); flows past it count in the overflow edge")
+	fs.IntVar(&g.namesMaxBytes, "names-max-bytes", enrich.DefaultNamesBytes,
+		"bound on the memory of the names from DNS answers and TLS server names, in bytes; the least recently used addresses go first")
 	fs.Var(&g.metricsLevel, "metrics-level", "level of the src and dst labels of the flow series on /metrics: container, pod, workload, namespace or host")
 	fs.IntVar(&g.metricsMaxEdges, "metrics-max-edges", topology.DefaultMetricsMaxEdges,
 		"edges with flow series on /metrics (each 4 byte and packet series, and for TCP 17 connection and RTT series); flows of more count in the series labelled overflow")
@@ -71,6 +78,6 @@ func (g *graphFlags) register(fs *flag.FlagSet) {
 // options are the pipeline's options of these flags, naming flows with
 // namer (nil: by address alone) and handing batches to api.
 func (g *graphFlags) options(namer pipeline.Namer, api pipeline.Sink, log *slog.Logger) pipeline.Options {
-	return pipeline.Options{Node: g.node, GraphMaxEdges: g.maxEdges, MetricsLevel: g.metricsLevel, MetricsMaxEdges: g.metricsMaxEdges,
+	return pipeline.Options{Node: g.node, GraphMaxEdges: g.maxEdges, GraphMaxBytes: g.maxBytes, NamesMaxBytes: g.namesMaxBytes, MetricsLevel: g.metricsLevel, MetricsMaxEdges: g.metricsMaxEdges,
 		Uplinks: g.uplinks, ClusterCIDRs: g.clusterCIDRs, Namer: namer, API: api, Log: log}
 }
