@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flowmap/flowmap/internal/testenv"
 	"github.com/flowmap/flowmap/model"
 )
 
@@ -146,4 +147,21 @@ func BenchmarkMerge(b *testing.B) {
 		b.Fatalf("Merge of %d batches of %d: got %d records", batches, flows, len(out.Records))
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*batches*flows), "ns/record")
+}
+
+// BenchmarkBPFNewFlow times tc_ingress on each path of a new flow (see
+// PathCosts): ns/flow is the kernel's time for the timed packet, each on a
+// flow of its own.
+func BenchmarkBPFNewFlow(b *testing.B) {
+	testenv.MustBeRoot(b)
+	testenv.MustHaveBTF(b)
+	for b.Loop() {
+		costs, err := PathCosts(3, 4096)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, c := range costs {
+			b.Logf("%-36s %7.1f ns  inserts %v", c.Name, c.NS, c.Inserts)
+		}
+	}
 }

@@ -27,13 +27,13 @@ func sumHealth(t testing.TB, objs *bpfObjects, b bool) map[bpfFlowKey]healthSum 
 	}
 	out := map[bpfFlowKey]healthSum{}
 	var (
-		k      bpfFlowKey
-		percpu []bpfHealthStats
+		k bpfFlowKey
+		v bpfHealthStats
 	)
 	it := m.Iterate()
-	for it.Next(&k, &percpu) {
+	for it.Next(&k, &v) {
 		var s healthSum
-		for _, v := range percpu {
+		{
 			s.Syns += v.Syns
 			s.SynRetries += v.SynRetries
 			s.Accepts += v.Accepts

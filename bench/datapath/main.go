@@ -256,8 +256,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("disable bpf run-time statistics: %w", err)
 	}
 	var (
-		trs []testRun
-		l7s []l7Cost
+		trs   []testRun
+		l7s   []l7Cost
+		paths []flows.PathCost
 	)
 	if *timeRuns {
 		if trs, err = testRuns(floor, ha.Addr, hb.Addr, 5); err != nil {
@@ -265,6 +266,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		if l7s, err = l7Runs(ha.Addr, hb.Addr); err != nil {
 			return err
+		}
+		if paths, err = flows.PathCosts(pathRounds, pathFlows); err != nil {
+			return fmt.Errorf("time a new flow's paths: %w", err)
 		}
 	}
 	fmt.Fprintf(stdout, "flowmap datapath bench: %d rounds of %v, veths %s and %s, bridge %s, %d CPUs\n\n",
@@ -281,6 +285,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		printTestRuns(stdout, trs)
 		fmt.Fprintln(stdout)
 		printL7Runs(stdout, l7s)
+		fmt.Fprintln(stdout)
+		printPathCosts(stdout, paths)
 	}
 	return nil
 }

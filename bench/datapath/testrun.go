@@ -3,8 +3,11 @@ package main
 import (
 	"encoding/binary"
 	"fmt"
+	"io"
 	"net/netip"
 	"slices"
+	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -78,4 +81,24 @@ func median(v []float64) float64 {
 		return (s[n/2-1] + s[n/2]) / 2
 	}
 	return s[len(s)/2]
+}
+
+// The new-flow paths are timed in pathRounds rounds of pathFlows flows
+// each (see flows.PathCosts).
+const (
+	pathRounds = 5
+	pathFlows  = 4096
+)
+
+// printPathCosts prints what tc_ingress costs on each path of a new flow,
+// above the steady state's run, and the maps its packet inserts into.
+func printPathCosts(w io.Writer, paths []flows.PathCost) {
+	fmt.Fprintf(w, "BPF_PROG_TEST_RUN, tc_ingress, one run a flow, each a new flow (%d flows a round, median of %d rounds):\n",
+		pathFlows, pathRounds)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "path\tns/run\tinserts into\t\n")
+	for _, p := range paths {
+		fmt.Fprintf(tw, "%s\t%.0f\t%s\t\n", p.Name, p.NS, strings.Join(p.Inserts, " "))
+	}
+	tw.Flush()
 }

@@ -35,10 +35,12 @@ enum health_event {
 	HEALTH_RTO,           // a loss recovery a timeout began on the direction's local socket
 };
 
-// health_stats is what one CPU saw go wrong (or right) on one flow
+// health_stats is what the CPUs saw go wrong (or right) on one flow
 // direction since the last drain. The direction is the sender's: a
 // refusal is on the server's direction, an ICMP error on the direction
-// of the packet it quotes.
+// of the packet it quotes. One for all CPUs: the counts are added
+// atomically; syn_ns is a plain store (CPUs racing on one direction's
+// SYNs store nearly the same time).
 struct health_stats {
 	__u64 syn_ns;      // bpf_ktime_get_ns of the last SYN (opening or retry)
 	__u64 rtt_sum_us;  // over rtt_samples smoothed RTT samples
@@ -55,10 +57,14 @@ struct health_stats {
 };
 
 // health_a, health_b: flow_key (the sender's direction, IPv4 mapped) ->
-// per-CPU health_stats; the halves follow active_buf as the flow maps do.
+// health_stats; the halves follow active_buf as the flow maps do. Shared,
+// not per CPU, for the flow maps' reason: a per-CPU value is max_entries ×
+// 48 bytes on every possible CPU (3 MiB a CPU and half at 65,536 flows,
+// 805 MiB for both halves on 128 CPUs), for events that reach few flows.
+// Shared, the two halves take 17 MiB whatever the CPUs.
 #define HEALTH_MAP(name)                                                                           \
 	struct {                                                                                   \
-		__uint(type, BPF_MAP_TYPE_PERCPU_HASH);                                            \
+		__uint(type, BPF_MAP_TYPE_HASH);                                                   \
 		__uint(max_entries, MAX_FLOWS);                                                    \
 		__type(key, struct flow_key);                                                      \
 		__type(value, struct health_stats);                                                \
@@ -88,31 +94,31 @@ static __always_inline void health_add(struct flow_key *k, __u32 ev, __u64 arg)
 	}
 	switch (ev) {
 	case HEALTH_SYN:
-		h->syns++;
+		__sync_fetch_and_add(&h->syns, 1);
 		h->syn_ns = arg;
 		break;
 	case HEALTH_SYN_RETRY:
-		h->syn_retries++;
+		__sync_fetch_and_add(&h->syn_retries, 1);
 		h->syn_ns = arg;
 		break;
 	case HEALTH_ACCEPT:
-		h->accepts++;
+		__sync_fetch_and_add(&h->accepts, 1);
 		break;
 	case HEALTH_REFUSAL:
-		h->refusals++;
+		__sync_fetch_and_add(&h->refusals, 1);
 		break;
 	case HEALTH_RESET:
-		h->resets++;
+		__sync_fetch_and_add(&h->resets, 1);
 		break;
 	case HEALTH_UNREACHABLE:
-		h->unreachable++;
+		__sync_fetch_and_add(&h->unreachable, 1);
 		break;
 	case HEALTH_TIME_EXCEEDED:
-		h->time_exceeded++;
+		__sync_fetch_and_add(&h->time_exceeded, 1);
 		break;
 	case HEALTH_RTT:
-		h->rtt_sum_us += arg;
-		h->rtt_samples++;
+		__sync_fetch_and_add(&h->rtt_sum_us, arg);
+		__sync_fetch_and_add(&h->rtt_samples, 1);
 		break;
 	case HEALTH_ZERO_WINDOW:
 		h->zero_windows++;
