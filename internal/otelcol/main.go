@@ -6,7 +6,12 @@
 package main
 
 import (
+	"context"
+	"flag"
 	"log"
+	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/open-telemetry/opentelemetry-collector-contrib/exporter/fileexporter"
 	"go.opentelemetry.io/collector/component"
@@ -20,17 +25,35 @@ import (
 )
 
 func main() {
+	config := flag.String("config", "", "the configuration file")
+	flag.Parse()
 	set := otelcol.CollectorSettings{
 		BuildInfo: component.BuildInfo{Command: "otelcol-flowmap", Description: "OTLP in, file out, for flowmap's tests", Version: "test"},
 		Factories: components,
 		ConfigProviderSettings: otelcol.ConfigProviderSettings{
 			ResolverSettings: confmap.ResolverSettings{
+				URIs:              []string{*config},
 				ProviderFactories: []confmap.ProviderFactory{fileprovider.NewFactory()},
 				DefaultScheme:     "file",
 			},
 		},
+		// The collector subscribes to SIGTERM only after it has logged
+		// "Everything is ready": a test's SIGTERM in between killed it
+		// before its file exporters flushed. Subscribed here, before it
+		// starts, a SIGTERM at any time shuts it down gracefully.
+		DisableGracefulShutdown: true,
 	}
-	if err := otelcol.NewCommand(set).Execute(); err != nil {
+	col, err := otelcol.NewCollector(set)
+	if err != nil {
+		log.Fatal(err)
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, os.Interrupt)
+	go func() {
+		<-sigs
+		col.Shutdown()
+	}()
+	if err := col.Run(context.Background()); err != nil {
 		log.Fatal(err)
 	}
 }
