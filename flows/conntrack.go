@@ -253,12 +253,10 @@ func conntrackEmpty() bool {
 	return err == nil && strings.TrimSpace(string(b)) == "0"
 }
 
-// ctCandidates returns the tuples to look conntrack up for: one direction
-// of each TCP or UDP connection drained (conntrack finds a connection by
-// either of its tuples, so a direction whose reverse was drained too is
-// asked once), appended to keys[:0]. A half-open connection, whose client
-// sent SYNs and never an ACK (a SYN flood's), is skipped: its NAT join, if
-// any, is not worth a lookup per spoofed source. It returns how many it
+// ctCandidates returns the tuples to look conntrack up for: each direction
+// of each TCP or UDP connection drained, appended to keys[:0]. A half-open
+// connection, whose client sent SYNs and never an ACK (a SYN flood's), is
+// skipped: its NAT join, if any, is not worth a lookup per spoofed source. It returns how many it
 // skipped.
 func ctCandidates(keys []bpfFlowKey, dirs *flowTable) ([]bpfFlowKey, int) {
 	keys = keys[:0]
@@ -267,17 +265,21 @@ func ctCandidates(keys []bpfFlowKey, dirs *flowTable) ([]bpfFlowKey, int) {
 		if k.Proto != unix.IPPROTO_TCP && k.Proto != unix.IPPROTO_UDP || k.Vlan != 0 {
 			return
 		}
-		if d == nil {
-			// Only the reverse was counted: ask for the tuple it was
-			// counted under, which conntrack knows (the canonical one
-			// need not be, on a NATed connection).
-			k, d, rd = reverse(k), rd, nil
-		}
-		if k.Proto == unix.IPPROTO_TCP && (halfOpen(d) || rd != nil && halfOpen(rd)) {
+		if k.Proto == unix.IPPROTO_TCP && (d != nil && halfOpen(d) || rd != nil && halfOpen(rd)) {
 			skipped++
 			return
 		}
-		keys = append(keys, k)
+		// Ask for each tuple a direction was counted under: conntrack
+		// knows a connection by its original and its reply tuple, and a
+		// direction counted after DNAT (the host's own request to a
+		// Service, at the egress it leaves by) is under neither, while
+		// its reverse, the backend's answer, is the reply tuple.
+		if d != nil {
+			keys = append(keys, k)
+		}
+		if rd != nil {
+			keys = append(keys, reverse(k))
+		}
 	})
 	return keys, skipped
 }
