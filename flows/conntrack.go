@@ -256,8 +256,8 @@ func conntrackEmpty() bool {
 // ctCandidates returns the tuples to look conntrack up for: each direction
 // of each TCP or UDP connection drained, appended to keys[:0]. A half-open
 // connection, whose client sent SYNs and never an ACK (a SYN flood's), is
-// skipped: its NAT join, if any, is not worth a lookup per spoofed source. It returns how many it
-// skipped.
+// skipped: its NAT join, if any, is not worth a lookup per spoofed source.
+// It returns how many it skipped.
 func ctCandidates(keys []bpfFlowKey, dirs *flowTable) ([]bpfFlowKey, int) {
 	keys = keys[:0]
 	skipped := 0
