@@ -201,6 +201,65 @@ func TestDocker(t *testing.T) {
 			t.Errorf("docker source: up %v, last error %q, want down with the socket in the error", docker.Up, docker.LastError)
 		}
 	})
+
+	// Last: the restart stops the containers above. It also brings back
+	// the socket the subtest before removed.
+	t.Run("engine restarted", func(t *testing.T) {
+		inv := startInventory(t, enrich.Config{NetNS: true, DockerSocket: d.AgentSocket, Logger: testLogger(t)})
+		if err := d.Restart(ctx); err != nil {
+			t.Fatalf("restart dockerd: %v", err)
+		}
+		back := time.Now()
+		// The inventory lists the engine again within its longest back-off
+		// (2 s) of the engine's return, however long it was away.
+		resynced := func() bool {
+			for _, st := range inv.Status() {
+				if st.Name == "docker" && st.Up && st.LastSync.After(back) {
+					return true
+				}
+			}
+			return false
+		}
+		for !resynced() {
+			if time.Since(back) > 20*time.Second {
+				t.Fatalf("the docker source did not list the engine again within 20s of its return")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Logf("the docker source listed the engine again %v after it answered", time.Since(back))
+		if limit := 3 * time.Second; time.Since(back) > limit {
+			t.Errorf("the docker source listed the engine again %v after it answered, want within %v", time.Since(back), limit)
+		}
+		// The containers were stopped with the engine, and had no restart
+		// policy: their addresses are no one's now.
+		for _, c := range []container{cli, srv} {
+			if ep, took := waitNamed(t, inv, c.addr, 10*time.Second, func(ep model.Endpoint) bool { return ep.Kind == model.KindExternal }); ep.Kind != model.KindExternal {
+				t.Errorf("stopped container %s's address resolves to %s %q after %v, want external", c.name, ep.Kind, ep.Name, took)
+			}
+		}
+		srv2 := runContainer(t, e, image, "fme-srv2", map[string]string{"after": "restart"}, "httpd", "-f", "-p", "8080", "-h", "/www")
+		cli2 := runContainer(t, e, image, "fme-cli2", nil,
+			"sh", "-c", "while true; do wget -q -O /dev/null http://"+srv2.addr.String()+":8080/; sleep 0.2; done")
+		// Named by the engine again: within the longest back-off of the
+		// inventory's retries (2 s) and the 2 s a live start is named in.
+		ep, took := waitNamed(t, inv, srv2.addr, 10*time.Second, func(ep model.Endpoint) bool { return ep.Name == srv2.name })
+		t.Logf("container started after the engine came back named %v after it started, %v after the engine answered", took, time.Since(back))
+		checkNamed(t, "container started after the restart", ep, srv2)
+		if limit := 4 * time.Second; took > limit {
+			t.Errorf("container started after the restart named %v after it started, want within %v", took, limit)
+		}
+		// Counts resume: the new containers' veths are watched and their
+		// flow named at both ends.
+		r := waitFlow(t, batches, cli2.addr, srv2.addr, 8080, 20*time.Second)
+		f := inv.Enrich(r)
+		checkNamed(t, "source after the restart", f.SrcEndpoint, cli2)
+		checkNamed(t, "destination after the restart", f.DstEndpoint, srv2)
+		for _, st := range inv.Status() {
+			if st.Name == "docker" && !st.Up {
+				t.Errorf("docker source down after the engine came back: %s", st.LastError)
+			}
+		}
+	})
 }
 
 // testEngineNames checks that an inventory of cfg names both ends of the

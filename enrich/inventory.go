@@ -674,11 +674,19 @@ func (s *sourceState) errors() map[string]uint64 {
 }
 
 // backoff waits before retry number n (from 0) of a failed source: 250ms
-// doubling to 10s. It returns false if ctx ended first.
+// doubling to maxBackoff. It returns false if ctx ended first.
 func backoff(ctx context.Context, n int) bool {
 	d := 250 * time.Millisecond << min(n, 6)
-	return sleep(ctx, min(d, 10*time.Second))
+	return sleep(ctx, min(d, maxBackoff))
 }
+
+// maxBackoff is the longest wait between a source's retries. Every source
+// is local (a runtime's unix socket, /proc, netlink), where a failed try
+// costs microseconds, and a runtime that restarts (an upgrade of dockerd
+// or containerd takes it away for seconds) should be named again within
+// seconds of its return, not after a doubling that has grown to 10 s
+// while it was away.
+const maxBackoff = 2 * time.Second
 
 // sleep waits for d; it returns false if ctx ended first.
 func sleep(ctx context.Context, d time.Duration) bool {

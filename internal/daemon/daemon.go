@@ -114,6 +114,9 @@ func (p *Proc) Tail() string {
 	return strings.TrimSpace(string(b))
 }
 
+// Path returns the daemon's program, as it was started.
+func (p *Proc) Path() string { return p.cmd.Path }
+
 // Name returns the daemon's name.
 func (p *Proc) Name() string { return p.name }
 
