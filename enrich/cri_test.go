@@ -109,6 +109,43 @@ func TestCRI(t *testing.T) {
 		}
 	})
 
+	// The pod outlives a restart of containerd, and the CRI source lists
+	// containerd again within its poll (5 s) and its longest back-off
+	// (2 s) of containerd's return, and names the pod from it.
+	t.Run("containerd restarted", func(t *testing.T) {
+		inv := startInventory(t, enrich.Config{CRISocket: c.Socket, NetNS: true, Logger: testLogger(t)})
+		if ep, took := waitNamed(t, inv, ip, 10*time.Second, func(ep model.Endpoint) bool { return ep.Source == "cri" }); ep.Source != "cri" {
+			t.Fatalf("pod not named from cri within %v: %+v", took, ep)
+		}
+		if err := c.Restart(ctx); err != nil {
+			t.Fatalf("restart containerd: %v", err)
+		}
+		back := time.Now()
+		var cri enrich.SourceStatus
+		for {
+			for _, st := range inv.Status() {
+				if st.Name == "cri" {
+					cri = st
+				}
+			}
+			if cri.Up && cri.LastSync.After(back) {
+				break
+			}
+			if time.Since(back) > 20*time.Second {
+				t.Fatalf("the cri source did not list containerd again within 20s of its return: %+v", cri)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		took := time.Since(back)
+		t.Logf("the cri source listed containerd again %v after it answered", took)
+		if limit := 8 * time.Second; took > limit {
+			t.Errorf("the cri source listed containerd again %v after it answered, want within %v", took, limit)
+		}
+		if ep := inv.Resolve(ip, model.Interface{}); ep.Source != "cri" || ep.Name != "checkout-7d9f-abcde" {
+			t.Errorf("after the restart Resolve(%v) = %s %q from %q, want the pod from cri", ip, ep.Kind, ep.Name, ep.Source)
+		}
+	})
+
 	t.Run("netns only", func(t *testing.T) {
 		inv := startInventory(t, enrich.Config{NetNS: true, Logger: testLogger(t)})
 		ep, _ := waitNamed(t, inv, ip, 5*time.Second, func(ep model.Endpoint) bool { return ep.Kind == model.KindPod })
