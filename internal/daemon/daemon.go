@@ -114,8 +114,34 @@ func (p *Proc) Tail() string {
 	return strings.TrimSpace(string(b))
 }
 
-// Path returns the daemon's program, as it was started.
-func (p *Proc) Path() string { return p.cmd.Path }
+// Restart stops the process as Stop does, after grace at the most, and
+// starts its command again (the same program, arguments, environment and
+// directory), its output appended to the same log; then it waits for
+// ready as WaitReady does, for limit at the most: what an upgrade of a
+// runtime does to a node.
+func (p *Proc) Restart(ctx context.Context, grace, limit time.Duration, ready func(context.Context) bool) error {
+	if err := p.Stop(grace); err != nil {
+		return fmt.Errorf("stop %s to restart it: %w", p.name, err)
+	}
+	logf, err := os.OpenFile(p.log, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return fmt.Errorf("open %s log: %w", p.name, err)
+	}
+	defer logf.Close()
+	old := p.cmd
+	cmd := exec.Command(old.Path, old.Args[1:]...)
+	cmd.Env, cmd.Dir, cmd.SysProcAttr = old.Env, old.Dir, old.SysProcAttr
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("restart %s: %w", p.name, err)
+	}
+	p.cmd, p.done, p.err = cmd, make(chan struct{}), nil
+	go func(done chan struct{}) {
+		p.err = cmd.Wait()
+		close(done)
+	}(p.done)
+	return p.WaitReady(ctx, limit, ready)
+}
 
 // Name returns the daemon's name.
 func (p *Proc) Name() string { return p.name }

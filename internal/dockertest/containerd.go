@@ -34,9 +34,7 @@ type Containerd struct {
 	Subnet netip.Prefix
 	Dir    string
 
-	args   []string // containerd's
-	starts int      // how often it was started: its log's number
-	proc   *daemon.Proc
+	proc *daemon.Proc
 }
 
 // SandboxImage is the pod sandbox ("pause") image that StartContainerd
@@ -101,8 +99,11 @@ state = %[2]q
 	if err := os.WriteFile(configPath, []byte(config), 0o644); err != nil {
 		return nil, fmt.Errorf("write containerd config: %w", err)
 	}
-	c.args = []string{"--config", configPath}
-	if err := c.start(ctx, bin); err != nil {
+	if c.proc, err = daemon.Start("containerd", filepath.Join(dir, "containerd.log"), exec.Command(bin, "--config", configPath), false); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if err := c.proc.WaitReady(ctx, 30*time.Second, c.ready); err != nil {
 		c.Close()
 		return nil, err
 	}
@@ -113,33 +114,20 @@ state = %[2]q
 	return c, nil
 }
 
-// start runs containerd with c's arguments, its log the next of c.Dir's
-// containerd-N.log, and waits until its socket takes connections.
-func (c *Containerd) start(ctx context.Context, bin string) error {
-	c.starts++
-	log := filepath.Join(c.Dir, fmt.Sprintf("containerd-%d.log", c.starts))
-	var err error
-	if c.proc, err = daemon.Start("containerd", log, exec.Command(bin, c.args...), false); err != nil {
-		return err
+// ready reports whether containerd's socket takes connections.
+func (c *Containerd) ready(context.Context) bool {
+	conn, err := net.Dial("unix", c.Socket)
+	if err == nil {
+		conn.Close()
 	}
-	dialable := func(context.Context) bool {
-		conn, err := net.Dial("unix", c.Socket)
-		if err == nil {
-			conn.Close()
-		}
-		return err == nil
-	}
-	return c.proc.WaitReady(ctx, 30*time.Second, dialable)
+	return err == nil
 }
 
 // Restart stops containerd (SIGTERM; its shims and containers run on, as
 // they do through an upgrade of containerd on a node) and starts it again
 // on the same state, waiting until it answers.
 func (c *Containerd) Restart(ctx context.Context) error {
-	if err := c.proc.Stop(15 * time.Second); err != nil {
-		return fmt.Errorf("stop containerd to restart it: %w", err)
-	}
-	return c.start(ctx, c.proc.Path())
+	return c.proc.Restart(ctx, 15*time.Second, 30*time.Second, c.ready)
 }
 
 // StartContainerdT starts a Containerd that is closed when t ends, and

@@ -69,12 +69,10 @@ type Daemon struct {
 	AgentSocket string
 	Bridge      string
 	Subnet      netip.Prefix
-	// Dir holds the data root, exec root, pid file, sockets and logs.
+	// Dir holds the data root, exec root, pid file, sockets and log.
 	Dir string
 
-	args   []string // dockerd's
-	starts int      // how often it was started: its log's number
-	proc   *daemon.Proc
+	proc *daemon.Proc
 }
 
 // Start starts dockerd and waits until it answers. Close stops it and
@@ -112,13 +110,13 @@ func Start(ctx context.Context, opts Options) (*Daemon, error) {
 		d.Close()
 		return nil, fmt.Errorf("write dockerd config: %w", err)
 	}
-	d.args = []string{
+	cmd := exec.Command(dockerd,
 		"--config-file", config, // not /etc/docker/daemon.json
 		"--data-root", filepath.Join(dir, "data"),
 		"--exec-root", filepath.Join(dir, "exec"),
 		"--pidfile", filepath.Join(dir, "dockerd.pid"),
-		"-H", "unix://" + d.Socket,
-		"-H", "unix://" + d.AgentSocket,
+		"-H", "unix://"+d.Socket,
+		"-H", "unix://"+d.AgentSocket,
 		"--bridge", d.Bridge,
 		"--iptables=false", "--ip6tables=false", "--ip-forward=false", "--ip-masq=false",
 		"--userland-proxy=false",
@@ -127,37 +125,27 @@ func Start(ctx context.Context, opts Options) (*Daemon, error) {
 		// filesystem the temporary directory is on.
 		"--storage-driver", "vfs",
 		"--log-level", "warn",
+	)
+	if d.proc, err = daemon.Start("dockerd", filepath.Join(dir, "dockerd.log"), cmd, false); err != nil {
+		d.Close()
+		return nil, err
 	}
-	if err := d.start(ctx, dockerd); err != nil {
+	if err := d.proc.WaitReady(ctx, 60*time.Second, d.ready); err != nil {
 		d.Close()
 		return nil, err
 	}
 	return d, nil
 }
 
-// start runs dockerd with d's arguments, its log the next of d.Dir's
-// dockerd-N.log, and waits until it answers.
-func (d *Daemon) start(ctx context.Context, dockerd string) error {
-	d.starts++
-	log := filepath.Join(d.Dir, fmt.Sprintf("dockerd-%d.log", d.starts))
-	var err error
-	if d.proc, err = daemon.Start("dockerd", log, exec.Command(dockerd, d.args...), false); err != nil {
-		return err
-	}
-	client := d.Client(d.Socket)
-	return d.proc.WaitReady(ctx, 60*time.Second, func(ctx context.Context) bool { return ping(ctx, client, "docker") })
-}
+// ready reports whether dockerd answers on its API socket.
+func (d *Daemon) ready(ctx context.Context) bool { return ping(ctx, d.Client(d.Socket), "docker") }
 
 // Restart stops dockerd as Close does (SIGTERM, which stops its
 // containers) and starts it again on the same roots and sockets, waiting
-// until it answers: what an upgrade of the engine does to a host.
-// Containers started with a restart policy come back; the others stay
-// stopped.
+// until it answers. Containers started with a restart policy come back;
+// the others stay stopped.
 func (d *Daemon) Restart(ctx context.Context) error {
-	if err := d.proc.Stop(30 * time.Second); err != nil {
-		return fmt.Errorf("stop dockerd to restart it: %w", err)
-	}
-	return d.start(ctx, d.proc.Path())
+	return d.proc.Restart(ctx, 30*time.Second, 60*time.Second, d.ready)
 }
 
 // StartT starts a Daemon that is closed when t ends. It fails t if the
