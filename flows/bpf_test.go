@@ -78,8 +78,8 @@ var (
 )
 
 // loadTestObjects loads the programs and maps, with each flow map
-// holding maxFlows entries (0 keeps the object's size), and closes them
-// when t ends.
+// and L7 map holding maxFlows entries (0 keeps the object's size), and
+// closes them when t ends.
 func loadTestObjects(t testing.TB, maxFlows uint32) *bpfObjects {
 	t.Helper()
 	spec, err := loadBpf()
@@ -87,7 +87,7 @@ func loadTestObjects(t testing.TB, maxFlows uint32) *bpfObjects {
 		t.Fatalf("load embedded BPF: %v", err)
 	}
 	if maxFlows > 0 {
-		sizeMaps(spec, maxFlows)
+		sizeMaps(spec, maxFlows, maxFlows)
 	}
 	var objs bpfObjects
 	if err := spec.LoadAndAssign(&objs, nil); err != nil {

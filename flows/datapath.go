@@ -41,6 +41,10 @@ type Config struct {
 	// MaxFlows bounds the flow map (each half of it) in flow directions;
 	// 0 is DefaultMaxFlows.
 	MaxFlows int
+	// MaxL7Flows bounds the L7 maps (each half of each family) and the
+	// L7 pending maps in client-to-server flows; 0 is MaxFlows/4. A flow's
+	// messages past it are counted as lost (map full).
+	MaxL7Flows int
 	// Logger receives lifecycle logs; nil discards them.
 	Logger *slog.Logger
 	// DNSPort is the port of DNS servers whose messages the L7 parsers
@@ -183,6 +187,9 @@ func New(cfg Config) (*Datapath, error) {
 	if cfg.MaxFlows <= 0 {
 		cfg.MaxFlows = DefaultMaxFlows
 	}
+	if cfg.MaxL7Flows <= 0 {
+		cfg.MaxL7Flows = defaultMaxL7Flows(cfg.MaxFlows)
+	}
 	for _, g := range append(append([]string(nil), cfg.Interfaces...), cfg.XDP...) {
 		if _, err := path.Match(g, ""); err != nil {
 			return nil, fmt.Errorf("interface glob %q: %w", g, err)
@@ -199,7 +206,7 @@ func New(cfg Config) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load embedded BPF: %w", err)
 	}
-	sizeMaps(spec, uint32(cfg.MaxFlows))
+	sizeMaps(spec, uint32(cfg.MaxFlows), uint32(cfg.MaxL7Flows))
 	if cfg.DNSPort == 0 {
 		cfg.DNSPort = 53
 	}
@@ -390,14 +397,32 @@ func (d *Datapath) Attached() []model.Interface {
 	return out
 }
 
-// sizeMaps sizes the flow maps for maxFlows flow directions. The L7 maps
-// hold client-to-server flows that carried a message: at most as many.
-// Not preallocated, they cost what they hold.
-func sizeMaps(spec *ebpf.CollectionSpec, maxFlows uint32) {
+// defaultMaxL7Flows is the L7 maps' size for a flow map of maxFlows flow
+// directions: a quarter. A connection is two flow directions and at most
+// one L7 flow, and most connections carry no message that L7 counts (TLS
+// and the protocols only noted take an entry too, but those are the few
+// that a node's connections mostly are not); a full L7 map loses messages,
+// counted, never flows.
+func defaultMaxL7Flows(maxFlows int) int { return max(1, maxFlows/4) }
+
+// minL7Pending is the least the L7 pending maps hold: LRU maps, they
+// push out the oldest requests waiting, and at a few entries those would
+// be requests still in flight.
+const minL7Pending = 1024
+
+// sizeMaps sizes the flow maps for maxFlows flow directions and the L7
+// maps (the stats, not preallocated, and the pending requests, at least
+// minL7Pending) for maxL7Flows client-to-server flows.
+func sizeMaps(spec *ebpf.CollectionSpec, maxFlows, maxL7Flows uint32) {
 	for _, m := range []string{bpfMapFlows4A, bpfMapFlows4B, bpfMapFlows6A, bpfMapFlows6B,
-		bpfMapL7s4A, bpfMapL7s4B, bpfMapL7s6A, bpfMapL7s6B,
 		bpfMapHealthA, bpfMapHealthB, bpfMapDropsA, bpfMapDropsB} {
 		spec.Maps[m].MaxEntries = maxFlows
+	}
+	for _, m := range []string{bpfMapL7s4A, bpfMapL7s4B, bpfMapL7s6A, bpfMapL7s6B} {
+		spec.Maps[m].MaxEntries = maxL7Flows
+	}
+	for _, m := range []string{bpfMapL7Pending4, bpfMapL7Pending6} {
+		spec.Maps[m].MaxEntries = max(maxL7Flows, minL7Pending)
 	}
 }
 

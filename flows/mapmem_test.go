@@ -75,6 +75,7 @@ func TestMapMemoryReported(t *testing.T) {
 	var here, at64, at128 uint64
 	for _, m := range mem {
 		here, at64, at128 = here+m.Bytes, at64+m.At(64), at128+m.At(128)
+		t.Logf("%-16s %6.2f MiB here, %6.2f MiB full at 128 CPUs", m.Name, mib(m.Bytes), mib(m.At(128)))
 	}
 	t.Logf("maps: %.1f MiB at %d CPUs, %.1f MiB at 64, %.1f MiB at 128", mib(here), mem[0].CPUs, mib(at64), mib(at128))
 	metrics, err := testutil.CollectAndFormat(NewCollector(d), expfmt.TypeTextPlain, "flowmap_map_memory_bytes")

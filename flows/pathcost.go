@@ -139,7 +139,7 @@ func PathCosts(rounds, flows int) ([]PathCost, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load embedded BPF: %w", err)
 	}
-	sizeMaps(spec, DefaultMaxFlows)
+	sizeMaps(spec, DefaultMaxFlows, uint32(defaultMaxL7Flows(DefaultMaxFlows)))
 	var objs bpfObjects
 	if err := spec.LoadAndAssign(&objs, nil); err != nil {
 		return nil, fmt.Errorf("load BPF objects: %w", err)

@@ -67,7 +67,8 @@ func (a *agentFlags) register(fs *flag.FlagSet) {
 	fs.Var(&a.cfg.XDPMode, "xdp-mode", "where the XDP program of --xdp runs: native (in the driver), generic, or auto (native where the driver has it)")
 	fs.Var(&a.cfg.Attach, "attach", "how to attach TC programs: tcx, clsact or auto (TCX where the kernel has it)")
 	fs.DurationVar(&a.cfg.Interval, "interval", flows.DefaultInterval, "how often to drain the flow map")
-	fs.IntVar(&a.cfg.MaxFlows, "max-flows", flows.DefaultMaxFlows, "flow directions the flow maps hold between two drains, and flows with L7 messages the L7 maps hold; more are counted as map-full")
+	fs.IntVar(&a.cfg.MaxFlows, "max-flows", flows.DefaultMaxFlows, "flow directions the flow maps hold between two drains; more are counted as map-full")
+	fs.IntVar(&a.cfg.MaxL7Flows, "max-l7-flows", 0, "client-to-server flows with L7 messages the L7 maps hold between two drains (0: a quarter of --max-flows); the messages of more are counted as lost (map full)")
 	a.listen = "127.0.0.1:9477"
 	fs.Var((*hostPort)(&a.listen), "listen",
 		"address to serve the HTTP API and /metrics on, host:port (an IPv6 host as [addr]:port or addr:port); other than loopback, only with --tls-cert, --tls-key and --auth")
