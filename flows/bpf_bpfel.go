@@ -184,6 +184,9 @@ type bpfL7Stats struct {
 	Unmatched    uint32
 	Proto        uint8
 	Pad          [7]uint8
+	WaitTs       [4]uint64
+	WaitHead     uint32
+	WaitTail     uint32
 }
 
 type bpfNameEvent struct {

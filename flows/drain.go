@@ -149,6 +149,9 @@ type drainer struct {
 	// L7: the halves of the L7 maps, and what the last drain read of
 	// them by client-to-server key (see l7.go), until records takes it.
 	l7s [2]half
+	// l7pending is the L7 pending maps, where the drain carries the
+	// requests still waiting in the entries it takes.
+	l7pending half
 	// cache is the per-CPU slots of the last IPv4 flow each CPU counted,
 	// one per half.
 	cache *ebpf.Map
@@ -195,20 +198,21 @@ func newDrainer(objs *bpfObjects, maxFlows int, reasons map[uint32]string) (*dra
 		return nil, fmt.Errorf("count possible CPUs: %w", err)
 	}
 	d := &drainer{
-		dirs:    newFlowTable(),
-		halves:  [2]half{{objs.Flows4A, objs.Flows6A}, {objs.Flows4B, objs.Flows6B}},
-		active:  objs.ActiveBuf,
-		ncpu:    ncpu,
-		keys4:   make([]bpfFlowKey4, drainBatch),
-		keys6:   make([]bpfFlowKey, drainBatch),
-		vals:    make([]bpfFlowStats, drainBatch),
-		clients: newClientSet(maxFlows),
-		l7s:     [2]half{{objs.L7s4A, objs.L7s6A}, {objs.L7s4B, objs.L7s6B}},
-		cache:   objs.FlowCache,
-		l7:      map[bpfFlowKey]*pendingL7{},
-		l7keys4: make([]bpfFlowKey4, l7Batch),
-		l7keys6: make([]bpfFlowKey, l7Batch),
-		l7vals:  make([]bpfL7Stats, l7Batch*ncpu),
+		dirs:      newFlowTable(),
+		halves:    [2]half{{objs.Flows4A, objs.Flows6A}, {objs.Flows4B, objs.Flows6B}},
+		active:    objs.ActiveBuf,
+		ncpu:      ncpu,
+		keys4:     make([]bpfFlowKey4, drainBatch),
+		keys6:     make([]bpfFlowKey, drainBatch),
+		vals:      make([]bpfFlowStats, drainBatch),
+		clients:   newClientSet(maxFlows),
+		l7s:       [2]half{{objs.L7s4A, objs.L7s6A}, {objs.L7s4B, objs.L7s6B}},
+		l7pending: half{objs.L7Pending4, objs.L7Pending6},
+		cache:     objs.FlowCache,
+		l7:        map[bpfFlowKey]*pendingL7{},
+		l7keys4:   make([]bpfFlowKey4, l7Batch),
+		l7keys6:   make([]bpfFlowKey, l7Batch),
+		l7vals:    make([]bpfL7Stats, l7Batch*ncpu),
 	}
 	if reasons != nil {
 		d.finished = newKeySet(maxFlows)

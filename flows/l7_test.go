@@ -556,6 +556,50 @@ func TestBPFL7(t *testing.T) {
 			t.Errorf("half a has %d entries, want 0", len(got))
 		}
 	})
+
+	// A request waits in its flow's entry; its response after a flip
+	// finds it there while the drain has not taken the entry, and in the
+	// pending map, where the drain carries it, once it has.
+	for _, drained := range []bool{false, true} {
+		t.Run(fmt.Sprintf("request across a flip, drained %t", drained), func(t *testing.T) {
+			resetL7(t, objs, rd)
+			h := testHooks(t, objs)[0]
+			h.run(t, req(get))
+			h.run(t, req(get)) // pipelined
+			if err := objs.ActiveBuf.Set(uint32(1)); err != nil {
+				t.Fatalf("set active_buf: %v", err)
+			}
+			if drained {
+				d := &drainer{
+					l7s:       [2]half{{objs.L7s4A, objs.L7s6A}, {objs.L7s4B, objs.L7s6B}},
+					l7pending: half{objs.L7Pending4, objs.L7Pending6},
+					l7:        map[bpfFlowKey]*pendingL7{},
+					l7keys4:   make([]bpfFlowKey4, l7Batch),
+					l7keys6:   make([]bpfFlowKey, l7Batch),
+					l7vals:    make([]bpfL7Stats, l7Batch),
+				}
+				if err := d.drainL7(0); err != nil {
+					t.Fatalf("drain half a: %v", err)
+				}
+				if l := d.l7[up]; l == nil || l.Methods[model.MethodGET] != 2 {
+					t.Fatalf("drained %+v for %s, want 2 GET requests", l, keyString(up))
+				}
+			}
+			h.run(t, resp(ok200))
+			h.run(t, resp(ok200))
+			h.run(t, resp(ok200)) // answers no request waiting
+			v := readL7(t, objs, true)[up]
+			if n := v.Latency.Count(); n != 2 || v.Unmatched != 1 || v.Statuses[2] != 3 {
+				t.Errorf("half b: %d latencies, %d unmatched, %d 2xx; want 2, 1, 3", n, v.Unmatched, v.Statuses[2])
+			}
+			var k bpfL7PendingKey4
+			var w bpfL7Pending
+			if err := objs.L7Pending4.NextKey(nil, &k); !errors.Is(err, ebpf.ErrKeyNotExist) {
+				_ = objs.L7Pending4.Lookup(&k, &w)
+				t.Errorf("pending map holds %+v: %+v after its requests' responses, want nothing", k, w)
+			}
+		})
+	}
 }
 
 // TestBPFL7MapFull checks that a full L7 map refuses a new flow's

@@ -105,27 +105,64 @@ static __always_inline void classify_tcp(struct packet *p, const __u8 *b, __u32 
 	kafka(b, plen, m);
 }
 
+// entry_msg notes or matches the request or response m of a flow other
+// than DNS in the flow's entry s of the active half (NULL if it could not
+// be inserted: the request goes unnoted), and returns the latency, 0 if
+// unknown. A response whose request is not in s looks in the entry of the
+// other half, the map other, whose requests were sent before the last
+// flip and which the drain has yet to take, then in the map pending
+// (key pk), where the drain carried those it took.
+static __always_inline __u64 entry_msg(struct l7_stats *s, void *other, void *pending, void *pk,
+				       void *flow, struct l7_msg *m, __u64 sent)
+{
+	if (m->kind == MSG_REQUEST) {
+		if (s)
+			queue_push(s->wait_ts, &s->wait_head, &s->wait_tail, msg_time(sent));
+		return 0;
+	}
+	// 1xx is not the response: the final one follows.
+	if (m->kind != MSG_RESPONSE || (m->proto == L7_HTTP && m->status == 1))
+		return 0;
+	__u64 now = msg_time(sent);
+	if (s && s->wait_head != s->wait_tail)
+		return queue_pop(s->wait_ts, &s->wait_head, now);
+	struct l7_stats *o = bpf_map_lookup_elem(other, flow);
+	if (o && o->wait_head != o->wait_tail)
+		return queue_pop(o->wait_ts, &o->wait_head, now);
+	return pending_response(pending, pk, now, 0, 0);
+}
+
 // l7_lookup notes or matches the request or response m of a flow, whose
 // pending key is pk and flow key flow (and, for DNS, whose question hashes
-// to question), in the map pending, sets *lat to
-// the latency pending_msg returns, and returns the flow's stats in l7s_a or
-// l7s_b, the half active_buf names (NULL, and the error in *err, if its
-// entry could not be inserted). It is
-// inlined at one call site per family, each naming its maps, so that each
-// lookup has one constant map, which the verifier needs to inline it (see
-// account); the asm statements keep clang from merging the two halves'
-// l7_entry back into one call on a map chosen at run time.
+// to question), sets *lat to the latency (0 if unknown: no request
+// matched), and returns the flow's stats in l7s_a or l7s_b, the half
+// active_buf names (NULL, and the error in *err, if its entry could not be
+// inserted). A DNS message waits in, or is matched in, the map pending by
+// its id (pending_msg); any other in the flow's stats entry (entry_msg).
+// It is inlined at one call site per family, each naming its maps, so that
+// each lookup has one constant map, which the verifier needs to inline it
+// (see account); the asm statements keep clang from merging the two
+// halves' l7_entry back into one call on a map chosen at run time.
 static __always_inline struct l7_stats *l7_lookup(void *pending, void *l7s_a, void *l7s_b,
 						  void *pk, void *flow, struct l7_msg *m,
 						  __u64 sent, __u64 question, __u64 *lat, long *err)
 {
-	*lat = pending_msg(pending, pk, m, sent, question);
+	int dns = m->proto == L7_DNS;
+	if (dns)
+		*lat = pending_msg(pending, pk, m, sent, question);
+	struct l7_stats *s;
 	if (active_buf) {
 		asm volatile("/* l7s_b */");
-		return l7_entry(l7s_b, flow, err);
+		s = l7_entry(l7s_b, flow, err);
+		if (!dns)
+			*lat = entry_msg(s, l7s_a, pending, pk, flow, m, sent);
+		return s;
 	}
 	asm volatile("/* l7s_a */");
-	return l7_entry(l7s_a, flow, err);
+	s = l7_entry(l7s_a, flow, err);
+	if (!dns)
+		*lat = entry_msg(s, l7s_b, pending, pk, flow, m, sent);
+	return s;
 }
 
 // name_vouched reports whether the message m of the flow whose client to

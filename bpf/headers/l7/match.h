@@ -48,6 +48,29 @@ struct l7_pending {
 PENDING_MAP(l7_pending4, struct l7_pending_key4);
 PENDING_MAP(l7_pending6, struct l7_pending_key);
 
+// queue_push notes a request's time now in the queue ts, head, tail
+// (l7_pending's or l7_stats' wait_*). Deeper pipelines than L7_PIPELINE
+// lose their latest requests' times: their responses count as unmatched.
+static __always_inline void queue_push(__u64 *ts, __u32 *head, __u32 *tail, __u64 now)
+{
+	if (*tail - *head < L7_PIPELINE) {
+		ts[*tail & (L7_PIPELINE - 1)] = now;
+		*tail += 1;
+	}
+}
+
+// queue_pop returns the time from the oldest request of a queue that has
+// one to now, and takes it off; at least 1.
+static __always_inline __u64 queue_pop(__u64 *ts, __u32 *head, __u64 now)
+{
+	__u64 t = ts[*head & (L7_PIPELINE - 1)];
+	*head += 1;
+	// A request's send time may lie ahead of the response's clock read
+	// (a paced TCP sender's departure time): no negative latency.
+	__u64 lat = now > t ? now - t : 0;
+	return lat ? lat : 1;
+}
+
 // pending_request notes the time of a request of flow k in the map
 // pending (a constant at each call site, as in account), and for DNS its
 // question.
@@ -62,12 +85,7 @@ static __always_inline void pending_request(void *pending, void *k, __u64 now, _
 	// A query sent again with its id (a retry) asks the same; the
 	// latest question is the one its answer must repeat.
 	q->question = question;
-	// Deeper pipelines than L7_PIPELINE lose their latest requests'
-	// times: their responses count as unmatched.
-	if (q->tail - q->head < L7_PIPELINE) {
-		q->ts[q->tail & (L7_PIPELINE - 1)] = now;
-		q->tail++;
-	}
+	queue_push(q->ts, &q->head, &q->tail, now);
 }
 
 // pending_response returns the time since the oldest request of flow k
@@ -83,16 +101,13 @@ static __always_inline __u64 pending_response(void *pending, void *k, __u64 now,
 		return 0;
 	if (dns && (!question || q->question != question))
 		return 0;
-	__u64 ts = q->ts[q->head & (L7_PIPELINE - 1)];
-	// A request's send time may lie ahead of the response's clock read
-	// (a paced TCP sender's departure time): no negative latency.
-	__u64 lat = now > ts ? now - ts : 0;
-	q->head++;
-	// A DNS id answers once: the entry goes (an HTTP connection's stays
-	// for its next request, until LRU pushes it out).
-	if (dns)
+	__u64 lat = queue_pop(q->ts, &q->head, now);
+	// A DNS id answers once, and the requests that the drain carried
+	// over (see l7_stats' wait_*) wait only until answered: the entry
+	// goes when none waits.
+	if (dns || q->head == q->tail)
 		bpf_map_delete_elem(pending, k);
-	return lat ? lat : 1;
+	return lat;
 }
 
 // SKB_CLOCK_MONOTONIC is BPF_SKB_TSTAMP_DELIVERY_MONO, named
@@ -121,6 +136,13 @@ static __always_inline __u64 send_time(void *ctx, int xdp)
 	return skb->tstamp;
 }
 
+// msg_time returns a message's time: when its sender's TCP stack sent it
+// (sent, see send_time) where the skb carries that, else now.
+static __always_inline __u64 msg_time(__u64 sent)
+{
+	return sent ? sent : bpf_ktime_get_ns();
+}
+
 // pending_msg notes a request's time in the map pending, or takes a
 // response's request off it and returns the latency (0 if unknown: no
 // request matched). The message's time is when its sender's TCP stack sent
@@ -130,10 +152,9 @@ static __always_inline __u64 pending_msg(void *pending, void *k, struct l7_msg *
 					 __u64 question)
 {
 	if (m->kind == MSG_REQUEST)
-		pending_request(pending, k, sent ? sent : bpf_ktime_get_ns(), question);
+		pending_request(pending, k, msg_time(sent), question);
 	else if (m->kind == MSG_RESPONSE && !(m->proto == L7_HTTP && m->status == 1))
 		// 1xx is not the response: the final one follows.
-		return pending_response(pending, k, sent ? sent : bpf_ktime_get_ns(),
-					m->proto == L7_DNS, question);
+		return pending_response(pending, k, msg_time(sent), m->proto == L7_DNS, question);
 	return 0;
 }

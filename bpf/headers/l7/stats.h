@@ -8,6 +8,7 @@
 #include "common.h"
 #include "l7/dns.h"
 #include "l7/http.h"
+#include "l7/match.h"
 #include "l7/msg.h"
 
 // L7_BUCKETS latency buckets, four to an octave: bucket i holds times from
@@ -28,6 +29,16 @@ struct l7_stats {
 	__u32 unmatched; // responses without a request seen: latency unknown
 	__u8 proto;      // enum l7_proto
 	__u8 pad[7];
+	// The times of the flow's requests that wait for a response, as
+	// l7_pending holds them (see match.h), for every protocol but DNS,
+	// whose requests wait in l7_pending4/6 by id: kept in the entry
+	// that counts them, a flow's first request makes one insert, not
+	// two, and a request and its response look up one entry, not two.
+	// The drain carries the requests still waiting when it takes the
+	// entry over to l7_pending4/6, where a response finds them.
+	__u64 wait_ts[L7_PIPELINE];
+	__u32 wait_head;
+	__u32 wait_tail;
 };
 
 #define MAX_L7_FLOWS 16384 // Go sets max_entries from --max-flows
