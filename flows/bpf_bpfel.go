@@ -176,7 +176,8 @@ const (
 type bpfL7Stats struct {
 	_            structs.HostLayout
 	LatencySumNs uint64
-	Latency      [104]uint32
+	Latency      [26]uint64
+	LatencyWraps [4]uint64
 	Methods      [8]uint32
 	Statuses     [6]uint32
 	Rcodes       [8]uint32

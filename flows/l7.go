@@ -25,8 +25,19 @@ func addL7Stats(l *model.L7, s *bpfL7Stats) {
 	}
 	l.Queries += uint64(s.Queries)
 	l.Unmatched += uint64(s.Unmatched)
-	for i, c := range s.Latency {
-		l.Latency.Counts[i] += uint64(c)
+	// Four buckets a word, 16 bits each, and the wraps of 32,768 (see
+	// count_latency in bpf/headers/l7/stats.h). A bucket's 16 bits are
+	// its count: the guard bit, set while a wrap is on its way, is worth
+	// the wrap.
+	for i, w := range s.Latency {
+		for j := range 4 {
+			l.Latency.Counts[4*i+j] += w >> (16 * j) & 0xffff
+		}
+	}
+	for _, w := range s.LatencyWraps {
+		if b := int(w>>56) - 1; b >= 0 && b < len(l.Latency.Counts) {
+			l.Latency.Counts[b] += (w & (1<<56 - 1)) << 15
+		}
 	}
 	l.Latency.Sum += time.Duration(s.LatencySumNs)
 }

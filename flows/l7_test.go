@@ -557,6 +557,43 @@ func TestBPFL7(t *testing.T) {
 		}
 	})
 
+	// A latency bucket counts to 32,767 in its 16 bits, then moves
+	// 32,768 into a wrap slot: every bucket at 32,767, a response wraps
+	// its bucket and the histogram still counts every sample.
+	t.Run("latency bucket wraps", func(t *testing.T) {
+		resetL7(t, objs, rd)
+		h := testHooks(t, objs)[0]
+		k4, _ := up.v4()
+		full := bpfL7Stats{Proto: uint8(bpfL7ProtoL7HTTP)}
+		for i := range full.Latency {
+			full.Latency[i] = 0x7fff_7fff_7fff_7fff
+		}
+		if err := objs.L7s4A.Put(&k4, &full); err != nil {
+			t.Fatalf("seed %s: %v", keyString(up), err)
+		}
+		h.run(t, req(get))
+		h.run(t, resp(ok200))
+		var s bpfL7Stats
+		if err := objs.L7s4A.Lookup(&k4, &s); err != nil {
+			t.Fatalf("look up %s: %v", keyString(up), err)
+		}
+		b := int(s.LatencyWraps[0]>>56) - 1
+		if b < 0 || s.LatencyWraps[0]&0xff != 1 || s.LatencyWraps[1] != 0 {
+			t.Fatalf("wrap slots %x, want one wrap of one bucket", s.LatencyWraps)
+		}
+		var l model.L7
+		addL7Stats(&l, &s)
+		if n, want := l.Latency.Count(), uint64(model.LatencyBuckets*32767+1); n != want {
+			t.Errorf("%d latencies, want %d", n, want)
+		}
+		if n := l.Latency.Counts[b]; n != 32768 {
+			t.Errorf("bucket %d counts %d, want 32,768", b, n)
+		}
+		if f := s.Latency[b/4] >> (16 * (b % 4)) & 0xffff; f != 0 {
+			t.Errorf("bucket %d's 16 bits hold %#x, want 0 (its guard cleared)", b, f)
+		}
+	})
+
 	// A request waits in its flow's entry; its response after a flip
 	// finds it there while the drain has not taken the entry, and in the
 	// pending map, where the drain carries it, once it has.

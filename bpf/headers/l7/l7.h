@@ -299,7 +299,7 @@ static __always_inline void l7(void *ctx, int xdp, struct packet *p, void *data,
 	else if (m.status < 6)
 		__sync_fetch_and_add(&s->statuses[m.status], 1);
 	if (lat) {
-		__sync_fetch_and_add(&s->latency[latency_bucket(lat)], 1);
+		count_latency(s, latency_bucket(lat));
 		__sync_fetch_and_add(&s->latency_sum_ns, lat);
 	} else if (!(m.proto == L7_HTTP && m.status == 1)) {
 		__sync_fetch_and_add(&s->unmatched, 1);

@@ -16,12 +16,26 @@
 // holds all above.
 #define L7_BUCKETS 104
 
+// L7_WRAPS is the slots of l7_stats.latency_wraps.
+#define L7_WRAPS 4
+
 // l7_stats is one client-to-server flow's messages since the last drain.
 // One for all CPUs, added to atomically (see the L7 maps for why not per
 // CPU); proto is a plain store, as every CPU stores the same value.
+//
+// The latency histogram takes 16 bits a bucket, four to a word (see
+// count_latency): a bucket counts to 32,767 in its low 15 bits and, past
+// that, moves 32,768 of its count into a slot of latency_wraps: slot
+// (bucket + 1) << 56 | n holds n × 32,768 more of the bucket's samples.
+// Half the size of 32-bit buckets (208 bytes, not 416), and as exact: in
+// one drain interval a flow's responses rarely pass 32,767 in a bucket,
+// and more than L7_WRAPS buckets of it never in practice (past that, the
+// last slot takes the others' wraps: the count stays exact, its bucket
+// not).
 struct l7_stats {
 	__u64 latency_sum_ns; // over the matched responses
-	__u32 latency[L7_BUCKETS]; // request (first byte) to response (first byte)
+	__u64 latency[L7_BUCKETS / 4]; // request (first byte) to response (first byte)
+	__u64 latency_wraps[L7_WRAPS];
 	__u32 methods[METHOD_MAX]; // HTTP requests by method
 	__u32 statuses[6]; // HTTP responses by status class: [1] is 1xx … [5] 5xx
 	__u32 rcodes[L7_RCODES]; // DNS responses by response code
@@ -85,6 +99,42 @@ static __always_inline __u32 latency_bucket(__u64 ns)
 	__u32 sub = (ns >> (l - 2)) & 3; // the two bits after the leading one
 	__u32 i = (l - 10) * 4 + sub;
 	return i < L7_BUCKETS ? i : L7_BUCKETS - 1;
+}
+
+// count_latency adds a sample to bucket b (below L7_BUCKETS) of s's
+// latency histogram. The bucket's 16 bits are a 15-bit count and a guard
+// bit: the one add that takes the count from 32,767 to 32,768 (only one
+// sees 32,767 before it) takes 32,768 back out, which clears the guard,
+// and adds a wrap to the bucket's slot. Between the two, the bucket still
+// reads its exact count (the guard is worth the 32,768 on their way), and
+// adds of other CPUs cannot carry into the next bucket: 32,768 of them
+// would have to come in between.
+static __always_inline void count_latency(struct l7_stats *s, __u32 b)
+{
+	__u32 i = b >> 2;
+	if (i >= L7_BUCKETS / 4)
+		return;
+	__u64 *w = &s->latency[i];
+	__u32 shift = (b & 3) * 16;
+	// 64-bit atomics: the programs are built for BPF v1, which returns no
+	// old value from a 32-bit add.
+	__u64 old = __sync_fetch_and_add(w, 1ULL << shift);
+	if (((old >> shift) & 0x7fff) != 0x7fff)
+		return;
+	__sync_fetch_and_add(w, -(0x8000ULL << shift));
+	__u64 tag = (__u64)(b + 1) << 56;
+#pragma unroll
+	for (int j = 0; j < L7_WRAPS; j++) {
+		__u64 v = s->latency_wraps[j];
+		if (v == 0)
+			v = __sync_val_compare_and_swap(&s->latency_wraps[j], 0, tag | 1);
+		if (v == 0)
+			return; // claimed, with this wrap
+		if ((v >> 56 << 56) == tag || j == L7_WRAPS - 1) {
+			__sync_fetch_and_add(&s->latency_wraps[j], 1);
+			return;
+		}
+	}
 }
 
 // l7_loss is why a message was not counted: why its flow's entry could
