@@ -117,6 +117,14 @@ func newFlowPaths() []pathSteps {
 		{"HTTP response", func(i int) ([][]byte, []byte) {
 			return [][]byte{syn(i), synack(i), ack(i), req(i)}, resp(i)
 		}},
+		// The next request and response of a kept-alive connection:
+		// its L7 entry and its L7 state exist.
+		{"HTTP request, kept alive", func(i int) ([][]byte, []byte) {
+			return [][]byte{syn(i), synack(i), ack(i), req(i), resp(i)}, req(i)
+		}},
+		{"HTTP response, kept alive", func(i int) ([][]byte, []byte) {
+			return [][]byte{syn(i), synack(i), ack(i), req(i), resp(i), req(i)}, resp(i)
+		}},
 		{"FIN", func(i int) ([][]byte, []byte) {
 			return [][]byte{syn(i), synack(i), ack(i), req(i), resp(i)}, fin(i)
 		}},
