@@ -36,7 +36,9 @@ struct l7_pending {
 };
 
 // l7_pending4, l7_pending6: l7_pending_key(4) -> l7_pending, from a
-// request until its response. LRU: requests never answered age out.
+// DNS query until its response, and the requests of other protocols that
+// the drain carried over from the L7 entries it took (see l7_stats'
+// wait_*) until theirs. LRU: requests never answered age out.
 #define PENDING_MAP(name, key_type)                                                                \
 	struct {                                                                                   \
 		__uint(type, BPF_MAP_TYPE_LRU_HASH);                                               \
