@@ -73,6 +73,9 @@ type Config struct {
 	// MaxEndpoints bounds each cache (addresses, namespaces, external
 	// addresses); 0 is 65536.
 	MaxEndpoints int
+	// MaxHistoryBytes bounds the estimated memory of the past owners of
+	// addresses and namespace ids (see Enrich); 0 is DefaultHistoryBytes.
+	MaxHistoryBytes int
 	// Resync is how often sources that poll (network namespaces, the
 	// CIDR file, the host's addresses, CRI) look again, besides the
 	// events they follow; 0 is 30s.
@@ -132,9 +135,14 @@ type Inventory struct {
 	dirty   chan struct{}
 	running bool
 
-	// Merger state: the keys written to the caches by the last merge.
-	prevAddr map[[16]byte]struct{}
-	prevNSID map[int]struct{}
+	// history is who held an address or a namespace id before its
+	// current owner: flows are named by who held it when they were seen.
+	history *ownerHistory
+
+	// Merger state: the keys written to the caches by the last merge,
+	// and their owners.
+	prevAddr map[[16]byte]*model.Endpoint
+	prevNSID map[int]*model.Endpoint
 	known    atomic.Int64
 	// claimsRefused is how many address claims the last merge refused
 	// (see grantClaims).
@@ -212,6 +220,7 @@ func New(cfg Config) (*Inventory, error) {
 		log:     log,
 		records: make(map[string][]record),
 		dirty:   make(chan struct{}, 1),
+		history: newOwnerHistory(cfg.MaxHistoryBytes),
 	}
 	var err error
 	if inv.byAddr, err = lru.New[[16]byte, *model.Endpoint](cfg.MaxEndpoints); err != nil {
@@ -350,6 +359,9 @@ func (inv *Inventory) rebuild() {
 		all = append(all, inv.records[name]...)
 	}
 	inv.mu.Unlock()
+	// The owners that this merge replaces went by now: the sources saw
+	// them go (or another come) before it.
+	now := time.Now()
 
 	groups := join(all)
 	eps := make([]*model.Endpoint, len(groups))
@@ -358,8 +370,8 @@ func (inv *Inventory) rebuild() {
 	}
 	granted, refused := grantClaims(groups, eps)
 	inv.claimsRefused.Store(int64(refused))
-	addrs := make(map[[16]byte]struct{}, len(inv.prevAddr))
-	nsids := make(map[int]struct{}, len(inv.prevNSID))
+	addrs := make(map[[16]byte]*model.Endpoint, len(inv.prevAddr))
+	nsids := make(map[int]*model.Endpoint, len(inv.prevNSID))
 	routed := make(map[int][]netip.Prefix)
 	nodePorts := make(map[portKey]*model.Endpoint)
 	for i, g := range groups {
@@ -371,7 +383,7 @@ func (inv *Inventory) rebuild() {
 		}
 		for _, a := range ep.Addrs {
 			inv.byAddr.Add(a.As16(), ep)
-			addrs[a.As16()] = struct{}{}
+			addrs[a.As16()] = ep
 		}
 		for _, r := range g {
 			for _, k := range r.nodePorts {
@@ -379,7 +391,7 @@ func (inv *Inventory) rebuild() {
 			}
 			for _, id := range r.nsids {
 				inv.byNSID.Add(id, ep)
-				nsids[id] = struct{}{}
+				nsids[id] = ep
 				if len(r.routed) > 0 {
 					routed[id] = r.routed
 				}
@@ -388,14 +400,23 @@ func (inv *Inventory) rebuild() {
 	}
 	inv.routed.Store(&routed)
 	inv.nodePorts.Store(&nodePorts)
-	for a := range inv.prevAddr {
-		if _, ok := addrs[a]; !ok {
+	inv.history.expire(now)
+	for a, old := range inv.prevAddr {
+		cur, ok := addrs[a]
+		if !ok {
 			inv.byAddr.Remove(a)
 		}
+		if !ok || !sameHolder(old, cur) {
+			inv.history.add(ownerKey{addr: a}, old, now)
+		}
 	}
-	for id := range inv.prevNSID {
-		if _, ok := nsids[id]; !ok {
+	for id, old := range inv.prevNSID {
+		cur, ok := nsids[id]
+		if !ok {
 			inv.byNSID.Remove(id)
+		}
+		if !ok || !sameHolder(old, cur) {
+			inv.history.add(ownerKey{nsid: id, ns: true}, old, now)
 		}
 	}
 	inv.prevAddr, inv.prevNSID = addrs, nsids
@@ -420,22 +441,26 @@ const (
 // any other address is model.KindExternal, named by the CIDR file where a line
 // covers it, else by itself.
 func (inv *Inventory) Resolve(addr netip.Addr, iface model.Interface) model.Endpoint {
-	ep, _ := inv.resolve(addr, iface, false)
+	ep, _ := inv.resolve(addr, iface, false, time.Time{})
 	return ep
 }
 
-// resolve is Resolve; sent says that addr is the source of packets counted
-// as they entered at iface, which the namespace behind it sent. Such an
-// address, where it is neither the namespace's own nor one it forwards
-// for, is spoofed: resolve returns the namespace's endpoint, not the
-// address's owner, and true.
-func (inv *Inventory) resolve(addr netip.Addr, iface model.Interface, sent bool) (model.Endpoint, bool) {
+// resolve is Resolve, by who held addr and iface's namespace id at t
+// (now, where t is zero); sent says that addr is the source of packets
+// counted as they entered at iface, which the namespace behind it sent.
+// Such an address, where it is neither the namespace's own nor one it
+// forwards for, is spoofed: resolve returns the namespace's endpoint, not
+// the address's owner, and true.
+func (inv *Inventory) resolve(addr netip.Addr, iface model.Interface, sent bool, t time.Time) (model.Endpoint, bool) {
 	addr = addr.Unmap()
 	behindVeth := iface.Index != 0 && iface.PeerNetNSID >= 0
 	var nsEP *model.Endpoint
 	var haveNS bool
 	if behindVeth {
-		nsEP, haveNS = inv.byNSID.Get(iface.PeerNetNSID)
+		nsEP, haveNS = inv.history.at(ownerKey{nsid: iface.PeerNetNSID, ns: true}, t)
+		if !haveNS {
+			nsEP, haveNS = inv.byNSID.Get(iface.PeerNetNSID)
+		}
 		if haveNS && (len(nsEP.Addrs) == 0 || containsAddr(nsEP.Addrs, addr)) {
 			inv.resolved[resolvedKnown].Add(1)
 			return *nsEP, false
@@ -446,6 +471,10 @@ func (inv *Inventory) resolve(addr netip.Addr, iface model.Interface, sent bool)
 		}
 	}
 	a16 := addr.As16()
+	if ep, ok := inv.history.at(ownerKey{addr: a16}, t); ok {
+		inv.resolved[resolvedKnown].Add(1)
+		return *ep, false
+	}
 	if ep, ok := inv.byAddr.Get(a16); ok {
 		inv.resolved[resolvedKnown].Add(1)
 		return *ep, false
@@ -530,17 +559,27 @@ func containsAddr(addrs []netip.Addr, a netip.Addr) bool {
 // it, the dialled address (a Service's, a node's) by itself. A node's
 // address dialled on a Service's NodePort is that Service: the client
 // reached the Service through the node.
+//
+// Each end is who held its address (and the namespace behind its
+// interface) when the flow was last seen, not when it is drained: a pod's
+// address, or its namespace's id, may pass to another pod in between. A
+// record has one last-seen time, its directions' latest; the first-seen
+// time where it has none.
 func (inv *Inventory) Enrich(r model.Record) model.Flow {
-	src, spoofed := inv.resolve(r.Src, r.SrcIf, sentAt(r.Forward, r.SrcIf))
+	t := r.LastSeen
+	if t.IsZero() {
+		t = r.FirstSeen
+	}
+	src, spoofed := inv.resolve(r.Src, r.SrcIf, sentAt(r.Forward, r.SrcIf), t)
 	if spoofed {
 		inv.spoofed.Add(r.Forward.Packets)
 	}
 	if r.Backend.IsValid() {
-		backend, spoofed := inv.resolve(r.Backend.Addr(), r.DstIf, sentAt(r.Reverse, r.DstIf))
+		backend, spoofed := inv.resolve(r.Backend.Addr(), r.DstIf, sentAt(r.Reverse, r.DstIf), t)
 		if spoofed {
 			inv.spoofed.Add(r.Reverse.Packets)
 		}
-		dst := inv.Resolve(r.Dst, model.Interface{})
+		dst, _ := inv.resolve(r.Dst, model.Interface{}, false, t)
 		if dst.Kind == model.KindHost {
 			if np := inv.nodePorts.Load(); np != nil {
 				if svc, ok := (*np)[portKey{proto: r.Proto, port: r.DstPort}]; ok {
@@ -555,7 +594,7 @@ func (inv *Inventory) Enrich(r model.Record) model.Flow {
 			BackendEndpoint: backend,
 		}
 	}
-	dst, spoofed := inv.resolve(r.Dst, r.DstIf, sentAt(r.Reverse, r.DstIf))
+	dst, spoofed := inv.resolve(r.Dst, r.DstIf, sentAt(r.Reverse, r.DstIf), t)
 	if spoofed {
 		inv.spoofed.Add(r.Reverse.Packets)
 	}
@@ -582,6 +621,10 @@ func (inv *Inventory) Status() []SourceStatus {
 	}
 	return out
 }
+
+// HistoryUsage is the estimated memory of the past owners of addresses
+// and namespace ids, and its bound (Config.MaxHistoryBytes).
+func (inv *Inventory) HistoryUsage() model.StoreUsage { return inv.history.usage() }
 
 // Known returns how many endpoints the inventory knows, all sources joined.
 func (inv *Inventory) Known() int { return int(inv.known.Load()) }

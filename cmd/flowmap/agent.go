@@ -178,6 +178,7 @@ func agent(ctx context.Context, a agentFlags, log *slog.Logger) error {
 	})
 	g, ctx := errgroup.WithContext(ctx)
 	namer := a.namer
+	var inventory *enrich.Inventory
 	if namer == nil && !a.inv.off {
 		a.inv.cfg.Logger = log // enrich names its components itself
 		a.inv.cfg.Node = a.graph.node
@@ -190,6 +191,7 @@ func agent(ctx context.Context, a agentFlags, log *slog.Logger) error {
 		reg.MustRegister(enrich.NewCollector(inv))
 		srv.ReportStatus(func() any { return inv.Status() })
 		namer = func(r *model.Record) model.Flow { return inv.Enrich(*r) }
+		inventory = inv
 		g.Go(func() error { return inv.Run(ctx) })
 	}
 	// The exporters' queues send until the agent stops, then flush.
@@ -207,6 +209,9 @@ func agent(ctx context.Context, a agentFlags, log *slog.Logger) error {
 	pipe := pipeline.New(opts)
 	reg.MustRegister(pipe.Collectors()...)
 	stores := append(pipe.Stores(), pipeline.Store{Name: "api_history", Usage: srv.Usage})
+	if inventory != nil {
+		stores = append(stores, pipeline.Store{Name: "owner_history", Usage: inventory.HistoryUsage})
+	}
 	for _, q := range queues {
 		stores = append(stores, pipeline.Store{Name: "export_" + q.Name(), Usage: q.Usage})
 	}

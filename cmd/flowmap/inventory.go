@@ -44,4 +44,6 @@ func (f *inventoryFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.cfg.CloudTimeout, "cloud-timeout", 2*time.Second, "timeout of each cloud metadata request")
 	fs.StringVar(&f.cfg.CIDRFile, "cidr-file", "", "file of CIDR → name lines naming addresses no other source owns")
 	fs.IntVar(&f.cfg.MaxEndpoints, "max-endpoints", 65536, "entries in each of the inventory's caches")
+	fs.IntVar(&f.cfg.MaxHistoryBytes, "owner-history-max-bytes", enrich.DefaultHistoryBytes,
+		"bound on the memory of the past owners of addresses and namespace ids, which name a flow by who held its address when it was seen; the oldest go first")
 }
