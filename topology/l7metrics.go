@@ -20,7 +20,10 @@ const DefaultL7MaxEdges = 1000
 // flowmap_http_request_duration_seconds, flowmap_dns_requests_total{rcode},
 // flowmap_dns_request_duration_seconds. The agents of a cluster report each
 // flow once, by the rule of [Metrics]: the node that reports a flow's
-// bytes reports its requests. Edges past MaxEdges count under an edge whose
+// bytes reports its requests. A flow to a Service counts on two edges, as
+// in the flow series: its client's to the Service, and the Service's to the
+// backend that answered, so the Service's requests split by backend.
+// Edges past MaxEdges count under an edge whose
 // labels are all "overflow"; an edge without requests for longer than Idle
 // leaves the series, and makes room under MaxEdges. Its methods are safe
 // for concurrent use.
@@ -64,21 +67,33 @@ func (m *L7Metrics) Add(t time.Time, fs ...model.Flow) {
 		if rep == "" {
 			continue
 		}
-		k := l7Key{m.edge(f), f.L7.Protocol.String(), rep}
-		if l := m.edges.use(k, t); l != nil {
-			l.Add(f.L7)
-			continue
+		proto := f.L7.Protocol.String()
+		m.add(t, l7Key{m.edge(f), proto, rep}, f.L7)
+		// A flow to a Service is also the Service's to the backend that
+		// answered (service.go), with the flow's requests: the split by
+		// backend, as in the flow series.
+		if h, ok := backendHop(f); ok {
+			m.add(t, l7Key{m.edge(&h), proto, rep}, f.L7)
 		}
-		k.edge = overflowEdge
-		m.overflowFlows++
-		o := m.overflow[k]
-		if o == nil {
-			o = &idleRow[model.L7]{first: t}
-			m.overflow[k] = o
-		}
-		o.last = t
-		o.v.Add(f.L7)
 	}
+}
+
+// add counts l in k's series, or in the overflow edge's past the cap.
+// The caller holds m.mu.
+func (m *L7Metrics) add(t time.Time, k l7Key, l *model.L7) {
+	if row := m.edges.use(k, t); row != nil {
+		row.Add(l)
+		return
+	}
+	k.edge = overflowEdge
+	m.overflowFlows++
+	o := m.overflow[k]
+	if o == nil {
+		o = &idleRow[model.L7]{first: t}
+		m.overflow[k] = o
+	}
+	o.last = t
+	o.v.Add(l)
 }
 
 var (

@@ -169,3 +169,66 @@ func findEdge(s *Snapshot, src, dst string, port uint16) *Edge {
 	}
 	return nil
 }
+
+// TestServiceL7Series checks the Service's edges in the L7 series: the
+// client's requests to the Service, and the Service's to each backend that
+// answered them, as the flow series split the bytes.
+func TestServiceL7Series(t *testing.T) {
+	m := NewL7Metrics(MetricsOptions{Level: LevelContainer, Node: "n1",
+		Ends: func(*model.Flow) Ends { return Ends{ClientHere: true, ServerHere: true} }})
+	fs := serviceFlows()
+	for i := range fs {
+		l := &model.L7{Protocol: model.L7HTTP}
+		n := uint64(10 * (i + 1)) // web-1 10 and 30, web-2 20
+		l.Methods[model.MethodGET], l.Statuses[2], l.Statuses[5] = n+1, n, 1
+		fs[i].L7 = l
+	}
+	m.Add(t0, fs...)
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(m)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "flowmap_http_requests_total" {
+			continue
+		}
+		for _, mt := range mf.Metric {
+			l := map[string]string{}
+			for _, lp := range mt.Label {
+				l[lp.GetName()] = lp.GetValue()
+			}
+			if v := mt.GetCounter().GetValue(); v != 0 {
+				got[l["src"]+" "+l["dst"]+" "+l["status_class"]] += v
+			}
+		}
+	}
+	want := map[string]float64{
+		"api-1 web 2xx": 60, "api-1 web 5xx": 3,
+		"web web-1 2xx": 40, "web web-1 5xx": 2,
+		"web web-2 2xx": 20, "web web-2 5xx": 1,
+	}
+	if len(got) != len(want) {
+		t.Errorf("series %v, want %v", got, want)
+	}
+	for k, w := range want {
+		if got[k] != w {
+			t.Errorf("%s: %v requests, want %v", k, got[k], w)
+		}
+	}
+	// The graph (the JSON, DOT and node graph exports) splits them so too.
+	g := New(Options{})
+	g.Add(t0, fs...)
+	s := g.Snapshot(t0, LevelContainer, Windows[0])
+	for _, e := range []struct {
+		src, dst string
+		port     uint16
+		want     uint64
+	}{{"container:c-api-1", "service:svc-uid", 80, 63}, {"service:svc-uid", "container:c-web-1", 8080, 42}, {"service:svc-uid", "container:c-web-2", 8080, 21}} {
+		if got := findEdge(s, e.src, e.dst, e.port); got == nil || got.L7 == nil || got.L7.Requests != e.want {
+			t.Errorf("graph edge %s → %s: %+v, want %d requests", e.src, e.dst, got, e.want)
+		}
+	}
+}
