@@ -99,22 +99,14 @@ func forgetStaleNeighbour(t *testing.T, ctx context.Context, client, addr netip.
 // has addr.
 func pidWithAddr(t *testing.T, ctx context.Context, addr netip.Addr) int {
 	t.Helper()
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if cg, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cgroup")); !strings.Contains(string(cg), cgroupRoot) {
-			continue
-		}
-		out, err := exec.CommandContext(ctx, "nsenter", "-t", e.Name(), "-n", "ip", "-4", "-o", "addr", "show", "dev", "eth0").Output()
-		if err == nil && strings.Contains(string(out), " "+addr.String()+"/") {
-			return pid
-		}
+	pid, ok := boxPID(func(pid int) bool {
+		out, err := exec.CommandContext(ctx, "nsenter", "-t", strconv.Itoa(pid), "-n", "ip", "-4", "-o", "addr", "show", "dev", "eth0").Output()
+		return err == nil && strings.Contains(string(out), " "+addr.String()+"/")
+	})
+	if !ok {
+		t.Fatalf("no process of the box's pods has %s", addr)
 	}
-	t.Fatalf("no process of the box's pods has %s", addr)
-	return 0
+	return pid
 }
 
 // reuseDiagnostics says what the host and the pods' namespaces hold of

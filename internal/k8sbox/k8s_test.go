@@ -109,20 +109,31 @@ patches:
 // box's cgroups.
 func agentPID(t *testing.T) int {
 	t.Helper()
+	pid, ok := boxPID(func(pid int) bool {
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		return bytes.HasPrefix(cmdline, []byte("/flowmap\x00agent\x00"))
+	})
+	if !ok {
+		t.Fatal("no agent process (/flowmap agent) in the box's cgroups")
+	}
+	return pid
+}
+
+// boxPID returns the first process in the box's cgroups (the pods') for
+// which match is true.
+func boxPID(match func(pid int) bool) (int, bool) {
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
-		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 		cgroup, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
-		if bytes.HasPrefix(cmdline, []byte("/flowmap\x00agent\x00")) && bytes.Contains(cgroup, []byte(cgroupRoot)) {
-			return pid
+		if bytes.Contains(cgroup, []byte(cgroupRoot)) && match(pid) {
+			return pid, true
 		}
 	}
-	t.Fatal("no agent process (/flowmap agent) in the box's cgroups")
-	return 0
+	return 0, false
 }
 
 // caps returns the capability numbers of a /proc/<pid>/status mask line.
