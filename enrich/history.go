@@ -2,6 +2,7 @@ package enrich
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -67,6 +68,10 @@ type ownerHistory struct {
 	bytes    int
 	maxBytes int
 	dropped  uint64
+	// held is how many entries there are, read without the lock: a
+	// history with none (no address changed hands lately) is not looked
+	// in.
+	held atomic.Int64
 }
 
 func newOwnerHistory(maxBytes int) *ownerHistory {
@@ -83,6 +88,7 @@ func (h *ownerHistory) add(k ownerKey, ep *model.Endpoint, until time.Time) {
 	defer h.mu.Unlock()
 	h.byKey[k] = append(h.byKey[k], pastOwner{ep: ep, until: until})
 	h.queue = append(h.queue, k)
+	h.held.Add(1)
 	h.bytes += historyEntryBytes
 	if h.refs[ep]++; h.refs[ep] == 1 {
 		h.bytes += sizeOfEndpoint(ep)
@@ -125,6 +131,7 @@ func (h *ownerHistory) drop() {
 		past[0] = pastOwner{}
 		h.byKey[k] = past[1:]
 	}
+	h.held.Add(-1)
 	h.bytes -= historyEntryBytes
 	if h.refs[ep]--; h.refs[ep] == 0 {
 		delete(h.refs, ep)
@@ -137,7 +144,7 @@ func (h *ownerHistory) drop() {
 // next coming is the next's (the first had gone). It returns false where
 // k's current owner, if any, held it at t, or t is zero.
 func (h *ownerHistory) at(k ownerKey, t time.Time) (*model.Endpoint, bool) {
-	if t.IsZero() {
+	if t.IsZero() || h.held.Load() == 0 {
 		return nil, false
 	}
 	h.mu.RLock()
