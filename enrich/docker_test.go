@@ -99,12 +99,19 @@ func checkByID(t *testing.T, what string, ep model.Endpoint, c container) {
 // receiver's veth instead, with no SrcIf.)
 func waitFlow(t *testing.T, batches <-chan model.Batch, src, dst netip.Addr, port uint16, limit time.Duration) model.Record {
 	t.Helper()
+	return waitFlowSince(t, batches, src, dst, port, time.Time{}, limit)
+}
+
+// waitFlowSince is waitFlow for a flow first seen after since: not one of
+// containers that had the addresses before.
+func waitFlowSince(t *testing.T, batches <-chan model.Batch, src, dst netip.Addr, port uint16, since time.Time, limit time.Duration) model.Record {
+	t.Helper()
 	deadline := time.After(limit)
 	for {
 		select {
 		case b := <-batches:
 			for _, r := range b.Records {
-				if r.Src == src && r.Dst == dst && r.DstPort == port && r.Proto == model.ProtoTCP && r.SrcIf.Index != 0 {
+				if r.Src == src && r.Dst == dst && r.DstPort == port && r.Proto == model.ProtoTCP && r.SrcIf.Index != 0 && r.FirstSeen.After(since) {
 					return r
 				}
 			}
@@ -237,6 +244,7 @@ func TestDocker(t *testing.T) {
 				t.Errorf("stopped container %s's address resolves to %s %q after %v, want external", c.name, ep.Kind, ep.Name, took)
 			}
 		}
+		started := time.Now()
 		srv2 := runContainer(t, e, image, "fme-srv2", map[string]string{"after": "restart"}, "httpd", "-f", "-p", "8080", "-h", "/www")
 		cli2 := runContainer(t, e, image, "fme-cli2", nil,
 			"sh", "-c", "while true; do wget -q -O /dev/null http://"+srv2.addr.String()+":8080/; sleep 0.2; done")
@@ -249,8 +257,10 @@ func TestDocker(t *testing.T) {
 			t.Errorf("container started after the restart named %v after it started, want within %v", took, limit)
 		}
 		// Counts resume: the new containers' veths are watched and their
-		// flow named at both ends.
-		r := waitFlow(t, batches, cli2.addr, srv2.addr, 8080, 20*time.Second)
+		// flow named at both ends. The old containers had the same
+		// addresses: their last flows, drained since, are theirs (a flow
+		// is named by who held its addresses when it was seen).
+		r := waitFlowSince(t, batches, cli2.addr, srv2.addr, 8080, started, 20*time.Second)
 		f := inv.Enrich(r)
 		checkNamed(t, "source after the restart", f.SrcEndpoint, cli2)
 		checkNamed(t, "destination after the restart", f.DstEndpoint, srv2)
