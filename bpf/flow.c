@@ -14,7 +14,8 @@
 //
 // The entry points are here; what they do is in headers/, one concern to a
 // header: parse.h (the headers of a frame), count.h (the flow maps and the
-// per-CPU cache), handshake.h (SYN to SYN-ACK), watched.h (the interfaces
+// per-CPU cache), handshake.h (SYNs held apart until the handshake
+// completes; SYN to SYN-ACK), watched.h (the interfaces
 // counted at ingress), l7/ (the L7 sniffers, request matching and L7
 // stats), names.h (the ring buffer of name events), sock.h (what the
 // retransmit tracepoint reads of a socket and its skb), health.h
@@ -50,12 +51,15 @@ static __always_inline void count_frame(void *ctx, int xdp, void *data, void *da
 		segs = 1;
 	// A GSO skb carries its headers once; on the wire each segment has them.
 	__u64 bytes = len + (__u64)(segs - 1) * p.hdr_len;
-	__u64 rtt = handshake(&p);
 	// Last seen needs no more than a tick's precision, and jiffies cost
 	// next to nothing (bpf_ktime_get_ns reads the clocksource, 30 to 40 ns
 	// in this VM). First seen and the handshake RTT, taken once a flow,
 	// use the precise clock.
 	__u64 now = bpf_jiffies64();
+	// A connection's SYNs, and the server's answer, wait in half_open
+	// until the handshake completes (see handshake.h).
+	if (handshake(&p, bytes, segs, now, ifindex, point))
+		return;
 	// Four call sites, each with its map a constant (see account). The
 	// asm statements keep clang from merging them back into one call on a
 	// map chosen at run time.
@@ -74,19 +78,19 @@ static __always_inline void count_frame(void *ctx, int xdp, void *data, void *da
 			return;
 		if (half) {
 			asm volatile("/* flows4_b */");
-			account4(&flows4_b, c, &k, now, bytes, segs, p.tcp_flags, rtt, ifindex, point);
+			account4(&flows4_b, c, &k, now, bytes, segs, p.tcp_flags, ifindex, point);
 		} else {
 			asm volatile("/* flows4_a */");
-			account4(&flows4_a, c, &k, now, bytes, segs, p.tcp_flags, rtt, ifindex, point);
+			account4(&flows4_a, c, &k, now, bytes, segs, p.tcp_flags, ifindex, point);
 		}
 	} else if (active_buf) {
 		asm volatile("/* flows6_b */");
-		account(&flows6_b, &seen6, &p.key, p.key.proto == IPPROTO_TCP, now, bytes, segs,
-			p.tcp_flags, rtt, ifindex, point);
+		account(&flows6_b, &seen6, &p.key, 0, p.key.proto == IPPROTO_TCP, now, bytes, segs,
+			p.tcp_flags, ifindex, point);
 	} else {
 		asm volatile("/* flows6_a */");
-		account(&flows6_a, &seen6, &p.key, p.key.proto == IPPROTO_TCP, now, bytes, segs,
-			p.tcp_flags, rtt, ifindex, point);
+		account(&flows6_a, &seen6, &p.key, 0, p.key.proto == IPPROTO_TCP, now, bytes, segs,
+			p.tcp_flags, ifindex, point);
 	}
 	// ICMP errors, to the flow they quote.
 	if (health_on && (p.key.proto == IPPROTO_ICMP || p.key.proto == IPPROTO_ICMPV6))
@@ -136,16 +140,23 @@ int xdp_ingress(struct xdp_md *ctx)
 	return XDP_PASS;
 }
 
-// retransmit_in adds segs retransmits to the flow direction key in the
-// map flows (the active half), inserting its entry if the direction is in
-// seen (a flow a watched interface counts) and has none: the entry then
-// holds only the retransmits (first_ns 0) until the segment itself is
-// counted.
-static __always_inline void retransmit_in(void *flows, void *seen, void *key, __u32 segs)
+// retransmit_in adds segs retransmits to the flow direction key (rev: its
+// other direction; k6: key IPv4 mapped) in the map flows (the active
+// half): to its entry if there is one, else to its attempt if its
+// connection's SYNs wait in half_open, else to a new entry if the flow is
+// in seen (a flow a watched interface counts), which then holds only the
+// retransmits (first_ns 0) until the segment itself is counted.
+static __always_inline void retransmit_in(void *flows, void *seen, void *key, void *rev,
+					  struct flow_key *k6, __u32 segs)
 {
 	struct flow_stats *s = bpf_map_lookup_elem(flows, key);
 	if (!s) {
-		if (!bpf_map_lookup_elem(seen, key))
+		struct attempt *h = bpf_map_lookup_elem(&half_open, k6);
+		if (h) {
+			__sync_fetch_and_add(&h->retransmits, segs);
+			return;
+		}
+		if (!bpf_map_lookup_elem(seen, key) && !bpf_map_lookup_elem(seen, rev))
 			return;
 		struct flow_stats n = {.retransmits = segs};
 		if (bpf_map_update_elem(flows, key, &n, BPF_NOEXIST) == 0)
@@ -215,14 +226,19 @@ int tcp_retransmit(__u64 *ctx)
 		struct flow_key4 k4 = {.sport = key.sport, .dport = key.dport, .proto = IPPROTO_TCP};
 		__builtin_memcpy(&k4.saddr, &key.saddr[12], 4);
 		__builtin_memcpy(&k4.daddr, &key.daddr[12], 4);
+		struct flow_key4 r4;
+		reverse_key4(&k4, &r4);
 		if (active_buf)
-			retransmit_in(&flows4_b, &seen4, &k4, segs);
+			retransmit_in(&flows4_b, &seen4, &k4, &r4, &key, segs);
 		else
-			retransmit_in(&flows4_a, &seen4, &k4, segs);
-	} else if (active_buf) {
-		retransmit_in(&flows6_b, &seen6, &key, segs);
+			retransmit_in(&flows4_a, &seen4, &k4, &r4, &key, segs);
 	} else {
-		retransmit_in(&flows6_a, &seen6, &key, segs);
+		struct flow_key r6;
+		reverse_key(&key, &r6);
+		if (active_buf)
+			retransmit_in(&flows6_b, &seen6, &key, &r6, &key, segs);
+		else
+			retransmit_in(&flows6_a, &seen6, &key, &r6, &key, segs);
 	}
 	return 0;
 }

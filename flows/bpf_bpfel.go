@@ -13,6 +13,41 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type bpfAnswer uint32
+
+const (
+	bpfAnswerANSWER_NONE    bpfAnswer = 0
+	bpfAnswerANSWER_SYN_ACK bpfAnswer = 1
+	bpfAnswerANSWER_RST     bpfAnswer = 2
+)
+
+type bpfAttempt struct {
+	_              structs.HostLayout
+	SynNs          uint64
+	FirstNs        uint64
+	LastJiffies    uint64
+	Bytes          uint64
+	Packets        uint64
+	Ifindex        uint32
+	Retransmits    uint32
+	Syns           uint32
+	Retries        uint32
+	TcpFlags       uint16
+	Point          uint8
+	Answer         uint8
+	Accepts        uint16
+	Refusals       uint16
+	AnsFirstNs     uint64
+	AnsLastJiffies uint64
+	AnsBytes       uint64
+	AnsPackets     uint64
+	RttNs          uint64
+	AnsIfindex     uint32
+	AnsFlags       uint16
+	AnsPoint       uint8
+	Pad            uint8
+}
+
 type bpfCacheSlot struct {
 	_           structs.HostLayout
 	Key         bpfFlowKey4
@@ -27,17 +62,23 @@ type bpfCacheSlot struct {
 type bpfCounter uint32
 
 const (
-	bpfCounterCOUNTER_MAP_FULL_PACKETS bpfCounter = 0
-	bpfCounterCOUNTER_MAP_FULL_BYTES   bpfCounter = 1
-	bpfCounterCOUNTER_NON_IP           bpfCounter = 2
-	bpfCounterCOUNTER_MALFORMED        bpfCounter = 3
-	bpfCounterCOUNTER_NAMES_LOST       bpfCounter = 4
-	bpfCounterCOUNTER_TRUNCATED        bpfCounter = 5
-	bpfCounterCOUNTER_HEALTH_MAP_FULL  bpfCounter = 6
-	bpfCounterCOUNTER_DROPS_MAP_FULL   bpfCounter = 7
-	bpfCounterCOUNTER_NAMES_UNMATCHED  bpfCounter = 8
-	bpfCounterCOUNTER_NAMES_NOT_CLIENT bpfCounter = 9
-	bpfCounterCOUNTER_MAX              bpfCounter = 10
+	bpfCounterCOUNTER_MAP_FULL_PACKETS           bpfCounter = 0
+	bpfCounterCOUNTER_MAP_FULL_BYTES             bpfCounter = 1
+	bpfCounterCOUNTER_NON_IP                     bpfCounter = 2
+	bpfCounterCOUNTER_MALFORMED                  bpfCounter = 3
+	bpfCounterCOUNTER_NAMES_LOST                 bpfCounter = 4
+	bpfCounterCOUNTER_TRUNCATED                  bpfCounter = 5
+	bpfCounterCOUNTER_HEALTH_MAP_FULL            bpfCounter = 6
+	bpfCounterCOUNTER_DROPS_MAP_FULL             bpfCounter = 7
+	bpfCounterCOUNTER_NAMES_UNMATCHED            bpfCounter = 8
+	bpfCounterCOUNTER_NAMES_NOT_CLIENT           bpfCounter = 9
+	bpfCounterCOUNTER_HALF_OPEN_NEW              bpfCounter = 10
+	bpfCounterCOUNTER_HALF_OPEN_PACKETS          bpfCounter = 11
+	bpfCounterCOUNTER_HALF_OPEN_BYTES            bpfCounter = 12
+	bpfCounterCOUNTER_HALF_OPEN_PROMOTED         bpfCounter = 13
+	bpfCounterCOUNTER_HALF_OPEN_PROMOTED_PACKETS bpfCounter = 14
+	bpfCounterCOUNTER_HALF_OPEN_PROMOTED_BYTES   bpfCounter = 15
+	bpfCounterCOUNTER_MAX                        bpfCounter = 16
 )
 
 type bpfDropKey struct {
@@ -79,7 +120,9 @@ type bpfFlowStats struct {
 	Retransmits uint32
 	TcpFlags    uint16
 	Point       uint8
-	Pad         [5]uint8
+	Accepts     uint8
+	Syns        uint16
+	SynRetries  uint16
 }
 
 type bpfHealthEvent uint32
@@ -228,7 +271,7 @@ const (
 	bpfMapFlows4B           = "flows4_b"
 	bpfMapFlows6A           = "flows6_a"
 	bpfMapFlows6B           = "flows6_b"
-	bpfMapHandshakes        = "handshakes"
+	bpfMapHalfOpen          = "half_open"
 	bpfMapHealthA           = "health_a"
 	bpfMapHealthB           = "health_b"
 	bpfMapL7Lost            = "l7_lost"
@@ -258,6 +301,7 @@ const (
 	bpfVarHealthOn          = "health_on"
 	bpfVarProbeJiffies      = "probe_jiffies"
 	bpfVarProbeNs           = "probe_ns"
+	bpfVarUnusedAnswer      = "unused_answer"
 	bpfVarUnusedCounter     = "unused_counter"
 	bpfVarUnusedHealthEvent = "unused_health_event"
 	bpfVarUnusedL7Loss      = "unused_l7_loss"
@@ -333,7 +377,7 @@ type bpfMapSpecs struct {
 	Flows4B    *ebpf.MapSpec `ebpf:"flows4_b"`
 	Flows6A    *ebpf.MapSpec `ebpf:"flows6_a"`
 	Flows6B    *ebpf.MapSpec `ebpf:"flows6_b"`
-	Handshakes *ebpf.MapSpec `ebpf:"handshakes"`
+	HalfOpen   *ebpf.MapSpec `ebpf:"half_open"`
 	HealthA    *ebpf.MapSpec `ebpf:"health_a"`
 	HealthB    *ebpf.MapSpec `ebpf:"health_b"`
 	L7Lost     *ebpf.MapSpec `ebpf:"l7_lost"`
@@ -361,6 +405,7 @@ type bpfVariableSpecs struct {
 	HealthOn          *ebpf.VariableSpec `ebpf:"health_on"`
 	ProbeJiffies      *ebpf.VariableSpec `ebpf:"probe_jiffies"`
 	ProbeNs           *ebpf.VariableSpec `ebpf:"probe_ns"`
+	UnusedAnswer      *ebpf.VariableSpec `ebpf:"unused_answer"`
 	UnusedCounter     *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedHealthEvent *ebpf.VariableSpec `ebpf:"unused_health_event"`
 	UnusedL7Loss      *ebpf.VariableSpec `ebpf:"unused_l7_loss"`
@@ -400,7 +445,7 @@ type bpfMaps struct {
 	Flows4B    *ebpf.Map `ebpf:"flows4_b"`
 	Flows6A    *ebpf.Map `ebpf:"flows6_a"`
 	Flows6B    *ebpf.Map `ebpf:"flows6_b"`
-	Handshakes *ebpf.Map `ebpf:"handshakes"`
+	HalfOpen   *ebpf.Map `ebpf:"half_open"`
 	HealthA    *ebpf.Map `ebpf:"health_a"`
 	HealthB    *ebpf.Map `ebpf:"health_b"`
 	L7Lost     *ebpf.Map `ebpf:"l7_lost"`
@@ -429,7 +474,7 @@ func (m *bpfMaps) Close() error {
 		m.Flows4B,
 		m.Flows6A,
 		m.Flows6B,
-		m.Handshakes,
+		m.HalfOpen,
 		m.HealthA,
 		m.HealthB,
 		m.L7Lost,
@@ -458,6 +503,7 @@ type bpfVariables struct {
 	HealthOn          *ebpf.Variable `ebpf:"health_on"`
 	ProbeJiffies      *ebpf.Variable `ebpf:"probe_jiffies"`
 	ProbeNs           *ebpf.Variable `ebpf:"probe_ns"`
+	UnusedAnswer      *ebpf.Variable `ebpf:"unused_answer"`
 	UnusedCounter     *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedHealthEvent *ebpf.Variable `ebpf:"unused_health_event"`
 	UnusedL7Loss      *ebpf.Variable `ebpf:"unused_l7_loss"`

@@ -114,7 +114,7 @@ func resetObjects(t testing.TB, objs *bpfObjects) {
 	clearMap[bpfFlowKey4](t, objs.Flows4B)
 	clearMap[bpfFlowKey](t, objs.Flows6A)
 	clearMap[bpfFlowKey](t, objs.Flows6B)
-	clearMap[bpfFlowKey](t, objs.Handshakes)
+	clearMap[bpfFlowKey](t, objs.HalfOpen)
 	clearMap[bpfFlowKey4](t, objs.Seen4)
 	clearMap[bpfFlowKey](t, objs.Seen6)
 	clearMap[uint32](t, objs.WatchedHi)
@@ -1255,15 +1255,16 @@ func TestBPFHandshake(t *testing.T) {
 				}
 				lastSynStart, lastSynEnd = start, end
 				var at uint64
-				if err := objs.Handshakes.Lookup(&tc.synKey, &at); err != nil {
+				var att bpfAttempt
+				if err := objs.HalfOpen.Lookup(&tc.synKey, &att); err != nil {
 					t.Fatalf("after SYN %d: handshakes[%s]: %v", i, keyString(tc.synKey), err)
 				}
 				if at < start || at > end {
 					t.Errorf("after SYN %d: handshakes[%s] = %d, want within [%d, %d]", i, keyString(tc.synKey), at, start, end)
 				}
 			}
-			var at uint64
-			err := objs.Handshakes.Lookup(&tc.synKey, &at)
+			var at bpfAttempt
+			err := objs.HalfOpen.Lookup(&tc.synKey, &at)
 			switch {
 			case tc.wantRTT && !errors.Is(err, ebpf.ErrKeyNotExist):
 				t.Errorf("after the SYN-ACK: handshakes[%s] = %d, %v; want it deleted", keyString(tc.synKey), at, err)

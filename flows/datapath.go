@@ -152,6 +152,10 @@ type Stats struct {
 	NamesDropped   uint64                                            // names over maxNamesPerBatch in one interval: a full batch
 	NamesUndecoded uint64                                            // name events that did not decode
 	NamesUnchained uint64                                            // DNS answer records not tied to the question (see DecodeDNSNames)
+	// HalfOpen is what became of the TCP connection attempts held apart
+	// from the flow maps until their handshake completed (see
+	// halfopen.go).
+	HalfOpen HalfOpenStats
 	// Health (see health.go).
 	HealthMapFull uint64 // health events not counted: the health map was full
 	DropsMapFull  uint64 // drops not counted: the drops map was full
@@ -424,6 +428,8 @@ func sizeMaps(spec *ebpf.CollectionSpec, maxFlows, maxL7Flows uint32) {
 	for _, m := range []string{bpfMapL7Pending4, bpfMapL7Pending6} {
 		spec.Maps[m].MaxEntries = max(maxL7Flows, minL7Pending)
 	}
+	// Attempts wait there a second or two (see halfopen.go).
+	spec.Maps[bpfMapHalfOpen].MaxEntries = max(maxFlows/4, 1024)
 }
 
 // Run attaches to the interfaces the config names, follows netlink link
@@ -733,7 +739,9 @@ func (d *Datapath) Drain(start time.Time) (model.Batch, error) {
 		s.ConntrackSkipped += ctSkipped
 		s.NATJoined += joined
 		for c, v := range counters {
-			*counterFields[c](s) = v
+			if f, ok := counterFields[c]; ok {
+				*f(s) = v
+			}
 		}
 		s.L7Lost = l7Lost
 		s.LastDrain = took
@@ -741,6 +749,7 @@ func (d *Datapath) Drain(start time.Time) (model.Batch, error) {
 		s.DrainKept = 0
 		s.GraceWaits = d.drain.graceWaits
 		s.LastEntries = dirs.len()
+		s.HalfOpen = d.drain.halfOpen.stats(counters)
 		if mem != nil {
 			s.MapMemory = mem
 		}
@@ -822,12 +831,12 @@ var counterFields = map[bpfCounter]func(*Stats) *uint64{
 	bpfCounterCOUNTER_NAMES_NOT_CLIENT: func(s *Stats) *uint64 { return &s.NamesNotClient },
 }
 
-// readCounters returns the per-CPU counters of counterFields, summed; one
-// it cannot read is logged and left out. The caller holds d.drainMu,
-// which keeps the map open.
+// readCounters returns the per-CPU counters, summed; one it cannot read
+// is logged and left out. The caller holds d.drainMu, which keeps the map
+// open.
 func (d *Datapath) readCounters() map[bpfCounter]uint64 {
-	out := make(map[bpfCounter]uint64, len(counterFields))
-	for idx := range counterFields {
+	out := make(map[bpfCounter]uint64, bpfCounterCOUNTER_MAX)
+	for idx := range bpfCounterCOUNTER_MAX {
 		var percpu []uint64
 		if err := d.objs.Counters.Lookup(uint32(idx), &percpu); err != nil {
 			d.log.Warn("read counter", "counter", idx, "err", err)

@@ -167,6 +167,9 @@ type drainer struct {
 	// close was counted, and the kernel's drop reasons by value.
 	healths [2]healthHalf
 	health  map[bpfFlowKey]*dirHealth
+	// halfOpen is the drain's side of the TCP connection attempts held
+	// apart from the flow maps (see halfopen.go).
+	halfOpen *halfOpenState
 	// healthFree are dirHealths for health to reuse (newDirHealth).
 	healthFree []*dirHealth
 	pending    map[bpfFlowKey]pendingSYN
@@ -214,6 +217,7 @@ func newDrainer(objs *bpfObjects, maxFlows int, reasons map[uint32]string) (*dra
 		l7keys6:   make([]bpfFlowKey, l7Batch),
 		l7vals:    make([]bpfL7Stats, l7Batch*ncpu),
 	}
+	d.halfOpen = newHalfOpenState(objs.HalfOpen)
 	if reasons != nil {
 		d.finished = newKeySet(maxFlows)
 		d.healths = [2]healthHalf{{objs.HealthA, objs.DropsA}, {objs.HealthB, objs.DropsB}}
@@ -313,6 +317,9 @@ func (d *drainer) drain() (*flowTable, error) {
 		return out, err
 	}
 	if err := d.drainCache(old, out); err != nil {
+		return out, err
+	}
+	if err := d.takeHalfOpen(out); err != nil {
 		return out, err
 	}
 	if err := d.drainHealth(old); err != nil {
@@ -425,6 +432,14 @@ func (d *drainer) add(out *flowTable, k bpfFlowKey, vals []bpfFlowStats) {
 		}
 		dir.lastJ = max(dir.lastJ, v.LastJiffies)
 		dir.rtt = max(dir.rtt, v.SynRttNs)
+		// The handshake's health, folded into the entry from its
+		// attempt (see halfopen.go).
+		if v.Syns|v.SynRetries|uint16(v.Accepts) != 0 {
+			d.addSYNs(k, uint32(v.Syns), uint32(v.SynRetries), 0)
+			if v.Accepts != 0 && d.health != nil {
+				d.dirHealth(k).Accepts += uint32(v.Accepts)
+			}
+		}
 	}
 }
 

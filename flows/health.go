@@ -51,14 +51,7 @@ func (d *drainer) drainHealth(half uint32) error {
 	if h.health == nil {
 		return nil
 	}
-	get := func(k bpfFlowKey) *dirHealth {
-		x := d.health[k]
-		if x == nil {
-			x = d.newDirHealth()
-			d.health[k] = x
-		}
-		return x
-	}
+	get := d.dirHealth
 	err := drainMap(h.health, d.hkeys, d.hvals, d.ncpu, func(k bpfFlowKey, v []bpfHealthStats) {
 		x := get(k)
 		for i := range v {
@@ -242,7 +235,9 @@ func (d *drainer) leftoverHealth(clk clockReading) []model.Record {
 		})
 	}
 	for k, x := range d.health {
-		if x.carried {
+		// A direction whose attempt waits in half_open keeps what it
+		// had (its SYNs' drops) for the drain that takes the attempt.
+		if _, waits := d.halfOpen.waitingKeys[k]; x.carried && !waits {
 			delete(d.health, k)
 			d.freeDirHealth(x)
 		}

@@ -194,8 +194,8 @@ func TestBPFHealth(t *testing.T) {
 				if b := sumHealth(t, objs, true); len(b) != 0 {
 					t.Errorf("the inactive half has %d entries, want none", len(b))
 				}
-				var at uint64
-				err := objs.Handshakes.Lookup(&c2s, &at)
+				var at bpfAttempt
+				err := objs.HalfOpen.Lookup(&c2s, &at)
 				if tc.pending && err != nil {
 					t.Errorf("handshakes[%s]: %v, want the SYN pending", keyString(c2s), err)
 				}

@@ -58,6 +58,12 @@ var (
 		"Kernel memory of each BPF map (fdinfo memlock); per-CPU maps grow with the possible CPUs.", []string{"map"}, nil)
 	descBypassable = prometheus.NewDesc("flowmap_bypassable_interfaces",
 		"Interfaces where another TC program runs before flowmap's and may hide packets from it.", nil, nil)
+	descHalfOpen = prometheus.NewDesc("flowmap_tcp_half_open_total",
+		"TCP connection attempts held apart from the flow maps until their handshake completed, by what became of them: held, promoted (handshake completed), taken (refused, or not completed in a second: drained as flows), evicted (pushed out by newer attempts, as in a SYN flood: counted in no flow).", []string{"result"}, nil)
+	descHalfOpenEvicted = prometheus.NewDesc("flowmap_tcp_half_open_evicted_packets_total",
+		"SYNs and answers of the attempts evicted from the half-open map, counted in no flow.", nil, nil)
+	descHalfOpenEvictedBytes = prometheus.NewDesc("flowmap_tcp_half_open_evicted_bytes_total",
+		"Bytes of the attempts evicted from the half-open map, counted in no flow.", nil, nil)
 	descLeftovers = prometheus.NewDesc("flowmap_leftover_filters_removed",
 		"clsact filters of a dead agent removed at start.", nil, nil)
 )
@@ -66,7 +72,8 @@ var (
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAttached, descBridges, descAttachErrors, descEntries,
 		descCapacity, descFullPackets, descFullBytes, descDrain, descDrainErrors, descDrainKept, descGraceWaits, descResubscribes, descFlows,
-		descFrames, descLeftovers, descL7Lost, descNamesLost, descNATJoined, descConntrackErrors, descConntrackLookups, descMapMemory, descBypassable} {
+		descFrames, descLeftovers, descL7Lost, descNamesLost, descNATJoined, descConntrackErrors, descConntrackLookups, descMapMemory, descBypassable,
+		descHalfOpen, descHalfOpenEvicted, descHalfOpenEvictedBytes} {
 		ch <- d
 	}
 }
@@ -120,6 +127,12 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descNamesLost, s.NamesUnchained, "not_tied_to_question")
 	counter(descNamesLost, s.NamesUnmatched, "no_matching_query")
 	counter(descNamesLost, s.NamesNotClient, "not_first_client_hello")
+	counter(descHalfOpen, s.HalfOpen.Attempts, "held")
+	counter(descHalfOpen, s.HalfOpen.Promoted, "promoted")
+	counter(descHalfOpen, s.HalfOpen.Taken, "taken")
+	counter(descHalfOpen, s.HalfOpen.Evicted, "evicted")
+	counter(descHalfOpenEvicted, s.HalfOpen.EvictedPkts)
+	counter(descHalfOpenEvictedBytes, s.HalfOpen.EvictedBytes)
 	for _, m := range s.MapMemory {
 		gauge(descMapMemory, float64(m.Bytes), m.Name)
 	}

@@ -34,7 +34,7 @@ struct flow_key4 {
 };
 
 // flow_key is one direction of an IPv6 flow, and of any flow where the
-// two families meet (the handshakes map): IPv4 is then IPv4-mapped
+// two families meet (half_open): IPv4 is then IPv4-mapped
 // (::ffff:a.b.c.d). Ports as in flow_key4; for ICMPv6 sport is the type and
 // dport the code.
 struct flow_key {
@@ -59,6 +59,12 @@ enum counter {
 	COUNTER_DROPS_MAP_FULL,  // drops not counted: the drops map was full
 	COUNTER_NAMES_UNMATCHED, // DNS answers not sent: no query with their id, flow and question waited
 	COUNTER_NAMES_NOT_CLIENT, // TLS ClientHellos not sent: not the first from a connection's client
+	COUNTER_HALF_OPEN_NEW,    // TCP connection attempts held in half_open (see handshake.h)
+	COUNTER_HALF_OPEN_PACKETS, // their SYNs (retries too) and answers held
+	COUNTER_HALF_OPEN_BYTES,
+	COUNTER_HALF_OPEN_PROMOTED, // attempts whose handshake completed, moved to the flow maps
+	COUNTER_HALF_OPEN_PROMOTED_PACKETS,
+	COUNTER_HALF_OPEN_PROMOTED_BYTES,
 	COUNTER_MAX,
 };
 
@@ -97,4 +103,17 @@ static __always_inline void key6_of4(const struct flow_key4 *k4, struct flow_key
 	k->dport = k4->dport;
 	k->proto = k4->proto;
 	k->vlan = k4->vlan;
+}
+
+// reverse_key fills r with the other direction of k (TCP and UDP: ports
+// swapped).
+static __always_inline void reverse_key(const struct flow_key *k, struct flow_key *r)
+{
+	__builtin_memcpy(r->saddr, k->daddr, 16);
+	__builtin_memcpy(r->daddr, k->saddr, 16);
+	r->sport = k->dport;
+	r->dport = k->sport;
+	r->proto = k->proto;
+	r->pad = 0;
+	r->vlan = k->vlan;
 }

@@ -22,7 +22,11 @@ enum point {
 // entry is made (or, for an entry a retransmit made, by the first packet);
 // last_jiffies and syn_rtt_ns are plain stores, a benign race: CPUs that
 // count the same flow at once store the same tick (or one a tick older),
-// and a flow has one SYN-ACK.
+// and a flow has one SYN-ACK. accepts, syns and syn_retries are the
+// handshake's health, folded in from its attempt when the attempt leaves
+// half_open (see handshake.h): written when the entry is made, so that a
+// new TCP flow costs no insert into the health map; plain, saturating adds
+// when an entry already there takes a second attempt of its tuple.
 struct flow_stats {
 	__u64 bytes;      // wire bytes: Ethernet header to end of payload, no FCS
 	__u64 packets;    // wire packets: a GSO skb counts gso_segs
@@ -33,13 +37,16 @@ struct flow_stats {
 	__u32 retransmits;
 	__u16 tcp_flags;  // OR of the TCP flags (NS in bit 8; FLAG_SYN_ONLY, FLAG_SYN_ACK)
 	__u8 point;       // enum point
-	__u8 pad[5];
+	__u8 accepts;     // on the server's direction: SYN-ACKs answering a SYN (HEALTH_ACCEPT)
+	__u16 syns;       // on the client's direction: HEALTH_SYN
+	__u16 syn_retries; // HEALTH_SYN_RETRY
 };
 
 // or_flags ORs flags into s->tcp_flags, atomically. BPF has a 32-bit
 // atomic OR only from -mcpu=v3 on (bpf2go builds v1), so it ORs the
 // aligned 64-bit word that starts with tcp_flags, whose low 16 bits they
-// are on a little-endian target: point and pad are left as they are. Most
+// are on a little-endian target: the fields after them are left as they
+// are (an OR of zeros). Most
 // packets bring no new flag, and then cost a compare, not a locked OR.
 _Static_assert(__builtin_offsetof(struct flow_stats, tcp_flags) % 8 == 0,
 	       "or_flags needs tcp_flags 8-byte aligned");
@@ -77,15 +84,18 @@ FLOW_MAP(flows4_b, struct flow_key4);
 FLOW_MAP(flows6_a, struct flow_key);
 FLOW_MAP(flows6_b, struct flow_key);
 
-// seen4 (IPv4) and seen6: the TCP flow directions that a watched interface
-// counted lately -> 1, so that the retransmit tracepoint, which sees every
-// socket of the machine, counts a retransmit on such a direction even when
-// the direction has no entry in the active half (idle since the last
-// drain), and never inserts one for a flow no watched interface carries.
-// account adds a direction when it inserts its entry; LRU, so that the
-// directions longest without a new entry go first. The value is an enum
-// seen: the direction that opened its connection is the client, whose
-// first TLS ClientHello alone names the server (see tls.h).
+// seen4 (IPv4) and seen6: the TCP flows that a watched interface counted
+// lately, by one of their directions -> an enum seen, so that the
+// retransmit tracepoint, which sees every socket of the machine, counts a
+// retransmit on such a flow even when the direction has no entry in the
+// active half (idle since the last drain), and never inserts one for a
+// flow no watched interface carries. account notes a direction when it
+// inserts its entry, unless the other direction of its flow is noted
+// already: one entry a connection, its client's, which the retransmit
+// tracepoint finds by either direction. LRU, so that the flows longest
+// without a new entry go first. The value is an enum seen: the direction
+// that opened its connection is the client, whose first TLS ClientHello
+// alone names the server (see tls.h).
 #define SEEN_MAP(name, key_type)                                                                   \
 	struct {                                                                                   \
 		__uint(type, BPF_MAP_TYPE_LRU_HASH);                                               \
@@ -104,12 +114,13 @@ enum seen {
 	SEEN_HELLO = 3, // a client whose ClientHello went to user space
 };
 
-// see notes the TCP flow direction key in the map seen (see seen4), whose
-// frame has the flags flags: a lookup, which keeps it in the LRU, and an
-// insert if it is not there. A SYN (a connection's first frame, so one
-// that inserts its entry) marks its direction the client, anew if the
-// tuple served an earlier connection.
-static __always_inline void see(void *seen, void *key, __u16 flags)
+// see notes the TCP flow direction key (its other direction: rev) in the
+// map seen (see seen4), whose frame has the flags flags: a lookup, which
+// keeps it in the LRU, and an insert if neither direction is there. A
+// SYN (a connection's client, whose entry is made when its attempt leaves
+// half_open) marks its direction the client, anew if the tuple served an
+// earlier connection.
+static __always_inline void see(void *seen, void *key, void *rev, __u16 flags)
 {
 	__u8 v = (flags & FLAG_SYN_ONLY) ? SEEN_SYN : SEEN_ANY;
 	__u8 *s = bpf_map_lookup_elem(seen, key);
@@ -118,7 +129,74 @@ static __always_inline void see(void *seen, void *key, __u16 flags)
 			*s = SEEN_SYN;
 		return;
 	}
+	if (v == SEEN_ANY && bpf_map_lookup_elem(seen, rev))
+		return;
 	bpf_map_update_elem(seen, key, &v, BPF_ANY);
+}
+
+// attempt is a TCP connection attempt whose handshake has not completed
+// (see handshake.h): what its client's SYNs, and the server's answer
+// (SYN-ACKs, or the RST refusing it), would have added to their
+// directions' flow entries, and what they count of the connection's
+// health. Shared; the counts are added atomically, times and flags stored
+// (one sender a direction).
+struct attempt {
+	// The client's SYNs.
+	__u64 syn_ns;       // bpf_ktime_get_ns of the last SYN (opening or retry)
+	__u64 first_ns;     // of the first SYN
+	__u64 last_jiffies; // of the last SYN
+	__u64 bytes;
+	__u64 packets;
+	__u32 ifindex; // where the first SYN was counted
+	__u32 retransmits; // the client socket's SYNs sent again (the retransmit tracepoint)
+	__u32 syns;    // HEALTH_SYN
+	__u32 retries; // HEALTH_SYN_RETRY
+	__u16 tcp_flags;
+	__u8 point;
+	__u8 answer;   // enum answer: the last SYN's
+	__u16 accepts;  // SYN-ACKs that answered a pending SYN
+	__u16 refusals; // RSTs that answered a pending SYN
+	// The server's answers.
+	__u64 ans_first_ns;
+	__u64 ans_last_jiffies;
+	__u64 ans_bytes;
+	__u64 ans_packets;
+	__u64 rtt_ns; // the last SYN to the SYN-ACK answering it
+	__u32 ans_ifindex;
+	__u16 ans_flags;
+	__u8 ans_point;
+	__u8 pad;
+};
+
+// answer is how the server answered an attempt's last SYN.
+enum answer {
+	ANSWER_NONE = 0,
+	ANSWER_SYN_ACK = 1, // accepted: HEALTH_ACCEPT
+	ANSWER_RST = 2,     // refused: HEALTH_REFUSAL
+};
+
+// Force BTF for a type that Go needs beyond map keys and values.
+const enum answer *unused_answer __attribute__((unused));
+
+#define MAX_HALF_OPEN 16384 // Go sets max_entries: a quarter of --max-flows
+
+// half_open: the client direction of an attempt (IPv4 mapped) -> its
+// attempt. LRU: a SYN flood from random sources evicts its own oldest
+// attempts and never fills the flow maps. Go's drain takes out the
+// attempts refused or not completed within synTimeout and counts them as
+// flows; it counts those the LRU evicted first (see halfopen.go).
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_HALF_OPEN);
+	__type(key, struct flow_key);
+	__type(value, struct attempt);
+} half_open SEC(".maps");
+
+// sat16 returns a + b, at most 0xffff.
+static __always_inline __u16 sat16(__u32 a, __u32 b)
+{
+	__u32 x = a + b;
+	return x > 0xffff ? 0xffff : x;
 }
 
 // cache_slot is the IPv4 flow direction a CPU counted last, with what it
@@ -147,14 +225,96 @@ struct {
 	__type(value, struct cache_slot);
 } flow_cache SEC(".maps");
 
+// reverse_key4 fills r with the other direction of the TCP or UDP flow k.
+static __always_inline void reverse_key4(const struct flow_key4 *k, struct flow_key4 *r)
+{
+	r->saddr = k->daddr;
+	r->daddr = k->saddr;
+	r->sport = k->dport;
+	r->dport = k->sport;
+	r->proto = k->proto;
+	r->pad = 0;
+	r->vlan = k->vlan;
+}
+
+// merge_dir adds v, a flow direction's counts, to its entry key in the
+// map flows, making it if it is not there; a full map refuses it as it
+// refuses a frame.
+static __always_inline void merge_dir(void *flows, void *key, struct flow_stats *v)
+{
+	if (bpf_map_update_elem(flows, key, v, BPF_NOEXIST) == 0)
+		return;
+	struct flow_stats *s = bpf_map_lookup_elem(flows, key);
+	if (!s) {
+		bump(COUNTER_MAP_FULL_PACKETS, v->packets);
+		bump(COUNTER_MAP_FULL_BYTES, v->bytes);
+		return;
+	}
+	if (!s->first_ns || s->first_ns > v->first_ns) {
+		s->first_ns = v->first_ns;
+		s->ifindex = v->ifindex;
+		s->point = v->point;
+	}
+	__sync_fetch_and_add(&s->bytes, v->bytes);
+	__sync_fetch_and_add(&s->packets, v->packets);
+	or_flags(s, v->tcp_flags);
+	if (v->syn_rtt_ns)
+		s->syn_rtt_ns = v->syn_rtt_ns;
+	s->accepts = s->accepts + v->accepts > 0xff ? 0xff : s->accepts + v->accepts;
+}
+
+// promote takes the attempt whose client direction is k6 (IPv4 mapped)
+// out of half_open, if one waits there that was not refused, and folds it
+// into n, the new entry of that direction, and into m, the entry of the
+// server's direction (m->packets 0 if the server sent nothing); it
+// returns whether it did. The delete decides between the programs and
+// Go's drain, which takes attempts out too: the one whose delete succeeds
+// counts the attempt, once.
+static __always_inline int promote(struct flow_key *k6, struct flow_stats *n, struct flow_stats *m)
+{
+	struct attempt *h = bpf_map_lookup_elem(&half_open, k6);
+	if (!h || h->answer == ANSWER_RST)
+		return 0;
+	__u64 bytes = h->bytes, packets = h->packets;
+	n->first_ns = h->first_ns;
+	n->ifindex = h->ifindex;
+	n->point = h->point;
+	n->tcp_flags |= h->tcp_flags;
+	n->retransmits = h->retransmits;
+	n->syns = sat16(h->syns, 0);
+	n->syn_retries = sat16(h->retries, 0);
+	m->bytes = h->ans_bytes;
+	m->packets = h->ans_packets;
+	m->first_ns = h->ans_first_ns;
+	m->last_jiffies = h->ans_last_jiffies;
+	m->syn_rtt_ns = h->rtt_ns;
+	m->ifindex = h->ans_ifindex;
+	m->tcp_flags = h->ans_flags;
+	m->point = h->ans_point;
+	m->accepts = h->accepts > 0xff ? 0xff : h->accepts;
+	if (bpf_map_delete_elem(&half_open, k6))
+		return 0;
+	n->bytes += bytes;
+	n->packets += packets;
+	bump(COUNTER_HALF_OPEN_PROMOTED, 1);
+	bump(COUNTER_HALF_OPEN_PROMOTED_PACKETS, packets + m->packets);
+	bump(COUNTER_HALF_OPEN_PROMOTED_BYTES, bytes + m->bytes);
+	return 1;
+}
+
 // account adds one frame (or GSO aggregate), seen at jiffies now, to its
 // flow in the map flows. It looks up first and adds in place; it inserts
-// only on a miss, and then notes a TCP (tcp set) direction in the map seen.
+// only on a miss. A TCP (tcp set) direction's new entry takes in its
+// connection's attempt if one waits in half_open (the client's first
+// packet after its SYNs: the handshake completed), and makes the server's
+// direction's entry from the attempt's answer; and it notes the direction
+// in the map seen. v4 (a constant) says key is a flow_key4. It returns 0
+// if the map refused the frame.
 // Each call site must name its maps as constants: the verifier inlines the
 // lookup only then, which saves a helper call and a retpoline (30 to 45 ns
 // here).
-static __always_inline int account(void *flows, void *seen, void *key, int tcp, __u64 now,
-				   __u64 bytes, __u64 packets, __u16 flags, __u64 rtt,
+static __always_inline int account(void *flows, void *seen, void *key, int v4, int tcp,
+				   __u64 now, __u64 bytes, __u64 packets, __u16 flags,
 				   __u32 ifindex, __u8 point)
 {
 	struct flow_stats *s = bpf_map_lookup_elem(flows, key);
@@ -166,18 +326,41 @@ static __always_inline int account(void *flows, void *seen, void *key, int tcp, 
 			.packets = packets,
 			.first_ns = bpf_ktime_get_ns(),
 			.last_jiffies = now,
-			.syn_rtt_ns = rtt,
 			.ifindex = ifindex,
 			.tcp_flags = flags,
 			.point = point,
 		};
+		struct flow_stats m = {};
+		// The other direction, and the key IPv4 mapped (half_open's).
+		union {
+			struct flow_key4 k4;
+			struct flow_key k6;
+		} rev;
+		struct flow_key k6;
+		int promoted = 0;
+		if (tcp) {
+			if (v4) {
+				reverse_key4(key, &rev.k4);
+				key6_of4(key, &k6);
+				promoted = promote(&k6, &n, &m);
+			} else {
+				reverse_key(key, &rev.k6);
+				promoted = promote(key, &n, &m);
+			}
+		}
 		long err = bpf_map_update_elem(flows, key, &n, BPF_NOEXIST);
+		if (promoted && m.packets)
+			merge_dir(flows, &rev, &m);
 		if (err == 0) {
 			if (tcp)
-				see(seen, key, flags);
+				see(seen, key, &rev, n.tcp_flags);
 			return 1;
 		}
 		// -EEXIST: another CPU inserted the key since our lookup.
+		if (promoted) {
+			merge_dir(flows, key, &n);
+			return 1;
+		}
 		s = bpf_map_lookup_elem(flows, key);
 		if (!s) {
 			bump(COUNTER_MAP_FULL_PACKETS, packets);
@@ -196,8 +379,6 @@ static __always_inline int account(void *flows, void *seen, void *key, int tcp, 
 	__sync_fetch_and_add(&s->bytes, bytes);
 	__sync_fetch_and_add(&s->packets, packets);
 	or_flags(s, flags);
-	if (rtt)
-		s->syn_rtt_ns = rtt;
 	return 1;
 }
 
@@ -209,13 +390,12 @@ static __always_inline int key4_eq(const struct flow_key4 *a, const struct flow_
 
 // account4 counts an IPv4 frame in the map flows of the active half, whose
 // cache slot on this CPU is c: in the slot if it holds the frame's flow,
-// else in the map, after adding the slot's counts to its flow there. A
-// frame that carries a handshake RTT always goes to the map.
+// else in the map, after adding the slot's counts to its flow there.
 static __always_inline void account4(void *flows, struct cache_slot *c, struct flow_key4 *k,
-				     __u64 now, __u64 bytes, __u64 packets, __u16 flags, __u64 rtt,
+				     __u64 now, __u64 bytes, __u64 packets, __u16 flags,
 				     __u32 ifindex, __u8 point)
 {
-	if (c->valid && !rtt && key4_eq(&c->key, k)) {
+	if (c->valid && key4_eq(&c->key, k)) {
 		c->bytes += bytes;
 		c->packets += packets;
 		c->tcp_flags |= flags;
@@ -235,7 +415,7 @@ static __always_inline void account4(void *flows, struct cache_slot *c, struct f
 		}
 	}
 	c->valid = 0;
-	if (!account(flows, &seen4, k, k->proto == IPPROTO_TCP, now, bytes, packets, flags, rtt,
+	if (!account(flows, &seen4, k, 1, k->proto == IPPROTO_TCP, now, bytes, packets, flags,
 		     ifindex, point))
 		return;
 	c->key = *k;

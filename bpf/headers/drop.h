@@ -42,10 +42,18 @@ DROP_MAP(drops_a);
 DROP_MAP(drops_b);
 
 // flow_counted reports whether the active half of the flow maps has the
-// direction k (IPv4 mapped): the tracepoints see every socket and packet
-// of the machine, and count only flows a watched interface carries.
+// direction k (IPv4 mapped), or, for TCP, whether its connection's
+// attempt waits in half_open (a SYN, or its answer, dropped): the
+// tracepoints see every socket and packet of the machine, and count only
+// flows a watched interface carries.
 static __always_inline int flow_counted(struct flow_key *k)
 {
+	if (k->proto == IPPROTO_TCP) {
+		struct flow_key r;
+		reverse_key(k, &r);
+		if (bpf_map_lookup_elem(&half_open, k) || bpf_map_lookup_elem(&half_open, &r))
+			return 1;
+	}
 	__u32 *w = (__u32 *)k->saddr;
 	if (w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff)) {
 		struct flow_key4 k4 = {.sport = k->sport, .dport = k->dport, .proto = k->proto, .vlan = k->vlan};

@@ -129,19 +129,6 @@ static __always_inline void health_add(struct flow_key *k, __u32 ev, __u64 arg)
 	}
 }
 
-// reverse_key fills r with the other direction of k (TCP and UDP: ports
-// swapped).
-static __always_inline void reverse_key(const struct flow_key *k, struct flow_key *r)
-{
-	__builtin_memcpy(r->saddr, k->daddr, 16);
-	__builtin_memcpy(r->daddr, k->saddr, 16);
-	r->sport = k->dport;
-	r->dport = k->sport;
-	r->proto = k->proto;
-	r->pad = 0;
-	r->vlan = k->vlan;
-}
-
 // ICMP error types: destination unreachable and time exceeded.
 #define ICMP_DEST_UNREACH 3
 #define ICMP_TIME_EXCEEDED 11
