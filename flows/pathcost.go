@@ -266,8 +266,20 @@ func mapEntries(maps *bpfMaps) (map[string]int, error) {
 	return n, err
 }
 
-// emptyMaps deletes every entry of every hash map of maps.
+// emptyMaps deletes every entry of every hash map of maps, and empties
+// the CPUs' flow cache slots, which would otherwise name a flow the maps
+// no longer hold (and count its next packets there, as no drain would
+// let them).
 func emptyMaps(maps *bpfMaps) error {
+	for half := range uint32(2) {
+		var slots []bpfCacheSlot
+		if err := maps.FlowCache.Lookup(half, &slots); err != nil {
+			return fmt.Errorf("read flow cache %d: %w", half, err)
+		}
+		if err := maps.FlowCache.Put(half, make([]bpfCacheSlot, len(slots))); err != nil {
+			return fmt.Errorf("empty flow cache %d: %w", half, err)
+		}
+	}
 	return hashMaps(maps, func(name string, m *ebpf.Map) error {
 		k := make([]byte, m.KeySize())
 		for {
