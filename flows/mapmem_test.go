@@ -51,7 +51,7 @@ func TestMapMemoryReported(t *testing.T) {
 	for _, m := range mem {
 		byName[m.Name] = m
 	}
-	for _, name := range []string{"flows4_a", "flows4_b", "flows6_a", "flows6_b", "counters", "handshakes"} {
+	for _, name := range []string{"flows4_a", "flows4_b", "flows6_a", "flows6_b", "counters", "half_open"} {
 		m, ok := byName[name]
 		if !ok {
 			t.Errorf("Stats().MapMemory lacks map %s", name)
