@@ -2,7 +2,6 @@ package flows_test
 
 import (
 	"context"
-	"os/exec"
 	"testing"
 	"time"
 
@@ -21,10 +20,7 @@ import (
 func TestEndToEndSYNFlood(t *testing.T) {
 	testenv.MustBeRoot(t)
 	testenv.MustHaveBTF(t)
-	hping, err := exec.LookPath("hping3")
-	if err != nil {
-		t.Fatalf("hping3 is needed for the SYN flood (apt-get install hping3): %v", err)
-	}
+	hping := testenv.MustHaveCommand(t, "hping3")
 	if err := sandbox.Cleanup("fmho"); err != nil {
 		t.Fatalf("remove leftovers: %v", err)
 	}

@@ -36,6 +36,7 @@ var debianPackages = map[string]string{
 	"ethtool":    "ethtool",
 	"ip":         "iproute2",
 	"iperf3":     "iperf3",
+	"hping3":     "hping3",
 	"iptables":   "iptables",
 	"nft":        "nftables",
 	"ping":       "iputils-ping",
