@@ -414,13 +414,22 @@ func defaultMaxL7Flows(maxFlows int) int { return max(1, maxFlows/4) }
 // be requests still in flight.
 const minL7Pending = 1024
 
-// sizeMaps sizes the flow maps for maxFlows flow directions and the L7
+// minEventFlows is the least the health and drop maps hold.
+const minEventFlows = 1024
+
+// sizeMaps sizes the flow maps for maxFlows flow directions (the health
+// and drop maps for a quarter of them, at least minEventFlows) and the L7
 // maps (the stats, not preallocated, and the pending requests, at least
 // minL7Pending) for maxL7Flows client-to-server flows.
 func sizeMaps(spec *ebpf.CollectionSpec, maxFlows, maxL7Flows uint32) {
-	for _, m := range []string{bpfMapFlows4A, bpfMapFlows4B, bpfMapFlows6A, bpfMapFlows6B,
-		bpfMapHealthA, bpfMapHealthB, bpfMapDropsA, bpfMapDropsB} {
+	for _, m := range []string{bpfMapFlows4A, bpfMapFlows4B, bpfMapFlows6A, bpfMapFlows6B} {
 		spec.Maps[m].MaxEntries = maxFlows
+	}
+	// Health events and drops reach fewer flows than the flow maps hold
+	// (a connection's SYNs and accepts are in its flow entries): a
+	// quarter, not preallocated, what they refuse counted.
+	for _, m := range []string{bpfMapHealthA, bpfMapHealthB, bpfMapDropsA, bpfMapDropsB} {
+		spec.Maps[m].MaxEntries = max(maxFlows/4, minEventFlows)
 	}
 	for _, m := range []string{bpfMapL7s4A, bpfMapL7s4B, bpfMapL7s6A, bpfMapL7s6B} {
 		spec.Maps[m].MaxEntries = maxL7Flows

@@ -64,6 +64,10 @@ var (
 		"SYNs and answers of the attempts evicted from the half-open map, counted in no flow.", nil, nil)
 	descHalfOpenEvictedBytes = prometheus.NewDesc("flowmap_tcp_half_open_evicted_bytes_total",
 		"Bytes of the attempts evicted from the half-open map, counted in no flow.", nil, nil)
+	descHealthMapFull = prometheus.NewDesc("flowmap_health_map_full_events_total",
+		"Health events (resets, ICMP errors, RTT samples, zero windows, RTOs) not counted because the health map was full.", nil, nil)
+	descDropMapFull = prometheus.NewDesc("flowmap_drop_map_full_packets_total",
+		"Dropped packets not counted on their flow because the drop map was full.", nil, nil)
 	descLeftovers = prometheus.NewDesc("flowmap_leftover_filters_removed",
 		"clsact filters of a dead agent removed at start.", nil, nil)
 )
@@ -73,7 +77,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAttached, descBridges, descAttachErrors, descEntries,
 		descCapacity, descFullPackets, descFullBytes, descDrain, descDrainErrors, descDrainKept, descGraceWaits, descResubscribes, descFlows,
 		descFrames, descLeftovers, descL7Lost, descNamesLost, descNATJoined, descConntrackErrors, descConntrackLookups, descMapMemory, descBypassable,
-		descHalfOpen, descHalfOpenEvicted, descHalfOpenEvictedBytes} {
+		descHalfOpen, descHalfOpenEvicted, descHalfOpenEvictedBytes, descHealthMapFull, descDropMapFull} {
 		ch <- d
 	}
 }
@@ -100,6 +104,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descCapacity, float64(s.MaxFlows))
 	counter(descFullPackets, s.MapFullPackets)
 	counter(descFullBytes, s.MapFullBytes)
+	counter(descHealthMapFull, s.HealthMapFull)
+	counter(descDropMapFull, s.DropsMapFull)
 	ch <- prometheus.MustNewConstSummary(descDrain, s.Drains, s.DrainSeconds, nil)
 	counter(descDrainErrors, s.DrainErrors)
 	gauge(descDrainKept, float64(s.DrainKept))

@@ -29,10 +29,13 @@ struct drop_key {
 // drops_a, drops_b: drop_key -> count of dropped packets, one for all
 // CPUs, added to atomically; the halves follow active_buf as the flow maps
 // do. Not per CPU: 8 bytes × max_entries on each possible CPU is 64 MiB a
-// half on 128 CPUs at 65,536 flows; shared, both halves take 13 MiB.
+// half on 128 CPUs at 65,536 flows. Not preallocated, sized by Go at a
+// quarter of the flow maps (see sizeMaps): drops take memory only as they
+// come, and a full map counts what it refused (COUNTER_DROPS_MAP_FULL).
 #define DROP_MAP(name)                                                                             \
 	struct {                                                                                   \
 		__uint(type, BPF_MAP_TYPE_HASH);                                                   \
+		__uint(map_flags, BPF_F_NO_PREALLOC);                                              \
 		__uint(max_entries, MAX_FLOWS);                                                    \
 		__type(key, struct drop_key);                                                      \
 		__type(value, __u64);                                                              \

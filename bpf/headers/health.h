@@ -61,10 +61,15 @@ struct health_stats {
 // not per CPU, for the flow maps' reason: a per-CPU value is max_entries ×
 // 48 bytes on every possible CPU (3 MiB a CPU and half at 65,536 flows,
 // 805 MiB for both halves on 128 CPUs), for events that reach few flows.
-// Shared, the two halves take 17 MiB whatever the CPUs.
+// Not preallocated, and sized by Go at a quarter of the flow maps (see
+// sizeMaps): the SYNs and accepts of every connection are in its flow
+// entries; what is here (resets, ICMP errors, RTT samples of local
+// sockets, zero windows, RTOs) reaches fewer flows, and takes memory only
+// as it comes.
 #define HEALTH_MAP(name)                                                                           \
 	struct {                                                                                   \
 		__uint(type, BPF_MAP_TYPE_HASH);                                                   \
+		__uint(map_flags, BPF_F_NO_PREALLOC);                                              \
 		__uint(max_entries, MAX_FLOWS);                                                    \
 		__type(key, struct flow_key);                                                      \
 		__type(value, struct health_stats);                                                \
