@@ -299,6 +299,7 @@ const (
 	bpfVarDnsPort           = "dns_port"
 	bpfVarDropReasonMin     = "drop_reason_min"
 	bpfVarHealthOn          = "health_on"
+	bpfVarHostNetns         = "host_netns"
 	bpfVarProbeJiffies      = "probe_jiffies"
 	bpfVarProbeNs           = "probe_ns"
 	bpfVarUnusedAnswer      = "unused_answer"
@@ -403,6 +404,7 @@ type bpfVariableSpecs struct {
 	DnsPort           *ebpf.VariableSpec `ebpf:"dns_port"`
 	DropReasonMin     *ebpf.VariableSpec `ebpf:"drop_reason_min"`
 	HealthOn          *ebpf.VariableSpec `ebpf:"health_on"`
+	HostNetns         *ebpf.VariableSpec `ebpf:"host_netns"`
 	ProbeJiffies      *ebpf.VariableSpec `ebpf:"probe_jiffies"`
 	ProbeNs           *ebpf.VariableSpec `ebpf:"probe_ns"`
 	UnusedAnswer      *ebpf.VariableSpec `ebpf:"unused_answer"`
@@ -501,6 +503,7 @@ type bpfVariables struct {
 	DnsPort           *ebpf.Variable `ebpf:"dns_port"`
 	DropReasonMin     *ebpf.Variable `ebpf:"drop_reason_min"`
 	HealthOn          *ebpf.Variable `ebpf:"health_on"`
+	HostNetns         *ebpf.Variable `ebpf:"host_netns"`
 	ProbeJiffies      *ebpf.Variable `ebpf:"probe_jiffies"`
 	ProbeNs           *ebpf.Variable `ebpf:"probe_ns"`
 	UnusedAnswer      *ebpf.Variable `ebpf:"unused_answer"`

@@ -230,6 +230,13 @@ func New(cfg Config) (*Datapath, error) {
 		if err := spec.Variables[bpfVarDropReasonMin].Set(first); err != nil {
 			return nil, fmt.Errorf("set first drop reason %d: %w", first, err)
 		}
+		// Without the cookie (kernels before 5.14) the host's own packets
+		// dropped before their egress are not joined to a flow.
+		if cookie, err := netnsCookie(); err != nil {
+			log.Warn("the host's own packets dropped before their egress will not be shown", "err", err)
+		} else if err := spec.Variables[bpfVarHostNetns].Set(cookie); err != nil {
+			return nil, fmt.Errorf("set the network namespace's cookie %d: %w", cookie, err)
+		}
 	}
 	d := &Datapath{cfg: cfg, log: log, conntrack: ctLookup, subscribe: subscribe, routes: host.Routes, attached: map[int]*attachment{}, known: map[int]model.Interface{}}
 	d.stats.MaxFlows = cfg.MaxFlows
@@ -413,6 +420,21 @@ func defaultMaxL7Flows(maxFlows int) int { return max(1, maxFlows/4) }
 // push out the oldest requests waiting, and at a few entries those would
 // be requests still in flight.
 const minL7Pending = 1024
+
+// netnsCookie returns the cookie of the calling thread's network
+// namespace (SO_NETNS_COOKIE, Linux 5.14).
+func netnsCookie() (uint64, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("socket for the network namespace's cookie: %w", err)
+	}
+	defer unix.Close(fd)
+	c, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	if err != nil {
+		return 0, fmt.Errorf("read the network namespace's cookie (SO_NETNS_COOKIE): %w", err)
+	}
+	return c, nil
+}
 
 // minEventFlows is the least the health and drop maps hold.
 const minEventFlows = 1024

@@ -5,7 +5,9 @@
 // BTF), from the kfree_skb tracepoint. It runs on every skb freed on the
 // machine, most of them not dropped: it leaves at the first test of the
 // reason for those, and counts a drop only where the flow is one a
-// watched interface counted in the active half.
+// watched interface counted in the active half, or a packet this host
+// sent out of a watched interface, dropped before its egress counted it
+// (see sent_out_watched).
 
 #pragma once
 
@@ -13,6 +15,7 @@
 #include "count.h"
 #include "health.h"
 #include "sock.h"
+#include "watched.h"
 
 // drop_reason_min is the first reason that is a drop:
 // SKB_DROP_REASON_NOT_SPECIFIED (2 since 6.0, after SKB_NOT_DROPPED_YET and
@@ -67,6 +70,57 @@ static __always_inline int flow_counted(struct flow_key *k)
 	return bpf_map_lookup_elem(active_buf ? (void *)&flows6_b : (void *)&flows6_a, k) != 0;
 }
 
+// host_netns is the cookie of the network namespace of the agent's
+// interfaces, set from Go (SO_NETNS_COOKIE); 0: unknown, and the drops of
+// the host's own packets before they were counted are not joined.
+volatile const __u64 host_netns = 0;
+
+// sent_out_watched returns the watched interface that skb, a packet this
+// host sent itself (skb_iif 0), was routed out of, or 0. Such a packet is
+// counted at that interface's egress: one dropped before it (netfilter's
+// OUTPUT, a full socket queue, a route that failed late) would have been
+// the first of its flow there.
+static __always_inline __u32 sent_out_watched(struct sk_buff *skb)
+{
+	if (!host_netns || BPF_CORE_READ(skb, skb_iif) != 0)
+		return 0;
+	struct dst_entry *dst = (void *)(BPF_CORE_READ(skb, _skb_refdst) & ~1UL);
+	if (!dst)
+		return 0;
+	struct net_device *dev = BPF_CORE_READ(dst, dev);
+	if (!dev || BPF_CORE_READ(dev, nd_net.net, net_cookie) != host_netns)
+		return 0;
+	__u32 ifindex = BPF_CORE_READ(dev, ifindex);
+	return is_watched(ifindex) ? ifindex : 0;
+}
+
+// counted_out makes the entry of direction k (IPv4 mapped), whose packet
+// this host sent out of the watched interface ifindex and the kernel
+// dropped before the egress program counted it: no packet, first seen
+// now, so that the drain reports the direction with its drops. It returns
+// 0 if the flow map refused it.
+static __always_inline int counted_out(struct flow_key *k, __u32 ifindex)
+{
+	struct flow_stats n = {
+		.first_ns = bpf_ktime_get_ns(),
+		.last_jiffies = bpf_jiffies64(),
+		.ifindex = ifindex,
+		.point = POINT_TC_EGRESS,
+	};
+	long err;
+	__u32 *w = (__u32 *)k->saddr;
+	if (w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff)) {
+		struct flow_key4 k4 = {.sport = k->sport, .dport = k->dport, .proto = k->proto, .vlan = k->vlan};
+		__builtin_memcpy(&k4.saddr, &k->saddr[12], 4);
+		__builtin_memcpy(&k4.daddr, &k->daddr[12], 4);
+		err = bpf_map_update_elem(active_buf ? (void *)&flows4_b : (void *)&flows4_a, &k4, &n, BPF_NOEXIST);
+	} else {
+		err = bpf_map_update_elem(active_buf ? (void *)&flows6_b : (void *)&flows6_a, k, &n, BPF_NOEXIST);
+	}
+	// -EEXIST: another CPU made it since flow_counted looked.
+	return err == 0 || err == -17;
+}
+
 // drop counts skb, dropped for reason, on its flow direction. The headers
 // are read from the skb's network header on: a drop before the stack set
 // it (in a driver) finds no flow. VLAN tags are not read: a tagged flow's
@@ -115,8 +169,11 @@ static __always_inline void drop(struct sk_buff *skb, __u32 reason)
 			k->dport = b[1];
 		}
 	}
-	if (!flow_counted(k))
-		return;
+	if (!flow_counted(k)) {
+		__u32 out = sent_out_watched(skb);
+		if (!out || !counted_out(k, out))
+			return;
+	}
 	void *m = active_buf ? (void *)&drops_b : (void *)&drops_a;
 	__u64 *c = bpf_map_lookup_elem(m, &dk);
 	if (c) {

@@ -36,6 +36,23 @@ struct sk_buff {
 	unsigned char *head;
 	__u16 network_header;
 	__be16 protocol;
+	int skb_iif;                // the interface it arrived on; 0: sent by this host
+	unsigned long _skb_refdst; // its route (struct dst_entry *, bit 0 a flag)
+};
+// What drop.h reads of a route: the device it leaves by, and that
+// device's network namespace.
+struct net {
+	__u64 net_cookie;
+};
+typedef struct {
+	struct net *net;
+} possible_net_t;
+struct net_device {
+	int ifindex;
+	possible_net_t nd_net;
+};
+struct dst_entry {
+	struct net_device *dev;
 };
 // tcp_skb_cb is what TCP keeps in an skb's cb.
 struct tcp_skb_cb {
