@@ -85,6 +85,9 @@ type Datapath struct {
 	// routes (see events.go); tests replace them.
 	subscribe func(done <-chan struct{}) (events, error)
 	routes    func() ([]netlink.Route, error)
+	// afterIngress, if set, runs when attachLocked attached an
+	// interface's ingress program and not yet its egress one (tests).
+	afterIngress func(model.Interface)
 
 	// Each lock guards its own part. Where two are held, they are taken
 	// in this order: drainMu, regMu, namesMu, statsMu; statsMu, held only
@@ -599,6 +602,20 @@ func (d *Datapath) attachLocked(l netlink.Link) (err error) {
 			err = errors.Join(err, a.close())
 		}
 	}()
+	// Watched before the ingress program counts: from then on the egress
+	// programs leave alone what came in here. Watched after it, a packet
+	// in between was counted at this ingress and again at the egress it
+	// left by (a whole transfer twice, in the churn soak test, whose
+	// transfers start as their veth appears). Watched first, a packet in
+	// between is counted nowhere, as one before the attachment.
+	if err := d.watch(attrs.Index, true); err != nil {
+		return fmt.Errorf("watch %s: %w", attrs.Name, err)
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, d.watch(attrs.Index, false))
+		}
+	}()
 	if l.Type() == "bridge" {
 		a.bridge = true
 	} else {
@@ -609,12 +626,12 @@ func (d *Datapath) attachLocked(l netlink.Link) (err error) {
 		} else if err := a.attachTC(d.cfg.Attach, d.objs.TcIngress, d.tcIngress, true); err != nil {
 			return err
 		}
+		if d.afterIngress != nil {
+			d.afterIngress(a.iface)
+		}
 		if err := a.attachTC(d.cfg.Attach, d.objs.TcEgress, d.tcEgress, false); err != nil {
 			return err
 		}
-	}
-	if err := d.watch(attrs.Index, true); err != nil {
-		return fmt.Errorf("watch %s: %w", attrs.Name, err)
 	}
 	d.attached[attrs.Index] = a
 	d.known[attrs.Index] = a.iface

@@ -27,6 +27,7 @@ import (
 	"github.com/flowmap/flowmap/internal/testenv"
 	"github.com/flowmap/flowmap/model"
 	"github.com/flowmap/flowmap/sandbox"
+	"github.com/flowmap/flowmap/server"
 )
 
 // soakSubnet is the soak tests' sandbox subnet.
@@ -252,6 +253,7 @@ func TestSoakSYNFlood(t *testing.T) {
 	var maxRSS, samples uint64
 	var port uint16
 	var retrans uint64
+	var sentAt time.Time
 	const payload = 3_000_000
 	start := time.Now()
 	tick := time.NewTicker(time.Second)
@@ -270,6 +272,7 @@ func TestSoakSYNFlood(t *testing.T) {
 		samples++
 		if port == 0 && time.Since(start) > dur/3 {
 			port, retrans = sendTo(t, client, server, payload)
+			sentAt = time.Now()
 		}
 	}
 	flood.Process.Signal(syscall.SIGINT)
@@ -292,7 +295,7 @@ func TestSoakSYNFlood(t *testing.T) {
 	}
 
 	// The transfer: in the intervals after the flood, counted exactly.
-	rec := findFlow(t, p, client.Addr, server.Addr, port)
+	rec := findFlow(t, p, client.Addr, server.Addr, port, sentAt)
 	metrics := p.get(t, "/metrics")
 	full := metric(metrics, "flowmap_flow_map_full_packets_total")
 	t.Logf("map-full packets %.0f; %s", full, storeLines(metrics))
@@ -321,21 +324,42 @@ func storeLines(metrics string) string {
 	return strings.Join(out, "; ")
 }
 
-// findFlow waits for the flow from a to b's port in the agent's
-// /api/v1/flows and returns it.
-func findFlow(t *testing.T, p *agentProc, src, dst netip.Addr, port uint16) *model.Record {
+// findFlow returns the flow from src to dst's port in the agent's
+// /api/v1/flows once two drains ended after sent (when the transfer was
+// over), so that the record holds all of it, or nil.
+func findFlow(t *testing.T, p *agentProc, src, dst netip.Addr, port uint16, sent time.Time) *model.Record {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		doc := p.flowsDoc(t)
-		for i, r := range doc.Flows {
-			if r.Src == src && r.Dst == dst && r.DstPort == port {
-				return &doc.Flows[i]
-			}
+	var doc server.FlowsDoc
+	for drains, end := 0, sent; drains < 2; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent drained no two intervals in 10s after the transfer to %s:%d", dst, port)
 		}
-		time.Sleep(100 * time.Millisecond)
+		if doc = p.flowsDoc(t); doc.End.After(end) {
+			drains, end = drains+1, doc.End
+			continue
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for i, r := range doc.Flows {
+		if r.Src == src && r.Dst == dst && r.DstPort == port {
+			return &doc.Flows[i]
+		}
 	}
 	return nil
+}
+
+// waitAttached waits until the agent has its two programs on h's
+// host-side interface: what a host sends before that is not counted.
+func waitAttached(t *testing.T, h *sandbox.Host) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for testenv.TCXPrograms(t, h.HostIfIndex) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: the agent's programs not attached after 10s", h.HostIf)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // exactly says how r's forward direction differs from payload bytes of
@@ -365,7 +389,7 @@ func TestSoakChurn(t *testing.T) {
 	bin := buildFlowmap(t)
 	p := startAgent(t, bin, "--interfaces", "fmch-*", "--no-inventory")
 	pid := p.cmd.Process.Pid
-	const rounds, perRound = 100, 10
+	rounds, perRound := soakRounds(t), 10
 	var rss10 uint64
 	var counted, missed int
 	for round := range rounds {
@@ -374,6 +398,7 @@ func TestSoakChurn(t *testing.T) {
 			t.Fatalf("round %d: sandbox: %v", round, err)
 		}
 		srv := addHost(t, sb, "s")
+		waitAttached(t, srv)
 		type sent struct {
 			src     netip.Addr
 			port    uint16
@@ -383,12 +408,14 @@ func TestSoakChurn(t *testing.T) {
 		var all []sent
 		for i := range perRound - 1 {
 			h := addHost(t, sb, fmt.Sprintf("h%d", i))
+			waitAttached(t, h)
 			size := 10_000 + 1000*(round*perRound+i)
 			port, retrans := sendTo(t, h, srv, size)
 			all = append(all, sent{h.Addr, port, size, retrans})
 		}
+		sentAt := time.Now()
 		for _, s := range all {
-			r := findFlow(t, p, s.src, srv.Addr, s.port)
+			r := findFlow(t, p, s.src, srv.Addr, s.port, sentAt)
 			switch {
 			case r == nil:
 				missed++
@@ -396,14 +423,14 @@ func TestSoakChurn(t *testing.T) {
 			default:
 				counted++
 				if msg := exactly(r, s.size, s.retrans); msg != "" {
-					t.Errorf("round %d: transfer %s → %s:%d: %s", round, s.src, srv.Addr, s.port, msg)
+					t.Errorf("round %d: transfer %s → %s:%d: %s; record %+v", round, s.src, srv.Addr, s.port, msg, *r)
 				}
 			}
 		}
 		if err := sb.Close(); err != nil {
 			t.Fatalf("round %d: close sandbox: %v", round, err)
 		}
-		if round == 9 {
+		if round == max(rounds/10, 1)-1 {
 			rss10 = procStatus(t, pid, "VmRSS")
 		}
 	}
@@ -416,10 +443,22 @@ func TestSoakChurn(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	rss := procStatus(t, pid, "VmRSS")
-	t.Logf("%d namespaces: %d transfers counted, %d missed; RSS %d MiB after round 10, %d MiB after round %d", rounds*perRound, counted, missed, rss10>>20, rss>>20, rounds)
+	t.Logf("%d namespaces: %d transfers counted, %d missed; RSS %d MiB after round %d, %d MiB after round %d", rounds*perRound, counted, missed, rss10>>20, max(rounds/10, 1), rss>>20, rounds)
 	if float64(rss) > 1.25*float64(rss10) {
-		t.Errorf("agent RSS %d MiB after %d rounds, want within 25%% of %d MiB after 10", rss>>20, rounds, rss10>>20)
+		t.Errorf("agent RSS %d MiB after %d rounds, want within 25%% of %d MiB after round %d", rss>>20, rounds, rss10>>20, max(rounds/10, 1))
 	}
+}
+
+// soakRounds is TestSoakChurn's rounds: 100, or $FLOWMAP_SOAK_ROUNDS.
+func soakRounds(t *testing.T) int {
+	if s := os.Getenv("FLOWMAP_SOAK_ROUNDS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			t.Fatalf("FLOWMAP_SOAK_ROUNDS=%q: want a whole number, 1 or more", s)
+		}
+		return n
+	}
+	return 100
 }
 
 // TestSoakKill kills the agent with SIGKILL at random moments of its
@@ -470,7 +509,7 @@ func TestSoakKill(t *testing.T) {
 	for i := range 10 {
 		p := startAgent(t, bin, "--interfaces", "fmkl-*", "--interval", "100ms", "--no-inventory")
 		port, retrans := sendTo(t, a, b, 200_000)
-		r := findFlow(t, p, a.Addr, b.Addr, port)
+		r := findFlow(t, p, a.Addr, b.Addr, port, time.Now())
 		if r == nil {
 			t.Fatalf("run %d: transfer not counted", i)
 		}
