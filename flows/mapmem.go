@@ -117,3 +117,40 @@ func memoryOf(name string, m *ebpf.Map, ncpu int) (MapMemory, error) {
 	return MapMemory{Name: name, Type: info.Type, MaxEntries: info.MaxEntries, KeySize: info.KeySize,
 		ValueSize: info.ValueSize, Flags: info.Flags, Bytes: memlock, CPUs: ncpu}, nil
 }
+
+// MapsOf returns the memory of the maps programs use, as the kernel
+// charges it now: flowmap's, by their ids, from its programs in another
+// process (the bench's agent, the soak tests').
+func MapsOf(progs ...*ebpf.Program) ([]MapMemory, error) {
+	seen := map[ebpf.MapID]bool{}
+	var out []MapMemory
+	for _, p := range progs {
+		info, err := p.Info()
+		if err != nil {
+			return nil, fmt.Errorf("read program info: %w", err)
+		}
+		ids, _ := info.MapIDs()
+		for _, id := range ids {
+			if seen[id] {
+				continue
+			}
+			seen[id] = true
+			m, err := ebpf.NewMapFromID(id)
+			if err != nil {
+				return nil, fmt.Errorf("open map %d: %w", id, err)
+			}
+			mi, err := m.Info()
+			if err != nil {
+				m.Close()
+				return nil, fmt.Errorf("read map %d info: %w", id, err)
+			}
+			mm, err := MapMemoryOf(mi.Name, m)
+			m.Close()
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, mm)
+		}
+	}
+	return out, nil
+}

@@ -127,7 +127,7 @@ func (b *bench) attachAgent(ctx context.Context, m mode, ifindexes []int) (_ *at
 		return nil, err
 	}
 	if b.mapMem == nil {
-		if b.mapMem, err = agentMaps(a.ingress, a.egress); err != nil {
+		if b.mapMem, err = flows.MapsOf(a.ingress, a.egress); err != nil {
 			return nil, err
 		}
 	}
@@ -184,41 +184,6 @@ func agentPrograms(h hook, ifindexes []int) (in, eg *ebpf.Program, err error) {
 		return nil, nil, fmt.Errorf("open egress program %d: %w", egID, err)
 	}
 	return in, eg, nil
-}
-
-// agentMaps returns the memory of the maps progs use, by name.
-func agentMaps(progs ...*ebpf.Program) ([]flows.MapMemory, error) {
-	seen := map[ebpf.MapID]bool{}
-	var out []flows.MapMemory
-	for _, p := range progs {
-		info, err := p.Info()
-		if err != nil {
-			return nil, fmt.Errorf("read program info: %w", err)
-		}
-		ids, _ := info.MapIDs()
-		for _, id := range ids {
-			if seen[id] {
-				continue
-			}
-			seen[id] = true
-			m, err := ebpf.NewMapFromID(id)
-			if err != nil {
-				return nil, fmt.Errorf("open map %d: %w", id, err)
-			}
-			mi, err := m.Info()
-			if err != nil {
-				m.Close()
-				return nil, fmt.Errorf("read map %d info: %w", id, err)
-			}
-			mm, err := flows.MapMemoryOf(mi.Name, m)
-			m.Close()
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, mm)
-		}
-	}
-	return out, nil
 }
 
 // clockTicks is USER_HZ, the unit of /proc/PID/stat's times: 100 on every

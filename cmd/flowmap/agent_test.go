@@ -344,8 +344,9 @@ func sendTo(t *testing.T, a, b *sandbox.Host, n int) (uint16, uint64) {
 	return uint16(ln.Addr().(*net.TCPAddr).Port), retrans
 }
 
-// TestDaemonSetArgs: the DaemonSet runs the agent with flags it has.
-func TestDaemonSetArgs(t *testing.T) {
+// readDaemonSet decodes deploy/kubernetes/daemonset.yaml.
+func readDaemonSet(t *testing.T) appsv1.DaemonSet {
+	t.Helper()
 	b, err := os.ReadFile("../../deploy/kubernetes/daemonset.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -354,6 +355,12 @@ func TestDaemonSetArgs(t *testing.T) {
 	if err := yaml.UnmarshalStrict(b, &ds); err != nil {
 		t.Fatalf("decode daemonset.yaml: %v", err)
 	}
+	return ds
+}
+
+// TestDaemonSetArgs: the DaemonSet runs the agent with flags it has.
+func TestDaemonSetArgs(t *testing.T) {
+	ds := readDaemonSet(t)
 	cs := ds.Spec.Template.Spec.Containers
 	if len(cs) != 1 || len(cs[0].Args) == 0 || cs[0].Args[0] != "agent" {
 		t.Fatalf("containers = %+v, want one running the agent", cs)
