@@ -221,11 +221,8 @@ int tcp_retransmit(__u64 *ctx)
 
 	// IPv4, and IPv4-mapped addresses of a dual-stack socket, are in the
 	// IPv4 maps.
-	__u32 *w6 = (__u32 *)key.saddr;
-	if (w6[0] == 0 && w6[1] == 0 && w6[2] == bpf_htonl(0xffff)) {
-		struct flow_key4 k4 = {.sport = key.sport, .dport = key.dport, .proto = IPPROTO_TCP};
-		__builtin_memcpy(&k4.saddr, &key.saddr[12], 4);
-		__builtin_memcpy(&k4.daddr, &key.daddr[12], 4);
+	struct flow_key4 k4;
+	if (key4_of6(&key, &k4)) {
 		struct flow_key4 r4;
 		reverse_key4(&k4, &r4);
 		if (active_buf)

@@ -91,6 +91,23 @@ static __always_inline void bump(__u32 idx, __u64 n)
 		*c += n;
 }
 
+// key4_of6 fills k4 with the flow k if its addresses are IPv4-mapped,
+// the form the IPv4 maps take it in, and reports whether they were.
+static __always_inline int key4_of6(const struct flow_key *k, struct flow_key4 *k4)
+{
+	const __u32 *w = (const __u32 *)k->saddr;
+	if (w[0] != 0 || w[1] != 0 || w[2] != bpf_htonl(0xffff))
+		return 0;
+	__builtin_memset(k4, 0, sizeof(*k4));
+	__builtin_memcpy(&k4->saddr, &k->saddr[12], 4);
+	__builtin_memcpy(&k4->daddr, &k->daddr[12], 4);
+	k4->sport = k->sport;
+	k4->dport = k->dport;
+	k4->proto = k->proto;
+	k4->vlan = k->vlan;
+	return 1;
+}
+
 // key6_of4 fills k with the IPv4 flow k4, mapped into IPv6.
 static __always_inline void key6_of4(const struct flow_key4 *k4, struct flow_key *k)
 {

@@ -60,13 +60,9 @@ static __always_inline int flow_counted(struct flow_key *k)
 		if (bpf_map_lookup_elem(&half_open, k) || bpf_map_lookup_elem(&half_open, &r))
 			return 1;
 	}
-	__u32 *w = (__u32 *)k->saddr;
-	if (w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff)) {
-		struct flow_key4 k4 = {.sport = k->sport, .dport = k->dport, .proto = k->proto, .vlan = k->vlan};
-		__builtin_memcpy(&k4.saddr, &k->saddr[12], 4);
-		__builtin_memcpy(&k4.daddr, &k->daddr[12], 4);
+	struct flow_key4 k4;
+	if (key4_of6(k, &k4))
 		return bpf_map_lookup_elem(active_buf ? (void *)&flows4_b : (void *)&flows4_a, &k4) != 0;
-	}
 	return bpf_map_lookup_elem(active_buf ? (void *)&flows6_b : (void *)&flows6_a, k) != 0;
 }
 
@@ -108,11 +104,8 @@ static __always_inline int counted_out(struct flow_key *k, __u32 ifindex)
 		.point = POINT_TC_EGRESS,
 	};
 	long err;
-	__u32 *w = (__u32 *)k->saddr;
-	if (w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff)) {
-		struct flow_key4 k4 = {.sport = k->sport, .dport = k->dport, .proto = k->proto, .vlan = k->vlan};
-		__builtin_memcpy(&k4.saddr, &k->saddr[12], 4);
-		__builtin_memcpy(&k4.daddr, &k->daddr[12], 4);
+	struct flow_key4 k4;
+	if (key4_of6(k, &k4)) {
 		err = bpf_map_update_elem(active_buf ? (void *)&flows4_b : (void *)&flows4_a, &k4, &n, BPF_NOEXIST);
 	} else {
 		err = bpf_map_update_elem(active_buf ? (void *)&flows6_b : (void *)&flows6_a, k, &n, BPF_NOEXIST);
