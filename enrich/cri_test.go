@@ -121,24 +121,7 @@ func TestCRI(t *testing.T) {
 			t.Fatalf("restart containerd: %v", err)
 		}
 		back := time.Now()
-		var cri enrich.SourceStatus
-		for {
-			for _, st := range inv.Status() {
-				if st.Name == "cri" {
-					cri = st
-				}
-			}
-			if cri.Up && cri.LastSync.After(back) {
-				break
-			}
-			if time.Since(back) > 20*time.Second {
-				t.Fatalf("the cri source did not list containerd again within 20s of its return: %+v", cri)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		took := time.Since(back)
-		t.Logf("the cri source listed containerd again %v after it answered", took)
-		if limit := 8 * time.Second; took > limit {
+		if took, limit := waitRelisted(t, inv, "cri", back), 8*time.Second; took > limit {
 			t.Errorf("the cri source listed containerd again %v after it answered, want within %v", took, limit)
 		}
 		if ep := inv.Resolve(ip, model.Interface{}); ep.Source != "cri" || ep.Name != "checkout-7d9f-abcde" {

@@ -138,6 +138,30 @@ func waitNamed(t *testing.T, inv *enrich.Inventory, addr netip.Addr, limit time.
 	}
 }
 
+// waitRelisted waits until the inventory's source name is up and has
+// listed its runtime since since, for 20 s at the most, and returns how
+// long after since that was.
+func waitRelisted(t *testing.T, inv *enrich.Inventory, name string, since time.Time) time.Duration {
+	t.Helper()
+	for {
+		var st enrich.SourceStatus
+		for _, s := range inv.Status() {
+			if s.Name == name {
+				st = s
+			}
+		}
+		if st.Up && st.LastSync.After(since) {
+			took := time.Since(since)
+			t.Logf("the %s source listed its runtime again %v after it answered", name, took)
+			return took
+		}
+		if time.Since(since) > 20*time.Second {
+			t.Fatalf("the %s source did not list its runtime again within 20s of its return: %+v", name, st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func testLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
@@ -219,23 +243,8 @@ func TestDocker(t *testing.T) {
 		back := time.Now()
 		// The inventory lists the engine again within its longest back-off
 		// (2 s) of the engine's return, however long it was away.
-		resynced := func() bool {
-			for _, st := range inv.Status() {
-				if st.Name == "docker" && st.Up && st.LastSync.After(back) {
-					return true
-				}
-			}
-			return false
-		}
-		for !resynced() {
-			if time.Since(back) > 20*time.Second {
-				t.Fatalf("the docker source did not list the engine again within 20s of its return")
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		t.Logf("the docker source listed the engine again %v after it answered", time.Since(back))
-		if limit := 3 * time.Second; time.Since(back) > limit {
-			t.Errorf("the docker source listed the engine again %v after it answered, want within %v", time.Since(back), limit)
+		if took, limit := waitRelisted(t, inv, "docker", back), 3*time.Second; took > limit {
+			t.Errorf("the docker source listed the engine again %v after it answered, want within %v", took, limit)
 		}
 		// The containers were stopped with the engine, and had no restart
 		// policy: their addresses are no one's now.
